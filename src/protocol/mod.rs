@@ -1,0 +1,1 @@
+//! Wire packets and encodings (contract §1, §2).

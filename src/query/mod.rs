@@ -1,0 +1,1 @@
+//! Query engine (contract §5).
