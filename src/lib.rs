@@ -8,7 +8,22 @@
 //!   store of clients with its indexes.
 //! - [`query`]: the query language: parsing both dialects, evaluation,
 //!   selectors, rendezvous hashing, index planning.
+//! - [`routing::pick`]: the decomposable choice of a SEND's recipient.
+//!
+//! Runtime (glommio, one executor per shard):
+//! - [`server`]: starts the shards and stops them on a signal.
+//! - [`shard`]: one shard's state and the mesh between shards.
+//! - [`http`]: HTTP/1.1 on the shared port, the API, the websocket upgrade.
+//! - [`gateway`]: one websocket connection: framing, then its session.
+//! - [`routing::router`]: SEND / BROADCAST / QUERY_NODES across shards.
+//! - [`config`]: flags, environment, file, defaults.
 
+pub mod config;
+pub mod gateway;
+pub mod http;
 pub mod metadata;
 pub mod protocol;
 pub mod query;
+pub mod routing;
+pub mod server;
+pub mod shard;

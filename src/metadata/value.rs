@@ -131,6 +131,12 @@ impl Metadata {
         self.entries.is_empty()
     }
 
+    /// Drops spare capacity: a client's metadata lives as long as its
+    /// connection, and at ~100 bytes an entry the slack adds up.
+    pub fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
     /// The metadata as a plain JSON object `{key: value}` (types dropped), as
     /// the `<client>` object of QUERY_NODES and the HTTP query API shows it.
     pub fn to_plain_json(&self) -> Value {

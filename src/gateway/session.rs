@@ -1,0 +1,370 @@
+//! One client's session: what each packet it sends means (contract §2–§8).
+//! Every handler has the same shape: validate the packet, apply it to the
+//! shard, queue the reply on the connection.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::config::UpdateMode;
+use crate::metadata::{ClientIdx, MetaValue, Metadata, UpdateError, estimated_size, parse_update};
+use crate::protocol::{self, Encoding, InboundPacket, errors, op};
+use crate::query::Query;
+use crate::routing::router;
+use crate::shard::{CloseKind, ConnHandle, ConnRef, Dispatch, Shard, now_ms};
+
+/// Who the client said it is, once identify succeeded.
+struct Identity {
+    idx: ClientIdx,
+    app_id: String,
+    client_id: String,
+    restricted: bool,
+    conn_ref: ConnRef,
+}
+
+pub struct Session {
+    shard: Rc<Shard>,
+    conn: Rc<ConnHandle>,
+    peer: SocketAddr,
+    identity: Option<Identity>,
+}
+
+impl Session {
+    pub fn new(shard: Rc<Shard>, encoding: Encoding, peer: SocketAddr) -> Session {
+        let conn = shard.open_conn(encoding);
+        Session {
+            shard,
+            conn,
+            peer,
+            identity: None,
+        }
+    }
+
+    pub fn conn(&self) -> &Rc<ConnHandle> {
+        &self.conn
+    }
+
+    /// The first packet on every connection.
+    pub fn hello(&self) {
+        let interval = self.shard.config.heartbeat_interval.as_millis() as u64;
+        self.conn
+            .send_packet(op::HELLO, None, &protocol::payload::hello(interval));
+    }
+
+    /// Handles one websocket data message.
+    pub async fn handle_frame(&mut self, data: &[u8], is_text: bool) {
+        let encoding = self.conn.encoding;
+        let packet = protocol::check_frame_type(encoding, !is_text)
+            .and_then(|()| protocol::decode(encoding, data));
+        let packet = match packet {
+            Ok(packet) => packet,
+            Err(e) => {
+                if self.identity.is_none() {
+                    self.conn
+                        .fail(errors::CANNOT_DECODE, json!(e.to_string()), CloseKind::Policy);
+                } else {
+                    self.conn.invalid(errors::CANNOT_DECODE, json!(e.to_string()));
+                }
+                return;
+            }
+        };
+        match (packet.op, self.identity.is_some()) {
+            (op::IDENTIFY, false) => self.identify(packet.d).await,
+            (op::IDENTIFY, true) => self.conn.invalid(errors::ALREADY_IDENTIFIED, Value::Null),
+            (_, false) => self
+                .conn
+                .fail(errors::NOT_IDENTIFIED, Value::Null, CloseKind::Policy),
+            (op::HEARTBEAT, true) => self.heartbeat(),
+            (op::DISPATCH, true) => self.dispatch(packet).await,
+            (_, true) => self.conn.invalid(errors::INVALID_OP, json!(packet.op)),
+        }
+        glommio::yield_if_needed().await;
+    }
+
+    async fn identify(&mut self, d: Value) {
+        match self.try_identify(d).await {
+            Ok(identity) => {
+                self.conn.send_packet(
+                    op::READY,
+                    None,
+                    &protocol::payload::ready(&identity.client_id, identity.restricted),
+                );
+                self.shard
+                    .announce("CLIENT_CONNECTED", &identity.app_id, &identity.client_id);
+                self.identity = Some(identity);
+            }
+            Err((error, extra)) => self.conn.fail(&error, extra, CloseKind::Policy),
+        }
+    }
+
+    async fn try_identify(&mut self, d: Value) -> Result<Identity, (String, Value)> {
+        let fail = |e: &str| (e.to_string(), Value::Null);
+        let Value::Object(d) = d else {
+            return Err(fail(errors::INVALID_CLIENT_ID));
+        };
+        let client_id = name_field(&d, "client_id").ok_or_else(|| fail(errors::INVALID_CLIENT_ID))?;
+        let app_id =
+            name_field(&d, "application_id").ok_or_else(|| fail(errors::INVALID_APPLICATION_ID))?;
+        let auth = optional_string(&d, "auth").map_err(|()| fail("invalid auth"))?;
+        let ip = optional_string(&d, "ip").map_err(|()| fail("invalid ip"))?;
+        let namespace = optional_string(&d, "namespace").map_err(|()| fail("invalid namespace"))?;
+        let wants_updates = match d.get("receive_client_updates") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(fail("invalid receive_client_updates")),
+        };
+        let restricted = match &self.shard.config.auth {
+            None => false,
+            Some(password) => !auth.is_some_and(|a| bool::from(a.as_bytes().ct_eq(password.as_bytes()))),
+        };
+        if restricted && self.conn.encoding == Encoding::Etf {
+            return Err(fail(errors::RESTRICTED_ETF));
+        }
+
+        let mut metadata = Metadata::new();
+        match d.get("metadata") {
+            None | Some(Value::Null) => {}
+            Some(update) => {
+                let values = parse_update(update).map_err(|e| {
+                    (errors::INITIAL_METADATA_INVALID.to_string(), update_error_info(e))
+                })?;
+                for (key, value) in values {
+                    metadata.insert(&key, value);
+                }
+            }
+        }
+        let ip = if restricted {
+            Value::Null
+        } else {
+            Value::String(ip.unwrap_or_else(|| self.peer.ip().to_string()))
+        };
+        let wants_updates = wants_updates && !restricted;
+        let reserved = [
+            ("last_heartbeat_time", json!(now_ms())),
+            ("restricted", json!(restricted)),
+            ("encoding", json!(self.conn.encoding.name())),
+            ("ip", ip),
+            ("namespace", namespace.map_or(Value::Null, Value::String)),
+            ("receive_client_updates", json!(wants_updates)),
+        ];
+        for (key, value) in reserved {
+            metadata.insert(key, MetaValue::plain(value));
+        }
+        if estimated_size(&metadata) > self.shard.config.max_metadata_size {
+            return Err((
+                errors::INITIAL_METADATA_INVALID.to_string(),
+                json!(errors::METADATA_TOO_LARGE),
+            ));
+        }
+
+        // The slot is reserved before the name is claimed so the claim can
+        // name this exact connection; it stays unreachable until attached.
+        let idx = self
+            .shard
+            .store
+            .borrow_mut()
+            .insert(&app_id, &client_id, restricted, metadata);
+        let conn_ref = ConnRef {
+            shard: self.shard.id,
+            client: idx,
+            conn: self.conn.id,
+        };
+        if !self.shard.claim_name(&app_id, &client_id, conn_ref).await {
+            self.shard.store.borrow_mut().remove(idx);
+            return Err(fail(&errors::already_registered(&client_id, &app_id)));
+        }
+        if self.conn.is_closing() {
+            // Closed (shutdown, reaper) while the claim was in flight.
+            self.shard.store.borrow_mut().remove(idx);
+            self.shard.release_name(&app_id, &client_id, conn_ref);
+            return Err(fail(errors::SHUTDOWN));
+        }
+        self.shard.attach_client(&self.conn, idx, wants_updates);
+        Ok(Identity {
+            idx,
+            app_id,
+            client_id,
+            restricted,
+            conn_ref,
+        })
+    }
+
+    fn heartbeat(&self) {
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        self.conn.heartbeat(Instant::now());
+        self.shard.store.borrow_mut().set_reserved(
+            identity.idx,
+            "last_heartbeat_time",
+            MetaValue::plain(json!(now_ms())),
+        );
+        self.conn.send_packet(
+            op::HEARTBEAT_ACK,
+            None,
+            &protocol::payload::heartbeat_ack(&identity.client_id),
+        );
+    }
+
+    async fn dispatch(&self, packet: InboundPacket) {
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let t = packet.t.as_deref().unwrap_or("");
+        if identity.restricted && t != "UPDATE_METADATA" {
+            self.conn.invalid(&errors::restricted_dispatch(t), Value::Null);
+            return;
+        }
+        match t {
+            "UPDATE_METADATA" => self.update_metadata(identity, &packet.d),
+            "SEND" | "BROADCAST" => self.route(&packet).await,
+            "QUERY_NODES" => self.query_nodes(&packet.d).await,
+            "QUEUE" | "QUEUE_REQUEST" | "QUEUE_REQUEST_CANCEL" | "QUEUE_ACK" => self.conn.invalid(
+                errors::INVALID_DISPATCH_PAYLOAD,
+                json!("queues are not available on this server yet"),
+            ),
+            _ => self
+                .conn
+                .invalid(errors::INVALID_DISPATCH_PAYLOAD, json!(format!("unknown dispatch type {t:?}"))),
+        }
+    }
+
+    fn update_metadata(&self, identity: &Identity, d: &Value) {
+        let values = match parse_update(d) {
+            Ok(values) => values,
+            Err(e) => {
+                self.conn.invalid(errors::INVALID_METADATA, update_error_info(e));
+                return;
+            }
+        };
+        let mut store = self.shard.store.borrow_mut();
+        let Some(entry) = store.get(identity.idx) else {
+            return;
+        };
+        // Check the limit on what the metadata would become, so a rejected
+        // update changes nothing.
+        let mut next = entry.metadata.clone();
+        let mode = self.shard.config.metadata_update_mode;
+        if mode == UpdateMode::Replace {
+            let keys: Vec<String> = next.iter().map(|(k, _)| k.to_string()).collect();
+            for key in keys.iter().filter(|k| !crate::metadata::RESERVED_KEYS.contains(&k.as_str())) {
+                next.remove(key);
+            }
+        }
+        for (key, value) in &values {
+            next.insert(key, value.clone());
+        }
+        if estimated_size(&next) > self.shard.config.max_metadata_size {
+            self.conn.invalid(errors::METADATA_TOO_LARGE, Value::Null);
+            return;
+        }
+        match mode {
+            UpdateMode::Merge => store.merge(identity.idx, values),
+            UpdateMode::Replace => store.replace(identity.idx, values),
+        }
+    }
+
+    /// SEND and BROADCAST.
+    async fn route(&self, packet: &InboundPacket) {
+        let t = packet.t.as_deref().unwrap_or("");
+        let (query, payload) = match parse_routed(&packet.d) {
+            Ok(parsed) => parsed,
+            Err((error, extra)) => {
+                self.conn.invalid(&error, extra);
+                return;
+            }
+        };
+        let droppable = query.droppable;
+        let query = Arc::new(query);
+        let delivered = if t == "SEND" {
+            let dispatch = Arc::new(Dispatch { t: "SEND", d: payload });
+            router::send(&self.shard, query, dispatch).await
+        } else {
+            let dispatch = Arc::new(Dispatch {
+                t: "BROADCAST",
+                d: payload,
+            });
+            router::broadcast(&self.shard, query, dispatch).await > 0
+        };
+        if !delivered && !droppable {
+            self.conn.invalid(
+                errors::NO_ROUTE,
+                json!({"op": packet.op, "t": t, "d": &packet.d}),
+            );
+        }
+    }
+
+    async fn query_nodes(&self, d: &Value) {
+        let query = match Query::parse(d) {
+            Ok(query) => query,
+            Err(e) => {
+                self.conn.invalid(&errors::invalid_query(&e.to_string()), Value::Null);
+                return;
+            }
+        };
+        let nodes = router::nodes(&self.shard, Arc::new(query)).await;
+        self.conn.send_packet(
+            op::DISPATCH,
+            Some("QUERY_NODES"),
+            &json!({"nodes": nodes}),
+        );
+    }
+
+    /// Cleans up after the connection ends: the client leaves the store and
+    /// the registry, and subscribers hear of it.
+    pub fn end(self) {
+        let entry = self.shard.close_conn(&self.conn);
+        if let (Some(identity), Some(_)) = (self.identity, entry) {
+            self.shard
+                .release_name(&identity.app_id, &identity.client_id, identity.conn_ref);
+            self.shard
+                .announce("CLIENT_DISCONNECTED", &identity.app_id, &identity.client_id);
+        }
+    }
+}
+
+/// `client_id` / `application_id`: a non-empty string without whitespace.
+fn name_field(d: &Map<String, Value>, key: &str) -> Option<String> {
+    match d.get(key) {
+        Some(Value::String(s)) if !s.is_empty() && !s.chars().any(char::is_whitespace) => {
+            Some(s.clone())
+        }
+        _ => None,
+    }
+}
+
+/// An optional string field: absent or null is `None`; another type is an
+/// error.
+fn optional_string(d: &Map<String, Value>, key: &str) -> Result<Option<String>, ()> {
+    match d.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(()),
+    }
+}
+
+fn update_error_info(e: UpdateError) -> Value {
+    match e {
+        UpdateError::Keys(keys) => json!(keys),
+        other => json!(other.to_string()),
+    }
+}
+
+/// The `d` of SEND / BROADCAST: its target query and the dispatch `d`
+/// (`{"nonce", "payload"}`) the recipients get.
+fn parse_routed(d: &Value) -> Result<(Query, Value), (String, Value)> {
+    let bad = |detail: &str| (errors::INVALID_DISPATCH_PAYLOAD.to_string(), json!(detail));
+    let Value::Object(d) = d else {
+        return Err(bad("d must be an object with target, nonce and payload"));
+    };
+    let target = d.get("target").ok_or_else(|| bad("missing target"))?;
+    let query = Query::parse(target)
+        .map_err(|e| (errors::invalid_query(&e.to_string()), Value::Null))?;
+    let nonce = d.get("nonce").cloned().unwrap_or(Value::Null);
+    let payload = d.get("payload").cloned().unwrap_or(Value::Null);
+    Ok((query, json!({"nonce": nonce, "payload": payload})))
+}

@@ -1,0 +1,107 @@
+//! One accepted TCP connection: HTTP requests until it either upgrades to
+//! the websocket gateway or ends.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use serde_json::json;
+
+use crate::gateway::{self, Session};
+use crate::http::api;
+use crate::http::request::{ReadError, Request, read_request};
+use crate::http::response::Response;
+use crate::protocol::Encoding;
+use crate::shard::Shard;
+
+/// How long an HTTP connection may sit between or inside requests. A
+/// websocket connection is timed by heartbeats instead.
+const HTTP_IDLE: Duration = Duration::from_secs(30);
+
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(HTTP_IDLE));
+    let mut buf = Vec::new();
+    loop {
+        let req = match read_request(&mut stream, &mut buf, shard.config.max_http_body).await {
+            Ok(req) => req,
+            Err(ReadError::Closed | ReadError::Io(_)) => return,
+            Err(e) => {
+                let status = match e {
+                    ReadError::HeadTooLarge => 431,
+                    ReadError::BodyTooLarge(_) => 413,
+                    _ => 400,
+                };
+                let response = Response::json(status, &json!({"errors": [e.to_string()]}));
+                let _ = stream.write_all(&response.to_bytes(false)).await;
+                return;
+            }
+        };
+        if req.path == "/gateway/websocket" {
+            match upgrade(&req) {
+                Ok((encoding, response)) => {
+                    if stream.write_all(&response).await.is_err() {
+                        return;
+                    }
+                    let _ = stream.set_read_timeout(None);
+                    let session = Session::new(shard.clone(), encoding, peer);
+                    gateway::run(shard, stream, std::mem::take(&mut buf), session).await;
+                }
+                Err(response) => {
+                    let _ = stream.write_all(&response.to_bytes(false)).await;
+                }
+            }
+            return;
+        }
+        let response = api::handle(&shard, &req).await;
+        let keep_alive = req.keep_alive && !shard.is_shutting_down();
+        if stream.write_all(&response.to_bytes(keep_alive)).await.is_err() || !keep_alive {
+            return;
+        }
+    }
+}
+
+/// Validates a websocket upgrade request (RFC 6455 §4.2.1) and its
+/// `encoding`; returns the encoding and the 101 response bytes.
+fn upgrade(req: &Request) -> Result<(Encoding, Vec<u8>), Response> {
+    let encoding = match req.query_param("encoding") {
+        None => Encoding::Json,
+        Some(name) => Encoding::from_query_param(name).ok_or_else(|| {
+            Response::json(
+                400,
+                &json!({
+                    "errors": [format!("invalid encoding {name:?}: valid encodings are json, msgpack, etf")],
+                    "valid_encodings": ["json", "msgpack", "etf"],
+                }),
+            )
+        })?,
+    };
+    let bad = |why: &str| Response::json(400, &json!({"errors": [why]}));
+    if req.method != "GET" {
+        return Err(bad("websocket upgrade must be a GET"));
+    }
+    if !req.header_has_token("upgrade", "websocket") || !req.header_has_token("connection", "upgrade")
+    {
+        return Err(Response::json(
+            426,
+            &json!({"errors": ["this endpoint requires a websocket upgrade"]}),
+        )
+        .with_header("upgrade", "websocket"));
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Err(bad("unsupported sec-websocket-version (expected 13)")
+            .with_header("sec-websocket-version", "13"));
+    }
+    let Some(key) = req.header("sec-websocket-key") else {
+        return Err(bad("missing sec-websocket-key"));
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+    );
+    Ok((encoding, response.into_bytes()))
+}

@@ -1,0 +1,8 @@
+//! Routing: choosing recipients for SEND / BROADCAST / QUERY_NODES.
+//! [`pick`] is the pure, per-shard reduction; [`router`] runs it across
+//! shards.
+
+pub mod pick;
+pub mod router;
+
+pub use pick::{Pick, local_pick};

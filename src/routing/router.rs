@@ -1,0 +1,140 @@
+//! SEND, BROADCAST and QUERY_NODES across shards: the query runs where the
+//! clients live, only summaries travel, and the owning shard delivers.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::query::Query;
+use crate::routing::pick::{Pick, choose, global_average};
+use crate::shard::{ConnRef, Dispatch, Reply, Shard, ShardMsg};
+
+/// SEND: delivers `packet` to one matching client. Returns false when no
+/// client matches (the caller answers `no_route` unless droppable).
+pub async fn send(shard: &Shard, query: Arc<Query>, packet: Arc<Dispatch>) -> bool {
+    let Some(target) = pick_one(shard, query).await else {
+        return false;
+    };
+    if target.shard == shard.id {
+        shard.deliver(target, &packet);
+    } else {
+        shard.on_shard(target.shard, ShardMsg::Deliver { target, packet });
+    }
+    true
+}
+
+/// BROADCAST: every matching client receives `packet`; returns how many.
+/// A selector narrows the matches to one client, as for SEND.
+pub async fn broadcast(shard: &Shard, query: Arc<Query>, packet: Arc<Dispatch>) -> u64 {
+    if query.selector.is_some() {
+        return u64::from(send(shard, query, packet).await);
+    }
+    let count = broadcast_round(shard, &query, &packet).await;
+    if count == 0 && query.optional {
+        return broadcast_round(shard, &Arc::new(relaxed(&query)), &packet).await;
+    }
+    count
+}
+
+async fn broadcast_round(shard: &Shard, query: &Arc<Query>, packet: &Arc<Dispatch>) -> u64 {
+    shard
+        .scatter(|reply_to| ShardMsg::Broadcast {
+            reply_to,
+            query: query.clone(),
+            packet: packet.clone(),
+        })
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Reply::Delivered(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// QUERY_NODES and the HTTP query API: every matching client's description.
+pub async fn nodes(shard: &Shard, query: Arc<Query>) -> Vec<Value> {
+    let mut found = nodes_round(shard, &query).await;
+    if found.is_empty() && query.optional {
+        found = nodes_round(shard, &Arc::new(relaxed(&query))).await;
+    }
+    found
+}
+
+async fn nodes_round(shard: &Shard, query: &Arc<Query>) -> Vec<Value> {
+    shard
+        .scatter(|reply_to| ShardMsg::Nodes {
+            reply_to,
+            query: query.clone(),
+        })
+        .await
+        .into_iter()
+        .flat_map(|r| match r {
+            Reply::Nodes(nodes) => nodes,
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// Chooses the one client a SEND goes to, over every shard.
+async fn pick_one(shard: &Shard, query: Arc<Query>) -> Option<ConnRef> {
+    let mut query = query;
+    let mut picks = pick_round(shard, &query, None).await;
+    if total(&picks) == 0 && query.optional {
+        query = Arc::new(relaxed(&query));
+        picks = pick_round(shard, &query, None).await;
+    }
+    if query
+        .selector
+        .as_ref()
+        .is_some_and(|s| s.kind == crate::query::SelectorKind::Avg)
+    {
+        let avg = global_average(picks.iter().map(|(p, _)| p))?;
+        picks = pick_round(shard, &query, Some(avg)).await;
+    }
+    let only_picks: Vec<Pick> = picks.iter().map(|(p, _)| p.clone()).collect();
+    let (target_shard, client) = choose(&query, &only_picks, &mut shard.rng.borrow_mut())?;
+    let conn = picks[target_shard]
+        .1
+        .iter()
+        .find(|(idx, _)| *idx == client)
+        .map(|(_, conn)| *conn)?;
+    Some(ConnRef {
+        shard: target_shard,
+        client,
+        conn,
+    })
+}
+
+type ShardPick = (Pick, Vec<(crate::metadata::ClientIdx, u64)>);
+
+async fn pick_round(shard: &Shard, query: &Arc<Query>, avg: Option<f64>) -> Vec<ShardPick> {
+    shard
+        .scatter(|reply_to| ShardMsg::Pick {
+            reply_to,
+            query: query.clone(),
+            avg,
+        })
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Reply::Pick(pick, conns) => (pick, conns),
+            _ => (Pick::default(), Vec::new()),
+        })
+        .collect()
+}
+
+fn total(picks: &[ShardPick]) -> u64 {
+    picks.iter().map(|(p, _)| p.count).sum()
+}
+
+/// The fallback of an `optional` query: same application and restricted
+/// rule, no ops, no selector.
+fn relaxed(query: &Query) -> Query {
+    Query {
+        ops: Vec::new(),
+        selector: None,
+        optional: false,
+        ..query.clone()
+    }
+}

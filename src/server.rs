@@ -1,0 +1,184 @@
+//! Starting the shards: one glommio executor per shard, each with its own
+//! SO_REUSEPORT listener on the shared port, its mesh inbox, and its
+//! heartbeat reaper; and stopping them on a signal.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::http::serve::serve;
+use crate::shard::{Mesh, Shard, ShardMsg};
+
+/// A running server: its address and the handles to stop it.
+pub struct Server {
+    pub addr: SocketAddr,
+    mesh: Mesh<ShardMsg>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot start shard {shard}: {source}. glommio needs io_uring; container runtimes often block it with their default seccomp profile, and it needs locked memory (ulimit -l)"
+    )]
+    Executor {
+        shard: usize,
+        source: glommio::GlommioError<()>,
+    },
+    #[error("shard {shard} cannot listen on {addr}: {reason}")]
+    Listen {
+        shard: usize,
+        addr: SocketAddr,
+        reason: String,
+    },
+}
+
+/// How many messages a shard takes from its inbox before letting its
+/// connections run.
+const MESH_BATCH: usize = 256;
+
+impl Server {
+    /// Starts every shard and returns once all of them listen.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let config = Arc::new(config);
+        let mesh = Mesh::new(config.shards);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut threads = Vec::new();
+        let mut addr = SocketAddr::new(config.bind, config.port);
+        for id in 0..config.shards {
+            // Pin one shard per CPU when there are enough CPUs; more shards
+            // than CPUs run unpinned rather than stacking on CPUs that exist.
+            let placement = if config.shards <= cpus {
+                Placement::Fixed(id)
+            } else {
+                Placement::Unbound
+            };
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let shard_config = config.clone();
+            let shard_mesh = mesh.clone();
+            let handle = LocalExecutorBuilder::new(placement)
+                .name(&format!("shard-{id}"))
+                .spawn(move || run_shard(id, shard_config, shard_mesh, addr, ready_tx))
+                .map_err(|source| StartError::Executor { shard: id, source })?;
+            match ready_rx.recv() {
+                Ok(Ok(bound)) => addr = bound,
+                Ok(Err(reason)) => {
+                    stop_all(&mesh, id);
+                    return Err(StartError::Listen {
+                        shard: id,
+                        addr,
+                        reason,
+                    });
+                }
+                Err(_) => {
+                    stop_all(&mesh, id);
+                    return Err(StartError::Listen {
+                        shard: id,
+                        addr,
+                        reason: "the shard stopped while starting".into(),
+                    });
+                }
+            }
+            threads.push(handle);
+        }
+        Ok(Server {
+            addr,
+            mesh,
+            threads,
+        })
+    }
+
+    /// Says goodbye to every client and waits for the shards to stop.
+    pub fn shutdown(self) {
+        stop_all(&self.mesh, self.threads.len());
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn stop_all(mesh: &Mesh<ShardMsg>, started: usize) {
+    for shard in 0..started {
+        mesh.send(shard, ShardMsg::Shutdown);
+    }
+}
+
+async fn run_shard(
+    id: usize,
+    config: Arc<Config>,
+    mesh: Mesh<ShardMsg>,
+    addr: SocketAddr,
+    ready: mpsc::Sender<Result<SocketAddr, String>>,
+) {
+    let listener = match TcpListener::bind(addr) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(addr);
+    let shard = Rc::new(Shard::new(id, config, mesh.clone()));
+    let _ = ready.send(Ok(bound));
+    tracing::debug!(shard = id, %bound, "listening");
+
+    let accept = glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+    let reaper = glommio::spawn_local(reap_loop(shard.clone())).detach();
+
+    let mut batch = Vec::with_capacity(MESH_BATCH);
+    while !shard.is_shutting_down() {
+        mesh.recv_batch(id, &mut batch, MESH_BATCH).await;
+        for msg in batch.drain(..) {
+            shard.handle(msg);
+        }
+        glommio::yield_if_needed().await;
+    }
+    accept.cancel();
+    // Give connections a moment to write their goodbyes, then stop; other
+    // shards may still send us replies meanwhile, which we keep answering.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while shard.open_connections() > 0 && Instant::now() < deadline {
+        let wait = glommio::timer::sleep(Duration::from_millis(10));
+        futures_lite::future::or(wait, async {
+            mesh.recv_batch(id, &mut batch, MESH_BATCH).await;
+        })
+        .await;
+        for msg in batch.drain(..) {
+            shard.handle(msg);
+        }
+    }
+    reaper.cancel();
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(serve(shard.clone(), stream)).detach();
+            }
+            Err(e) => {
+                // Usually EMFILE: the process is out of file descriptors.
+                // Back off instead of spinning; connections already open
+                // carry on.
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Reaps silent clients. Runs often enough that a client is closed within
+/// a tenth of an interval after its deadline.
+async fn reap_loop(shard: Rc<Shard>) {
+    let period = (shard.config.heartbeat_interval / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        glommio::timer::sleep(period).await;
+        shard.reap(Instant::now());
+    }
+}

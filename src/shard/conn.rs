@@ -1,0 +1,234 @@
+//! The part of one websocket connection that the rest of its shard can
+//! reach: its bounded outbound queue, its heartbeat clock, and a way to close
+//! it. The connection's own task drains the queue onto the socket.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::task::Waker;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::metadata::ClientIdx;
+use crate::protocol::{self, Encoding, op};
+
+/// Close code sent with a close frame after an error or goodbye.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseKind {
+    /// 1000: the packet said why.
+    Normal,
+    /// 1001: the server is going away (goodbye on shutdown).
+    GoingAway,
+    /// 1009: a frame was larger than the limit.
+    TooBig,
+    /// 1008: the client broke a rule of the protocol.
+    Policy,
+}
+
+impl CloseKind {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseKind::Normal => 1000,
+            CloseKind::GoingAway => 1001,
+            CloseKind::TooBig => 1009,
+            CloseKind::Policy => 1008,
+        }
+    }
+}
+
+struct Outbound {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    /// Set once the connection must close after what is queued is written;
+    /// nothing more is accepted after that.
+    closing: Option<CloseKind>,
+}
+
+/// A connection as seen from its shard.
+pub struct ConnHandle {
+    /// Unique among this shard's connections for the life of the process, so a
+    /// delivery aimed at a connection that has gone cannot reach a newer one
+    /// that reused its slot.
+    pub id: u64,
+    pub encoding: Encoding,
+    max_outbound_bytes: usize,
+    out: RefCell<Outbound>,
+    waker: Cell<Option<Waker>>,
+    last_heartbeat: Cell<Instant>,
+    client: Cell<Option<ClientIdx>>,
+    /// When a close was requested; a connection that cannot flush its last
+    /// packet within [`CLOSE_GRACE`] is dropped without it.
+    closing_since: Cell<Option<Instant>>,
+    aborted: Cell<bool>,
+}
+
+/// How long a closing connection may take to write its last packets.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl ConnHandle {
+    pub fn new(id: u64, encoding: Encoding, max_outbound_bytes: usize, now: Instant) -> ConnHandle {
+        ConnHandle {
+            id,
+            encoding,
+            max_outbound_bytes,
+            out: RefCell::new(Outbound {
+                frames: VecDeque::new(),
+                bytes: 0,
+                closing: None,
+            }),
+            waker: Cell::new(None),
+            last_heartbeat: Cell::new(now),
+            client: Cell::new(None),
+            closing_since: Cell::new(None),
+            aborted: Cell::new(false),
+        }
+    }
+
+    /// Queues one encoded frame. A connection whose queue would pass its
+    /// bound is a slow consumer: its queue is dropped and it is closed with
+    /// an error, so its memory stays bounded and nobody else waits for it.
+    pub fn push(&self, frame: Bytes) {
+        let mut out = self.out.borrow_mut();
+        if out.closing.is_some() {
+            return;
+        }
+        if out.bytes + frame.len() > self.max_outbound_bytes {
+            drop(out);
+            tracing::info!(conn = self.id, "closing slow consumer");
+            self.fail(protocol::errors::SLOW_CONSUMER, Value::Null, CloseKind::Policy);
+            return;
+        }
+        out.bytes += frame.len();
+        out.frames.push_back(frame);
+        drop(out);
+        self.wake();
+    }
+
+    /// Encodes and queues one packet.
+    pub fn send_packet(&self, op: u8, t: Option<&str>, d: &Value) {
+        self.push(protocol::encode(self.encoding, op, t, d, now_ms()));
+    }
+
+    /// Sends invalid (op 3); the connection stays open.
+    pub fn invalid(&self, error: &str, extra_info: Value) {
+        self.send_packet(op::INVALID, None, &protocol::payload::error(error, extra_info));
+    }
+
+    /// Sends error (op 8) and closes: anything still queued is dropped so the
+    /// error is the last thing the client reads.
+    pub fn fail(&self, error: &str, extra_info: Value, kind: CloseKind) {
+        self.close_with(op::ERROR, &protocol::payload::error(error, extra_info), kind);
+    }
+
+    /// Sends goodbye (op 7) and closes after what is already queued.
+    pub fn goodbye(&self, reason: &str) {
+        let packet = protocol::encode(
+            self.encoding,
+            op::GOODBYE,
+            None,
+            &protocol::payload::goodbye(reason),
+            now_ms(),
+        );
+        let mut out = self.out.borrow_mut();
+        if out.closing.is_some() {
+            return;
+        }
+        out.bytes += packet.len();
+        out.frames.push_back(packet);
+        out.closing = Some(CloseKind::GoingAway);
+        drop(out);
+        self.closing_since.set(Some(Instant::now()));
+        self.wake();
+    }
+
+    fn close_with(&self, op: u8, d: &Value, kind: CloseKind) {
+        let packet = protocol::encode(self.encoding, op, None, d, now_ms());
+        let mut out = self.out.borrow_mut();
+        if out.closing.is_some() {
+            return;
+        }
+        out.frames.clear();
+        out.bytes = packet.len();
+        out.frames.push_back(packet);
+        out.closing = Some(kind);
+        drop(out);
+        self.closing_since.set(Some(Instant::now()));
+        self.wake();
+    }
+
+    /// Takes the next frame to write, if any.
+    pub fn pop(&self) -> Option<Bytes> {
+        let mut out = self.out.borrow_mut();
+        let frame = out.frames.pop_front()?;
+        out.bytes -= frame.len();
+        Some(frame)
+    }
+
+    /// Set when the connection must close once its queue is written.
+    pub fn closing(&self) -> Option<CloseKind> {
+        self.out.borrow().closing
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing().is_some()
+    }
+
+    /// Registers the waker of the connection's task, woken when a frame is
+    /// queued or a close is requested.
+    pub fn register(&self, waker: &Waker) {
+        let current = self.waker.take();
+        match current {
+            Some(w) if w.will_wake(waker) => self.waker.set(Some(w)),
+            _ => self.waker.set(Some(waker.clone())),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Drops the connection at once if it has been closing for longer than
+    /// the grace period (its peer is not reading). Returns whether it did.
+    pub fn abort_if_stuck(&self, now: Instant) -> bool {
+        let stuck = self
+            .closing_since
+            .get()
+            .is_some_and(|since| now.duration_since(since) > CLOSE_GRACE);
+        if stuck && !self.aborted.replace(true) {
+            self.wake();
+        }
+        stuck
+    }
+
+    /// Set once the connection must be dropped without further writes.
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.get()
+    }
+
+    pub fn heartbeat(&self, now: Instant) {
+        self.last_heartbeat.set(now);
+    }
+
+    pub fn last_heartbeat(&self) -> Instant {
+        self.last_heartbeat.get()
+    }
+
+    /// The client slot in the shard's store, once identified.
+    pub fn client(&self) -> Option<ClientIdx> {
+        self.client.get()
+    }
+
+    pub fn set_client(&self, idx: Option<ClientIdx>) {
+        self.client.set(idx);
+    }
+}
+
+/// Milliseconds since the Unix epoch, the `ts` of every packet.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

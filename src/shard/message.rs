@@ -1,0 +1,85 @@
+//! What crosses between shards. Requests carry a [`ReplyTo`]; the answering
+//! shard sends [`ShardMsg::Reply`] back to it.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::metadata::ClientIdx;
+use crate::query::Query;
+use crate::routing::Pick;
+
+/// Where an answer goes: the asking shard and its request number.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyTo {
+    pub shard: usize,
+    pub req: u64,
+}
+
+/// One identified connection anywhere in the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    pub shard: usize,
+    pub client: ClientIdx,
+    /// The connection's id on its shard, so a stale reference to a slot that
+    /// a newer client has reused never reaches that client.
+    pub conn: u64,
+}
+
+/// A dispatch packet (op 4) to deliver: encoded lazily by each receiving
+/// shard, once per encoding its recipients use.
+#[derive(Debug)]
+pub struct Dispatch {
+    pub t: &'static str,
+    pub d: Value,
+}
+
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// SEND, first (or, with `avg`, second) round: reply with this shard's
+    /// [`Pick`].
+    Pick {
+        reply_to: ReplyTo,
+        query: Arc<Query>,
+        avg: Option<f64>,
+    },
+    /// SEND, last round: deliver to one client of this shard.
+    Deliver { target: ConnRef, packet: Arc<Dispatch> },
+    /// BROADCAST: deliver to every local match; reply with the count.
+    Broadcast {
+        reply_to: ReplyTo,
+        query: Arc<Query>,
+        packet: Arc<Dispatch>,
+    },
+    /// QUERY_NODES / HTTP query: reply with the `<client>` objects of every
+    /// local match.
+    Nodes { reply_to: ReplyTo, query: Arc<Query> },
+    /// Claim the name (app, client) for a connection; this shard owns the
+    /// name's registry entry. Replies `Claimed`.
+    Claim {
+        reply_to: ReplyTo,
+        app: Box<str>,
+        client: Box<str>,
+        owner: ConnRef,
+    },
+    /// Give a name back when its connection ends.
+    Release {
+        app: Box<str>,
+        client: Box<str>,
+        owner: ConnRef,
+    },
+    /// CLIENT_CONNECTED / CLIENT_DISCONNECTED for this shard's subscribers.
+    ClientEvent { packet: Arc<Dispatch> },
+    Reply { req: u64, from: usize, reply: Reply },
+    /// Say goodbye to every client and stop.
+    Shutdown,
+}
+
+#[derive(Debug)]
+pub enum Reply {
+    /// A shard's pick, with the connection id of each client it names.
+    Pick(Pick, Vec<(ClientIdx, u64)>),
+    Delivered(u64),
+    Nodes(Vec<Value>),
+    Claimed(bool),
+}

@@ -1,0 +1,469 @@
+//! One shard: the state one executor owns (its connections, their metadata
+//! partition, its part of the name registry) and the small API through which
+//! work crosses to other shards: [`Shard::on_shard`] to send one message,
+//! [`Shard::scatter`] to ask every shard and gather their replies.
+
+pub mod conn;
+pub mod mesh;
+pub mod message;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use indexmap::IndexSet;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::metadata::{ClientIdx, ClientStore};
+use crate::protocol::{self, Encoding, op};
+use crate::query::Query;
+use crate::routing::local_pick;
+pub use conn::{CloseKind, ConnHandle, now_ms};
+pub use mesh::Mesh;
+pub use message::{ConnRef, Dispatch, Reply, ReplyTo, ShardMsg};
+
+pub struct Shard {
+    pub id: usize,
+    pub config: Arc<Config>,
+    mesh: Mesh<ShardMsg>,
+    /// Metadata of the clients identified on this shard.
+    pub store: RefCell<ClientStore>,
+    /// Every open websocket connection of this shard, by connection id.
+    conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
+    /// Identified connections by their client slot in `store`.
+    clients: RefCell<HashMap<ClientIdx, Rc<ConnHandle>>>,
+    /// Clients that asked for CLIENT_CONNECTED / CLIENT_DISCONNECTED.
+    subscribers: RefCell<IndexSet<ClientIdx>>,
+    /// The part of the (app, client id) registry hashed to this shard.
+    names: RefCell<HashMap<(Box<str>, Box<str>), ConnRef>>,
+    pending: RefCell<HashMap<u64, Rc<Gather>>>,
+    next_req: Cell<u64>,
+    next_conn: Cell<u64>,
+    pub rng: RefCell<fastrand::Rng>,
+    shutting_down: Cell<bool>,
+}
+
+/// Replies collected for one scattered request.
+struct Gather {
+    expected: usize,
+    replies: RefCell<Vec<(usize, Reply)>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Shard {
+    pub fn new(id: usize, config: Arc<Config>, mesh: Mesh<ShardMsg>) -> Shard {
+        Shard {
+            id,
+            config,
+            mesh,
+            store: RefCell::new(ClientStore::new()),
+            conns: RefCell::default(),
+            clients: RefCell::default(),
+            subscribers: RefCell::default(),
+            names: RefCell::default(),
+            pending: RefCell::default(),
+            next_req: Cell::new(0),
+            next_conn: Cell::new(0),
+            rng: RefCell::new(fastrand::Rng::new()),
+            shutting_down: Cell::new(false),
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.mesh.shards()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Sends one message to shard `to` (which may be this one).
+    pub fn on_shard(&self, to: usize, msg: ShardMsg) {
+        self.mesh.send(to, msg);
+    }
+
+    /// Asks every shard the question `make` builds and waits for all answers,
+    /// returned indexed by shard. This shard answers directly, without a
+    /// trip through its own inbox.
+    pub async fn scatter(&self, make: impl Fn(ReplyTo) -> ShardMsg) -> Vec<Reply> {
+        let n = self.shards();
+        let req = self.next_req.get();
+        self.next_req.set(req + 1);
+        let gather = Rc::new(Gather {
+            expected: n - 1,
+            replies: RefCell::new(Vec::with_capacity(n)),
+            waker: Cell::new(None),
+        });
+        if n > 1 {
+            self.pending.borrow_mut().insert(req, gather.clone());
+            let reply_to = ReplyTo {
+                shard: self.id,
+                req,
+            };
+            for shard in (0..n).filter(|&s| s != self.id) {
+                self.mesh.send(shard, make(reply_to));
+            }
+        }
+        let local = self
+            .answer(make(ReplyTo {
+                shard: self.id,
+                req,
+            }))
+            .expect("every request has an answer");
+        // Removes the pending entry even if the waiting task is dropped.
+        let _guard = PendingGuard { shard: self, req };
+        poll_fn(|cx| {
+            if gather.replies.borrow().len() >= gather.expected {
+                Poll::Ready(())
+            } else {
+                gather.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        let mut replies = std::mem::take(&mut *gather.replies.borrow_mut());
+        replies.push((self.id, local));
+        replies.sort_by_key(|(shard, _)| *shard);
+        replies.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Handles one message from the mesh.
+    pub fn handle(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Reply { req, from, reply } => {
+                if let Some(gather) = self.pending.borrow().get(&req) {
+                    gather.replies.borrow_mut().push((from, reply));
+                    if gather.replies.borrow().len() >= gather.expected
+                        && let Some(w) = gather.waker.take()
+                    {
+                        w.wake();
+                    }
+                }
+            }
+            ShardMsg::Deliver { target, packet } => {
+                self.deliver(target, &packet);
+            }
+            ShardMsg::Release { app, client, owner } => {
+                let mut names = self.names.borrow_mut();
+                let key = (app, client);
+                if names.get(&key) == Some(&owner) {
+                    names.remove(&key);
+                }
+            }
+            ShardMsg::ClientEvent { packet } => self.notify_subscribers(&packet),
+            ShardMsg::Shutdown => self.shutdown(),
+            request => {
+                let reply_to = match &request {
+                    ShardMsg::Pick { reply_to, .. }
+                    | ShardMsg::Broadcast { reply_to, .. }
+                    | ShardMsg::Nodes { reply_to, .. }
+                    | ShardMsg::Claim { reply_to, .. } => *reply_to,
+                    _ => unreachable!("only requests reach here"),
+                };
+                if let Some(reply) = self.answer(request) {
+                    self.mesh.send(
+                        reply_to.shard,
+                        ShardMsg::Reply {
+                            req: reply_to.req,
+                            from: self.id,
+                            reply,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Answers a request locally.
+    fn answer(&self, msg: ShardMsg) -> Option<Reply> {
+        Some(match msg {
+            ShardMsg::Pick { query, avg, .. } => {
+                let pick = local_pick(
+                    &self.store.borrow(),
+                    &query,
+                    avg,
+                    &mut self.rng.borrow_mut(),
+                );
+                // The origin names the connection it delivers to, not just the
+                // slot, so a slot reused in between is never mistaken for it.
+                let clients = self.clients.borrow();
+                let conns = [pick.random, pick.keyed.map(|k| k.1), pick.selected.map(|s| s.1)]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|idx| clients.get(&idx).map(|c| (idx, c.id)))
+                    .collect();
+                Reply::Pick(pick, conns)
+            }
+            ShardMsg::Broadcast { query, packet, .. } => {
+                Reply::Delivered(self.broadcast_local(&query, &packet))
+            }
+            ShardMsg::Nodes { query, .. } => Reply::Nodes(self.nodes_local(&query)),
+            ShardMsg::Claim {
+                app, client, owner, ..
+            } => {
+                let mut names = self.names.borrow_mut();
+                let key = (app, client);
+                let free = !names.contains_key(&key);
+                if free {
+                    names.insert(key, owner);
+                }
+                Reply::Claimed(free)
+            }
+            _ => return None,
+        })
+    }
+
+    /// Delivers to one local client, if it is still the connection meant.
+    pub fn deliver(&self, target: ConnRef, packet: &Dispatch) -> bool {
+        let clients = self.clients.borrow();
+        match clients.get(&target.client) {
+            Some(conn) if conn.id == target.conn => {
+                conn.push(encode_dispatch(conn.encoding, packet));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Delivers `packet` to every local match of `query`, encoding it once
+    /// per encoding in use.
+    fn broadcast_local(&self, query: &Query, packet: &Dispatch) -> u64 {
+        let store = self.store.borrow();
+        let clients = self.clients.borrow();
+        let plan = query.index_plan();
+        let exact = match &plan {
+            Some(plan) => plan.exact,
+            None => query.ops.is_empty(),
+        };
+        let mut frames = EncodedOnce::new(packet);
+        let mut count = 0;
+        for idx in store
+            .candidates(query.application.as_deref(), query.restricted, plan.as_ref())
+            .iter()
+        {
+            if !exact && !store.get(idx).is_some_and(|e| query.matches(&e.metadata)) {
+                continue;
+            }
+            if let Some(conn) = clients.get(&idx) {
+                conn.push(frames.get(conn.encoding));
+                count += 1;
+            }
+        }
+        count
+    }
+
+    fn nodes_local(&self, query: &Query) -> Vec<Value> {
+        let store = self.store.borrow();
+        let plan = query.index_plan();
+        store
+            .candidates(query.application.as_deref(), query.restricted, plan.as_ref())
+            .iter()
+            .filter_map(|idx| store.get(idx))
+            .filter(|e| query.matches(&e.metadata))
+            .map(|e| {
+                json!({
+                    "app_id": &*e.app_id,
+                    "client_id": &*e.client_id,
+                    "metadata": e.metadata.to_plain_json(),
+                    "socket_ip": e.metadata.get("ip").map_or(Value::Null, |v| v.value.clone()),
+                    "queues": [],
+                    "node": "local",
+                    "shard": self.id,
+                })
+            })
+            .collect()
+    }
+
+    fn notify_subscribers(&self, packet: &Dispatch) {
+        let clients = self.clients.borrow();
+        let mut frames = EncodedOnce::new(packet);
+        for idx in self.subscribers.borrow().iter() {
+            if let Some(conn) = clients.get(idx) {
+                conn.push(frames.get(conn.encoding));
+            }
+        }
+    }
+
+    /// Sends CLIENT_CONNECTED / CLIENT_DISCONNECTED to every shard.
+    pub fn announce(&self, t: &'static str, app: &str, client: &str) {
+        let packet = Arc::new(Dispatch {
+            t,
+            d: json!({"nonce": null, "payload": {"app": app, "client_id": client}}),
+        });
+        for shard in 0..self.shards() {
+            self.mesh.send(
+                shard,
+                ShardMsg::ClientEvent {
+                    packet: packet.clone(),
+                },
+            );
+        }
+    }
+
+    /// The shard that owns the registry entry of (app, client).
+    pub fn name_owner(&self, app: &str, client: &str) -> usize {
+        // A fixed-key hash: every shard must compute the same owner.
+        let mut h = std::hash::DefaultHasher::new();
+        (app, client).hash(&mut h);
+        (h.finish() % self.shards() as u64) as usize
+    }
+
+    /// Claims (app, client) for `owner`; false if another connection has it.
+    pub async fn claim_name(&self, app: &str, client: &str, owner: ConnRef) -> bool {
+        let to = self.name_owner(app, client);
+        let msg = |reply_to| ShardMsg::Claim {
+            reply_to,
+            app: app.into(),
+            client: client.into(),
+            owner,
+        };
+        if to == self.id {
+            return matches!(self.answer(msg(ReplyTo { shard: to, req: 0 })), Some(Reply::Claimed(true)));
+        }
+        let req = self.next_req.get();
+        self.next_req.set(req + 1);
+        let gather = Rc::new(Gather {
+            expected: 1,
+            replies: RefCell::default(),
+            waker: Cell::new(None),
+        });
+        self.pending.borrow_mut().insert(req, gather.clone());
+        let _guard = PendingGuard { shard: self, req };
+        self.mesh.send(to, msg(ReplyTo { shard: self.id, req }));
+        poll_fn(|cx| {
+            if gather.replies.borrow().is_empty() {
+                gather.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        let replies = gather.replies.borrow();
+        matches!(replies.first(), Some((_, Reply::Claimed(true))))
+    }
+
+    pub fn release_name(&self, app: &str, client: &str, owner: ConnRef) {
+        self.on_shard(
+            self.name_owner(app, client),
+            ShardMsg::Release {
+                app: app.into(),
+                client: client.into(),
+                owner,
+            },
+        );
+    }
+
+    /// Registers a new websocket connection.
+    pub fn open_conn(&self, encoding: Encoding) -> Rc<ConnHandle> {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let conn = Rc::new(ConnHandle::new(
+            id,
+            encoding,
+            self.config.max_outbound_bytes,
+            std::time::Instant::now(),
+        ));
+        self.conns.borrow_mut().insert(id, conn.clone());
+        conn
+    }
+
+    /// Makes an identified connection reachable by routing.
+    pub fn attach_client(&self, conn: &Rc<ConnHandle>, idx: ClientIdx, subscribe: bool) {
+        conn.set_client(Some(idx));
+        self.clients.borrow_mut().insert(idx, conn.clone());
+        if subscribe {
+            self.subscribers.borrow_mut().insert(idx);
+        }
+    }
+
+    /// Forgets a connection; returns its store entry if it was identified.
+    pub fn close_conn(&self, conn: &ConnHandle) -> Option<crate::metadata::ClientEntry> {
+        self.conns.borrow_mut().remove(&conn.id);
+        let idx = conn.client()?;
+        conn.set_client(None);
+        self.clients.borrow_mut().remove(&idx);
+        self.subscribers.borrow_mut().swap_remove(&idx);
+        self.store.borrow_mut().remove(idx)
+    }
+
+    /// Closes every connection whose last heartbeat is older than the
+    /// timeout (contract §8). Runs on the shard's reaper timer.
+    pub fn reap(&self, now: std::time::Instant) {
+        let timeout = self.config.heartbeat_timeout();
+        for conn in self.conns.borrow().values() {
+            if conn.abort_if_stuck(now) {
+                continue;
+            }
+            if !conn.is_closing() && now.duration_since(conn.last_heartbeat()) > timeout {
+                conn.fail(
+                    protocol::errors::HEARTBEAT_TOO_LONG,
+                    Value::Null,
+                    CloseKind::Policy,
+                );
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        self.shutting_down.set(true);
+        for conn in self.conns.borrow().values() {
+            conn.goodbye(protocol::errors::SHUTDOWN);
+        }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.conns.borrow().len()
+    }
+}
+
+struct PendingGuard<'a> {
+    shard: &'a Shard,
+    req: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shard.pending.borrow_mut().remove(&self.req);
+    }
+}
+
+/// A dispatch packet encoded at most once per encoding.
+struct EncodedOnce<'a> {
+    packet: &'a Dispatch,
+    frames: [Option<Bytes>; 3],
+    ts: i64,
+}
+
+impl<'a> EncodedOnce<'a> {
+    fn new(packet: &'a Dispatch) -> Self {
+        EncodedOnce {
+            packet,
+            frames: [None, None, None],
+            ts: now_ms(),
+        }
+    }
+
+    fn get(&mut self, encoding: Encoding) -> Bytes {
+        let slot = match encoding {
+            Encoding::Json => &mut self.frames[0],
+            Encoding::Msgpack => &mut self.frames[1],
+            Encoding::Etf => &mut self.frames[2],
+        };
+        slot.get_or_insert_with(|| {
+            protocol::encode(encoding, op::DISPATCH, Some(self.packet.t), &self.packet.d, self.ts)
+        })
+        .clone()
+    }
+}
+
+/// Encodes a dispatch for one recipient.
+pub fn encode_dispatch(encoding: Encoding, packet: &Dispatch) -> Bytes {
+    protocol::encode(encoding, op::DISPATCH, Some(packet.t), &packet.d, now_ms())
+}
