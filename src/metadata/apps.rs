@@ -47,7 +47,9 @@ impl Apps {
             None => self.intern(name),
         };
         // An interned id always has a live slot (freed only when empty).
-        let app = self.slots[id as usize].as_mut().expect("interned app has a slot");
+        let app = self.slots[id as usize]
+            .as_mut()
+            .expect("interned app has a slot");
         app.clients[usize::from(restricted)].insert(client);
         (app.name.clone(), group_of(id, restricted))
     }
@@ -107,7 +109,10 @@ impl Apps {
             app.iter().flat_map(move |app| {
                 // Slot indices fit in u32: `intern` checked it.
                 let id = id as u32;
-                [(group_of(id, false), &app.clients[0]), (group_of(id, true), &app.clients[1])]
+                [
+                    (group_of(id, false), &app.clients[0]),
+                    (group_of(id, true), &app.clients[1]),
+                ]
             })
         })
     }

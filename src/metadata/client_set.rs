@@ -52,7 +52,8 @@ impl ClientSet {
                 if v.len() < SMALL_MAX {
                     v.push(idx);
                 } else {
-                    let mut set = IndexSet::with_capacity_and_hasher(v.len() * 2, Default::default());
+                    let mut set =
+                        IndexSet::with_capacity_and_hasher(v.len() * 2, Default::default());
                     set.extend(v.iter().copied());
                     set.insert(idx);
                     *self = ClientSet::Large(Box::new(set));
@@ -114,7 +115,10 @@ impl ClientSet {
             ClientSet::Small(v) => (Some(v.iter().copied()), None),
             ClientSet::Large(s) => (None, Some(s.iter().copied())),
         };
-        small.into_iter().flatten().chain(large.into_iter().flatten())
+        small
+            .into_iter()
+            .flatten()
+            .chain(large.into_iter().flatten())
     }
 }
 

@@ -28,13 +28,20 @@ impl ClientStore {
         for (idx, entry) in self.iter() {
             let group = entry.group();
             if apps.name(group >> 1) != Some(&entry.app_id) {
-                return Err(format!("client {idx}: group {group} is not app {}", entry.app_id));
+                return Err(format!(
+                    "client {idx}: group {group} is not app {}",
+                    entry.app_id
+                ));
             }
             if is_restricted(group) != entry.restricted {
                 return Err(format!("client {idx}: group {group} vs restricted flag"));
             }
-            if entry.metadata.get("restricted").map(|v| &v.value) != Some(&Value::Bool(entry.restricted)) {
-                return Err(format!("client {idx}: restricted key does not mirror the flag"));
+            if entry.metadata.get("restricted").map(|v| &v.value)
+                != Some(&Value::Bool(entry.restricted))
+            {
+                return Err(format!(
+                    "client {idx}: restricted key does not mirror the flag"
+                ));
             }
             groups.entry(group).or_default().insert(idx);
             for (key, value) in entry.metadata.iter().filter(|(k, _)| is_indexed(k)) {
@@ -44,7 +51,9 @@ impl ClientStore {
                     IndexKeys::Member(ks) => (Kind::Member, ks),
                 };
                 for scalar in scalars {
-                    let members = buckets.entry((key.to_owned(), kind, scalar, group)).or_default();
+                    let members = buckets
+                        .entry((key.to_owned(), kind, scalar, group))
+                        .or_default();
                     members.insert(idx);
                 }
             }
@@ -62,7 +71,10 @@ impl ClientStore {
         }
         let app_count = groups.keys().map(|g| g >> 1).collect::<BTreeSet<_>>().len();
         if apps.interned() != app_count {
-            return Err(format!("{} apps interned, {app_count} live", apps.interned()));
+            return Err(format!(
+                "{} apps interned, {app_count} live",
+                apps.interned()
+            ));
         }
 
         let mut live_buckets = Buckets::new();
@@ -71,7 +83,9 @@ impl ClientStore {
             for (group, set) in postings.groups() {
                 set.check()?;
                 if set.is_empty() || last >= Some(group) {
-                    return Err(format!("bucket {key}/{scalar:?}: empty or unsorted group {group}"));
+                    return Err(format!(
+                        "bucket {key}/{scalar:?}: empty or unsorted group {group}"
+                    ));
                 }
                 last = Some(group);
                 live_buckets.insert((key.to_owned(), kind, scalar.clone(), group), set_of(set));
@@ -83,16 +97,27 @@ impl ClientStore {
         if live_buckets != buckets {
             return Err(format!("index {live_buckets:?}, expected {buckets:?}"));
         }
-        let key_count = buckets.keys().map(|(k, ..)| k).collect::<BTreeSet<_>>().len();
+        let key_count = buckets
+            .keys()
+            .map(|(k, ..)| k)
+            .collect::<BTreeSet<_>>()
+            .len();
         if index.key_count() != key_count {
-            return Err(format!("{} keys indexed, {key_count} in use", index.key_count()));
+            return Err(format!(
+                "{} keys indexed, {key_count} in use",
+                index.key_count()
+            ));
         }
         Ok(())
     }
 }
 
 /// Live slots, free list and length agree.
-fn check_slots(live: impl Iterator<Item = bool>, free: &[ClientIdx], len: usize) -> Result<(), String> {
+fn check_slots(
+    live: impl Iterator<Item = bool>,
+    free: &[ClientIdx],
+    len: usize,
+) -> Result<(), String> {
     let mut empty = BTreeSet::new();
     let mut live_count = 0;
     for (i, is_live) in live.enumerate() {

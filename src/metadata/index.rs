@@ -62,7 +62,12 @@ impl Postings {
     }
 
     /// Appends the sets passing the app and restricted filters to `out`.
-    pub fn select<'a>(&'a self, app: Option<u32>, include_restricted: bool, out: &mut Vec<&'a ClientSet>) {
+    pub fn select<'a>(
+        &'a self,
+        app: Option<u32>,
+        include_restricted: bool,
+        out: &mut Vec<&'a ClientSet>,
+    ) {
         let keep = |g: Group| include_restricted || !is_restricted(g);
         match app {
             None => out.extend(self.0.iter().filter(|(g, _)| keep(*g)).map(|(_, s)| s)),
@@ -152,7 +157,10 @@ impl ValueIndex {
     pub fn buckets(&self) -> impl Iterator<Item = (&str, Kind, &ScalarKey, &Postings)> {
         self.keys.iter().flat_map(|(key, index)| {
             let eq = index.eq.iter().map(move |(s, p)| (&**key, Kind::Eq, s, p));
-            let member = index.member.iter().map(move |(s, p)| (&**key, Kind::Member, s, p));
+            let member = index
+                .member
+                .iter()
+                .map(move |(s, p)| (&**key, Kind::Member, s, p));
             eq.chain(member)
         })
     }

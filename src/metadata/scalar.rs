@@ -127,7 +127,9 @@ pub fn index_keys(mv: &MetaValue) -> IndexKeys {
         }
         Value::Object(map) => IndexKeys::Member(
             // BTreeMap keys are already sorted and unique.
-            map.keys().map(|k| ScalarKey::Str(k.as_str().into())).collect(),
+            map.keys()
+                .map(|k| ScalarKey::Str(k.as_str().into()))
+                .collect(),
         ),
         other => ScalarKey::of_json(other).map_or(IndexKeys::None, IndexKeys::Eq),
     }

@@ -65,12 +65,19 @@ impl ClientStore {
     /// Adds a client. The `restricted` metadata key is set from the flag, so
     /// the two cannot disagree. The caller has already checked that
     /// (`app_id`, `client_id`) is not connected (that check spans shards).
-    pub fn insert(&mut self, app_id: &str, client_id: &str, restricted: bool, mut metadata: Metadata) -> ClientIdx {
+    pub fn insert(
+        &mut self,
+        app_id: &str,
+        client_id: &str,
+        restricted: bool,
+        mut metadata: Metadata,
+    ) -> ClientIdx {
         let idx = match self.free.pop() {
             Some(idx) => idx,
             None => {
                 self.slots.push(None);
-                ClientIdx::try_from(self.slots.len() - 1).expect("fewer than 2^32 clients per shard")
+                ClientIdx::try_from(self.slots.len() - 1)
+                    .expect("fewer than 2^32 clients per shard")
             }
         };
         metadata.insert(RESTRICTED_KEY, MetaValue::plain(Value::Bool(restricted)));
@@ -157,7 +164,12 @@ impl ClientStore {
     /// unless `include_restricted`, and, with a plan, exactly those whose
     /// value at the probe's key satisfies the probe (`$eq` semantics of
     /// [`ScalarKey`]; probe values that are not scalars match nothing).
-    pub fn candidates(&self, app: Option<&str>, include_restricted: bool, plan: Option<&IndexPlan>) -> Candidates<'_> {
+    pub fn candidates(
+        &self,
+        app: Option<&str>,
+        include_restricted: bool,
+        plan: Option<&IndexPlan>,
+    ) -> Candidates<'_> {
         let app = match app {
             Some(name) => match self.apps.id(name) {
                 Some(id) => Some(id),
@@ -174,7 +186,10 @@ impl ClientStore {
                 .group_sets(app, include_restricted)
                 .into_iter()
                 .flat_map(|set| set.iter())
-                .filter(|&idx| self.get(idx).is_some_and(|e| entry_matches(e, key, kind, &scalars)))
+                .filter(|&idx| {
+                    self.get(idx)
+                        .is_some_and(|e| entry_matches(e, key, kind, &scalars))
+                })
                 .collect();
             return Candidates::from_scan(matching);
         }
@@ -189,7 +204,9 @@ impl ClientStore {
 
     /// The non-empty group sets passing the app and restricted filters.
     fn group_sets(&self, app: Option<u32>, include_restricted: bool) -> Vec<&ClientSet> {
-        let keep = |(g, set): &(Group, &ClientSet)| (include_restricted || !is_restricted(*g)) && !set.is_empty();
+        let keep = |(g, set): &(Group, &ClientSet)| {
+            (include_restricted || !is_restricted(*g)) && !set.is_empty()
+        };
         match app {
             Some(id) => [group_of(id, false), group_of(id, true)]
                 .into_iter()
@@ -197,7 +214,12 @@ impl ClientStore {
                 .filter(keep)
                 .map(|(_, set)| set)
                 .collect(),
-            None => self.apps.groups().filter(keep).map(|(_, set)| set).collect(),
+            None => self
+                .apps
+                .groups()
+                .filter(keep)
+                .map(|(_, set)| set)
+                .collect(),
         }
     }
 
@@ -277,7 +299,11 @@ fn probe_scalars(probe: &Probe) -> (&str, Kind, Vec<ScalarKey>) {
         Probe::Eq { key, value } => (key, Kind::Eq, probe_keys(value).collect()),
         Probe::In { key, values } => (key, Kind::Eq, values.iter().flat_map(probe_keys).collect()),
         // List elements and map keys are untyped JSON: no version reading.
-        Probe::Contains { key, value } => (key, Kind::Member, ScalarKey::of_json(value).into_iter().collect()),
+        Probe::Contains { key, value } => (
+            key,
+            Kind::Member,
+            ScalarKey::of_json(value).into_iter().collect(),
+        ),
     };
     scalars.sort_unstable();
     scalars.dedup();

@@ -124,7 +124,8 @@ fn parse_entry(key: &str, entry: &Value) -> Result<MetaValue, String> {
             let Value::String(text) = value else {
                 return Err(mismatch(ty, value));
             };
-            let version = semver::Version::parse(text).map_err(|e| format!("invalid version: {e}"))?;
+            let version =
+                semver::Version::parse(text).map_err(|e| format!("invalid version: {e}"))?;
             return Ok(MetaValue {
                 ty,
                 value: value.clone(),

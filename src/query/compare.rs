@@ -236,19 +236,52 @@ mod tests {
 
     #[test]
     fn numbers_compare_exactly_across_kinds() {
-        assert_eq!(rel(json!(1), json!(1.0)), Relation::Ordered(Ordering::Equal));
-        assert_eq!(rel(json!(2), json!(1.5)), Relation::Ordered(Ordering::Greater));
-        assert_eq!(rel(json!(-2), json!(-1.5)), Relation::Ordered(Ordering::Less));
-        assert_eq!(rel(json!(-1), json!(-1.5)), Relation::Ordered(Ordering::Greater));
-        assert_eq!(rel(json!(u64::MAX), json!(i64::MIN)), Relation::Ordered(Ordering::Greater));
+        assert_eq!(
+            rel(json!(1), json!(1.0)),
+            Relation::Ordered(Ordering::Equal)
+        );
+        assert_eq!(
+            rel(json!(2), json!(1.5)),
+            Relation::Ordered(Ordering::Greater)
+        );
+        assert_eq!(
+            rel(json!(-2), json!(-1.5)),
+            Relation::Ordered(Ordering::Less)
+        );
+        assert_eq!(
+            rel(json!(-1), json!(-1.5)),
+            Relation::Ordered(Ordering::Greater)
+        );
+        assert_eq!(
+            rel(json!(u64::MAX), json!(i64::MIN)),
+            Relation::Ordered(Ordering::Greater)
+        );
         // 2^53 + 1 is not an f64; a float round trip would call these equal.
         let big = json!(9_007_199_254_740_993_u64);
-        assert_eq!(rel(big.clone(), json!(9_007_199_254_740_992.0)), Relation::Ordered(Ordering::Greater));
-        assert_eq!(rel(json!(9_007_199_254_740_992.0), big), Relation::Ordered(Ordering::Less));
-        assert_eq!(rel(json!(u64::MAX), json!(1e300)), Relation::Ordered(Ordering::Less));
-        assert_eq!(rel(json!(i64::MIN), json!(-1e300)), Relation::Ordered(Ordering::Greater));
-        assert_eq!(rel(json!(0), json!(-0.0)), Relation::Ordered(Ordering::Equal));
-        assert_eq!(rel(json!(0.5), json!(0.25)), Relation::Ordered(Ordering::Greater));
+        assert_eq!(
+            rel(big.clone(), json!(9_007_199_254_740_992.0)),
+            Relation::Ordered(Ordering::Greater)
+        );
+        assert_eq!(
+            rel(json!(9_007_199_254_740_992.0), big),
+            Relation::Ordered(Ordering::Less)
+        );
+        assert_eq!(
+            rel(json!(u64::MAX), json!(1e300)),
+            Relation::Ordered(Ordering::Less)
+        );
+        assert_eq!(
+            rel(json!(i64::MIN), json!(-1e300)),
+            Relation::Ordered(Ordering::Greater)
+        );
+        assert_eq!(
+            rel(json!(0), json!(-0.0)),
+            Relation::Ordered(Ordering::Equal)
+        );
+        assert_eq!(
+            rel(json!(0.5), json!(0.25)),
+            Relation::Ordered(Ordering::Greater)
+        );
     }
 
     #[test]
@@ -263,23 +296,59 @@ mod tests {
 
     #[test]
     fn strings_by_code_point() {
-        assert_eq!(rel(json!("a"), json!("b")), Relation::Ordered(Ordering::Less));
-        assert_eq!(rel(json!("Z"), json!("a")), Relation::Ordered(Ordering::Less));
+        assert_eq!(
+            rel(json!("a"), json!("b")),
+            Relation::Ordered(Ordering::Less)
+        );
+        assert_eq!(
+            rel(json!("Z"), json!("a")),
+            Relation::Ordered(Ordering::Less)
+        );
         // U+FF5E (3 bytes) sorts after U+00E9 (2 bytes), as code points do.
-        assert_eq!(rel(json!("～"), json!("é")), Relation::Ordered(Ordering::Greater));
-        assert_eq!(rel(json!("10"), json!("9")), Relation::Ordered(Ordering::Less));
+        assert_eq!(
+            rel(json!("～"), json!("é")),
+            Relation::Ordered(Ordering::Greater)
+        );
+        assert_eq!(
+            rel(json!("10"), json!("9")),
+            Relation::Ordered(Ordering::Less)
+        );
     }
 
     #[test]
     fn equality_only_kinds() {
-        assert_eq!(rel(json!(true), json!(true)), Relation::Unordered { equal: true });
-        assert_eq!(rel(json!(true), json!(false)), Relation::Unordered { equal: false });
-        assert_eq!(rel(json!(null), json!(null)), Relation::Unordered { equal: true });
-        assert_eq!(rel(json!([1, {"a": 2}]), json!([1.0, {"a": 2.0}])), Relation::Unordered { equal: true });
-        assert_eq!(rel(json!([1, 2]), json!([2, 1])), Relation::Unordered { equal: false });
-        assert_eq!(rel(json!({"a": 1}), json!({"a": 1, "b": 2})), Relation::Unordered { equal: false });
-        assert_eq!(rel(json!({"a": 1}), json!({"b": 1})), Relation::Unordered { equal: false });
-        assert_eq!(rel(json!({"a": "x"}), json!({"a": "x"})), Relation::Unordered { equal: true });
+        assert_eq!(
+            rel(json!(true), json!(true)),
+            Relation::Unordered { equal: true }
+        );
+        assert_eq!(
+            rel(json!(true), json!(false)),
+            Relation::Unordered { equal: false }
+        );
+        assert_eq!(
+            rel(json!(null), json!(null)),
+            Relation::Unordered { equal: true }
+        );
+        assert_eq!(
+            rel(json!([1, {"a": 2}]), json!([1.0, {"a": 2.0}])),
+            Relation::Unordered { equal: true }
+        );
+        assert_eq!(
+            rel(json!([1, 2]), json!([2, 1])),
+            Relation::Unordered { equal: false }
+        );
+        assert_eq!(
+            rel(json!({"a": 1}), json!({"a": 1, "b": 2})),
+            Relation::Unordered { equal: false }
+        );
+        assert_eq!(
+            rel(json!({"a": 1}), json!({"b": 1})),
+            Relation::Unordered { equal: false }
+        );
+        assert_eq!(
+            rel(json!({"a": "x"}), json!({"a": "x"})),
+            Relation::Unordered { equal: true }
+        );
     }
 
     #[test]
@@ -291,7 +360,11 @@ mod tests {
             (json!([1]), json!(1)),
             (json!({}), json!([])),
         ] {
-            assert_eq!(rel(a.clone(), b.clone()), Relation::Incomparable, "{a} vs {b}");
+            assert_eq!(
+                rel(a.clone(), b.clone()),
+                Relation::Incomparable,
+                "{a} vs {b}"
+            );
             assert!(!rel(a, b).is_equal());
         }
     }
@@ -300,17 +373,44 @@ mod tests {
     fn versions_by_precedence() {
         let v = |s: &str| Side::Version(Cow::Owned(Version::parse(s).unwrap()));
         let s = json!("1.10.0");
-        assert_eq!(relate(&v("2.0.0"), &Side::Json(&s)), Relation::Ordered(Ordering::Greater));
-        assert_eq!(relate(&Side::Json(&s), &v("2.0.0")), Relation::Ordered(Ordering::Less));
-        assert_eq!(relate(&v("1.0.0-alpha"), &v("1.0.0")), Relation::Ordered(Ordering::Less));
-        assert_eq!(relate(&v("1.0.0-alpha.2"), &v("1.0.0-alpha.10")), Relation::Ordered(Ordering::Less));
-        assert_eq!(relate(&v("1.0.0-alpha"), &v("1.0.0-beta")), Relation::Ordered(Ordering::Less));
-        assert_eq!(relate(&v("1.0.0+a"), &v("1.0.0+b")), Relation::Ordered(Ordering::Equal));
+        assert_eq!(
+            relate(&v("2.0.0"), &Side::Json(&s)),
+            Relation::Ordered(Ordering::Greater)
+        );
+        assert_eq!(
+            relate(&Side::Json(&s), &v("2.0.0")),
+            Relation::Ordered(Ordering::Less)
+        );
+        assert_eq!(
+            relate(&v("1.0.0-alpha"), &v("1.0.0")),
+            Relation::Ordered(Ordering::Less)
+        );
+        assert_eq!(
+            relate(&v("1.0.0-alpha.2"), &v("1.0.0-alpha.10")),
+            Relation::Ordered(Ordering::Less)
+        );
+        assert_eq!(
+            relate(&v("1.0.0-alpha"), &v("1.0.0-beta")),
+            Relation::Ordered(Ordering::Less)
+        );
+        assert_eq!(
+            relate(&v("1.0.0+a"), &v("1.0.0+b")),
+            Relation::Ordered(Ordering::Equal)
+        );
         let bad = json!("not.a.version");
-        assert_eq!(relate(&v("1.0.0"), &Side::Json(&bad)), Relation::Incomparable);
+        assert_eq!(
+            relate(&v("1.0.0"), &Side::Json(&bad)),
+            Relation::Incomparable
+        );
         let num = json!(1);
-        assert_eq!(relate(&v("1.0.0"), &Side::Json(&num)), Relation::Incomparable);
-        assert_eq!(relate(&Side::BadVersion, &Side::BadVersion), Relation::Incomparable);
+        assert_eq!(
+            relate(&v("1.0.0"), &Side::Json(&num)),
+            Relation::Incomparable
+        );
+        assert_eq!(
+            relate(&Side::BadVersion, &Side::BadVersion),
+            Relation::Incomparable
+        );
         assert!(matches!(Side::new(&bad, true), Side::BadVersion));
         assert!(matches!(Side::new(&num, true), Side::Json(_)));
         assert!(matches!(Side::new(&s, false), Side::Json(_)));
@@ -323,7 +423,10 @@ mod tests {
         assert_ne!(ScalarKey::of(&json!(1)), ScalarKey::of(&json!(1.5)));
         assert_ne!(ScalarKey::of(&json!(1)), ScalarKey::of(&json!("1")));
         assert_ne!(ScalarKey::of(&json!(true)), ScalarKey::of(&json!(1)));
-        assert_eq!(ScalarKey::of(&json!(1e300)), Some(ScalarKey::Float(1e300_f64.to_bits())));
+        assert_eq!(
+            ScalarKey::of(&json!(1e300)),
+            Some(ScalarKey::Float(1e300_f64.to_bits()))
+        );
         assert_eq!(ScalarKey::of(&json!(null)), None);
         assert_eq!(ScalarKey::of(&json!([1])), None);
         assert_eq!(ScalarKey::of(&json!({})), None);

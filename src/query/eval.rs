@@ -56,7 +56,9 @@ impl Comparison {
             CmpOp::Lte => ordered(&mine, &given, Ordering::is_le),
             CmpOp::In => self.is_in(&mine, given_raw).unwrap_or(false),
             CmpOp::Nin => self.is_in(&mine, given_raw).is_some_and(|found| !found),
-            CmpOp::Contains => self.contains(found.value, given_raw, &given).unwrap_or(false),
+            CmpOp::Contains => self
+                .contains(found.value, given_raw, &given)
+                .unwrap_or(false),
             CmpOp::Ncontains => self
                 .contains(found.value, given_raw, &given)
                 .is_some_and(|found| !found),

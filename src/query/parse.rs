@@ -58,7 +58,10 @@ fn type_error(field: &'static str, expected: &'static str) -> QueryError {
     QueryError::FieldType { field, expected }
 }
 
-fn string_field(obj: &Map<String, Value>, name: &'static str) -> Result<Option<String>, QueryError> {
+fn string_field(
+    obj: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<String>, QueryError> {
     match field(obj, name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -104,7 +107,12 @@ pub(super) struct Parser {
 
 impl Parser {
     /// Parses `ops` (a list of ops at `depth`) located at `loc`.
-    pub(super) fn list(&mut self, ops: &[Value], loc: &Loc<'_>, depth: usize) -> Result<Vec<Op>, QueryError> {
+    pub(super) fn list(
+        &mut self,
+        ops: &[Value],
+        loc: &Loc<'_>,
+        depth: usize,
+    ) -> Result<Vec<Op>, QueryError> {
         ops.iter()
             .enumerate()
             .map(|(i, op)| self.op(op, &Loc::Index(loc, i), depth))
@@ -142,7 +150,10 @@ impl Parser {
             self.enter(depth)?;
             let with = match obj.get("with") {
                 None | Some(Value::Null) => {
-                    return Err(QueryError::Missing { field: "with", op: logical });
+                    return Err(QueryError::Missing {
+                        field: "with",
+                        op: logical,
+                    });
                 }
                 Some(Value::Array(with)) => with,
                 Some(_) => return Err(QueryError::WithNotList),
@@ -180,17 +191,22 @@ pub(super) fn at(loc: &Loc<'_>, error: QueryError) -> QueryError {
 fn shape_error(obj: &Map<String, Value>) -> QueryError {
     let mut entries = obj.iter();
     match (entries.next(), entries.next()) {
-        (Some((key, _)), None) if !["path", "to", "with"].contains(&key.as_str()) => match logical_name(key) {
-            Some(op) => QueryError::LogicalShape(op),
-            None => QueryError::LegacyNotObject(key.clone()),
-        },
+        (Some((key, _)), None) if !["path", "to", "with"].contains(&key.as_str()) => {
+            match logical_name(key) {
+                Some(op) => QueryError::LogicalShape(op),
+                None => QueryError::LegacyNotObject(key.clone()),
+            }
+        }
         _ => QueryError::OpShape,
     }
 }
 
 /// A current-dialect comparison: `{"path", "op", "to"}`.
 fn comparison(obj: &Map<String, Value>, op: CmpOp) -> Result<Comparison, QueryError> {
-    let missing = |field| QueryError::Missing { field, op: op.name() };
+    let missing = |field| QueryError::Missing {
+        field,
+        op: op.name(),
+    };
     let path = match field(obj, "path") {
         None => return Err(missing("path")),
         Some(Value::String(p)) => Path::parse(p)?,
@@ -204,7 +220,10 @@ fn comparison(obj: &Map<String, Value>, op: CmpOp) -> Result<Comparison, QueryEr
     let as_version = to.get("type").and_then(Value::as_str) == Some("version");
     let list_check = |field: &'static str, v: &Value| {
         if op.takes_list() && !v.is_array() {
-            Err(QueryError::NotAList { field, op: op.name() })
+            Err(QueryError::NotAList {
+                field,
+                op: op.name(),
+            })
         } else {
             Ok(())
         }

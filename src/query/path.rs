@@ -146,7 +146,11 @@ fn list_index(segment: &str) -> Option<usize> {
     let canonical = !segment.is_empty()
         && segment.bytes().all(|b| b.is_ascii_digit())
         && (segment == "0" || !segment.starts_with('0'));
-    if canonical { segment.parse().ok() } else { None }
+    if canonical {
+        segment.parse().ok()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

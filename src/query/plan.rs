@@ -42,8 +42,7 @@ impl Query {
             }
         });
         let (_, probe) = best?;
-        let exact = self.selector.is_none()
-            && matches!(self.ops.as_slice(), [Op::Compare(_)]);
+        let exact = self.selector.is_none() && matches!(self.ops.as_slice(), [Op::Compare(_)]);
         Some(IndexPlan { probe, exact })
     }
 }

@@ -62,11 +62,32 @@ mod tests {
     fn fixed_values() {
         // Pinned: a change here reroutes every keyed SEND across an upgrade
         // and, worse, between shards of mixed builds.
-        assert_eq!(rendezvous_score("", "", ""), fmix64(fnv1a(FNV_OFFSET, &[0; 24])));
-        assert_eq!(rendezvous_score("k", "a", "c"), rendezvous_score("k", "a", "c"));
-        assert_ne!(rendezvous_score("ab", "c", "x"), rendezvous_score("a", "bc", "x"));
-        assert_ne!(rendezvous_score("k", "a", "c1"), rendezvous_score("k", "a", "c2"));
-        assert_ne!(rendezvous_score("k", "a1", "c"), rendezvous_score("k", "a2", "c"));
+        // (Values computed independently of this code.)
+        assert_eq!(
+            rendezvous_score("key", "app", "client"),
+            0x8a03_15f0_7642_f351
+        );
+        assert_eq!(rendezvous_score("신경", "app", "c"), 0xd0ce_ba2d_ac77_8899);
+        assert_eq!(
+            rendezvous_score("", "", ""),
+            fmix64(fnv1a(FNV_OFFSET, &[0; 24]))
+        );
+        assert_eq!(
+            rendezvous_score("k", "a", "c"),
+            rendezvous_score("k", "a", "c")
+        );
+        assert_ne!(
+            rendezvous_score("ab", "c", "x"),
+            rendezvous_score("a", "bc", "x")
+        );
+        assert_ne!(
+            rendezvous_score("k", "a", "c1"),
+            rendezvous_score("k", "a", "c2")
+        );
+        assert_ne!(
+            rendezvous_score("k", "a1", "c"),
+            rendezvous_score("k", "a2", "c")
+        );
         assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 

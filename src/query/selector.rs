@@ -115,7 +115,13 @@ mod tests {
             ("$avg", SelectorKind::Avg),
         ] {
             let s = parse(json!({ name: "load" })).unwrap().unwrap();
-            assert_eq!(s, Selector { kind, key: "load".into() });
+            assert_eq!(
+                s,
+                Selector {
+                    kind,
+                    key: "load".into()
+                }
+            );
         }
         assert_eq!(parse(json!(null)), Ok(None));
         assert_eq!(Selector::parse(None), Ok(None));
@@ -124,7 +130,10 @@ mod tests {
     #[test]
     fn errors() {
         let shape = "'selector' must be an object with exactly one of $min, $max, $avg";
-        assert_eq!(parse(json!({"$median": "x"})).unwrap_err(), "unknown selector $median");
+        assert_eq!(
+            parse(json!({"$median": "x"})).unwrap_err(),
+            "unknown selector $median"
+        );
         assert_eq!(parse(json!({})).unwrap_err(), shape);
         assert_eq!(parse(json!({"$min": "a", "$max": "b"})).unwrap_err(), shape);
         assert_eq!(parse(json!("$min")).unwrap_err(), shape);
@@ -146,7 +155,10 @@ mod tests {
         md.insert("f", MetaValue::plain(json!(2.5)));
         md.insert("s", MetaValue::plain(json!("7")));
         md.insert("l", MetaValue::plain(json!([1])));
-        let sel = |k: &str| Selector { kind: SelectorKind::Min, key: k.into() };
+        let sel = |k: &str| Selector {
+            kind: SelectorKind::Min,
+            key: k.into(),
+        };
         assert_eq!(sel("i").value(&md), Some(3.0));
         assert_eq!(sel("f").value(&md), Some(2.5));
         assert_eq!(sel("s").value(&md), None);
@@ -156,14 +168,20 @@ mod tests {
 
     #[test]
     fn picks() {
-        let sel = |kind| Selector { kind, key: "k".into() };
+        let sel = |kind| Selector {
+            kind,
+            key: "k".into(),
+        };
         let c = [("a", 5.0), ("b", 1.0), ("c", 9.0), ("d", 1.0), ("e", 4.0)];
         assert_eq!(sel(SelectorKind::Min).pick(c), Some("b"));
         assert_eq!(sel(SelectorKind::Max).pick(c), Some("c"));
         // mean 4.0
         assert_eq!(sel(SelectorKind::Avg).pick(c), Some("e"));
         // mean 5.0: 4 and 6 tie, the first wins
-        assert_eq!(sel(SelectorKind::Avg).pick([("x", 4.0), ("y", 6.0)]), Some("x"));
+        assert_eq!(
+            sel(SelectorKind::Avg).pick([("x", 4.0), ("y", 6.0)]),
+            Some("x")
+        );
         assert_eq!(sel(SelectorKind::Min).pick(Vec::<(u8, f64)>::new()), None);
         assert_eq!(sel(SelectorKind::Avg).pick(Vec::<(u8, f64)>::new()), None);
         let huge = [(1, f64::MAX), (2, f64::MAX), (3, 0.0)];

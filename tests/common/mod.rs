@@ -904,6 +904,33 @@ impl Client {
         );
     }
 
+    /// Waits for the client update `t` (CLIENT_CONNECTED / CLIENT_DISCONNECTED)
+    /// about (`app`, `id`), asserting its exact `d`. Updates about other
+    /// clients are skipped (their timing relative to this one is not part of
+    /// the contract); any other packet is a failure.
+    pub fn expect_client_update(&mut self, t: &str, app: &str, id: &str) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let p = match self.next_event(left) {
+                Event::Packet(p) => p,
+                other => panic!("{}: waiting for {t} of {app}/{id}, got {other:?}", self.label()),
+            };
+            let is_update = p["op"] == json!(OP_DISPATCH)
+                && (p["t"] == json!("CLIENT_CONNECTED") || p["t"] == json!("CLIENT_DISCONNECTED"));
+            assert!(is_update, "{}: waiting for {t} of {app}/{id}, got {p}", self.label());
+            if p["t"] == json!(t) && p["d"]["payload"]["client_id"] == json!(id) && p["d"]["payload"]["app"] == json!(app) {
+                assert_eq!(
+                    p["d"],
+                    json!({"nonce": null, "payload": {"app": app, "client_id": id}}),
+                    "{}: {t} d",
+                    self.label()
+                );
+                return;
+            }
+        }
+    }
+
     /// The next packet must be invalid (op 3) with exactly `error`; returns extra_info.
     pub fn expect_invalid(&mut self, error: &str) -> Value {
         let p = self.expect_op(OP_INVALID);
@@ -1205,4 +1232,21 @@ pub fn collect(clients: &mut [&mut Client], total: usize) -> Vec<Vec<Value>> {
     }
     assert_eq!(count, total, "packets received in all: {got:?}");
     got
+}
+
+/// Asserts that none of `clients` receives a packet within `d` (watched in
+/// parallel, so the whole check takes `d` however many clients there are).
+pub fn expect_all_quiet(clients: &mut [&mut Client], d: Duration) {
+    let deadline = Instant::now() + d;
+    loop {
+        for c in clients.iter_mut() {
+            match c.next_event(Duration::from_millis(2)) {
+                Event::Timeout => {}
+                other => panic!("{}: expected nothing, got {other:?}", c.label()),
+            }
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
+    }
 }

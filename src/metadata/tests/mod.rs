@@ -13,7 +13,9 @@ use super::{MetaType, MetaValue, Metadata};
 fn typed(ty: &str, value: Value) -> MetaValue {
     let ty = MetaType::from_name(ty).expect("test uses a known type");
     let version = match (ty, &value) {
-        (MetaType::Version, Value::String(s)) => Some(semver::Version::parse(s).expect("test version parses")),
+        (MetaType::Version, Value::String(s)) => {
+            Some(semver::Version::parse(s).expect("test version parses"))
+        }
         _ => None,
     };
     MetaValue { ty, value, version }
@@ -38,5 +40,8 @@ fn update(entries: &[(&str, &str, Value)]) -> Vec<(String, MetaValue)> {
 #[test]
 fn helpers_build_what_they_say() {
     let md = meta(&[("v", "version", json!("1.2.3"))]);
-    assert_eq!(md.get("v").and_then(|v| v.version.clone()), Some(semver::Version::new(1, 2, 3)));
+    assert_eq!(
+        md.get("v").and_then(|v| v.version.clone()),
+        Some(semver::Version::new(1, 2, 3))
+    );
 }

@@ -12,11 +12,29 @@ use crate::metadata::{ClientEntry, ClientIdx, ClientStore, IndexPlan, MetaType, 
 
 const APPS: [&str; 3] = ["a1", "a2", "a3"];
 const KEYS: [&str; 3] = ["a", "b", "c"];
-const PROBE_KEYS: [&str; 7] = ["a", "b", "c", "last_heartbeat_time", "ip", "restricted", "zzz"];
+const PROBE_KEYS: [&str; 7] = [
+    "a",
+    "b",
+    "c",
+    "last_heartbeat_time",
+    "ip",
+    "restricted",
+    "zzz",
+];
 
 fn scalar() -> impl Strategy<Value = Value> {
     prop_oneof![
-        prop::sample::select(vec!["x", "y", "1", "1.0.0", "1.0.0+b", "1.0.0-rc.1", "2.0.0", "v1.0.0"]).prop_map(|s| json!(s)),
+        prop::sample::select(vec![
+            "x",
+            "y",
+            "1",
+            "1.0.0",
+            "1.0.0+b",
+            "1.0.0-rc.1",
+            "2.0.0",
+            "v1.0.0"
+        ])
+        .prop_map(|s| json!(s)),
         (-2i64..3).prop_map(|i| json!(i)),
         prop::sample::select(vec![u64::MAX, 1 << 63, (1 << 53) + 1]).prop_map(|u| json!(u)),
         Just(json!(i64::MIN)),
@@ -63,11 +81,27 @@ fn values() -> impl Strategy<Value = Vec<(String, MetaValue)>> {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Insert { app: usize, restricted: bool, values: Vec<(String, MetaValue)> },
-    Merge { pick: usize, values: Vec<(String, MetaValue)> },
-    Replace { pick: usize, values: Vec<(String, MetaValue)> },
-    Remove { pick: usize },
-    Reserved { pick: usize, key: &'static str, value: MetaValue },
+    Insert {
+        app: usize,
+        restricted: bool,
+        values: Vec<(String, MetaValue)>,
+    },
+    Merge {
+        pick: usize,
+        values: Vec<(String, MetaValue)>,
+    },
+    Replace {
+        pick: usize,
+        values: Vec<(String, MetaValue)>,
+    },
+    Remove {
+        pick: usize,
+    },
+    Reserved {
+        pick: usize,
+        key: &'static str,
+        value: MetaValue,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -93,10 +127,15 @@ fn query() -> impl Strategy<Value = (Option<usize>, bool, Option<Probe>)> {
     let key = || prop::sample::select(PROBE_KEYS.to_vec()).prop_map(str::to_owned);
     let probe = prop_oneof![
         (key(), probe_value()).prop_map(|(key, value)| Probe::Eq { key, value }),
-        (key(), prop::collection::vec(probe_value(), 0..4)).prop_map(|(key, values)| Probe::In { key, values }),
+        (key(), prop::collection::vec(probe_value(), 0..4))
+            .prop_map(|(key, values)| Probe::In { key, values }),
         (key(), probe_value()).prop_map(|(key, value)| Probe::Contains { key, value }),
     ];
-    (prop::option::of(0..APPS.len() + 1), any::<bool>(), prop::option::weighted(0.9, probe))
+    (
+        prop::option::of(0..APPS.len() + 1),
+        any::<bool>(),
+        prop::option::weighted(0.9, probe),
+    )
 }
 
 /// A number as an exact value: integers (and integral floats of moderate
@@ -115,7 +154,11 @@ fn exact(n: &Number) -> Exact {
         return Exact::Int(u.into());
     }
     let f = n.as_f64().unwrap();
-    if f.fract() == 0.0 && f.abs() < 1e30 { Exact::Int(f as i128) } else { Exact::Float(f) }
+    if f.fract() == 0.0 && f.abs() < 1e30 {
+        Exact::Int(f as i128)
+    } else {
+        Exact::Float(f)
+    }
 }
 
 fn json_eq(a: &Value, b: &Value) -> bool {
@@ -132,7 +175,9 @@ fn stored_eq(stored: &MetaValue, probe: &Value) -> bool {
     if stored.ty == MetaType::Version {
         let mine = stored.version.clone().unwrap();
         return match probe {
-            Value::String(s) => semver::Version::parse(s).is_ok_and(|v| v.cmp_precedence(&mine) == Ordering::Equal),
+            Value::String(s) => {
+                semver::Version::parse(s).is_ok_and(|v| v.cmp_precedence(&mine) == Ordering::Equal)
+            }
             _ => false,
         };
     }
@@ -147,7 +192,12 @@ fn stored_contains(stored: &MetaValue, probe: &Value) -> bool {
     }
 }
 
-fn reference(entry: &ClientEntry, app: Option<&str>, restricted: bool, probe: Option<&Probe>) -> bool {
+fn reference(
+    entry: &ClientEntry,
+    app: Option<&str>,
+    restricted: bool,
+    probe: Option<&Probe>,
+) -> bool {
     if app.is_some_and(|a| a != &*entry.app_id) || (entry.restricted && !restricted) {
         return false;
     }
@@ -168,7 +218,11 @@ fn reference(entry: &ClientEntry, app: Option<&str>, restricted: bool, probe: Op
 fn apply(store: &mut ClientStore, live: &mut Vec<ClientIdx>, op: Op, next_id: &mut u32) {
     let pick = |p: usize| (!live.is_empty()).then(|| live[p % live.len()]);
     match op {
-        Op::Insert { app, restricted, values } => {
+        Op::Insert {
+            app,
+            restricted,
+            values,
+        } => {
             let mut md = crate::metadata::Metadata::new();
             for (k, v) in values {
                 md.insert(&k, v);
@@ -192,7 +246,11 @@ fn apply(store: &mut ClientStore, live: &mut Vec<ClientIdx>, op: Op, next_id: &m
                 live.retain(|&x| x != c);
             }
         }
-        Op::Reserved { pick: p, key, value } => {
+        Op::Reserved {
+            pick: p,
+            key,
+            value,
+        } => {
             if let Some(c) = pick(p) {
                 store.set_reserved(c, key, value);
             }

@@ -14,31 +14,47 @@ fn check(store: &ClientStore) {
 
 fn eq(key: &str, value: Value) -> IndexPlan {
     IndexPlan {
-        probe: Probe::Eq { key: key.into(), value },
+        probe: Probe::Eq {
+            key: key.into(),
+            value,
+        },
         exact: true,
     }
 }
 
 fn is_in(key: &str, values: Vec<Value>) -> IndexPlan {
     IndexPlan {
-        probe: Probe::In { key: key.into(), values },
+        probe: Probe::In {
+            key: key.into(),
+            values,
+        },
         exact: true,
     }
 }
 
 fn contains(key: &str, value: Value) -> IndexPlan {
     IndexPlan {
-        probe: Probe::Contains { key: key.into(), value },
+        probe: Probe::Contains {
+            key: key.into(),
+            value,
+        },
         exact: true,
     }
 }
 
 /// The candidates, sorted, after checking that `len`, `nth` and `iter`
 /// agree and that nothing is listed twice.
-fn found(store: &ClientStore, app: Option<&str>, restricted: bool, plan: Option<&IndexPlan>) -> Vec<ClientIdx> {
+fn found(
+    store: &ClientStore,
+    app: Option<&str>,
+    restricted: bool,
+    plan: Option<&IndexPlan>,
+) -> Vec<ClientIdx> {
     let candidates = store.candidates(app, restricted, plan);
     let listed: Vec<ClientIdx> = candidates.iter().collect();
-    let by_index: Vec<ClientIdx> = (0..candidates.len()).filter_map(|i| candidates.nth(i)).collect();
+    let by_index: Vec<ClientIdx> = (0..candidates.len())
+        .filter_map(|i| candidates.nth(i))
+        .collect();
     assert_eq!(listed, by_index, "nth follows iter");
     assert_eq!(candidates.nth(candidates.len()), None);
     assert_eq!(candidates.is_empty(), listed.is_empty());
@@ -49,7 +65,12 @@ fn found(store: &ClientStore, app: Option<&str>, restricted: bool, plan: Option<
     sorted
 }
 
-fn with(store: &mut ClientStore, app: &str, id: &str, entries: &[(&str, &str, Value)]) -> ClientIdx {
+fn with(
+    store: &mut ClientStore,
+    app: &str,
+    id: &str,
+    entries: &[(&str, &str, Value)],
+) -> ClientIdx {
     let idx = store.insert(app, id, false, meta(entries));
     check(store);
     idx
@@ -64,10 +85,19 @@ fn insert_get_remove_and_slot_reuse() {
     check(&store);
     assert_eq!(store.len(), 2);
     let entry = store.get(b).unwrap();
-    assert_eq!((&*entry.app_id, &*entry.client_id, entry.restricted), ("app", "b", true));
-    assert_eq!(entry.metadata.get("restricted").map(|v| &v.value), Some(&json!(true)));
+    assert_eq!(
+        (&*entry.app_id, &*entry.client_id, entry.restricted),
+        ("app", "b", true)
+    );
+    assert_eq!(
+        entry.metadata.get("restricted").map(|v| &v.value),
+        Some(&json!(true))
+    );
     // Both entries share one interned app name.
-    assert!(std::sync::Arc::ptr_eq(&store.get(a).unwrap().app_id, &entry.app_id));
+    assert!(std::sync::Arc::ptr_eq(
+        &store.get(a).unwrap().app_id,
+        &entry.app_id
+    ));
 
     let removed = store.remove(a).unwrap();
     check(&store);
@@ -79,7 +109,13 @@ fn insert_get_remove_and_slot_reuse() {
     let c = with(&mut store, "other", "c", &[]);
     assert_eq!(c, a, "the freed slot is reused");
     assert_eq!(store.len(), 2);
-    assert_eq!(store.iter().map(|(i, e)| (i, &*e.client_id)).collect::<Vec<_>>(), [(a, "c"), (b, "b")]);
+    assert_eq!(
+        store
+            .iter()
+            .map(|(i, e)| (i, &*e.client_id))
+            .collect::<Vec<_>>(),
+        [(a, "c"), (b, "b")]
+    );
     store.remove(b);
     store.remove(c);
     check(&store);
@@ -105,7 +141,10 @@ fn app_and_restricted_filters() {
     assert_eq!(found(&store, Some("b"), true, Some(&plan)), [b1]);
     assert_eq!(found(&store, None, false, Some(&plan)), [a1, b1]);
     assert_eq!(found(&store, None, true, Some(&plan)), [a1, a2, b1]);
-    assert_eq!(found(&store, None, true, Some(&eq("restricted", json!(true)))), [a2, b2]);
+    assert_eq!(
+        found(&store, None, true, Some(&eq("restricted", json!(true)))),
+        [a2, b2]
+    );
 }
 
 #[test]
@@ -118,50 +157,136 @@ fn eq_on_strings_booleans_and_numbers() {
     let t = with(&mut store, "a", "t", &[("k", "boolean", json!(true))]);
     let z = with(&mut store, "a", "z", &[("k", "float", json!(-0.0))]);
     let big = with(&mut store, "a", "big", &[("k", "integer", json!(u64::MAX))]);
-    let two63 = with(&mut store, "a", "2^63", &[("k", "integer", json!(1u64 << 63))]);
-    let near = with(&mut store, "a", "near", &[("k", "integer", json!((1i64 << 53) + 1))]);
+    let two63 = with(
+        &mut store,
+        "a",
+        "2^63",
+        &[("k", "integer", json!(1u64 << 63))],
+    );
+    let near = with(
+        &mut store,
+        "a",
+        "near",
+        &[("k", "integer", json!((1i64 << 53) + 1))],
+    );
     let l = with(&mut store, "a", "l", &[("k", "list", json!([1]))]);
     let _ = l;
     let app = Some("a");
     assert_eq!(found(&store, app, false, Some(&eq("k", json!("1")))), [s]);
-    assert_eq!(found(&store, app, false, Some(&eq("k", json!(1)))), [i, f], "1 == 1.0");
-    assert_eq!(found(&store, app, false, Some(&eq("k", json!(1.0)))), [i, f]);
+    assert_eq!(
+        found(&store, app, false, Some(&eq("k", json!(1)))),
+        [i, f],
+        "1 == 1.0"
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&eq("k", json!(1.0)))),
+        [i, f]
+    );
     assert_eq!(found(&store, app, false, Some(&eq("k", json!(1.5)))), [h]);
     assert_eq!(found(&store, app, false, Some(&eq("k", json!(true)))), [t]);
-    assert_eq!(found(&store, app, false, Some(&eq("k", json!(false)))), NONE);
-    assert_eq!(found(&store, app, false, Some(&eq("k", json!(0)))), [z], "-0.0 == 0");
+    assert_eq!(
+        found(&store, app, false, Some(&eq("k", json!(false)))),
+        NONE
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&eq("k", json!(0)))),
+        [z],
+        "-0.0 == 0"
+    );
     assert_eq!(found(&store, app, false, Some(&eq("k", json!(0.0)))), [z]);
-    assert_eq!(found(&store, app, false, Some(&eq("k", json!(u64::MAX)))), [big]);
-    assert_eq!(found(&store, app, false, Some(&eq("k", json!(9_223_372_036_854_775_808.0)))), [two63]);
+    assert_eq!(
+        found(&store, app, false, Some(&eq("k", json!(u64::MAX)))),
+        [big]
+    );
+    assert_eq!(
+        found(
+            &store,
+            app,
+            false,
+            Some(&eq("k", json!(9_223_372_036_854_775_808.0)))
+        ),
+        [two63]
+    );
     // 2^53 + 1 is not a float: the nearest float must not match it.
-    assert_eq!(found(&store, app, false, Some(&eq("k", json!(9_007_199_254_740_992.0)))), NONE);
-    assert_eq!(found(&store, app, false, Some(&eq("k", json!((1i64 << 53) + 1)))), [near]);
+    assert_eq!(
+        found(
+            &store,
+            app,
+            false,
+            Some(&eq("k", json!(9_007_199_254_740_992.0)))
+        ),
+        NONE
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&eq("k", json!((1i64 << 53) + 1)))),
+        [near]
+    );
     // Lists and maps are not equal to scalars, and non-scalar probes match nothing.
     assert_eq!(found(&store, app, false, Some(&eq("k", json!([1])))), NONE);
     assert_eq!(found(&store, app, false, Some(&eq("k", json!(null)))), NONE);
-    assert_eq!(found(&store, app, false, Some(&eq("missing", json!(1)))), NONE);
+    assert_eq!(
+        found(&store, app, false, Some(&eq("missing", json!(1)))),
+        NONE
+    );
 }
 
 #[test]
 fn versions_compare_by_precedence_against_strings() {
     let mut store = ClientStore::new();
-    let v = with(&mut store, "a", "v", &[("ver", "version", json!("1.0.0+build.1"))]);
-    let rc = with(&mut store, "a", "rc", &[("ver", "version", json!("1.0.0-rc.1"))]);
+    let v = with(
+        &mut store,
+        "a",
+        "v",
+        &[("ver", "version", json!("1.0.0+build.1"))],
+    );
+    let rc = with(
+        &mut store,
+        "a",
+        "rc",
+        &[("ver", "version", json!("1.0.0-rc.1"))],
+    );
     let s = with(&mut store, "a", "s", &[("ver", "string", json!("1.0.0"))]);
-    let s2 = with(&mut store, "a", "s2", &[("ver", "string", json!("1.0.0+other"))]);
+    let s2 = with(
+        &mut store,
+        "a",
+        "s2",
+        &[("ver", "string", json!("1.0.0+other"))],
+    );
     let app = Some("a");
-    assert_eq!(found(&store, app, false, Some(&eq("ver", json!("1.0.0")))), [v, s], "both buckets");
-    assert_eq!(found(&store, app, false, Some(&eq("ver", json!("1.0.0+other")))), [v, s2]);
-    assert_eq!(found(&store, app, false, Some(&eq("ver", json!("1.0.0-rc.1")))), [rc]);
-    assert_eq!(found(&store, app, false, Some(&eq("ver", json!("v1.0.0")))), NONE);
+    assert_eq!(
+        found(&store, app, false, Some(&eq("ver", json!("1.0.0")))),
+        [v, s],
+        "both buckets"
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&eq("ver", json!("1.0.0+other")))),
+        [v, s2]
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&eq("ver", json!("1.0.0-rc.1")))),
+        [rc]
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&eq("ver", json!("v1.0.0")))),
+        NONE
+    );
     assert_eq!(found(&store, app, false, Some(&eq("ver", json!(1)))), NONE);
     // Two strings of one precedence count the version bucket once.
-    let plan = is_in("ver", vec![json!("1.0.0"), json!("1.0.0+x"), json!("1.0.0")]);
+    let plan = is_in(
+        "ver",
+        vec![json!("1.0.0"), json!("1.0.0+x"), json!("1.0.0")],
+    );
     assert_eq!(found(&store, app, false, Some(&plan)), [v, s]);
     // List elements are untyped: no version reading for $contains.
     let l = with(&mut store, "a", "l", &[("ls", "list", json!(["1.0.0"]))]);
-    assert_eq!(found(&store, app, false, Some(&contains("ls", json!("1.0.0")))), [l]);
-    assert_eq!(found(&store, app, false, Some(&contains("ls", json!("1.0.0+b")))), NONE);
+    assert_eq!(
+        found(&store, app, false, Some(&contains("ls", json!("1.0.0")))),
+        [l]
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&contains("ls", json!("1.0.0+b")))),
+        NONE
+    );
 }
 
 #[test]
@@ -170,7 +295,17 @@ fn in_counts_each_bucket_once() {
     let one = with(&mut store, "a", "1", &[("k", "integer", json!(1))]);
     let two = with(&mut store, "a", "2", &[("k", "string", json!("two"))]);
     let _three = with(&mut store, "a", "3", &[("k", "integer", json!(3))]);
-    let plan = is_in("k", vec![json!(1), json!(1.0), json!("two"), json!("two"), json!(7), json!(null)]);
+    let plan = is_in(
+        "k",
+        vec![
+            json!(1),
+            json!(1.0),
+            json!("two"),
+            json!("two"),
+            json!(7),
+            json!(null),
+        ],
+    );
     let candidates = store.candidates(Some("a"), false, Some(&plan));
     assert_eq!(candidates.len(), 2);
     assert_eq!(found(&store, Some("a"), false, Some(&plan)), [one, two]);
@@ -180,19 +315,55 @@ fn in_counts_each_bucket_once() {
 #[test]
 fn contains_on_lists_and_map_keys() {
     let mut store = ClientStore::new();
-    let l = with(&mut store, "a", "l", &[("k", "list", json!([1, 1.0, "x", true, null, [2], {"y": 1}]))]);
-    let m = with(&mut store, "a", "m", &[("k", "map", json!({"x": 0, "1": 2}))]);
+    let l = with(
+        &mut store,
+        "a",
+        "l",
+        &[("k", "list", json!([1, 1.0, "x", true, null, [2], {"y": 1}]))],
+    );
+    let m = with(
+        &mut store,
+        "a",
+        "m",
+        &[("k", "map", json!({"x": 0, "1": 2}))],
+    );
     let s = with(&mut store, "a", "s", &[("k", "string", json!("x"))]);
     let _ = s;
     let app = Some("a");
-    assert_eq!(found(&store, app, false, Some(&contains("k", json!("x")))), [l, m]);
-    assert_eq!(found(&store, app, false, Some(&contains("k", json!(1)))), [l], "a number is not a map key");
-    assert_eq!(found(&store, app, false, Some(&contains("k", json!("1")))), [m]);
-    assert_eq!(found(&store, app, false, Some(&contains("k", json!(1.0)))), [l]);
-    assert_eq!(found(&store, app, false, Some(&contains("k", json!(true)))), [l]);
-    assert_eq!(found(&store, app, false, Some(&contains("k", json!(2)))), NONE, "nested values are not elements");
-    assert_eq!(found(&store, app, false, Some(&contains("k", json!("y")))), NONE);
-    assert_eq!(found(&store, app, false, Some(&contains("k", json!(null)))), NONE);
+    assert_eq!(
+        found(&store, app, false, Some(&contains("k", json!("x")))),
+        [l, m]
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&contains("k", json!(1)))),
+        [l],
+        "a number is not a map key"
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&contains("k", json!("1")))),
+        [m]
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&contains("k", json!(1.0)))),
+        [l]
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&contains("k", json!(true)))),
+        [l]
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&contains("k", json!(2)))),
+        NONE,
+        "nested values are not elements"
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&contains("k", json!("y")))),
+        NONE
+    );
+    assert_eq!(
+        found(&store, app, false, Some(&contains("k", json!(null)))),
+        NONE
+    );
     // $eq never looks inside a list.
     assert_eq!(found(&store, app, false, Some(&eq("k", json!("x")))), [s]);
 }
@@ -200,31 +371,66 @@ fn contains_on_lists_and_map_keys() {
 #[test]
 fn merge_and_replace_move_index_entries() {
     let mut store = ClientStore::new();
-    let c = with(&mut store, "a", "c", &[("x", "integer", json!(1)), ("tags", "list", json!(["p", "q"]))]);
+    let c = with(
+        &mut store,
+        "a",
+        "c",
+        &[
+            ("x", "integer", json!(1)),
+            ("tags", "list", json!(["p", "q"])),
+        ],
+    );
     store.set_reserved(c, "ip", MetaValue::plain(json!("10.0.0.1")));
     check(&store);
 
-    store.merge(c, update(&[("x", "integer", json!(2)), ("y", "string", json!("new"))]));
+    store.merge(
+        c,
+        update(&[("x", "integer", json!(2)), ("y", "string", json!("new"))]),
+    );
     check(&store);
     assert_eq!(found(&store, None, false, Some(&eq("x", json!(1)))), NONE);
     assert_eq!(found(&store, None, false, Some(&eq("x", json!(2)))), [c]);
-    assert_eq!(found(&store, None, false, Some(&eq("y", json!("new")))), [c]);
-    assert_eq!(found(&store, None, false, Some(&contains("tags", json!("p")))), [c]);
+    assert_eq!(
+        found(&store, None, false, Some(&eq("y", json!("new")))),
+        [c]
+    );
+    assert_eq!(
+        found(&store, None, false, Some(&contains("tags", json!("p")))),
+        [c]
+    );
 
     // A key changing kind moves from the membership to the equality index.
     store.merge(c, update(&[("tags", "string", json!("p"))]));
     check(&store);
-    assert_eq!(found(&store, None, false, Some(&contains("tags", json!("p")))), NONE);
-    assert_eq!(found(&store, None, false, Some(&eq("tags", json!("p")))), [c]);
+    assert_eq!(
+        found(&store, None, false, Some(&contains("tags", json!("p")))),
+        NONE
+    );
+    assert_eq!(
+        found(&store, None, false, Some(&eq("tags", json!("p")))),
+        [c]
+    );
 
-    store.replace(c, update(&[("y", "string", json!("new")), ("z", "boolean", json!(false))]));
+    store.replace(
+        c,
+        update(&[
+            ("y", "string", json!("new")),
+            ("z", "boolean", json!(false)),
+        ]),
+    );
     check(&store);
     let md = &store.get(c).unwrap().metadata;
     let keys: Vec<&str> = md.iter().map(|(k, _)| k).collect();
     assert_eq!(keys, ["ip", "restricted", "y", "z"]);
     assert_eq!(found(&store, None, false, Some(&eq("x", json!(2)))), NONE);
-    assert_eq!(found(&store, None, false, Some(&eq("ip", json!("10.0.0.1")))), [c]);
-    assert_eq!(found(&store, None, false, Some(&eq("z", json!(false)))), [c]);
+    assert_eq!(
+        found(&store, None, false, Some(&eq("ip", json!("10.0.0.1")))),
+        [c]
+    );
+    assert_eq!(
+        found(&store, None, false, Some(&eq("z", json!(false)))),
+        [c]
+    );
 
     // Unknown slots are ignored.
     store.merge(99, update(&[("x", "integer", json!(1))]));
@@ -242,9 +448,33 @@ fn heartbeat_time_is_not_indexed_but_still_answers() {
     store.set_reserved(d, "last_heartbeat_time", MetaValue::plain(json!(2000)));
     store.set_reserved(c, "last_heartbeat_time", MetaValue::plain(json!(3000)));
     check(&store);
-    assert_eq!(found(&store, Some("a"), false, Some(&eq("last_heartbeat_time", json!(3000)))), [c]);
-    assert_eq!(found(&store, None, false, Some(&is_in("last_heartbeat_time", vec![json!(2000.0)]))), [d]);
-    assert_eq!(found(&store, Some("a"), false, Some(&eq("last_heartbeat_time", json!(1000)))), NONE);
+    assert_eq!(
+        found(
+            &store,
+            Some("a"),
+            false,
+            Some(&eq("last_heartbeat_time", json!(3000)))
+        ),
+        [c]
+    );
+    assert_eq!(
+        found(
+            &store,
+            None,
+            false,
+            Some(&is_in("last_heartbeat_time", vec![json!(2000.0)]))
+        ),
+        [d]
+    );
+    assert_eq!(
+        found(
+            &store,
+            Some("a"),
+            false,
+            Some(&eq("last_heartbeat_time", json!(1000)))
+        ),
+        NONE
+    );
 }
 
 #[test]
@@ -254,23 +484,42 @@ fn changing_the_restricted_key_moves_the_client() {
     store.set_reserved(c, "restricted", MetaValue::plain(json!(true)));
     check(&store);
     assert!(store.get(c).unwrap().restricted);
-    assert_eq!(found(&store, Some("a"), false, Some(&eq("k", json!(1)))), NONE);
-    assert_eq!(found(&store, Some("a"), true, Some(&eq("k", json!(1)))), [c]);
+    assert_eq!(
+        found(&store, Some("a"), false, Some(&eq("k", json!(1)))),
+        NONE
+    );
+    assert_eq!(
+        found(&store, Some("a"), true, Some(&eq("k", json!(1)))),
+        [c]
+    );
     store.set_reserved(c, "restricted", MetaValue::plain(json!(false)));
     check(&store);
-    assert_eq!(found(&store, Some("a"), false, Some(&eq("k", json!(1)))), [c]);
+    assert_eq!(
+        found(&store, Some("a"), false, Some(&eq("k", json!(1)))),
+        [c]
+    );
 }
 
 #[test]
 fn big_buckets_switch_representation_and_back() {
     let mut store = ClientStore::new();
     let clients: Vec<ClientIdx> = (0..100)
-        .map(|i| store.insert("a", &i.to_string(), i % 7 == 0, meta(&[("k", "string", json!("same"))])))
+        .map(|i| {
+            store.insert(
+                "a",
+                &i.to_string(),
+                i % 7 == 0,
+                meta(&[("k", "string", json!("same"))]),
+            )
+        })
         .collect();
     check(&store);
     let plan = eq("k", json!("same"));
     assert_eq!(store.candidates(Some("a"), true, Some(&plan)).len(), 100);
-    assert_eq!(store.candidates(Some("a"), false, Some(&plan)).len(), 100 - 15);
+    assert_eq!(
+        store.candidates(Some("a"), false, Some(&plan)).len(),
+        100 - 15
+    );
     assert_eq!(store.candidates(None, false, None).len(), 85);
     for &c in &clients[..95] {
         store.remove(c);
@@ -289,8 +538,14 @@ fn apps_are_freed_and_reinterned() {
     let c = store.insert("c", "1", true, meta(&[("k", "integer", json!(1))]));
     check(&store);
     assert_eq!(found(&store, Some("a"), true, None), NONE);
-    assert_eq!(found(&store, Some("b"), true, Some(&eq("k", json!(1)))), [b]);
-    assert_eq!(found(&store, Some("c"), true, Some(&eq("k", json!(1)))), [c]);
+    assert_eq!(
+        found(&store, Some("b"), true, Some(&eq("k", json!(1)))),
+        [b]
+    );
+    assert_eq!(
+        found(&store, Some("c"), true, Some(&eq("k", json!(1)))),
+        [c]
+    );
     let mut both = vec![b, c];
     both.sort_unstable();
     assert_eq!(found(&store, None, true, Some(&eq("k", json!(1)))), both);
@@ -306,10 +561,27 @@ fn reserved_values_are_indexed_by_kind() {
     md.insert("ver", typed("version", json!("2.0.0")));
     let c = store.insert("a", "c", false, md);
     check(&store);
-    assert_eq!(found(&store, None, false, Some(&eq("encoding", json!("json")))), [c]);
-    assert_eq!(found(&store, None, false, Some(&eq("receive_client_updates", json!(false)))), [c]);
-    assert_eq!(found(&store, None, false, Some(&eq("namespace", Value::Null))), NONE);
-    assert_eq!(found(&store, None, false, Some(&eq("ver", json!("2.0.0")))), [c]);
+    assert_eq!(
+        found(&store, None, false, Some(&eq("encoding", json!("json")))),
+        [c]
+    );
+    assert_eq!(
+        found(
+            &store,
+            None,
+            false,
+            Some(&eq("receive_client_updates", json!(false)))
+        ),
+        [c]
+    );
+    assert_eq!(
+        found(&store, None, false, Some(&eq("namespace", Value::Null))),
+        NONE
+    );
+    assert_eq!(
+        found(&store, None, false, Some(&eq("ver", json!("2.0.0")))),
+        [c]
+    );
     // A hand-built version without its parsed form is still a version.
     let bare = MetaValue {
         version: None,
@@ -317,5 +589,8 @@ fn reserved_values_are_indexed_by_kind() {
     };
     store.set_reserved(c, "ver", bare);
     check(&store);
-    assert_eq!(found(&store, None, false, Some(&eq("ver", json!("3.0.0+b")))), [c]);
+    assert_eq!(
+        found(&store, None, false, Some(&eq("ver", json!("3.0.0+b")))),
+        [c]
+    );
 }

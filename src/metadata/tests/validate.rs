@@ -2,7 +2,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::metadata::{ENTRY_OVERHEAD, MetaType, RESERVED_KEYS, UpdateError, estimated_size, parse_update};
+use crate::metadata::{
+    ENTRY_OVERHEAD, MetaType, RESERVED_KEYS, UpdateError, estimated_size, parse_update,
+};
 
 use super::meta;
 
@@ -18,7 +20,8 @@ fn error_of(key: &str, entry: Value) -> String {
 }
 
 fn parse_one(ty: &str, value: Value) -> crate::metadata::MetaValue {
-    let mut parsed = parse_update(&json!({"k": {"type": ty, "value": value}})).expect("valid update");
+    let mut parsed =
+        parse_update(&json!({"k": {"type": ty, "value": value}})).expect("valid update");
     assert_eq!(parsed.len(), 1);
     let (key, value) = parsed.remove(0);
     assert_eq!(key, "k");
@@ -47,8 +50,13 @@ fn accepts_every_type() {
         assert_eq!(parsed.value, value, "the value is kept as given");
         assert_eq!(parsed.version.is_some(), expected == MetaType::Version);
     }
-    let v = parse_one("version", json!("1.2.3-rc.1+build.5")).version.unwrap();
-    assert_eq!((v.major, v.minor, v.patch, v.pre.as_str(), v.build.as_str()), (1, 2, 3, "rc.1", "build.5"));
+    let v = parse_one("version", json!("1.2.3-rc.1+build.5"))
+        .version
+        .unwrap();
+    assert_eq!(
+        (v.major, v.minor, v.patch, v.pre.as_str(), v.build.as_str()),
+        (1, 2, 3, "rc.1", "build.5")
+    );
 }
 
 #[test]
@@ -71,15 +79,24 @@ fn rejects_values_of_the_wrong_kind() {
         ("map", json!(null), "expected map, got null"),
     ];
     for (ty, value, message) in cases {
-        assert_eq!(error_of("k", json!({"type": ty, "value": value})), message, "{ty} {value}");
+        assert_eq!(
+            error_of("k", json!({"type": ty, "value": value})),
+            message,
+            "{ty} {value}"
+        );
     }
 }
 
 #[test]
 fn rejects_bad_versions_strictly() {
-    for text in ["1.2", "v1.2.3", "1.2.3.4", "01.2.3", "1.2.3-01", "", "latest", " 1.2.3"] {
+    for text in [
+        "1.2", "v1.2.3", "1.2.3.4", "01.2.3", "1.2.3-01", "", "latest", " 1.2.3",
+    ] {
         let message = error_of("k", json!({"type": "version", "value": text}));
-        assert!(message.starts_with("invalid version: "), "{text:?}: {message}");
+        assert!(
+            message.starts_with("invalid version: "),
+            "{text:?}: {message}"
+        );
     }
     assert_eq!(
         error_of("k", json!({"type": "version", "value": "1.2"})),
@@ -90,15 +107,30 @@ fn rejects_bad_versions_strictly() {
 #[test]
 fn rejects_malformed_entries() {
     let cases = [
-        (json!("string"), "expected an object with 'type' and 'value', got string"),
-        (json!(null), "expected an object with 'type' and 'value', got null"),
-        (json!([1]), "expected an object with 'type' and 'value', got list"),
+        (
+            json!("string"),
+            "expected an object with 'type' and 'value', got string",
+        ),
+        (
+            json!(null),
+            "expected an object with 'type' and 'value', got null",
+        ),
+        (
+            json!([1]),
+            "expected an object with 'type' and 'value', got list",
+        ),
         (json!({"value": 1}), "missing 'type'"),
         (json!({"type": "integer"}), "missing 'value'"),
         (json!({}), "missing 'type'"),
-        (json!({"type": 5, "value": 1}), "'type' must be a string, got integer"),
+        (
+            json!({"type": 5, "value": 1}),
+            "'type' must be a string, got integer",
+        ),
         (json!({"type": "foo", "value": 1}), "unknown type 'foo'"),
-        (json!({"type": "Integer", "value": 1}), "unknown type 'Integer'"),
+        (
+            json!({"type": "Integer", "value": 1}),
+            "unknown type 'Integer'",
+        ),
     ];
     for (entry, message) in cases {
         assert_eq!(error_of("k", entry.clone()), message, "{entry}");
@@ -128,7 +160,10 @@ fn rejects_non_objects() {
         assert_eq!(parse_update(&d), Err(UpdateError::NotAMap), "{d}");
     }
     let error = UpdateError::NotAMap;
-    assert_eq!(error.to_string(), r#"metadata must be a map of key -> {"type": ..., "value": ...}"#);
+    assert_eq!(
+        error.to_string(),
+        r#"metadata must be a map of key -> {"type": ..., "value": ...}"#
+    );
     assert_eq!(error.extra_info(), Value::String(error.to_string()));
 }
 

@@ -71,3 +71,6 @@ mod tag {
     pub const V4_PORT: u8 = 120;
     pub const LOCAL: u8 = 121;
 }
+
+#[cfg(test)]
+mod tests;

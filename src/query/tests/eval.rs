@@ -61,37 +61,118 @@ fn eq_and_ne_by_kind() {
         ("/m/x", json!({"y": [10, 20]}), false),
     ];
     for (path, value, expected) in eq_cases {
-        assert_eq!(holds(&md, cmp(path, "$eq", value.clone())), expected, "{path} $eq {value}");
+        assert_eq!(
+            holds(&md, cmp(path, "$eq", value.clone())),
+            expected,
+            "{path} $eq {value}"
+        );
         // The path resolves, so $ne is exactly the negation.
-        assert_eq!(holds(&md, cmp(path, "$ne", value.clone())), !expected, "{path} $ne {value}");
+        assert_eq!(
+            holds(&md, cmp(path, "$ne", value.clone())),
+            !expected,
+            "{path} $ne {value}"
+        );
     }
 }
 
 #[test]
 fn ordering_numbers_and_strings() {
     let md = sample();
-    check(&md, "/n", "$gt", &[(json!(4), true), (json!(5), false), (json!(4.99), true), (json!(5.0), false)]);
-    check(&md, "/n", "$gte", &[(json!(5), true), (json!(5.0), true), (json!(5.01), false)]);
-    check(&md, "/n", "$lt", &[(json!(6), true), (json!(5), false), (json!(-1e300), false)]);
-    check(&md, "/n", "$lte", &[(json!(5), true), (json!(4), false), (json!(1e300), true)]);
+    check(
+        &md,
+        "/n",
+        "$gt",
+        &[
+            (json!(4), true),
+            (json!(5), false),
+            (json!(4.99), true),
+            (json!(5.0), false),
+        ],
+    );
+    check(
+        &md,
+        "/n",
+        "$gte",
+        &[(json!(5), true), (json!(5.0), true), (json!(5.01), false)],
+    );
+    check(
+        &md,
+        "/n",
+        "$lt",
+        &[(json!(6), true), (json!(5), false), (json!(-1e300), false)],
+    );
+    check(
+        &md,
+        "/n",
+        "$lte",
+        &[(json!(5), true), (json!(4), false), (json!(1e300), true)],
+    );
     check(&md, "/f", "$gt", &[(json!(2), true), (json!(3), false)]);
-    check(&md, "/big", "$gt", &[(json!(9_007_199_254_740_992.0), true)]);
-    check(&md, "/s", "$gt", &[(json!("alpha"), true), (json!("beta"), false), (json!("c"), false)]);
-    check(&md, "/s", "$gte", &[(json!("beta"), true), (json!("betb"), false)]);
-    check(&md, "/s", "$lt", &[(json!("betaa"), true), (json!("B"), false)]);
-    check(&md, "/s", "$lte", &[(json!("beta"), true), (json!("a"), false)]);
+    check(
+        &md,
+        "/big",
+        "$gt",
+        &[(json!(9_007_199_254_740_992.0), true)],
+    );
+    check(
+        &md,
+        "/s",
+        "$gt",
+        &[
+            (json!("alpha"), true),
+            (json!("beta"), false),
+            (json!("c"), false),
+        ],
+    );
+    check(
+        &md,
+        "/s",
+        "$gte",
+        &[(json!("beta"), true), (json!("betb"), false)],
+    );
+    check(
+        &md,
+        "/s",
+        "$lt",
+        &[(json!("betaa"), true), (json!("B"), false)],
+    );
+    check(
+        &md,
+        "/s",
+        "$lte",
+        &[(json!("beta"), true), (json!("a"), false)],
+    );
 }
 
 #[test]
 fn ordering_is_false_for_unordered_and_mixed_kinds() {
     let md = sample();
     for op in ["$gt", "$gte", "$lt", "$lte"] {
-        check(&md, "/b", op, &[(json!(true), false), (json!(false), false)]);
+        check(
+            &md,
+            "/b",
+            op,
+            &[(json!(true), false), (json!(false), false)],
+        );
         check(&md, "/nothing", op, &[(json!(null), false)]);
         check(&md, "/l", op, &[(json!([]), false)]);
         check(&md, "/m", op, &[(json!({}), false)]);
-        check(&md, "/n", op, &[(json!("5"), false), (json!(true), false), (json!(null), false)]);
-        check(&md, "/s", op, &[(json!(1), false), (json!(["beta"]), false)]);
+        check(
+            &md,
+            "/n",
+            op,
+            &[
+                (json!("5"), false),
+                (json!(true), false),
+                (json!(null), false),
+            ],
+        );
+        check(
+            &md,
+            "/s",
+            op,
+            &[(json!(1), false), (json!(["beta"]), false)],
+        );
     }
     // Different kinds: $eq false, $ne true.
     check(&md, "/n", "$eq", &[(json!("5"), false)]);
@@ -103,33 +184,88 @@ fn versions_compare_by_precedence() {
     let md = sample();
     // String order would put "2.0.0" after "10.0.0"; precedence puts it
     // before.
-    check(&md, "/v", "$gt", &[(json!("1.10.0"), true), (json!("10.0.0"), false)]);
-    check(&md, "/v", "$lt", &[(json!("10.0.0"), true), (json!("2.0.1"), true)]);
-    check(&md, "/v", "$gte", &[(json!("2.0.0"), true), (json!("2.0.0-rc.1"), true)]);
+    check(
+        &md,
+        "/v",
+        "$gt",
+        &[(json!("1.10.0"), true), (json!("10.0.0"), false)],
+    );
+    check(
+        &md,
+        "/v",
+        "$lt",
+        &[(json!("10.0.0"), true), (json!("2.0.1"), true)],
+    );
+    check(
+        &md,
+        "/v",
+        "$gte",
+        &[(json!("2.0.0"), true), (json!("2.0.0-rc.1"), true)],
+    );
     check(&md, "/v", "$lte", &[(json!("2.0.0-rc.1"), false)]);
-    check(&md, "/v", "$eq", &[(json!("2.0.0"), true), (json!("2.0.0+meta"), true), (json!("2.0"), false)]);
+    check(
+        &md,
+        "/v",
+        "$eq",
+        &[
+            (json!("2.0.0"), true),
+            (json!("2.0.0+meta"), true),
+            (json!("2.0"), false),
+        ],
+    );
     // Unparsable against a version: different kinds.
     check(&md, "/v", "$ne", &[(json!("two"), true), (json!(2), true)]);
-    check(&md, "/v", "$gt", &[(json!("two"), false), (json!(1), false)]);
+    check(
+        &md,
+        "/v",
+        "$gt",
+        &[(json!("two"), false), (json!(1), false)],
+    );
     // Pre-release ordering: alpha.2 < alpha.10 < beta < release.
-    check(&md, "/pre", "$lt", &[(json!("1.0.0-alpha.10"), true), (json!("1.0.0-beta"), true), (json!("1.0.0"), true)]);
-    check(&md, "/pre", "$gt", &[(json!("1.0.0-alpha"), true), (json!("1.0.0-alpha.1"), true), (json!("0.9.9"), true)]);
+    check(
+        &md,
+        "/pre",
+        "$lt",
+        &[
+            (json!("1.0.0-alpha.10"), true),
+            (json!("1.0.0-beta"), true),
+            (json!("1.0.0"), true),
+        ],
+    );
+    check(
+        &md,
+        "/pre",
+        "$gt",
+        &[
+            (json!("1.0.0-alpha"), true),
+            (json!("1.0.0-alpha.1"), true),
+            (json!("0.9.9"), true),
+        ],
+    );
     // Build metadata is ignored by precedence.
-    check(&md, "/built", "$eq", &[(json!("1.2.3"), true), (json!("1.2.3+other"), true)]);
+    check(
+        &md,
+        "/built",
+        "$eq",
+        &[(json!("1.2.3"), true), (json!("1.2.3+other"), true)],
+    );
     check(&md, "/built", "$gt", &[(json!("1.2.3-rc.1"), true)]);
     let minor = with_version(Metadata::new(), "v", "1.10.0");
     check(&minor, "/v", "$gt", &[(json!("1.9.0"), true)]);
     // Plain strings that look like versions compare as strings.
     let plain = meta(json!({"s": "2.0.0"}));
-    check(&plain, "/s", "$gt", &[(json!("1.10.0"), true), (json!("10.0.0"), true)]);
+    check(
+        &plain,
+        "/s",
+        "$gt",
+        &[(json!("1.10.0"), true), (json!("10.0.0"), true)],
+    );
 }
 
 #[test]
 fn to_typed_version_makes_strings_versions() {
     let md = meta(json!({"s": "2.0.0", "bad": "two", "n": 3, "l": ["1.0.0+a", "3.0.0"]}));
-    let typed = |path: &str, op: &str, value: Value| {
-        json!({"path": path, "op": op, "to": {"type": "version", "value": value}})
-    };
+    let typed = |path: &str, op: &str, value: Value| json!({"path": path, "op": op, "to": {"type": "version", "value": value}});
     assert!(holds(&md, typed("/s", "$gt", json!("1.10.0"))));
     assert!(!holds(&md, typed("/s", "$gt", json!("10.0.0"))));
     assert!(holds(&md, typed("/s", "$eq", json!("2.0.0+x"))));
@@ -145,9 +281,17 @@ fn to_typed_version_makes_strings_versions() {
     // Elements of $in and $contains compare as versions too.
     assert!(holds(&md, typed("/s", "$in", json!(["2.0.0+b", "x"]))));
     assert!(holds(&md, typed("/l", "$contains", json!("1.0.0"))));
-    assert!(!holds(&md, json!({"path": "/l", "op": "$contains", "to": {"value": "1.0.0"}})));
+    assert!(!holds(
+        &md,
+        json!({"path": "/l", "op": "$contains", "to": {"value": "1.0.0"}})
+    ));
     // Other types in `to` are ignored.
-    for ty in [json!("string"), json!("integer"), json!("nonsense"), json!(7)] {
+    for ty in [
+        json!("string"),
+        json!("integer"),
+        json!("nonsense"),
+        json!(7),
+    ] {
         let op = json!({"path": "/s", "op": "$gt", "to": {"type": ty, "value": "10.0.0"}});
         assert!(holds(&md, op), "type {ty}");
     }
@@ -156,9 +300,33 @@ fn to_typed_version_makes_strings_versions() {
 #[test]
 fn in_and_nin() {
     let md = sample();
-    check(&md, "/n", "$in", &[(json!([1, 5]), true), (json!([5.0]), true), (json!(["5"]), false), (json!([]), false)]);
-    check(&md, "/n", "$nin", &[(json!([1, 5]), false), (json!(["5"]), true), (json!([]), true)]);
-    check(&md, "/l/3", "$in", &[(json!([[1, 2], 3]), true), (json!([[2, 1]]), false)]);
+    check(
+        &md,
+        "/n",
+        "$in",
+        &[
+            (json!([1, 5]), true),
+            (json!([5.0]), true),
+            (json!(["5"]), false),
+            (json!([]), false),
+        ],
+    );
+    check(
+        &md,
+        "/n",
+        "$nin",
+        &[
+            (json!([1, 5]), false),
+            (json!(["5"]), true),
+            (json!([]), true),
+        ],
+    );
+    check(
+        &md,
+        "/l/3",
+        "$in",
+        &[(json!([[1, 2], 3]), true), (json!([[2, 1]]), false)],
+    );
     check(&md, "/v", "$in", &[(json!(["1.0.0", "2.0.0+z"]), true)]);
     check(&md, "/nothing", "$in", &[(json!([null]), true)]);
 }
@@ -166,26 +334,61 @@ fn in_and_nin() {
 #[test]
 fn contains_and_ncontains() {
     let md = sample();
-    check(&md, "/l", "$contains", &[
-        (json!("a"), true),
-        (json!(1.0), true),
-        (json!(2), true),
-        (json!([1, 2]), true),
-        (json!({"k": "v"}), true),
-        (json!(null), true),
-        (json!("b"), false),
-        (json!(3), false),
-    ]);
-    check(&md, "/l", "$ncontains", &[(json!("a"), false), (json!("b"), true)]);
+    check(
+        &md,
+        "/l",
+        "$contains",
+        &[
+            (json!("a"), true),
+            (json!(1.0), true),
+            (json!(2), true),
+            (json!([1, 2]), true),
+            (json!({"k": "v"}), true),
+            (json!(null), true),
+            (json!("b"), false),
+            (json!(3), false),
+        ],
+    );
+    check(
+        &md,
+        "/l",
+        "$ncontains",
+        &[(json!("a"), false), (json!("b"), true)],
+    );
     // On a map: a string that is a key.
-    check(&md, "/m", "$contains", &[(json!("x"), true), (json!("a/b"), true), (json!("y"), false), (json!(1), false)]);
-    check(&md, "/m", "$ncontains", &[(json!("x"), false), (json!("y"), true), (json!(1), true)]);
+    check(
+        &md,
+        "/m",
+        "$contains",
+        &[
+            (json!("x"), true),
+            (json!("a/b"), true),
+            (json!("y"), false),
+            (json!(1), false),
+        ],
+    );
+    check(
+        &md,
+        "/m",
+        "$ncontains",
+        &[(json!("x"), false), (json!("y"), true), (json!(1), true)],
+    );
     check(&md, "/empty_l", "$contains", &[(json!(null), false)]);
     check(&md, "/empty_l", "$ncontains", &[(json!(null), true)]);
     // Neither list nor map: false both ways.
     for path in ["/n", "/s", "/b", "/nothing", "/v"] {
-        check(&md, path, "$contains", &[(json!("a"), false), (json!(5), false)]);
-        check(&md, path, "$ncontains", &[(json!("a"), false), (json!(5), false)]);
+        check(
+            &md,
+            path,
+            "$contains",
+            &[(json!("a"), false), (json!(5), false)],
+        );
+        check(
+            &md,
+            path,
+            "$ncontains",
+            &[(json!("a"), false), (json!(5), false)],
+        );
     }
 }
 
@@ -204,7 +407,15 @@ fn nested_paths() {
 #[test]
 fn unresolved_paths_make_every_op_false() {
     let md = sample();
-    let missing = ["/absent", "/m/nope", "/l/99", "/l/x", "/m/x/y/00", "/n/deeper", "/s/0"];
+    let missing = [
+        "/absent",
+        "/m/nope",
+        "/l/99",
+        "/l/x",
+        "/m/x/y/00",
+        "/n/deeper",
+        "/s/0",
+    ];
     let ops: [(&str, Value); 10] = [
         ("$eq", json!(1)),
         ("$ne", json!(1)),
@@ -229,7 +440,8 @@ fn to_path_compares_within_the_client() {
     let md = meta(json!({"cur": 5, "max": 10, "list": [5, 6], "notlist": 3, "nums": {"lo": 1}}));
     let md = with_version(md, "v", "1.2.0");
     let md = with_version(md, "min_v", "1.10.0");
-    let rel = |path: &str, op: &str, other: &str| json!({"path": path, "op": op, "to": {"path": other}});
+    let rel =
+        |path: &str, op: &str, other: &str| json!({"path": path, "op": op, "to": {"path": other}});
     assert!(holds(&md, rel("/cur", "$lt", "/max")));
     assert!(!holds(&md, rel("/cur", "$gt", "/max")));
     assert!(holds(&md, rel("/cur", "$gt", "/nums/lo")));
@@ -246,9 +458,7 @@ fn to_path_compares_within_the_client() {
         assert!(!holds(&md, rel("/cur", op, "/absent")), "{op}");
     }
     // Missing with a default: the default is used.
-    let with_default = |op: &str, other: &str, d: Value| {
-        json!({"path": "/cur", "op": op, "to": {"path": other, "default": d}})
-    };
+    let with_default = |op: &str, other: &str, d: Value| json!({"path": "/cur", "op": op, "to": {"path": other, "default": d}});
     assert!(holds(&md, with_default("$lt", "/absent", json!(7))));
     assert!(!holds(&md, with_default("$lt", "/absent", json!(3))));
     assert!(holds(&md, with_default("$ne", "/absent", json!(3))));
@@ -259,7 +469,10 @@ fn to_path_compares_within_the_client() {
     // A null default is no default.
     assert!(!holds(&md, with_default("$ne", "/absent", json!(null))));
     // The metadata side must still resolve.
-    assert!(!holds(&md, json!({"path": "/absent", "op": "$ne", "to": {"path": "/x", "default": 1}})));
+    assert!(!holds(
+        &md,
+        json!({"path": "/absent", "op": "$ne", "to": {"path": "/x", "default": 1}})
+    ));
     // Typed version with a path: strings on both sides as versions.
     let strs = meta(json!({"a": "1.2.0", "b": "1.10.0"}));
     let typed = json!({"path": "/a", "op": "$lt", "to": {"type": "version", "path": "/b"}});
@@ -309,8 +522,14 @@ fn legacy_dialect() {
     assert!(!holds(&md, json!({"n": {"$gte": 1, "$lt": 5}})));
     // Per-key logical ops, nested.
     assert!(holds(&md, json!({"n": {"$or": [{"$eq": 1}, {"$gt": 4}]}})));
-    assert!(!holds(&md, json!({"n": {"$nor": [{"$eq": 1}, {"$gt": 4}]}})));
-    assert!(holds(&md, json!({"n": {"$and": [{"$gt": 1}, {"$or": [{"$eq": 5}, {"$eq": 9}]}]}})));
+    assert!(!holds(
+        &md,
+        json!({"n": {"$nor": [{"$eq": 1}, {"$gt": 4}]}})
+    ));
+    assert!(holds(
+        &md,
+        json!({"n": {"$and": [{"$gt": 1}, {"$or": [{"$eq": 5}, {"$eq": 9}]}]}})
+    ));
     assert!(holds(&md, json!({"n": {"$and": []}})));
     // Missing key: false, negated ops included.
     assert!(!holds(&md, json!({"absent": {"$ne": 1}})));
@@ -337,8 +556,13 @@ fn legacy_dialect() {
 
 #[test]
 fn reserved_keys_query_like_any_other() {
-    let md = meta(json!({"namespace": null, "restricted": false, "last_heartbeat_time": 1_700_000_000_000_u64}));
+    let md = meta(
+        json!({"namespace": null, "restricted": false, "last_heartbeat_time": 1_700_000_000_000_u64}),
+    );
     assert!(holds(&md, cmp("/namespace", "$eq", json!(null))));
     assert!(holds(&md, cmp("/restricted", "$eq", json!(false))));
-    assert!(holds(&md, cmp("/last_heartbeat_time", "$gt", json!(1_600_000_000_000_u64))));
+    assert!(holds(
+        &md,
+        cmp("/last_heartbeat_time", "$gt", json!(1_600_000_000_000_u64))
+    ));
 }

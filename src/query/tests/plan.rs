@@ -66,9 +66,17 @@ fn preference_eq_then_contains_then_in() {
     let p = plan(ops).expect("plan");
     assert_eq!(p.probe, eq("e", json!(1)));
     assert!(!p.exact);
-    let p = plan(json!([cmp("/i", "$in", json!([1])), cmp("/c", "$contains", json!(1))])).expect("plan");
+    let p = plan(json!([
+        cmp("/i", "$in", json!([1])),
+        cmp("/c", "$contains", json!(1))
+    ]))
+    .expect("plan");
     assert!(matches!(p.probe, Probe::Contains { ref key, .. } if key == "c"));
-    let p = plan(json!([cmp("/i", "$in", json!([1])), cmp("/n", "$gt", json!(1))])).expect("plan");
+    let p = plan(json!([
+        cmp("/i", "$in", json!([1])),
+        cmp("/n", "$gt", json!(1))
+    ]))
+    .expect("plan");
     assert!(matches!(p.probe, Probe::In { ref key, .. } if key == "i"));
     assert!(!p.exact);
 }
@@ -82,8 +90,14 @@ fn looks_inside_and_but_not_or_or_nor() {
     let p = plan(inside_and).expect("plan");
     assert_eq!(p.probe, eq("a", json!("x")));
     assert!(!p.exact, "inside an $and is never exact");
-    assert_eq!(plan(json!([{"op": "$or", "with": [cmp("/a", "$eq", json!(1))]}])), None);
-    assert_eq!(plan(json!([{"op": "$nor", "with": [cmp("/a", "$eq", json!(1))]}])), None);
+    assert_eq!(
+        plan(json!([{"op": "$or", "with": [cmp("/a", "$eq", json!(1))]}])),
+        None
+    );
+    assert_eq!(
+        plan(json!([{"op": "$nor", "with": [cmp("/a", "$eq", json!(1))]}])),
+        None
+    );
     // Multi-op legacy is an $and: planned, not exact.
     let p = plan(json!([{"a": {"$eq": 1, "$ne": 2}}])).expect("plan");
     assert_eq!(p.probe, eq("a", json!(1)));
@@ -128,8 +142,11 @@ fn unindexable_ops() {
     let p = plan(json!([cmp("/a", "$contains", json!("1.2.3"))])).expect("plan");
     assert!(p.exact);
     // An unindexable op beside an indexable one: planned, not exact.
-    let p = plan(json!([cmp("/last_heartbeat_time", "$eq", json!(1)), cmp("/b", "$eq", json!(1))]))
-        .expect("plan");
+    let p = plan(json!([
+        cmp("/last_heartbeat_time", "$eq", json!(1)),
+        cmp("/b", "$eq", json!(1))
+    ]))
+    .expect("plan");
     assert_eq!(p.probe, eq("b", json!(1)));
     assert!(!p.exact);
 }

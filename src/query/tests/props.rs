@@ -1,0 +1,370 @@
+//! Property tests: the algebra the contract implies, checked on small
+//! random metadata and ops, and robustness on arbitrary JSON.
+
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+
+use super::holds;
+use crate::metadata::{MetaType, MetaValue, Metadata, Probe};
+use crate::query::{Path, Query, ScalarKey};
+
+const KEYS: [&str; 4] = ["a", "b", "c", "k"];
+
+/// Small scalars that collide often: equal numbers of both kinds, strings
+/// that are and are not versions.
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (-3i64..4).prop_map(Value::from),
+        prop::sample::select(vec![-1.5, 0.0, -0.0, 1.0, 2.0, 2.5, 1e300]).prop_map(Value::from),
+        prop::sample::select(vec![
+            "",
+            "a",
+            "b",
+            "1.0.0",
+            "1.10.0",
+            "2.0.0-rc.1",
+            "1.0.0+x"
+        ])
+        .prop_map(Value::from),
+    ]
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    scalar().prop_recursive(2, 12, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            prop::collection::btree_map(prop::sample::select(KEYS.to_vec()), inner, 0..3).prop_map(
+                |m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+            ),
+        ]
+    })
+}
+
+/// Metadata over [`KEYS`]; a string that parses as a version is declared
+/// `version` when the flag says so.
+fn metadata() -> impl Strategy<Value = Metadata> {
+    prop::collection::vec(
+        (prop::sample::select(KEYS.to_vec()), value(), any::<bool>()),
+        0..5,
+    )
+    .prop_map(|entries| {
+        let mut md = Metadata::new();
+        for (key, value, typed) in entries {
+            let version = value.as_str().and_then(|s| semver::Version::parse(s).ok());
+            let mv = match version {
+                Some(v) if typed => MetaValue {
+                    ty: MetaType::Version,
+                    value,
+                    version: Some(v),
+                },
+                _ => MetaValue::plain(value),
+            };
+            md.insert(key, mv);
+        }
+        md
+    })
+}
+
+fn path() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(KEYS.to_vec()),
+        prop::option::of(prop::sample::select(vec!["a", "b", "0", "1"])),
+    )
+        .prop_map(|(key, inner)| match inner {
+            Some(seg) => format!("/{key}/{seg}"),
+            None => format!("/{key}"),
+        })
+}
+
+/// A `to` object: a literal or another path (maybe with a default),
+/// maybe typed version.
+fn to() -> impl Strategy<Value = Value> {
+    let form = prop_oneof![
+        value().prop_map(|v| json!({ "value": v })),
+        (path(), prop::option::of(value())).prop_map(|(p, d)| match d {
+            Some(d) => json!({"path": p, "default": d}),
+            None => json!({ "path": p }),
+        }),
+    ];
+    (form, any::<bool>()).prop_map(|(mut to, typed)| {
+        if typed && let Value::Object(obj) = &mut to {
+            obj.insert("type".into(), json!("version"));
+        }
+        to
+    })
+}
+
+/// Strings where version precedence and string equality disagree.
+const VERSIONISH: [&str; 5] = ["1.0.0", "1.0.0+x", "1.0.0+y", "2.0.0-rc.1", "x"];
+
+const SCALAR_OPS: [&str; 6] = ["$eq", "$ne", "$gt", "$gte", "$lt", "$lte"];
+
+/// Any valid comparison op.
+fn comparison() -> impl Strategy<Value = Value> {
+    let scalar_op = (path(), prop::sample::select(SCALAR_OPS.to_vec()), to())
+        .prop_map(|(p, op, to)| json!({"path": p, "op": op, "to": to}));
+    let list_op = (
+        path(),
+        prop::sample::select(vec!["$in", "$nin"]),
+        prop::collection::vec(value(), 0..4),
+    )
+        .prop_map(|(p, op, xs)| json!({"path": p, "op": op, "to": {"value": xs}}));
+    let contains_op = (
+        path(),
+        prop::sample::select(vec!["$contains", "$ncontains"]),
+        to(),
+    )
+        .prop_map(|(p, op, to)| json!({"path": p, "op": op, "to": to}));
+    prop_oneof![scalar_op, list_op, contains_op]
+}
+
+/// Any valid op, logical ones included.
+fn op() -> impl Strategy<Value = Value> {
+    comparison().prop_recursive(3, 16, 3, |inner| {
+        (
+            prop::sample::select(vec!["$and", "$or", "$nor"]),
+            prop::collection::vec(inner, 0..3),
+        )
+            .prop_map(|(op, with)| json!({"op": op, "with": with}))
+    })
+}
+
+/// Ops of the shapes the planner picks (top-level key, literal scalars),
+/// so that plans are common enough to test.
+fn plannable() -> impl Strategy<Value = Value> {
+    let key = prop::sample::select(KEYS.to_vec());
+    prop_oneof![
+        (key.clone(), scalar())
+            .prop_map(|(k, v)| json!({"path": format!("/{k}"), "op": "$eq", "to": {"value": v}})),
+        (key.clone(), scalar()).prop_map(|(k, v)| json!({ k: {"$eq": v} })),
+        (key.clone(), scalar()).prop_map(
+            |(k, v)| json!({"path": format!("/{k}"), "op": "$contains", "to": {"value": v}})
+        ),
+        (key, prop::collection::vec(scalar(), 0..3))
+            .prop_map(|(k, v)| json!({"path": format!("/{k}"), "op": "$in", "to": {"value": v}})),
+    ]
+}
+
+/// Does the path resolve in `md`?
+fn resolves(md: &Metadata, path: &str) -> bool {
+    Path::parse(path).ok().and_then(|p| p.resolve(md)).is_some()
+}
+
+/// Does a `to` produce a value for `md`?
+fn to_resolves(md: &Metadata, to: &Value) -> bool {
+    match to.get("path").and_then(Value::as_str) {
+        Some(p) => resolves(md, p) || to.get("default").is_some_and(|d| !d.is_null()),
+        None => true,
+    }
+}
+
+/// The probe's answer computed the way an index keyed by [`ScalarKey`]
+/// would compute it.
+fn probe_holds(md: &Metadata, probe: &Probe) -> bool {
+    let key_of = |k: &str| md.get(k).map(|mv| &mv.value);
+    match probe {
+        Probe::Eq { key, value } => key_of(key)
+            .and_then(ScalarKey::of)
+            .is_some_and(|k| Some(k) == ScalarKey::of(value)),
+        Probe::In { key, values } => key_of(key)
+            .and_then(ScalarKey::of)
+            .is_some_and(|k| values.iter().any(|v| Some(&k) == ScalarKey::of(v).as_ref())),
+        Probe::Contains { key, value } => match key_of(key) {
+            Some(Value::Array(items)) => {
+                let wanted = ScalarKey::of(value);
+                items
+                    .iter()
+                    .any(|i| ScalarKey::of(i).is_some() && ScalarKey::of(i) == wanted)
+            }
+            Some(Value::Object(map)) => value.as_str().is_some_and(|s| map.contains_key(s)),
+            _ => false,
+        },
+    }
+}
+
+/// Arbitrary JSON with the query vocabulary sprinkled in, so that parsing
+/// gets deep into the op tree before it finds something wrong.
+fn query_like() -> impl Strategy<Value = Value> {
+    let words = vec![
+        "op",
+        "path",
+        "to",
+        "value",
+        "with",
+        "default",
+        "type",
+        "ops",
+        "selector",
+        "application",
+        "$eq",
+        "$in",
+        "$contains",
+        "$and",
+        "$or",
+        "$nor",
+        "$min",
+        "$avg",
+        "$bad",
+        "/a",
+        "/a/0",
+        "a",
+        "version",
+        "/",
+        "~",
+        "/~2",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        prop::sample::select(words.clone()).prop_map(Value::from),
+        ".{0,6}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(5, 48, 4, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec((prop::sample::select(words.clone()), inner), 0..4).prop_map(
+                |entries| {
+                    let map: Map<String, Value> = entries
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect();
+                    Value::Object(map)
+                }
+            ),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nor_is_not_or(md in metadata(), with in prop::collection::vec(op(), 0..4)) {
+        let or = holds(&md, json!({"op": "$or", "with": with.clone()}));
+        let nor = holds(&md, json!({"op": "$nor", "with": with}));
+        prop_assert_eq!(nor, !or);
+    }
+
+    #[test]
+    fn ne_is_not_eq_when_both_sides_resolve(md in metadata(), p in path(), to in to()) {
+        let eq = holds(&md, json!({"path": p, "op": "$eq", "to": to}));
+        let ne = holds(&md, json!({"path": p, "op": "$ne", "to": to}));
+        if resolves(&md, &p) && to_resolves(&md, &to) {
+            prop_assert_eq!(ne, !eq);
+        } else {
+            prop_assert!(!eq && !ne);
+        }
+    }
+
+    #[test]
+    fn in_is_any_eq(md in metadata(), p in path(), xs in prop::collection::vec(value(), 0..4), typed in any::<bool>()) {
+        let ty = if typed { json!("version") } else { json!(null) };
+        let any_eq = xs.iter().any(|x| holds(&md, json!({"path": p, "op": "$eq", "to": {"value": x, "type": ty}})));
+        let is_in = holds(&md, json!({"path": p, "op": "$in", "to": {"value": xs, "type": ty}}));
+        prop_assert_eq!(is_in, any_eq);
+        let nin = holds(&md, json!({"path": p, "op": "$nin", "to": {"value": xs, "type": ty}}));
+        if resolves(&md, &p) {
+            prop_assert_eq!(nin, !is_in);
+        } else {
+            prop_assert!(!nin);
+        }
+    }
+
+    #[test]
+    fn gt_is_lt_swapped(md in metadata(), a in path(), b in path(), typed in any::<bool>()) {
+        let ty = if typed { json!("version") } else { json!(null) };
+        for (op, swapped) in [("$gt", "$lt"), ("$gte", "$lte"), ("$eq", "$eq"), ("$ne", "$ne")] {
+            let left = holds(&md, json!({"path": a, "op": op, "to": {"path": b, "type": ty}}));
+            let right = holds(&md, json!({"path": b, "op": swapped, "to": {"path": a, "type": ty}}));
+            prop_assert_eq!(left, right, "{} {} {}", a, op, b);
+        }
+    }
+
+    #[test]
+    fn and_commutes(md in metadata(), x in op(), y in op()) {
+        let xy = holds(&md, json!({"op": "$and", "with": [x.clone(), y.clone()]}));
+        let yx = holds(&md, json!({"op": "$and", "with": [y.clone(), x.clone()]}));
+        prop_assert_eq!(xy, yx);
+        let both = holds(&md, x) && holds(&md, y);
+        prop_assert_eq!(xy, both);
+    }
+
+    #[test]
+    fn contains_negation_on_lists_and_maps(md in metadata(), p in path(), to in to()) {
+        let c = holds(&md, json!({"path": p, "op": "$contains", "to": to}));
+        let nc = holds(&md, json!({"path": p, "op": "$ncontains", "to": to}));
+        let container = Path::parse(&p).ok().and_then(|p| p.resolve(&md))
+            .is_some_and(|r| r.value.is_array() || r.value.is_object());
+        if container && to_resolves(&md, &to) {
+            prop_assert_eq!(nc, !c);
+        } else {
+            prop_assert!(!c && !nc);
+        }
+    }
+
+    #[test]
+    fn scalar_key_agrees_with_eq(a in scalar(), b in scalar()) {
+        prop_assume!(!a.is_null() && !b.is_null());
+        let is_version = |v: &Value| v.as_str().is_some_and(|s| semver::Version::parse(s).is_ok());
+        prop_assume!(!is_version(&a) && !is_version(&b));
+        let md = super::meta(json!({ "k": a }));
+        let eq = holds(&md, json!({"path": "/k", "op": "$eq", "to": {"value": b}}));
+        prop_assert_eq!(eq, ScalarKey::of(&a) == ScalarKey::of(&b));
+    }
+
+    #[test]
+    fn index_plans_are_sound(md in metadata(), ops in prop::collection::vec(prop_oneof![op(), plannable()], 1..4)) {
+        let q = Query::parse(&json!({ "ops": ops })).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        if let Some(plan) = q.index_plan() {
+            let matched = q.matches(&md);
+            let probed = probe_holds(&md, &plan.probe);
+            if plan.exact {
+                prop_assert_eq!(matched, probed);
+            } else {
+                prop_assert!(!matched || probed);
+            }
+        }
+    }
+
+    #[test]
+    fn index_plans_are_sound_on_version_keys(
+        stored in prop::sample::select(VERSIONISH.to_vec()),
+        typed in any::<bool>(),
+        wanted in prop::collection::vec(prop::sample::select(VERSIONISH.to_vec()), 1..3),
+        op in prop::sample::select(vec!["$eq", "$in"]),
+    ) {
+        let md = match semver::Version::parse(stored) {
+            Ok(v) if typed => {
+                let mut md = Metadata::new();
+                md.insert("k", MetaValue { ty: MetaType::Version, value: json!(stored), version: Some(v) });
+                md
+            }
+            _ => super::meta(json!({ "k": stored })),
+        };
+        let to = if op == "$in" { json!(wanted) } else { json!(wanted[0]) };
+        let q = Query::parse(&json!({"ops": [{"path": "/k", "op": op, "to": {"value": to}}]}))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        if let Some(plan) = q.index_plan() {
+            prop_assert_eq!(q.matches(&md), probe_holds(&md, &plan.probe));
+        }
+    }
+
+    #[test]
+    fn parse_never_panics(v in query_like(), md in metadata()) {
+        let _ = Query::parse(&json!({ "ops": [v.clone()] })).map(|q| (q.matches(&md), q.index_plan()));
+        let _ = Query::parse(&json!({ "ops": v.clone() })).map(|q| (q.matches(&md), q.index_plan()));
+        let _ = Query::parse(&v).map(|q| (q.matches(&md), q.index_plan()));
+    }
+
+    #[test]
+    fn valid_ops_always_parse(o in op()) {
+        let parsed = Query::parse(&json!({ "ops": [o] }));
+        prop_assert!(parsed.is_ok(), "{:?}", parsed);
+    }
+}
