@@ -33,6 +33,8 @@ pub struct Config {
     pub max_outbound_bytes: usize,
     pub max_http_body: usize,
     pub log: String,
+    /// This node's name, shown as `node` in client objects.
+    pub node_name: String,
 }
 
 pub const DEFAULT_PORT: u16 = 4567;
@@ -81,6 +83,9 @@ pub struct Flags {
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "singyeong=debug") [default: info]
     #[arg(long, env = "LOG")]
     log: Option<String>,
+    /// This node's name, the `node` of client objects [default: the host name]
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
     /// TOML file with any of the settings above as snake_case keys
     #[arg(long, env = "CONFIG")]
     config: Option<PathBuf>,
@@ -101,6 +106,7 @@ struct FileConfig {
     max_outbound_bytes: Option<usize>,
     max_http_body: Option<usize>,
     log: Option<String>,
+    node_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +169,10 @@ impl Config {
                 .or(file.max_http_body)
                 .unwrap_or(DEFAULT_MAX_HTTP_BODY),
             log: flags.log.or(file.log).unwrap_or_else(|| "info".into()),
+            node_name: flags
+                .node_name
+                .or(file.node_name)
+                .unwrap_or_else(host_name),
         };
         config.validate()?;
         Ok(config)
@@ -194,6 +204,14 @@ impl Config {
     pub fn heartbeat_timeout(&self) -> Duration {
         self.heartbeat_interval * 3 / 2
     }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "singyeong".into())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

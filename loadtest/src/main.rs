@@ -1,1 +1,102 @@
-fn main(){}
+//! The command: parse arguments, run the scenario under a hard time limit,
+//! print the summary on stderr and the JSON result on stdout.
+//!
+//! Exit status: 0 the run completed (whatever it measured: losses and errors
+//! are in the result), 1 the run could not be carried out, 2 bad arguments,
+//! 3 the `--timeout` was reached, 130 interrupted.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use singyeong_loadtest::args::Args;
+use singyeong_loadtest::report::Report;
+use singyeong_loadtest::stop::StopSwitch;
+use singyeong_loadtest::{clock, scenario};
+
+/// How long connections get to close after the run.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    clock::init();
+    let args = Args::parse();
+    let gateway = match args.validate() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |w| w as usize,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(async {
+        let mut switch = StopSwitch::new();
+        let outcome = tokio::select! {
+            result = scenario::run(&args, &gateway, workers, &switch) => Outcome::Done(result),
+            _ = tokio::time::sleep(args.timeout()) => Outcome::TimedOut,
+            _ = tokio::signal::ctrl_c() => Outcome::Interrupted,
+        };
+        let closed = switch.stop_and_wait(CLOSE_GRACE).await;
+        if !closed {
+            eprintln!("warning: some connections did not close within {CLOSE_GRACE:?}");
+        }
+        match outcome {
+            Outcome::Done(Ok(report)) => emit(&args, &report),
+            Outcome::Done(Err(e)) => {
+                eprintln!("error: {e}");
+                1
+            }
+            Outcome::TimedOut => {
+                eprintln!("error: --timeout of {} s reached; stopped", args.timeout);
+                3
+            }
+            Outcome::Interrupted => {
+                eprintln!("interrupted; stopped");
+                130
+            }
+        }
+    });
+    // Tasks still closing are abandoned; the process exit closes their sockets.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    ExitCode::from(code)
+}
+
+enum Outcome {
+    Done(Result<Report, scenario::RunError>),
+    TimedOut,
+    Interrupted,
+}
+
+/// Prints the summary and the JSON; returns the exit status.
+fn emit(args: &Args, report: &Report) -> u8 {
+    eprint!("{}", report.summary());
+    let json = match serde_json::to_string_pretty(report) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: cannot encode the result: {e}");
+            return 1;
+        }
+    };
+    println!("{json}");
+    if let Some(path) = &args.json
+        && let Err(e) = std::fs::write(path, format!("{json}\n"))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return 1;
+    }
+    0
+}

@@ -35,7 +35,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(shard: Rc<Shard>, encoding: Encoding, peer: SocketAddr) -> Session {
-        let conn = shard.open_conn(encoding);
+        let conn = shard.open_conn(encoding, peer.ip());
         Session {
             shard,
             conn,

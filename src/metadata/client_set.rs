@@ -50,6 +50,11 @@ impl ClientSet {
             ClientSet::Small(v) => {
                 debug_assert!(!v.contains(&idx), "slot {idx} inserted twice");
                 if v.len() < SMALL_MAX {
+                    // Most buckets of a high-cardinality key hold one client:
+                    // don't let the first push reserve room for four.
+                    if v.capacity() == 0 {
+                        v.reserve_exact(1);
+                    }
                     v.push(idx);
                 } else {
                     let mut set =

@@ -14,6 +14,16 @@
 //! the old value and indexes the new one, so the indexes always equal what a
 //! scan would find (`debug_check_consistency` verifies exactly that).
 //!
+//! # Memory per client
+//!
+//! Measured with a counting allocator over a million clients: about
+//! 1.1 KiB for an idle client carrying only the reserved keys, of which
+//! ~690 B is its `Metadata` (96 B per entry plus boxed keys and strings),
+//! 64 B its slot, and the rest index postings: ~30 B per
+//! membership in a large bucket (app, `encoding`, `restricted`, ...) and
+//! ~150 B for a bucket of its own (a unique value such as `ip`). Each
+//! distinct value is stored once per shard, never per client.
+//!
 //! Single-threaded by design (one store per shard): no locks, no I/O, no
 //! clock. App names are `Arc<str>` only so that the store stays `Send` for
 //! whoever builds it before moving it onto its executor; the atomic count is

@@ -15,8 +15,11 @@ pub(crate) fn decode(frame: &[u8]) -> Result<InboundPacket, DecodeError> {
     // copies strings through a buffer sized by bytes actually read, never by
     // a length prefix.
     let mut de = rmp_serde::Deserializer::new(Cursor::new(frame));
-    // rmp-serde counts so that a limit of N admits N - 1 nested containers.
-    de.set_max_depth(MAX_DEPTH + 1);
+    // A second guard behind our own depth check. rmp-serde admits N - 1
+    // nested containers for a limit of N and checks before our visitor sees
+    // the container; one level of slack lets our check, with its clearer
+    // message, fire first.
+    de.set_max_depth(MAX_DEPTH + 2);
     let result = PacketFields::deserialize(&mut de);
     let offset = usize::try_from(de.position()).unwrap_or(usize::MAX);
     let PacketFields(fields) = result.map_err(|e| DecodeError::Msgpack {

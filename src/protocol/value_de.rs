@@ -55,23 +55,24 @@ impl<'de> Visitor<'de> for PacketVisitor {
                 Field::Op => fields.op = Some(map.next_value_seed(inner)?),
                 Field::D => fields.d = Some(map.next_value_seed(inner)?),
                 Field::T => fields.t = Some(map.next_value_seed(inner)?),
-                // Skipped without building a value; the format's own depth
-                // limit still bounds it.
-                Field::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                // Built and dropped rather than skipped with `IgnoredAny`:
+                // sonic-rs 0.5 skips recursively with no depth limit, so a
+                // deeply nested unknown key would overflow the stack.
+                Field::Other => drop(map.next_value_seed(inner)?),
             }
         }
         Ok(Some(fields))
     }
 
-    // Anything else is well-formed but not a packet; consume it so the
-    // format can still check for trailing bytes, then report "not a map".
+    // Anything else is well-formed but not a packet; consume it (depth
+    // limited, as above) so the format can still check for trailing bytes,
+    // then report "not a map".
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element_seed(ValueSeed { depth: 1 })?.is_some() {}
         Ok(None)
     }
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        // A MessagePack `ext`: a tag and a byte string, nothing nested.
         IgnoredAny::deserialize(d)?;
         Ok(None)
     }

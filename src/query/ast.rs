@@ -104,9 +104,18 @@ impl CmpOp {
     }
 }
 
-/// The logical ops' wire names.
-pub(crate) fn logical_name(name: &str) -> Option<&'static str> {
-    ["$and", "$or", "$nor"].into_iter().find(|n| *n == name)
+/// Builds a logical node from its children (`Op::And`, ...).
+pub(crate) type BuildLogical = fn(Vec<Op>) -> Op;
+
+/// A logical op by wire name: its canonical name (for messages) and the
+/// node it builds.
+pub(crate) fn logical(name: &str) -> Option<(&'static str, BuildLogical)> {
+    match name {
+        "$and" => Some(("$and", Op::And)),
+        "$or" => Some(("$or", Op::Or)),
+        "$nor" => Some(("$nor", Op::Nor)),
+        _ => None,
+    }
 }
 
 /// What a comparison compares against.
@@ -163,8 +172,10 @@ mod tests {
         }
         assert_eq!(CmpOp::from_name("$foo"), None);
         assert_eq!(CmpOp::from_name("eq"), None);
-        assert_eq!(logical_name("$or"), Some("$or"));
-        assert_eq!(logical_name("$not"), None);
+        let (name, build) = logical("$or").expect("$or");
+        assert_eq!(name, "$or");
+        assert_eq!(build(vec![]), Op::Or(vec![]));
+        assert!(logical("$not").is_none());
     }
 
     #[test]

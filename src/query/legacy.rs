@@ -16,9 +16,9 @@
 
 use serde_json::{Map, Value};
 
-use super::ast::{CmpOp, Comparison, Literal, Op, Operand, logical_name};
+use super::ast::{CmpOp, Comparison, Literal, Op, Operand, logical};
 use super::error::QueryError;
-use super::parse::{Loc, Parser, at, logical_op};
+use super::parse::{Loc, Parser, at};
 use super::path::Path;
 
 impl Parser {
@@ -40,12 +40,12 @@ impl Parser {
         }
         let mut all = Vec::with_capacity(ops.len());
         for (name, value) in ops {
-            if let Some(logical) = logical_name(name) {
+            if let Some((logical_name, build)) = logical(name) {
                 self.enter(depth)?;
                 let Value::Array(items) = value else {
                     return Err(QueryError::LegacyWithNotList {
                         key: key.to_owned(),
-                        op: logical,
+                        op: logical_name,
                     });
                 };
                 let here = Loc::Field(loc, name);
@@ -58,7 +58,7 @@ impl Parser {
                     };
                     with.push(op.map_err(|e| at(&item_loc, e))?);
                 }
-                all.push(logical_op(logical, with));
+                all.push(build(with));
             } else if let Some(op) = CmpOp::from_name(name) {
                 self.enter(depth)?;
                 if op.takes_list() && !value.is_array() {

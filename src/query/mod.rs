@@ -9,8 +9,7 @@
 //!   be mixed in one `ops` list.
 //! - `path`: `/key/inner/0` paths, resolved against [`Metadata`].
 //! - `compare`: equality and order of two values (numbers, strings,
-//!   versions, deep equality), and [`ScalarKey`], the index key that agrees
-//!   with `$eq`.
+//!   versions, deep equality).
 //! - `eval`: [`Query::matches`], one client at a time.
 //! - `plan`: [`Query::index_plan`], the index probe a query allows.
 //! - `selector`: `$min`/`$max`/`$avg` after filtering.
@@ -40,7 +39,6 @@ mod selector;
 mod tests;
 
 pub use ast::{CmpOp, Comparison, Literal, Op, Operand, Query};
-pub use compare::ScalarKey;
 pub use error::QueryError;
 pub use limits::{MAX_DEPTH, MAX_OPS};
 pub use path::{Path, Resolved};

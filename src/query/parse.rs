@@ -21,7 +21,7 @@
 
 use serde_json::{Map, Value};
 
-use super::ast::{CmpOp, Comparison, Literal, Op, Operand, Query, logical_name};
+use super::ast::{CmpOp, Comparison, Literal, Op, Operand, Query, logical};
 use super::error::QueryError;
 use super::limits::{MAX_DEPTH, MAX_OPS};
 use super::path::Path;
@@ -146,33 +146,24 @@ impl Parser {
             return Err(shape_error(obj));
         };
         let name = name.as_str().ok_or(QueryError::OpName)?;
-        if let Some(logical) = logical_name(name) {
+        if let Some((logical_name, build)) = logical(name) {
             self.enter(depth)?;
             let with = match obj.get("with") {
                 None | Some(Value::Null) => {
                     return Err(QueryError::Missing {
                         field: "with",
-                        op: logical,
+                        op: logical_name,
                     });
                 }
                 Some(Value::Array(with)) => with,
                 Some(_) => return Err(QueryError::WithNotList),
             };
             let with = self.list(with, &Loc::Field(loc, "with"), depth + 1)?;
-            return Ok(logical_op(logical, with));
+            return Ok(build(with));
         }
         let op = CmpOp::from_name(name).ok_or_else(|| QueryError::UnknownOp(name.to_owned()))?;
         self.enter(depth)?;
         comparison(obj, op).map(Op::Compare)
-    }
-}
-
-/// Builds the logical node named `name` (one of [`logical_name`]'s).
-pub(super) fn logical_op(name: &str, with: Vec<Op>) -> Op {
-    match name {
-        "$and" => Op::And(with),
-        "$or" => Op::Or(with),
-        _ => Op::Nor(with),
     }
 }
 
@@ -192,8 +183,8 @@ fn shape_error(obj: &Map<String, Value>) -> QueryError {
     let mut entries = obj.iter();
     match (entries.next(), entries.next()) {
         (Some((key, _)), None) if !["path", "to", "with"].contains(&key.as_str()) => {
-            match logical_name(key) {
-                Some(op) => QueryError::LogicalShape(op),
+            match logical(key) {
+                Some((op, _)) => QueryError::LogicalShape(op),
                 None => QueryError::LegacyNotObject(key.clone()),
             }
         }

@@ -1,26 +1,24 @@
 //! Choosing the index lookup a query allows.
 //!
 //! A probe must return *exactly* the clients for which its op holds (see
-//! [`Probe`]), so only ops whose semantics an index of scalar values keyed
-//! by [`ScalarKey`](super::ScalarKey) reproduces are planned:
+//! [`Probe`]); the store's indexes reproduce `$eq` on scalars, including a
+//! string against a `version`-typed key (see
+//! [`ScalarKey`](crate::metadata::ScalarKey)). So these ops are planned:
 //! - the path is `/key` (the indexes cover top-level keys only), and not
 //!   `last_heartbeat_time` (changes every heartbeat; the store does not
 //!   index it);
-//! - the op compares against a literal (`to.value`), not another path, and
-//!   is not typed `version` (version order is not key equality);
+//! - the op compares against a literal (`to.value`), not another path;
+//! - `to` is not typed `version`: that reads *untyped* strings as versions
+//!   too (`"1.0.0+a"` then equals `"1.0.0"`, and `"abc"` equals nothing),
+//!   which the indexes, keyed by how values are stored, cannot see;
 //! - `$eq` with a scalar, `$in` with a non-empty list of scalars, or
 //!   `$contains` with a scalar. Scalars are strings, numbers and booleans,
-//!   not null;
-//! - for `$eq`/`$in`, no string that parses as a semantic version: against
-//!   a `version`-typed key it would compare by precedence (`"1.0.0"` equals
-//!   `"1.0.0+build"`), which key equality cannot see. `$contains` compares
-//!   list elements, which are never typed, so it has no such exception.
+//!   not null.
 //!
 //! The op is taken from the top-level list or from inside an `$and` there
 //! (all of whose children must hold too), preferring `$eq` (one key) over
 //! `$contains` over `$in` (several keys), then the first in query order.
 
-use semver::Version;
 use serde_json::Value;
 
 use super::ast::{CmpOp, Comparison, Op, Operand, Query};
@@ -70,7 +68,7 @@ fn candidate(c: &Comparison) -> Option<(u8, Probe)> {
     };
     let key = key.to_owned();
     match c.op {
-        CmpOp::Eq if is_plain_scalar(&lit.value) => Some((
+        CmpOp::Eq if is_scalar(&lit.value) => Some((
             0,
             Probe::Eq {
                 key,
@@ -85,15 +83,13 @@ fn candidate(c: &Comparison) -> Option<(u8, Probe)> {
             },
         )),
         CmpOp::In => match &lit.value {
-            Value::Array(values) if !values.is_empty() && values.iter().all(is_plain_scalar) => {
-                Some((
-                    2,
-                    Probe::In {
-                        key,
-                        values: values.clone(),
-                    },
-                ))
-            }
+            Value::Array(values) if !values.is_empty() && values.iter().all(is_scalar) => Some((
+                2,
+                Probe::In {
+                    key,
+                    values: values.clone(),
+                },
+            )),
             _ => None,
         },
         _ => None,
@@ -102,12 +98,4 @@ fn candidate(c: &Comparison) -> Option<(u8, Probe)> {
 
 fn is_scalar(v: &Value) -> bool {
     matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
-}
-
-/// A scalar whose `$eq` is key equality even against a version-typed key.
-fn is_plain_scalar(v: &Value) -> bool {
-    match v {
-        Value::String(s) => Version::parse(s).is_err(),
-        other => is_scalar(other),
-    }
 }

@@ -1,5 +1,6 @@
 //! Selectors: after filtering, keep the one client with the minimum, maximum
-//! or closest-to-average numeric value at `/<key>`.
+//! or closest-to-average numeric value at `/<key>`. This file parses them
+//! and reads a client's value; choosing across shards is routing's job.
 //!
 //! The key names a top-level metadata key literally (no path syntax, no
 //! escapes), as every client library sends it. Only integers and floats
@@ -64,36 +65,6 @@ impl Selector {
             Value::Number(n) => n.as_f64(),
             _ => None,
         }
-    }
-
-    /// Chooses among `(candidate, value)` pairs (values from
-    /// [`Selector::value`], possibly gathered from several shards). Ties go
-    /// to the earliest candidate, so the caller controls them by ordering.
-    /// `$avg` picks the value closest to the mean of all the values.
-    pub fn pick<T>(&self, candidates: impl IntoIterator<Item = (T, f64)>) -> Option<T> {
-        let candidates: Vec<(T, f64)> = candidates.into_iter().collect();
-        let mean = match self.kind {
-            // Summing v/n rather than dividing the sum cannot overflow.
-            SelectorKind::Avg => {
-                let n = candidates.len() as f64;
-                candidates.iter().map(|(_, v)| v / n).sum()
-            }
-            SelectorKind::Min | SelectorKind::Max => 0.0,
-        };
-        // Lower is better.
-        let distance = |v: f64| match self.kind {
-            SelectorKind::Min => v,
-            SelectorKind::Max => -v,
-            SelectorKind::Avg => (v - mean).abs(),
-        };
-        let mut best: Option<(T, f64)> = None;
-        for (candidate, value) in candidates {
-            let d = distance(value);
-            if best.as_ref().is_none_or(|(_, best_d)| d < *best_d) {
-                best = Some((candidate, d));
-            }
-        }
-        best.map(|(candidate, _)| candidate)
     }
 }
 
@@ -164,27 +135,5 @@ mod tests {
         assert_eq!(sel("s").value(&md), None);
         assert_eq!(sel("l").value(&md), None);
         assert_eq!(sel("missing").value(&md), None);
-    }
-
-    #[test]
-    fn picks() {
-        let sel = |kind| Selector {
-            kind,
-            key: "k".into(),
-        };
-        let c = [("a", 5.0), ("b", 1.0), ("c", 9.0), ("d", 1.0), ("e", 4.0)];
-        assert_eq!(sel(SelectorKind::Min).pick(c), Some("b"));
-        assert_eq!(sel(SelectorKind::Max).pick(c), Some("c"));
-        // mean 4.0
-        assert_eq!(sel(SelectorKind::Avg).pick(c), Some("e"));
-        // mean 5.0: 4 and 6 tie, the first wins
-        assert_eq!(
-            sel(SelectorKind::Avg).pick([("x", 4.0), ("y", 6.0)]),
-            Some("x")
-        );
-        assert_eq!(sel(SelectorKind::Min).pick(Vec::<(u8, f64)>::new()), None);
-        assert_eq!(sel(SelectorKind::Avg).pick(Vec::<(u8, f64)>::new()), None);
-        let huge = [(1, f64::MAX), (2, f64::MAX), (3, 0.0)];
-        assert_eq!(sel(SelectorKind::Avg).pick(huge), Some(1));
     }
 }

@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::task::Waker;
 use std::time::Instant;
 
@@ -52,6 +53,8 @@ pub struct ConnHandle {
     /// that reused its slot.
     pub id: u64,
     pub encoding: Encoding,
+    /// The socket's peer address (`socket_ip` of the client object).
+    pub peer: IpAddr,
     max_outbound_bytes: usize,
     out: RefCell<Outbound>,
     waker: Cell<Option<Waker>>,
@@ -67,10 +70,17 @@ pub struct ConnHandle {
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl ConnHandle {
-    pub fn new(id: u64, encoding: Encoding, max_outbound_bytes: usize, now: Instant) -> ConnHandle {
+    pub fn new(
+        id: u64,
+        encoding: Encoding,
+        peer: IpAddr,
+        max_outbound_bytes: usize,
+        now: Instant,
+    ) -> ConnHandle {
         ConnHandle {
             id,
             encoding,
+            peer,
             max_outbound_bytes,
             out: RefCell::new(Outbound {
                 frames: VecDeque::new(),

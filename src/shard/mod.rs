@@ -260,20 +260,21 @@ impl Shard {
 
     fn nodes_local(&self, query: &Query) -> Vec<Value> {
         let store = self.store.borrow();
+        let clients = self.clients.borrow();
         let plan = query.index_plan();
         store
             .candidates(query.application.as_deref(), query.restricted, plan.as_ref())
             .iter()
-            .filter_map(|idx| store.get(idx))
-            .filter(|e| query.matches(&e.metadata))
-            .map(|e| {
+            .filter_map(|idx| Some((store.get(idx)?, clients.get(&idx)?)))
+            .filter(|(e, _)| query.matches(&e.metadata))
+            .map(|(e, conn)| {
                 json!({
                     "app_id": &*e.app_id,
                     "client_id": &*e.client_id,
                     "metadata": e.metadata.to_plain_json(),
-                    "socket_ip": e.metadata.get("ip").map_or(Value::Null, |v| v.value.clone()),
+                    "socket_ip": conn.peer.to_string(),
                     "queues": [],
-                    "node": "local",
+                    "node": &self.config.node_name,
                     "shard": self.id,
                 })
             })
@@ -361,12 +362,13 @@ impl Shard {
     }
 
     /// Registers a new websocket connection.
-    pub fn open_conn(&self, encoding: Encoding) -> Rc<ConnHandle> {
+    pub fn open_conn(&self, encoding: Encoding, peer: std::net::IpAddr) -> Rc<ConnHandle> {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         let conn = Rc::new(ConnHandle::new(
             id,
             encoding,
+            peer,
             self.config.max_outbound_bytes,
             std::time::Instant::now(),
         ));

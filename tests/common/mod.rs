@@ -931,6 +931,37 @@ impl Client {
         }
     }
 
+    /// Waits for the client update `t` about every id in `ids` (of `app`), in
+    /// any order, each exactly once and with the exact `d`. Updates about
+    /// other clients are skipped; any other packet is a failure.
+    pub fn expect_client_updates(&mut self, t: &str, app: &str, ids: &[String]) {
+        let mut pending: BTreeSet<String> = ids.iter().cloned().collect();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let deadline = Instant::now() + STEP;
+        while !pending.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let p = match self.next_event(left) {
+                Event::Packet(p) => p,
+                other => panic!("{}: waiting for {t} of {app}/{pending:?}, got {other:?}", self.label()),
+            };
+            let is_update = p["op"] == json!(OP_DISPATCH)
+                && (p["t"] == json!("CLIENT_CONNECTED") || p["t"] == json!("CLIENT_DISCONNECTED"));
+            assert!(is_update, "{}: waiting for {t} of {app}/{pending:?}, got {p}", self.label());
+            let who = p["d"]["payload"]["client_id"].as_str().unwrap_or_default().to_string();
+            if p["t"] != json!(t) || p["d"]["payload"]["app"] != json!(app) || !ids.contains(&who) {
+                continue;
+            }
+            assert!(seen.insert(who.clone()), "{}: {t} of {who} twice", self.label());
+            assert_eq!(
+                p["d"],
+                json!({"nonce": null, "payload": {"app": app, "client_id": who}}),
+                "{}: {t} d",
+                self.label()
+            );
+            pending.remove(&who);
+        }
+    }
+
     /// The next packet must be invalid (op 3) with exactly `error`; returns extra_info.
     pub fn expect_invalid(&mut self, error: &str) -> Value {
         let p = self.expect_op(OP_INVALID);
@@ -967,16 +998,25 @@ impl Client {
         p["d"]["extra_info"].clone()
     }
 
-    /// The server closes the websocket: a close frame with code 1000 comes
-    /// next, then the TCP connection ends.
-    pub fn expect_closed(&mut self) {
-        match self.next_event(Duration::from_secs(2)) {
-            Event::Closed(code, _) => {
-                assert_eq!(code, Some(1000), "{}: close code", self.label());
-            }
+    /// The server closes the websocket: a close frame comes next (any code;
+    /// see [`Client::expect_closed_normally`]), then the TCP connection ends.
+    /// Returns the close code.
+    pub fn expect_closed(&mut self) -> Option<u16> {
+        let code = match self.next_event(Duration::from_secs(2)) {
+            Event::Closed(code, _) => code,
             other => panic!("{}: expected a close frame, got {other:?}", self.label()),
-        }
+        };
         self.expect_gone();
+        code
+    }
+
+    /// Like [`Client::expect_closed`], and the close code is 1000 (contract:
+    /// "close code 1000 unless stated"). Checked in the tests dedicated to
+    /// close codes, so that one deviation fails one test, not every test
+    /// that sees a close.
+    pub fn expect_closed_normally(&mut self) {
+        let code = self.expect_closed();
+        assert_eq!(code, Some(1000), "{}: close code", self.label());
     }
 
     /// The TCP connection ends within 2 s (any packet before that is a failure).

@@ -1,0 +1,318 @@
+//! Command-line parameters: one struct, parsed once by clap, validated, and
+//! passed down. It is also serialized into the JSON result so a result file
+//! always says how it was produced.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+/// What a run does once its connections are identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Open N connections, idle, report connect rate and server RSS per connection.
+    Connect,
+    /// SEND, each to exactly one receiver chosen by its unique `id`.
+    Targeted,
+    /// BROADCAST to every receiver of one application.
+    Broadcast,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Connect => "connect",
+            Scenario::Targeted => "targeted",
+            Scenario::Broadcast => "broadcast",
+        }
+    }
+
+    pub fn has_traffic(self) -> bool {
+        self != Scenario::Connect
+    }
+}
+
+#[derive(Debug, Clone, Parser, Serialize)]
+#[command(
+    name = "singyeong-loadtest",
+    version,
+    about = "Capacity-planning load tester for the 신경 (singyeong) message bus",
+    long_about = "Opens many identified websocket connections to a singyeong server, \
+                  optionally drives SEND/BROADCAST traffic between them, and reports \
+                  connect rate, delivered vs sent counts, end-to-end latency and the \
+                  server's RSS and CPU. A JSON result goes to stdout, a summary to stderr."
+)]
+pub struct Args {
+    /// What to measure
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+
+    /// Gateway URL of the server under test (ws:// only)
+    #[arg(long, default_value = "ws://127.0.0.1:4567/gateway/websocket")]
+    pub url: String,
+
+    /// Receiver connections to open (the population that is measured or targeted)
+    #[arg(short = 'n', long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections: u32,
+
+    /// Sender connections (targeted/broadcast); they identify under "<app-prefix>-senders"
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub senders: u32,
+
+    /// Applications the receivers are spread over, round robin ("<app-prefix>-0" ...)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub apps: u32,
+
+    /// Prefix of the application ids
+    #[arg(long, default_value = "loadtest", value_parser = parse_app_prefix)]
+    pub app_prefix: String,
+
+    /// Distinct values of the `group` metadata key (group = id % groups)
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub groups: u32,
+
+    /// Length of the `tags` metadata list
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub list_size: u32,
+
+    /// Distinct small integers a `tags` element takes (0 .. tag-values-1)
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tag_values: u32,
+
+    /// Source addresses to spread connections over: source-base, source-base+1, ...
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=254))]
+    pub source_addrs: u32,
+
+    /// First source address (IPv4)
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    pub source_base: Ipv4Addr,
+
+    /// Connections in the middle of connecting (TCP + upgrade + identify) at once
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connect_concurrency: u32,
+
+    /// Longest one connection may take from TCP connect to ready, in seconds
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub connect_timeout: f64,
+
+    /// Size of the padding string in every message payload, in bytes
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    pub payload_bytes: u32,
+
+    /// Messages a sender may have outstanding (sent, not yet fully delivered)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub window: u32,
+
+    /// How long senders send, in seconds
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub duration: f64,
+
+    /// After sending stops, how long to wait for outstanding deliveries, in seconds
+    #[arg(long, default_value = "2", value_parser = parse_secs)]
+    pub drain: f64,
+
+    /// Idle time between "all identified" and the RSS sample, in seconds [default: 3 for connect, 1 otherwise]
+    #[arg(long, value_parser = parse_secs)]
+    pub idle: Option<f64>,
+
+    /// Hard limit for the whole run, in seconds: past it the tool closes its connections and exits with status 3
+    #[arg(long, default_value = "120", value_parser = parse_secs)]
+    pub timeout: f64,
+
+    /// Tokio worker threads [default: the CPUs this process may use]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+
+    /// PID of the server, to read its RSS and CPU time from /proc
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// Also write the JSON result to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Tag for client ids, so runs against one server never collide [default: random]
+    #[arg(long, value_parser = parse_app_prefix)]
+    pub run_id: Option<String>,
+
+    /// No progress lines on stderr (the summary is still printed)
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Errors in arguments that clap's per-flag parsers cannot see.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    #[error("--url must start with ws:// (got {0:?})")]
+    Scheme(String),
+    #[error("--url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("--scenario {0} needs at least one sender (--senders)")]
+    NoSenders(&'static str),
+    #[error("--source-base {base} + {count} addresses leaves the IPv4 range")]
+    SourceRange { base: Ipv4Addr, count: u32 },
+}
+
+impl Args {
+    /// Checks the combinations of flags; returns the parsed gateway address.
+    pub fn validate(&self) -> Result<Gateway, ArgsError> {
+        if self.scenario.has_traffic() && self.senders == 0 {
+            return Err(ArgsError::NoSenders(self.scenario.name()));
+        }
+        if u32::from(self.source_base).checked_add(self.source_addrs - 1).is_none() {
+            return Err(ArgsError::SourceRange {
+                base: self.source_base,
+                count: self.source_addrs,
+            });
+        }
+        Gateway::parse(&self.url)
+    }
+
+    pub fn idle(&self) -> Duration {
+        let default = if self.scenario.has_traffic() { 1.0 } else { 3.0 };
+        Duration::from_secs_f64(self.idle.unwrap_or(default))
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration)
+    }
+
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs_f64(self.drain)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.connect_timeout)
+    }
+
+    /// The source addresses, in the order connections are spread over them.
+    pub fn sources(&self) -> Vec<IpAddr> {
+        let base = u32::from(self.source_base);
+        (0..self.source_addrs)
+            .map(|i| IpAddr::V4(Ipv4Addr::from(base + i)))
+            .collect()
+    }
+
+    /// Every connection this run opens: receivers plus senders (senders only
+    /// where the scenario sends).
+    pub fn total_connections(&self) -> u64 {
+        let senders = if self.scenario.has_traffic() { self.senders } else { 0 };
+        u64::from(self.connections) + u64::from(senders)
+    }
+}
+
+/// Where the server's gateway is: the URL handed to the websocket handshake,
+/// and the host and port the TCP connection goes to.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Gateway {
+    pub fn parse(url: &str) -> Result<Gateway, ArgsError> {
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| ArgsError::Scheme(url.to_string()))?;
+        let bad = |reason: &str| ArgsError::Url {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        if authority.is_empty() {
+            return Err(bad("no host"));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            // A bracketed IPv6 literal without a port has a ':' but ends in ']'.
+            Some((host, port)) if !port.ends_with(']') => {
+                let port = port.parse::<u16>().map_err(|_| bad("invalid port"))?;
+                (host, port)
+            }
+            _ => (authority, 80),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(Gateway {
+            url: url.to_string(),
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    let secs: f64 = s
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        return Err(format!("{s} must be more than 0 and at most 86400 seconds"));
+    }
+    Ok(secs)
+}
+
+/// App ids and client ids may not contain whitespace (contract §3); the
+/// prefix is also written into JSON by hand, so quotes and backslashes are
+/// refused too.
+fn parse_app_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\') {
+        return Err("may not contain whitespace, control characters, quotes or backslashes".into());
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_url_forms() {
+        let g = Gateway::parse("ws://127.0.0.1:4567/gateway/websocket").unwrap();
+        assert_eq!((g.host.as_str(), g.port), ("127.0.0.1", 4567));
+        let g = Gateway::parse("ws://localhost/gateway/websocket").unwrap();
+        assert_eq!((g.host.as_str(), g.port), ("localhost", 80));
+        let g = Gateway::parse("ws://[::1]:9/x").unwrap();
+        assert_eq!((g.host.as_str(), g.port), ("::1", 9));
+        assert!(matches!(Gateway::parse("wss://x/"), Err(ArgsError::Scheme(_))));
+        assert!(Gateway::parse("ws://:12/").is_err());
+        assert!(Gateway::parse("ws://h:port/").is_err());
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_secs("1.5").unwrap(), 1.5);
+        assert_eq!(parse_secs("10s").unwrap(), 10.0);
+        assert!(parse_secs("0").is_err());
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("abc").is_err());
+    }
+
+    #[test]
+    fn traffic_needs_senders() {
+        let args = Args::try_parse_from(["x", "--scenario", "targeted", "--senders", "0"]).unwrap();
+        assert!(matches!(args.validate(), Err(ArgsError::NoSenders("targeted"))));
+        let args = Args::try_parse_from(["x", "--scenario", "connect", "--senders", "0"]).unwrap();
+        assert!(args.validate().is_ok());
+        assert_eq!(args.total_connections(), 1000);
+    }
+
+    #[test]
+    fn sources_count_up_from_base() {
+        let args = Args::try_parse_from(["x", "--scenario", "connect", "--source-addrs", "3"]).unwrap();
+        let s: Vec<String> = args.sources().iter().map(|a| a.to_string()).collect();
+        assert_eq!(s, ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    }
+}

@@ -1,0 +1,170 @@
+//! Opening the population: every receiver and sender connection, spread over
+//! the source addresses, at most `connect_concurrency` in the middle of
+//! connecting at once. Each connection task reports how its connect went and
+//! then stays alive in [`traffic::drive`] until the run stops it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+
+use crate::identity::{Names, Shape};
+use crate::session::{self, OpenError};
+use crate::stop::StopSwitch;
+use crate::tally;
+use crate::traffic::{self, Role, Shared};
+use crate::wire;
+
+/// How to reach the server and how fast to connect.
+pub struct Dialer {
+    pub server: SocketAddr,
+    pub url: String,
+    pub sources: Vec<IpAddr>,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub shape: Shape,
+    pub names: Names,
+}
+
+/// How the connect phase went.
+pub struct Connected {
+    pub requested: u64,
+    pub identified: u64,
+    pub elapsed: Duration,
+    /// TCP connect to ready, per identified connection, in microseconds.
+    pub latency: Histogram<u64>,
+    pub errors: BTreeMap<String, u64>,
+    /// `id`s of the receivers that got to ready, ascending.
+    pub receivers: Vec<u64>,
+    pub senders: u32,
+}
+
+struct Outcome {
+    role: Role,
+    took: Duration,
+    error: Option<String>,
+}
+
+/// Opens `receivers` receivers (ids 0..receivers) and `senders` senders and
+/// waits until every one is identified or has failed. `progress` prints a
+/// line per second on stderr.
+pub async fn connect(
+    dialer: Arc<Dialer>,
+    receivers: u32,
+    senders: u32,
+    shared: &Arc<Shared>,
+    switch: &StopSwitch,
+    progress: bool,
+) -> Connected {
+    let gate = Arc::new(Semaphore::new(dialer.concurrency));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let roles = (0..receivers)
+        .map(|i| {
+            let id = u64::from(i);
+            Role::Receiver {
+                id,
+                app: dialer.names.app_of_receiver(id),
+            }
+        })
+        .chain((0..senders).map(|index| Role::Sender { index }));
+    for (n, role) in roles.enumerate() {
+        let dialer = dialer.clone();
+        let gate = gate.clone();
+        let tx = tx.clone();
+        let shared = shared.clone();
+        let mut stop = switch.handle();
+        tokio::spawn(async move {
+            let source = dialer.sources[n % dialer.sources.len()];
+            let opened = tokio::select! {
+                _ = stop.wait() => return,
+                opened = open(&dialer, role, source, &gate) => opened,
+            };
+            let _ = tx.send(Outcome {
+                role,
+                took: opened.1,
+                error: opened.0.as_ref().err().map(ToString::to_string),
+            });
+            drop(tx);
+            if let Ok(session) = opened.0 {
+                traffic::drive(session, role, n, shared, stop).await;
+            }
+        });
+    }
+    drop(tx);
+
+    let requested = u64::from(receivers) + u64::from(senders);
+    let mut done = Connected {
+        requested,
+        identified: 0,
+        elapsed: Duration::ZERO,
+        latency: tally::histogram(),
+        errors: BTreeMap::new(),
+        receivers: Vec::with_capacity(receivers as usize),
+        senders: 0,
+    };
+    let mut tick = tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+    let mut finished = 0u64;
+    while finished < requested {
+        tokio::select! {
+            outcome = rx.recv() => {
+                let Some(outcome) = outcome else { break };
+                finished += 1;
+                match outcome.error {
+                    None => {
+                        done.identified += 1;
+                        done.latency.saturating_record(outcome.took.as_micros().max(1) as u64);
+                        match outcome.role {
+                            Role::Receiver { id, .. } => done.receivers.push(id),
+                            Role::Sender { .. } => done.senders += 1,
+                        }
+                    }
+                    Some(text) => *done.errors.entry(text).or_default() += 1,
+                }
+            }
+            _ = tick.tick(), if progress => {
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "connect {:>5.1}s: {}/{} identified, {} failed ({:.0}/s)",
+                    secs, done.identified, requested, finished - done.identified,
+                    done.identified as f64 / secs
+                );
+            }
+        }
+    }
+    done.elapsed = started.elapsed();
+    done.receivers.sort_unstable();
+    done
+}
+
+/// Waits for a connect slot, then opens and identifies one connection.
+async fn open(
+    dialer: &Dialer,
+    role: Role,
+    source: IpAddr,
+    gate: &Semaphore,
+) -> (Result<session::Session, OpenError>, Duration) {
+    let _slot = gate.acquire().await.expect("semaphore never closed");
+    let began = Instant::now();
+    let (app, client_id, id) = match role {
+        Role::Receiver { id, app } => (dialer.names.app(app), dialer.names.receiver_client(id), id),
+        Role::Sender { index } => (
+            dialer.names.sender_app(),
+            dialer.names.sender_client(index),
+            // Senders get ids past every receiver's, so no target matches them.
+            u64::from(u32::MAX) + u64::from(index),
+        ),
+    };
+    let identify = wire::identify(&client_id, &app, dialer.shape.metadata(id));
+    let opened = tokio::time::timeout(
+        dialer.timeout,
+        session::open(dialer.server, &dialer.url, Some(source), &client_id, identify),
+    )
+    .await
+    .unwrap_or(Err(OpenError::Timeout));
+    (opened, began.elapsed())
+}

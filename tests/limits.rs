@@ -1,0 +1,154 @@
+//! Every limit and what happens past it: frame size, metadata size, and the
+//! per-connection outbound bound (slow consumers).
+
+mod common;
+
+use common::*;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn big(n: usize) -> String {
+    "x".repeat(n)
+}
+
+#[test]
+fn a_frame_above_the_limit_is_an_error_and_closes() {
+    let server = Server::start(&["--max-frame-size", "4096"]);
+    for enc in ALL_ENCODINGS {
+        let app = format!("solo-{}", enc.name());
+        // Under the limit: delivered (to the sender itself).
+        let mut c = Client::ready(&server, enc, &app, "c");
+        c.send_to(query(&app), json!(1), json!(big(3000)));
+        c.expect_message("SEND", &json!(1), &json!(big(3000)));
+        // Over it: error and close.
+        c.send_to(query(&app), json!(2), json!(big(8000)));
+        c.expect_error_close(texts::FRAME_TOO_LARGE);
+
+        // Before identify, too, and whatever the frame holds.
+        let mut c = Client::connect(&server, enc);
+        c.send_identify(&app, "c", json!({"metadata": {"blob": meta("string", json!(big(8000)))}}));
+        c.expect_error_close(texts::FRAME_TOO_LARGE);
+        let mut c = Client::ready(&server, enc, &app, "c2");
+        let junk = match enc {
+            Json => tungstenite::Message::text(big(10_000)),
+            _ => tungstenite::Message::binary(vec![0xc1u8; 10_000]),
+        };
+        c.send_message(junk);
+        c.expect_error_close(texts::FRAME_TOO_LARGE);
+    }
+    // The server is fine.
+    let mut c = Client::ready(&server, Json, "app", "after");
+    c.heartbeat();
+}
+
+#[test]
+fn the_default_frame_limit_is_one_mebibyte() {
+    let server = Server::start(&[]);
+    let mut c = Client::ready(&server, Msgpack, "solo", "c");
+    c.send_to(query("solo"), json!(1), json!(big(900_000)));
+    c.expect_message("SEND", &json!(1), &json!(big(900_000)));
+    c.send_to(query("solo"), json!(2), json!(big(1_100_000)));
+    c.expect_error_close(texts::FRAME_TOO_LARGE);
+}
+
+#[test]
+fn a_metadata_update_above_the_limit_is_invalid() {
+    let server = Server::start(&["--max-metadata-size", "1024"]);
+    for enc in ALL_ENCODINGS {
+        let id = format!("m-{}", enc.name());
+        let mut c = Client::ready(&server, enc, "app", &id);
+        c.update_metadata(json!({"small": meta("string", json!(big(100)))}));
+        c.update_metadata(json!({"blob": meta("string", json!(big(4000)))}));
+        c.expect_invalid(texts::METADATA_TOO_LARGE);
+        c.update_metadata(json!({"many": meta("list", json!((0..1000).collect::<Vec<_>>()))}));
+        c.expect_invalid(texts::METADATA_TOO_LARGE);
+        // Connection open; nothing of the big updates applied.
+        let nodes = c.query_nodes(query("app"));
+        let m = &node_of(&nodes, &id)["metadata"];
+        assert_eq!(m["small"], json!(big(100)));
+        assert!(m.get("blob").is_none() && m.get("many").is_none(), "{m}");
+    }
+}
+
+#[test]
+fn the_default_metadata_limit_is_64_kib() {
+    let server = Server::start(&[]);
+    let mut c = Client::ready(&server, Json, "app", "c");
+    c.set_metadata(json!({"ok": meta("string", json!(big(30_000)))}));
+    c.update_metadata(json!({"blob": meta("string", json!(big(100_000)))}));
+    c.expect_invalid(texts::METADATA_TOO_LARGE);
+    c.heartbeat();
+}
+
+/// A client that never reads, while others broadcast big payloads to it and
+/// to a reader, gets "slow consumer" and is closed; the reader, which keeps up,
+/// gets every message.
+#[test]
+fn a_slow_consumer_is_cut_off_and_others_keep_receiving() {
+    let server = Server::start(&["--max-outbound-bytes", "262144", "--shards", "3"]);
+    let mut sender = Client::ready(&server, Json, "src", "sender");
+    let mut slow = Client::ready(&server, Json, "sink", "slow");
+    let mut reader = Client::ready(&server, Msgpack, "sink", "reader");
+
+    // 400 x 64 KiB = 25 MiB: far past the kernel's socket buffers plus the
+    // 256 KiB bound, whatever they are on this machine.
+    let count = 400usize;
+    let chunk = big(64 * 1024);
+    let (tx, rx) = mpsc::channel::<usize>();
+    let reader_thread = std::thread::spawn(move || {
+        let mut got = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got < count {
+            assert!(Instant::now() < deadline, "reader got only {got} of {count}");
+            let d = reader.expect_dispatch("BROADCAST");
+            assert_eq!(d["nonce"], json!(got), "the reader gets every message, in order");
+            assert_eq!(d["payload"].as_str().map(str::len), Some(64 * 1024));
+            got += 1;
+            let _ = tx.send(got);
+        }
+        reader.expect_quiet();
+        reader.heartbeat();
+        (got, reader)
+    });
+    for i in 0..count {
+        sender.broadcast(query("sink"), json!(i), json!(chunk));
+        // Keep at most a few messages in flight to the reader, so the reader
+        // itself never comes near the bound.
+        if i >= 2 {
+            let want = i - 1;
+            loop {
+                let got = rx
+                    .recv_timeout(STEP)
+                    .unwrap_or_else(|_| panic!("the reader stalled before message {want}"));
+                if got >= want {
+                    break;
+                }
+            }
+        }
+    }
+    let (got, mut reader) = reader_thread.join().expect("reader thread");
+    assert_eq!(got, count);
+
+    // Now read what the slow client was sent: some broadcasts, then the error
+    // and the close.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut broadcasts = 0usize;
+    loop {
+        assert!(Instant::now() < deadline, "no slow-consumer error after {broadcasts} broadcasts");
+        match slow.next_event(STEP) {
+            Event::Packet(p) if p["op"] == json!(OP_DISPATCH) => broadcasts += 1,
+            Event::Packet(p) => {
+                assert_eq!(p["op"], json!(OP_ERROR), "{p}");
+                assert_eq!(p["d"]["error"], json!(texts::SLOW_CONSUMER), "{p}");
+                break;
+            }
+            other => panic!("slow client: expected broadcasts then the error, got {other:?} after {broadcasts}"),
+        }
+    }
+    assert!(broadcasts < count, "the slow client was cut off before the end ({broadcasts} of {count})");
+    slow.expect_closed();
+    // It is gone from the registry, the others are not.
+    let ids = sender.query_ids(query("sink"));
+    assert_eq!(ids, set(&["reader"]));
+    reader.heartbeat();
+}
