@@ -46,7 +46,9 @@ fn query_evaluation(c: &mut Criterion) {
     let md = metadata(42);
     let mut group = c.benchmark_group("query_eval");
     let single = query(json!({"ops": [{"path": "/id", "op": "$eq", "to": {"value": 42}}]}));
-    group.bench_function("single_eq", |b| b.iter(|| black_box(&single).matches(black_box(&md))));
+    group.bench_function("single_eq", |b| {
+        b.iter(|| black_box(&single).matches(black_box(&md)))
+    });
     let nested = query(json!({"ops": [{"op": "$or", "with": [
         {"op": "$and", "with": [
             {"path": "/version", "op": "$gte", "to": {"value": "1.2.0", "type": "version"}},
@@ -134,7 +136,10 @@ fn metadata_update(c: &mut Criterion) {
             i += 1;
             let values = vec![
                 ("group".to_string(), MetaValue::plain(json!(i % 100))),
-                ("tags".to_string(), MetaValue::plain(json!([i % 10, i % 13]))),
+                (
+                    "tags".to_string(),
+                    MetaValue::plain(json!([i % 10, i % 13])),
+                ),
             ];
             store.merge(idx, values);
         })

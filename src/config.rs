@@ -48,7 +48,11 @@ pub const DEFAULT_MAX_HTTP_BODY: usize = 1 << 20;
 /// variable named beside it, and from the `--config` TOML file under its
 /// snake_case name; a flag beats the environment, which beats the file.
 #[derive(Debug, Parser)]
-#[command(name = "singyeong", version, about = "신경: a metadata-routed message bus")]
+#[command(
+    name = "singyeong",
+    version,
+    about = "신경: a metadata-routed message bus"
+)]
 pub struct Flags {
     /// Address to listen on [default: 0.0.0.0]
     #[arg(long, env = "BIND")]
@@ -169,10 +173,7 @@ impl Config {
                 .or(file.max_http_body)
                 .unwrap_or(DEFAULT_MAX_HTTP_BODY),
             log: flags.log.or(file.log).unwrap_or_else(|| "info".into()),
-            node_name: flags
-                .node_name
-                .or(file.node_name)
-                .unwrap_or_else(host_name),
+            node_name: flags.node_name.or(file.node_name).unwrap_or_else(host_name),
         };
         config.validate()?;
         Ok(config)
@@ -239,9 +240,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, "port = 9000\nshards = 2\nmax_frame_size = 4096\n").unwrap();
-        let config =
-            Config::from_flags(parse(&["--config", path.to_str().unwrap(), "--port", "9100"]))
-                .unwrap();
+        let config = Config::from_flags(parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--port",
+            "9100",
+        ]))
+        .unwrap();
         assert_eq!(config.port, 9100);
         assert_eq!(config.shards, 2);
         assert_eq!(config.max_frame_size, 4096);

@@ -10,7 +10,18 @@ use singyeong::server::Server;
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+/// Stack for shard threads. Decoding a packet nested to the protocol's depth
+/// limit needs about 4 MiB of stack in a debug build (128 KiB in release);
+/// std's 2 MiB default would overflow, and only touched pages cost memory.
+const SHARD_STACK: &str = "16777216";
+
 fn main() {
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        // SAFETY: no other thread exists yet, so nothing can read the
+        // environment concurrently; glommio's executor threads, spawned
+        // later, take their stack size from this variable.
+        unsafe { std::env::set_var("RUST_MIN_STACK", SHARD_STACK) };
+    }
     let config = match Config::from_flags(Flags::parse()) {
         Ok(config) => config,
         Err(e) => {

@@ -176,7 +176,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// Reaps silent clients. Runs often enough that a client is closed within
 /// a tenth of an interval after its deadline.
 async fn reap_loop(shard: Rc<Shard>) {
-    let period = (shard.config.heartbeat_interval / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let period = (shard.config.heartbeat_interval / 10)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         glommio::timer::sleep(period).await;
         shard.reap(Instant::now());

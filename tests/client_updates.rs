@@ -8,7 +8,13 @@ use common::*;
 use std::time::{Duration, Instant};
 
 fn subscriber(server: &Server, enc: Encoding, id: &str) -> Client {
-    Client::ready_with(server, enc, "watchers", id, json!({"receive_client_updates": true}))
+    Client::ready_with(
+        server,
+        enc,
+        "watchers",
+        id,
+        json!({"receive_client_updates": true}),
+    )
 }
 
 /// The next packet that is not a client update about the "watchers" app (the
@@ -57,7 +63,13 @@ fn only_subscribers_hear_updates() {
     let server = Server::start(&[]);
     let mut yes = subscriber(&server, Msgpack, "yes");
     let mut absent = Client::ready(&server, Json, "watchers", "absent");
-    let mut no = Client::ready_with(&server, Etf, "watchers", "no", json!({"receive_client_updates": false}));
+    let mut no = Client::ready_with(
+        &server,
+        Etf,
+        "watchers",
+        "no",
+        json!({"receive_client_updates": false}),
+    );
     // The two non-subscribers connecting are announced to the subscriber.
     yes.expect_client_update("CLIENT_CONNECTED", "watchers", "absent");
     yes.expect_client_update("CLIENT_CONNECTED", "watchers", "no");
@@ -75,22 +87,38 @@ fn only_subscribers_hear_updates() {
 fn updates_reach_subscribers_on_every_shard() {
     let server = Server::start(&["--shards", "3"]);
     let mut obs = Client::ready(&server, Json, "obs", "obs");
-    let mut subs = spread(&server, &mut obs, "watchers", 3, &ALL_ENCODINGS, json!({"receive_client_updates": true}));
+    let mut subs = spread(
+        &server,
+        &mut obs,
+        "watchers",
+        3,
+        &ALL_ENCODINGS,
+        json!({"receive_client_updates": true}),
+    );
     assert!(shard_set(&subs).len() >= 3);
     for round in 0..3 {
         // Six newcomers land on random shards.
         let xs: Vec<Client> = (0..6)
-            .map(|i| Client::ready(&server, ALL_ENCODINGS[i % 3], "app", &format!("x{round}-{i}")))
+            .map(|i| {
+                Client::ready(
+                    &server,
+                    ALL_ENCODINGS[i % 3],
+                    "app",
+                    &format!("x{round}-{i}"),
+                )
+            })
             .collect();
         let names: Vec<String> = (0..6).map(|i| format!("x{round}-{i}")).collect();
         for s in subs.iter_mut() {
-            s.client.expect_client_updates("CLIENT_CONNECTED", "app", &names);
+            s.client
+                .expect_client_updates("CLIENT_CONNECTED", "app", &names);
         }
         for (i, x) in xs.into_iter().enumerate() {
             if i % 2 == 0 { x.close() } else { x.drop_tcp() }
         }
         for s in subs.iter_mut() {
-            s.client.expect_client_updates("CLIENT_DISCONNECTED", "app", &names);
+            s.client
+                .expect_client_updates("CLIENT_DISCONNECTED", "app", &names);
         }
         let mut refs: Vec<&mut Client> = subs.iter_mut().map(|m| &mut m.client).collect();
         expect_all_quiet(&mut refs, QUIET);
@@ -117,7 +145,11 @@ fn rejected_identifies_are_not_announced() {
     bad.send_identify("app", "has space", json!({}));
     bad.expect_error_close(texts::INVALID_CLIENT_ID);
     let mut badmeta = Client::connect(&server, Json);
-    badmeta.send_identify("app", "y", json!({"metadata": {"k": {"type": "nope", "value": 1}}}));
+    badmeta.send_identify(
+        "app",
+        "y",
+        json!({"metadata": {"k": {"type": "nope", "value": 1}}}),
+    );
     badmeta.expect_error_close(texts::INITIAL_METADATA_INVALID);
     let mut etf = Client::connect(&server, Etf);
     etf.send_identify("app", "z", json!({}));
@@ -140,7 +172,13 @@ fn restricted_clients_are_announced_but_never_told() {
         "s",
         json!({"auth": "pw", "receive_client_updates": true}),
     );
-    let mut r = Client::ready_with(&server, Json, "app", "r", json!({"receive_client_updates": true}));
+    let mut r = Client::ready_with(
+        &server,
+        Json,
+        "app",
+        "r",
+        json!({"receive_client_updates": true}),
+    );
     s.expect_client_update("CLIENT_CONNECTED", "app", "r");
     let y = Client::ready_with(&server, Json, "app", "y", json!({"auth": "pw"}));
     s.expect_client_update("CLIENT_CONNECTED", "app", "y");
@@ -170,7 +208,10 @@ fn a_reaped_client_is_announced_as_disconnected() {
         match s.next_event(Duration::from_millis(20)) {
             Event::Packet(p) if p["op"] == json!(OP_HEARTBEAT_ACK) => {}
             Event::Packet(p) if p["t"] == json!("CLIENT_DISCONNECTED") => {
-                assert_eq!(p["d"], json!({"nonce": null, "payload": {"app": "app", "client_id": "x"}}));
+                assert_eq!(
+                    p["d"],
+                    json!({"nonce": null, "payload": {"app": "app", "client_id": "x"}})
+                );
                 break;
             }
             Event::Timeout => {}

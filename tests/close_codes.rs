@@ -14,27 +14,59 @@ fn error_closes_use_code_1000() {
     let _first = Client::ready_with(&server, Json, "app", "taken", json!({"auth": "pw"}));
     type Trigger = Box<dyn Fn(&mut Client)>;
     let cases: Vec<(&str, Encoding, Trigger)> = vec![
-        (texts::NOT_IDENTIFIED, Json, Box::new(|c| {
-            c.send(OP_HEARTBEAT, json!({"client_id": "x"}), None);
-        })),
-        (texts::INVALID_CLIENT_ID, Msgpack, Box::new(|c| {
-            c.send_identify("app", "a b", json!({}));
-        })),
-        (texts::INVALID_APPLICATION_ID, Json, Box::new(|c| {
-            c.send_identify("", "x", json!({}));
-        })),
-        ("taken: already registered for app app", Json, Box::new(|c| {
-            c.send_identify("app", "taken", json!({"auth": "pw"}));
-        })),
-        (texts::INITIAL_METADATA_INVALID, Json, Box::new(|c| {
-            c.send_identify("app", "m", json!({"auth": "pw", "metadata": {"k": {"type": "x", "value": 1}}}));
-        })),
-        (texts::RESTRICTED_ETF, Etf, Box::new(|c| {
-            c.send_identify("app", "e", json!({}));
-        })),
-        (texts::FRAME_TOO_LARGE, Json, Box::new(|c| {
-            c.send_message(tungstenite::Message::text("x".repeat(4096)));
-        })),
+        (
+            texts::NOT_IDENTIFIED,
+            Json,
+            Box::new(|c| {
+                c.send(OP_HEARTBEAT, json!({"client_id": "x"}), None);
+            }),
+        ),
+        (
+            texts::INVALID_CLIENT_ID,
+            Msgpack,
+            Box::new(|c| {
+                c.send_identify("app", "a b", json!({}));
+            }),
+        ),
+        (
+            texts::INVALID_APPLICATION_ID,
+            Json,
+            Box::new(|c| {
+                c.send_identify("", "x", json!({}));
+            }),
+        ),
+        (
+            "taken: already registered for app app",
+            Json,
+            Box::new(|c| {
+                c.send_identify("app", "taken", json!({"auth": "pw"}));
+            }),
+        ),
+        (
+            texts::INITIAL_METADATA_INVALID,
+            Json,
+            Box::new(|c| {
+                c.send_identify(
+                    "app",
+                    "m",
+                    json!({"auth": "pw", "metadata": {"k": {"type": "x", "value": 1}}}),
+                );
+            }),
+        ),
+        (
+            texts::RESTRICTED_ETF,
+            Etf,
+            Box::new(|c| {
+                c.send_identify("app", "e", json!({}));
+            }),
+        ),
+        (
+            texts::FRAME_TOO_LARGE,
+            Json,
+            Box::new(|c| {
+                c.send_message(tungstenite::Message::text("x".repeat(4096)));
+            }),
+        ),
     ];
     for (error, enc, trigger) in cases {
         let mut c = Client::connect(&server, enc);

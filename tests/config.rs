@@ -12,7 +12,10 @@ fn config_file(name: &str, body: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join("singyeong-tests");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{}-{name}.toml", std::process::id()));
-    std::fs::File::create(&path).unwrap().write_all(body.as_bytes()).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     path
 }
 
@@ -24,12 +27,21 @@ fn hello_interval(server: &Server) -> Value {
 fn heartbeat_interval_precedence_is_flag_env_file_default() {
     let file = config_file("hb", "heartbeat_interval = 1111\n");
     let f = file.to_str().unwrap();
-    let cases: [(&[&str], &[(&str, &str)], u64); 5] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], u64);
+    let cases: [Case; 5] = [
         (&[], &[], 45000),
         (&["--config", f], &[], 1111),
         (&["--config", f], &[("HEARTBEAT_INTERVAL", "2222")], 2222),
-        (&["--config", f, "--heartbeat-interval", "3333"], &[("HEARTBEAT_INTERVAL", "2222")], 3333),
-        (&["--heartbeat-interval", "3333"], &[("HEARTBEAT_INTERVAL", "2222")], 3333),
+        (
+            &["--config", f, "--heartbeat-interval", "3333"],
+            &[("HEARTBEAT_INTERVAL", "2222")],
+            3333,
+        ),
+        (
+            &["--heartbeat-interval", "3333"],
+            &[("HEARTBEAT_INTERVAL", "2222")],
+            3333,
+        ),
     ];
     for (args, env, want) in cases {
         let server = Server::start_with_env(args, env);
@@ -46,14 +58,20 @@ fn the_config_file_holds_the_other_settings_too() {
     );
     let server = Server::start(&["--config", file.to_str().unwrap()]);
     let mut c = Client::connect(&server, Json);
-    assert_eq!(c.identify("app", "c", json!({"auth": "file-pw"}))["restricted"], json!(false));
+    assert_eq!(
+        c.identify("app", "c", json!({"auth": "file-pw"}))["restricted"],
+        json!(false)
+    );
     let mut r = Client::connect(&server, Json);
     assert_eq!(r.identify("app", "r", json!({}))["restricted"], json!(true));
     c.set_metadata(json!({"a": meta("integer", json!(1))}));
     c.set_metadata(json!({"b": meta("integer", json!(2))}));
     let nodes = c.query_nodes(query("app"));
     let m = &node_of(&nodes, "c")["metadata"];
-    assert!(m.get("a").is_none() && m["b"] == json!(2), "replace mode from the file: {m}");
+    assert!(
+        m.get("a").is_none() && m["b"] == json!(2),
+        "replace mode from the file: {m}"
+    );
     c.send_to(query("app"), json!(1), json!("x".repeat(8000)));
     c.expect_error_close(texts::FRAME_TOO_LARGE);
     let _ = std::fs::remove_file(file);

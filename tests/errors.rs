@@ -17,22 +17,31 @@ fn still_works(c: &mut Client) {
 fn undecodable_frames_are_invalid_and_keep_the_connection() {
     let server = Server::start(&[]);
     let cases: [(Encoding, Vec<Message>); 3] = [
-        (Json, vec![
-            Message::text("not json{"),
-            Message::text(""),
-            Message::text("{\"op\": 5, \"d\": {"),
-        ]),
-        (Msgpack, vec![
-            Message::binary(vec![0xc1]),
-            Message::binary(vec![0x82, 0xa2, b'o']),
-            Message::binary(Vec::new()),
-        ]),
-        (Etf, vec![
-            Message::binary(vec![131, 255]),
-            Message::binary(vec![1, 2, 3]),
-            Message::binary(vec![131, 116, 0, 0, 0, 5]),
-            Message::binary(Vec::new()),
-        ]),
+        (
+            Json,
+            vec![
+                Message::text("not json{"),
+                Message::text(""),
+                Message::text("{\"op\": 5, \"d\": {"),
+            ],
+        ),
+        (
+            Msgpack,
+            vec![
+                Message::binary(vec![0xc1]),
+                Message::binary(vec![0x82, 0xa2, b'o']),
+                Message::binary(Vec::new()),
+            ],
+        ),
+        (
+            Etf,
+            vec![
+                Message::binary(vec![131, 255]),
+                Message::binary(vec![1, 2, 3]),
+                Message::binary(vec![131, 116, 0, 0, 0, 5]),
+                Message::binary(Vec::new()),
+            ],
+        ),
     ];
     for (enc, frames) in cases {
         let mut c = Client::ready(&server, enc, "app", &format!("c-{}", enc.name()));
@@ -40,7 +49,11 @@ fn undecodable_frames_are_invalid_and_keep_the_connection() {
             let shown = format!("{f:?}");
             c.send_message(f);
             let p = c.expect_op(OP_INVALID);
-            assert_eq!(p["d"]["error"], json!(texts::CANNOT_DECODE), "{enc:?} {shown}");
+            assert_eq!(
+                p["d"]["error"],
+                json!(texts::CANNOT_DECODE),
+                "{enc:?} {shown}"
+            );
             still_works(&mut c);
         }
     }
@@ -79,7 +92,13 @@ fn packets_that_are_not_objects_cannot_be_decoded() {
     let server = Server::start(&[]);
     for enc in ALL_ENCODINGS {
         let mut c = Client::ready(&server, enc, "app", &format!("c-{}", enc.name()));
-        for v in [json!([1, 2]), json!("op"), json!(42), json!(null), json!(true)] {
+        for v in [
+            json!([1, 2]),
+            json!("op"),
+            json!(42),
+            json!(null),
+            json!(true),
+        ] {
             c.send_packet(&v);
             let p = c.expect_op(OP_INVALID);
             assert_eq!(p["d"]["error"], json!(texts::CANNOT_DECODE), "{enc:?} {v}");
@@ -99,7 +118,12 @@ fn unknown_opcodes_are_invalid_op() {
             still_works(&mut c);
         }
         // Not a usable opcode at all: rejected as an op or as undecodable.
-        for bad in [json!({"op": -1, "d": {}}), json!({"op": "4", "d": {}}), json!({"op": 4.5, "d": {}}), json!({"d": {}})] {
+        for bad in [
+            json!({"op": -1, "d": {}}),
+            json!({"op": "4", "d": {}}),
+            json!({"op": 4.5, "d": {}}),
+            json!({"d": {}}),
+        ] {
             c.send_packet(&bad);
             let p = c.expect_op(OP_INVALID);
             let e = p["d"]["error"].clone();
@@ -117,7 +141,14 @@ fn server_to_client_opcodes_from_a_client_are_invalid() {
     let server = Server::start(&[]);
     for enc in ALL_ENCODINGS {
         let mut c = Client::ready(&server, enc, "app", &format!("c-{}", enc.name()));
-        for op in [OP_HELLO, OP_READY, OP_INVALID, OP_HEARTBEAT_ACK, OP_GOODBYE, OP_ERROR] {
+        for op in [
+            OP_HELLO,
+            OP_READY,
+            OP_INVALID,
+            OP_HEARTBEAT_ACK,
+            OP_GOODBYE,
+            OP_ERROR,
+        ] {
             c.send_packet(&json!({"op": op, "d": {"error": "x", "reason": "y", "client_id": "z"}}));
             let p = c.expect_op(OP_INVALID);
             assert!(p["d"]["error"].is_string(), "{enc:?} op {op}: {p}");
@@ -132,12 +163,17 @@ fn unknown_dispatch_events_are_invalid_dispatch_payload() {
     for enc in ALL_ENCODINGS {
         let mut c = Client::ready(&server, enc, "app", &format!("c-{}", enc.name()));
         for t in ["NOPE", "send", "Broadcast", ""] {
-            c.dispatch(t, json!({"target": query("app"), "nonce": null, "payload": 1}));
+            c.dispatch(
+                t,
+                json!({"target": query("app"), "nonce": null, "payload": 1}),
+            );
             c.expect_invalid(texts::INVALID_DISPATCH_PAYLOAD);
             still_works(&mut c);
         }
         // A dispatch with no t at all.
-        c.send_packet(&json!({"op": 4, "d": {"target": query("app"), "nonce": null, "payload": 1}}));
+        c.send_packet(
+            &json!({"op": 4, "d": {"target": query("app"), "nonce": null, "payload": 1}}),
+        );
         c.expect_invalid(texts::INVALID_DISPATCH_PAYLOAD);
         still_works(&mut c);
     }
@@ -152,14 +188,35 @@ fn send_and_broadcast_with_missing_or_ill_typed_fields() {
         for t in ["SEND", "BROADCAST"] {
             for d in [
                 json!({"nonce": null, "payload": 1}),
-                json!({"target": null, "nonce": null, "payload": 1}),
                 json!("target"),
                 json!([query(&app)]),
                 Value::Null,
             ] {
                 c.dispatch(t, d.clone());
-                let extra = c.expect_invalid(texts::INVALID_DISPATCH_PAYLOAD);
-                assert!(extra.as_str().is_some_and(|s| !s.is_empty()), "{enc:?} {t} {d}: detail {extra}");
+                let p = c.expect_op(OP_INVALID);
+                assert_eq!(
+                    p["d"]["error"],
+                    json!(texts::INVALID_DISPATCH_PAYLOAD),
+                    "{enc:?} {t} {d}"
+                );
+                let extra = &p["d"]["extra_info"];
+                assert!(
+                    extra.as_str().is_some_and(|s| !s.is_empty()),
+                    "{enc:?} {t} {d}: detail {extra}"
+                );
+                still_works(&mut c);
+            }
+            // A target that is there but not a query object: an ill-typed
+            // field or a malformed query, both readings are fair.
+            for target in [Value::Null, json!(5), json!("app")] {
+                c.dispatch(t, json!({"target": target, "nonce": null, "payload": 1}));
+                let p = c.expect_op(OP_INVALID);
+                let e = p["d"]["error"].as_str().unwrap_or_default().to_string();
+                assert!(
+                    e == texts::INVALID_DISPATCH_PAYLOAD
+                        || e.starts_with(texts::INVALID_QUERY_PREFIX),
+                    "{enc:?} {t} target {target}: {p}"
+                );
                 still_works(&mut c);
             }
         }

@@ -22,7 +22,10 @@ fn no_encoding_parameter_means_json() {
     assert_eq!(hello["d"], json!({"heartbeat_interval": 45000}));
     assert_eq!(hello["t"], Value::Null);
     // And it keeps speaking JSON after identify.
-    assert_eq!(c.identify("app", "c1", json!({})), json!({"client_id": "c1", "restricted": false}));
+    assert_eq!(
+        c.identify("app", "c1", json!({})),
+        json!({"client_id": "c1", "restricted": false})
+    );
     c.heartbeat();
 }
 
@@ -34,7 +37,11 @@ fn hello_is_the_first_packet_in_every_encoding() {
         let mut c = Client::connect_raw(&server, enc);
         let hello = c.recv();
         let after = now_ms();
-        assert_eq!(hello["op"], json!(OP_HELLO), "{enc:?}: first packet {hello}");
+        assert_eq!(
+            hello["op"],
+            json!(OP_HELLO),
+            "{enc:?}: first packet {hello}"
+        );
         assert_eq!(hello["d"], json!({"heartbeat_interval": 45000}), "{enc:?}");
         assert_eq!(hello["t"], Value::Null, "{enc:?}");
         let ts = hello["ts"].as_i64().unwrap();
@@ -70,7 +77,10 @@ fn unknown_encoding_is_refused_with_400_naming_the_valid_ones() {
             None,
         );
         assert_eq!(resp.status, 400, "encoding={bad:?}: {}", resp.text());
-        assert!(resp.header("Sec-WebSocket-Accept").is_none(), "no upgrade for {bad:?}");
+        assert!(
+            resp.header("Sec-WebSocket-Accept").is_none(),
+            "no upgrade for {bad:?}"
+        );
         let body = resp.json();
         let text = body.to_string();
         for valid in ["json", "msgpack", "etf"] {

@@ -18,7 +18,10 @@ fn version_needs_no_auth() {
         let r = server.http("GET", "/api/version", &[], None);
         assert_eq!(r.status, 200, "{args:?}: {}", r.text());
         assert_json_content_type(&r);
-        assert_eq!(r.json(), json!({"api": "v1", "singyeong": env!("CARGO_PKG_VERSION")}));
+        assert_eq!(
+            r.json(),
+            json!({"api": "v1", "singyeong": env!("CARGO_PKG_VERSION")})
+        );
     }
 }
 
@@ -39,7 +42,9 @@ fn query_returns_client_objects() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_json_content_type(&r);
     let body = r.json();
-    let nodes = body.as_array().unwrap_or_else(|| panic!("not a list: {body}"));
+    let nodes = body
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {body}"));
     for n in nodes {
         check_client_object(n);
         assert_eq!(n["app_id"], json!("workers"));
@@ -52,7 +57,10 @@ fn query_returns_client_objects() {
     let mut ws_nodes = obs.query_nodes(query("workers"));
     let mut http_nodes = nodes.clone();
     for n in ws_nodes.iter_mut().chain(http_nodes.iter_mut()) {
-        n["metadata"].as_object_mut().unwrap().remove("last_heartbeat_time");
+        n["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("last_heartbeat_time");
     }
     ws_nodes.sort_by_key(|n| n["client_id"].to_string());
     http_nodes.sort_by_key(|n| n["client_id"].to_string());
@@ -60,16 +68,47 @@ fn query_returns_client_objects() {
 
     // Ops, and an update that is immediately visible.
     let target = &mut workers[0];
-    target.client.set_metadata(json!({"port": {"type": "integer", "value": 8080}}));
-    let r = server.http_query(&query_ops("workers", json!([op("/port", "$eq", json!(8080))])), None);
+    target
+        .client
+        .set_metadata(json!({"port": {"type": "integer", "value": 8080}}));
+    let r = server.http_query(
+        &query_ops("workers", json!([op("/port", "$eq", json!(8080))])),
+        None,
+    );
     assert_eq!(r.status, 200);
     assert_eq!(ids(r.json().as_array().unwrap()), set(&[&target.id]));
     // No match: an empty list.
     let r = server.http_query(&query("nobody"), None);
     assert_eq!((r.status, r.json()), (200, json!([])));
-    // A selector picks one.
-    let r = server.http_query(&with(query("workers"), "selector", json!({"$max": "port"})), None);
-    assert_eq!(ids(r.json().as_array().unwrap()), set(&[&target.id]));
+}
+
+#[test]
+fn query_applies_the_selector() {
+    let server = Server::start(&[]);
+    let _workers: Vec<Client> = [80, 8080, 443]
+        .into_iter()
+        .enumerate()
+        .map(|(i, port)| {
+            Client::ready_with(
+                &server,
+                Json,
+                "workers",
+                &format!("w{i}"),
+                json!({"metadata": {"port": {"type": "integer", "value": port}}}),
+            )
+        })
+        .collect();
+    let r = server.http_query(
+        &with(query("workers"), "selector", json!({"$max": "port"})),
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(ids(r.json().as_array().unwrap()), set(&["w1"]));
+    let r = server.http_query(
+        &with(query("workers"), "selector", json!({"$min": "port"})),
+        None,
+    );
+    assert_eq!(ids(r.json().as_array().unwrap()), set(&["w0"]));
 }
 
 #[test]
@@ -77,15 +116,29 @@ fn query_needs_the_password_when_one_is_set() {
     let server = Server::start(&["--auth", "s3cret"]);
     let _free = Client::ready_with(&server, Json, "app", "free", json!({"auth": "s3cret"}));
     let _locked = Client::ready(&server, Json, "app", "locked");
-    for auth in [None, Some("wrong"), Some(""), Some("s3cre"), Some("s3cret ")] {
+    for auth in [
+        None,
+        Some("wrong"),
+        Some(""),
+        Some("s3cre"),
+        Some("s3cret!"),
+        Some("S3CRET"),
+    ] {
         let r = server.http_query(&query("app"), auth);
         assert_eq!(r.status, 401, "auth {auth:?}");
-        assert_eq!(r.json(), json!({"status": "error", "error": "not authorized"}), "auth {auth:?}");
+        assert_eq!(
+            r.json(),
+            json!({"status": "error", "error": "not authorized"}),
+            "auth {auth:?}"
+        );
     }
     let r = server.http_query(&query("app"), Some("s3cret"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(ids(r.json().as_array().unwrap()), set(&["free"]));
-    let r = server.http_query(&with(query("app"), "restricted", json!(true)), Some("s3cret"));
+    let r = server.http_query(
+        &with(query("app"), "restricted", json!(true)),
+        Some("s3cret"),
+    );
     assert_eq!(ids(r.json().as_array().unwrap()), set(&["free", "locked"]));
 }
 
@@ -96,11 +149,17 @@ fn a_malformed_query_is_a_client_error() {
     let bodies = [
         "not json".to_string(),
         "[1, 2]".to_string(),
-        json!({"application": "app", "ops": [{"path": "/a", "op": "$foo", "to": {"value": 1}}]}).to_string(),
+        json!({"application": "app", "ops": [{"path": "/a", "op": "$foo", "to": {"value": 1}}]})
+            .to_string(),
         json!({"application": "app", "selector": {"$median": "a"}}).to_string(),
     ];
     for b in &bodies {
-        let r = server.http("POST", "/api/v1/query", &[("Content-Type", "application/json")], Some(b));
+        let r = server.http(
+            "POST",
+            "/api/v1/query",
+            &[("Content-Type", "application/json")],
+            Some(b),
+        );
         assert_eq!(r.status, 400, "{b}: {} {}", r.status, r.text());
     }
     let r = server.http_query(&query("app"), None);
@@ -111,9 +170,18 @@ fn a_malformed_query_is_a_client_error() {
 fn root_redirects_to_the_gateway() {
     let server = Server::start(&[]);
     let r = server.http("GET", "/", &[], None);
-    assert!(matches!(r.status, 301 | 302 | 303 | 307 | 308), "status {}", r.status);
-    let loc = r.header("Location").unwrap_or_else(|| panic!("no Location: {r:?}"));
-    assert!(loc == "/gateway/websocket" || loc.ends_with("/gateway/websocket"), "Location {loc:?}");
+    assert!(
+        matches!(r.status, 301 | 302 | 303 | 307 | 308),
+        "status {}",
+        r.status
+    );
+    let loc = r
+        .header("Location")
+        .unwrap_or_else(|| panic!("no Location: {r:?}"));
+    assert!(
+        loc == "/gateway/websocket" || loc.ends_with("/gateway/websocket"),
+        "Location {loc:?}"
+    );
 }
 
 #[test]
@@ -129,7 +197,11 @@ fn other_paths_are_404_with_a_json_body() {
     ] {
         let r = server.http(method, path, &[], None);
         assert_eq!(r.status, 404, "{method} {path}");
-        assert_eq!(r.json(), json!({"code": 404, "error": "not found"}), "{method} {path}");
+        assert_eq!(
+            r.json(),
+            json!({"code": 404, "error": "not found"}),
+            "{method} {path}"
+        );
     }
 }
 

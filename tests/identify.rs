@@ -17,7 +17,11 @@ fn identify_succeeds_in_every_encoding() {
     for enc in ALL_ENCODINGS {
         let mut c = Client::connect(&server, enc);
         let d = c.identify("app", &format!("c-{}", enc.name()), json!({}));
-        assert_eq!(d, json!({"client_id": format!("c-{}", enc.name()), "restricted": false}), "{enc:?}");
+        assert_eq!(
+            d,
+            json!({"client_id": format!("c-{}", enc.name()), "restricted": false}),
+            "{enc:?}"
+        );
         c.heartbeat();
     }
 }
@@ -30,11 +34,17 @@ fn etf_maps_with_atom_keys_are_read_as_strings() {
         "metadata": {"k": {"type": "integer", "value": 7}}}});
     c.send_message(tungstenite::Message::binary(etf_encode(&packet, true)));
     let ready = c.expect_op(OP_READY);
-    assert_eq!(ready["d"], json!({"client_id": "atoms", "restricted": false}));
+    assert_eq!(
+        ready["d"],
+        json!({"client_id": "atoms", "restricted": false})
+    );
     c.id = Some("atoms".into());
     let hb = json!({"op": 5, "d": {"client_id": "atoms"}});
     c.send_message(tungstenite::Message::binary(etf_encode(&hb, true)));
-    assert_eq!(c.expect_op(OP_HEARTBEAT_ACK)["d"], json!({"client_id": "atoms"}));
+    assert_eq!(
+        c.expect_op(OP_HEARTBEAT_ACK)["d"],
+        json!({"client_id": "atoms"})
+    );
     let n = node(&mut c, "app", "atoms");
     assert_eq!(n["metadata"]["k"], json!(7));
 }
@@ -45,8 +55,13 @@ fn identify_with_explicit_null_t_is_accepted() {
     for enc in ALL_ENCODINGS {
         let mut c = Client::connect(&server, enc);
         let id = format!("nt-{}", enc.name());
-        c.send_packet(&json!({"op": 1, "t": null, "d": {"client_id": id, "application_id": "app"}}));
-        assert_eq!(c.expect_op(OP_READY)["d"], json!({"client_id": id, "restricted": false}));
+        c.send_packet(
+            &json!({"op": 1, "t": null, "d": {"client_id": id, "application_id": "app"}}),
+        );
+        assert_eq!(
+            c.expect_op(OP_READY)["d"],
+            json!({"client_id": id, "restricted": false})
+        );
     }
 }
 
@@ -72,13 +87,19 @@ fn identify_fields_become_reserved_metadata() {
         let after = now_ms();
         let mut obs = Client::ready(&server, Json, "observer", &format!("obs-{}", enc.name()));
         // c asked for client updates: it hears about the observer.
-        c.expect_client_update("CLIENT_CONNECTED", "observer", &format!("obs-{}", enc.name()));
+        c.expect_client_update(
+            "CLIENT_CONNECTED",
+            "observer",
+            &format!("obs-{}", enc.name()),
+        );
         let n = node(&mut obs, "app", &id);
         assert_eq!(n["app_id"], json!("app"));
         assert_eq!(n["client_id"], json!(id));
         assert_eq!(n["queues"], json!([]));
         assert!(
-            n["socket_ip"].as_str().is_some_and(|s| s.starts_with("127.0.0.1")),
+            n["socket_ip"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("127.0.0.1")),
             "socket_ip is the peer address: {n}"
         );
         let m = &n["metadata"];
@@ -89,12 +110,26 @@ fn identify_fields_become_reserved_metadata() {
         assert_eq!(m["encoding"], json!(enc.name()), "{n}");
         assert_eq!(m["port"], json!(8080), "{n}");
         assert_eq!(m["tags"], json!(["a", "b"]), "{n}");
-        let hb = m["last_heartbeat_time"].as_i64().unwrap_or_else(|| panic!("{n}"));
-        assert!(hb >= before - 1000 && hb <= after + 1000, "last_heartbeat_time {hb}: {n}");
+        let hb = m["last_heartbeat_time"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{n}"));
+        assert!(
+            hb >= before - 1000 && hb <= after + 1000,
+            "last_heartbeat_time {hb}: {n}"
+        );
         let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
         assert_eq!(
             keys,
-            vec!["encoding", "ip", "last_heartbeat_time", "namespace", "port", "receive_client_updates", "restricted", "tags"],
+            vec![
+                "encoding",
+                "ip",
+                "last_heartbeat_time",
+                "namespace",
+                "port",
+                "receive_client_updates",
+                "restricted",
+                "tags"
+            ],
             "exactly the reserved keys plus the client's own: {n}"
         );
     }
@@ -123,9 +158,14 @@ fn optional_fields_have_defaults() {
 fn ip_accepts_host_host_port_and_urls() {
     let server = Server::start(&[]);
     let mut obs = Client::ready(&server, Json, "observer", "obs");
-    for (i, ip) in ["example.internal", "10.0.0.1:4000", "http://svc:8080", "https://svc.example/base"]
-        .iter()
-        .enumerate()
+    for (i, ip) in [
+        "example.internal",
+        "10.0.0.1:4000",
+        "http://svc:8080",
+        "https://svc.example/base",
+    ]
+    .iter()
+    .enumerate()
     {
         let id = format!("ip{i}");
         let _c = Client::ready_with(&server, Json, "app", &id, json!({"ip": ip}));
@@ -160,7 +200,11 @@ fn bad_client_id_is_an_error_and_closes() {
             }
             c.send(OP_IDENTIFY, d, None);
             let p = c.expect_op(OP_ERROR);
-            assert_eq!(p["d"]["error"], json!(texts::INVALID_CLIENT_ID), "{enc:?} {what}");
+            assert_eq!(
+                p["d"]["error"],
+                json!(texts::INVALID_CLIENT_ID),
+                "{enc:?} {what}"
+            );
             c.expect_closed();
         }
     }
@@ -178,7 +222,11 @@ fn bad_application_id_is_an_error_and_closes() {
             }
             c.send(OP_IDENTIFY, d, None);
             let p = c.expect_op(OP_ERROR);
-            assert_eq!(p["d"]["error"], json!(texts::INVALID_APPLICATION_ID), "{enc:?} {what}");
+            assert_eq!(
+                p["d"]["error"],
+                json!(texts::INVALID_APPLICATION_ID),
+                "{enc:?} {what}"
+            );
             c.expect_closed();
         }
     }
@@ -211,12 +259,26 @@ fn duplicate_is_rejected_and_the_existing_connection_is_untouched() {
         first.heartbeat();
         let mut sender = Client::ready(&server, Json, "senders", &format!("s-{}", enc.name()));
         let nodes = sender.query_nodes(query("app"));
-        let mine: Vec<&Value> = nodes.iter().filter(|n| n["client_id"] == json!(id)).collect();
-        assert_eq!(mine.len(), 1, "exactly one registration for {id}: {nodes:?}");
-        assert_eq!(mine[0]["metadata"]["gen"], json!(1), "the first client's metadata");
+        let mine: Vec<&Value> = nodes
+            .iter()
+            .filter(|n| n["client_id"] == json!(id))
+            .collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "exactly one registration for {id}: {nodes:?}"
+        );
+        assert_eq!(
+            mine[0]["metadata"]["gen"],
+            json!(1),
+            "the first client's metadata"
+        );
         let target = query_ops(
             "app",
-            json!([op("/gen", "$eq", json!(1)), op("/encoding", "$eq", json!(enc.name()))]),
+            json!([
+                op("/gen", "$eq", json!(1)),
+                op("/encoding", "$eq", json!(enc.name()))
+            ]),
         );
         sender.send_to(target, json!("n1"), json!({"hello": enc.name()}));
         first.expect_message("SEND", &json!("n1"), &json!({"hello": enc.name()}));
@@ -283,8 +345,13 @@ fn racing_duplicates_exactly_one_wins() {
 #[test]
 fn client_id_is_free_again_once_its_connection_is_gone() {
     let server = Server::start(&["--shards", "3"]);
-    let mut watcher =
-        Client::ready_with(&server, Json, "watch", "watcher", json!({"receive_client_updates": true}));
+    let mut watcher = Client::ready_with(
+        &server,
+        Json,
+        "watch",
+        "watcher",
+        json!({"receive_client_updates": true}),
+    );
     for (i, enc) in ALL_ENCODINGS.into_iter().enumerate() {
         let c = Client::ready(&server, enc, "app", "reused");
         watcher.expect_client_update("CLIENT_CONNECTED", "app", "reused");
@@ -303,9 +370,15 @@ fn client_id_is_free_again_once_its_connection_is_gone() {
 fn without_a_server_password_every_client_is_unrestricted() {
     let server = Server::start(&[]);
     let mut a = Client::connect(&server, Json);
-    assert_eq!(a.identify("app", "a", json!({"auth": "anything"}))["restricted"], json!(false));
+    assert_eq!(
+        a.identify("app", "a", json!({"auth": "anything"}))["restricted"],
+        json!(false)
+    );
     let mut b = Client::connect(&server, Etf);
-    assert_eq!(b.identify("app", "b", json!({}))["restricted"], json!(false));
+    assert_eq!(
+        b.identify("app", "b", json!({}))["restricted"],
+        json!(false)
+    );
 }
 
 fn check_password_rules(server: &Server, password: &str) {
@@ -314,7 +387,11 @@ fn check_password_rules(server: &Server, password: &str) {
         ("missing", None, true),
         ("wrong", Some("nope".into()), true),
         ("empty", Some(String::new()), true),
-        ("prefix", Some(password[..password.len() - 1].to_string()), true),
+        (
+            "prefix",
+            Some(password[..password.len() - 1].to_string()),
+            true,
+        ),
         ("longer", Some(format!("{password}!")), true),
     ];
     for (i, (what, auth, restricted)) in cases.into_iter().enumerate() {
@@ -326,7 +403,11 @@ fn check_password_rules(server: &Server, password: &str) {
             };
             let id = format!("auth{i}-{}", enc.name());
             let d = c.identify("app", &id, extra);
-            assert_eq!(d, json!({"client_id": id, "restricted": restricted}), "{what} {enc:?}");
+            assert_eq!(
+                d,
+                json!({"client_id": id, "restricted": restricted}),
+                "{what} {enc:?}"
+            );
         }
     }
 }
@@ -374,10 +455,19 @@ fn restricted_clients_may_only_heartbeat_and_update_metadata() {
         assert_eq!(d, json!({"client_id": id, "restricted": true}));
         r.heartbeat();
         let dispatches = [
-            ("SEND", json!({"target": query("app"), "nonce": null, "payload": 1})),
-            ("BROADCAST", json!({"target": query("app"), "nonce": null, "payload": 1})),
+            (
+                "SEND",
+                json!({"target": query("app"), "nonce": null, "payload": 1}),
+            ),
+            (
+                "BROADCAST",
+                json!({"target": query("app"), "nonce": null, "payload": 1}),
+            ),
             ("QUERY_NODES", query("app")),
-            ("QUEUE", json!({"queue": "q", "target": query("app"), "nonce": null, "payload": 1})),
+            (
+                "QUEUE",
+                json!({"queue": "q", "target": query("app"), "nonce": null, "payload": 1}),
+            ),
             ("QUEUE_REQUEST", json!({"queue": "q"})),
             ("QUEUE_REQUEST_CANCEL", json!({"queue": "q"})),
             ("QUEUE_ACK", json!({"queue": "q", "id": "x"})),
@@ -393,11 +483,25 @@ fn restricted_clients_may_only_heartbeat_and_update_metadata() {
         let m = &n["metadata"];
         assert_eq!(m["role"], json!("worker"), "{n}");
         assert_eq!(m["restricted"], json!(true), "{n}");
-        assert_eq!(m["ip"], Value::Null, "a restricted client's ip is null: {n}");
-        assert_eq!(m["receive_client_updates"], json!(false), "forced false: {n}");
+        assert_eq!(
+            m["ip"],
+            Value::Null,
+            "a restricted client's ip is null: {n}"
+        );
+        assert_eq!(
+            m["receive_client_updates"],
+            json!(false),
+            "forced false: {n}"
+        );
         assert_eq!(m["namespace"], json!("ns"), "{n}");
         // receive_client_updates was forced off: no CLIENT_CONNECTED.
-        let _x = Client::ready_with(&server, Json, "app", &format!("x-{}", enc.name()), json!({"auth": "pw"}));
+        let _x = Client::ready_with(
+            &server,
+            Json,
+            "app",
+            &format!("x-{}", enc.name()),
+            json!({"auth": "pw"}),
+        );
         r.expect_quiet();
     }
 }
@@ -422,9 +526,16 @@ fn invalid_initial_metadata_is_an_error_and_closes() {
             .as_object()
             .unwrap_or_else(|| panic!("{enc:?}: extra_info is not an object: {extra}"));
         let keys: Vec<&str> = obj.keys().map(|k| k.as_str()).collect();
-        assert_eq!(keys, vec!["bad", "encoding", "worse"], "{enc:?}: one message per bad key: {extra}");
+        assert_eq!(
+            keys,
+            vec!["bad", "encoding", "worse"],
+            "{enc:?}: one message per bad key: {extra}"
+        );
         for (k, v) in obj {
-            assert!(v.as_str().is_some_and(|s| !s.is_empty()), "{enc:?}: message for {k}: {v}");
+            assert!(
+                v.as_str().is_some_and(|s| !s.is_empty()),
+                "{enc:?}: message for {k}: {v}"
+            );
         }
     }
     // The rejected client was never registered.
@@ -438,12 +549,19 @@ fn identify_again_after_ready_is_invalid_and_keeps_the_connection() {
     for enc in ALL_ENCODINGS {
         let id = format!("twice-{}", enc.name());
         let mut c = Client::ready(&server, enc, "app", &id);
-        c.send(OP_IDENTIFY, json!({"client_id": "someone-else", "application_id": "app2"}), None);
+        c.send(
+            OP_IDENTIFY,
+            json!({"client_id": "someone-else", "application_id": "app2"}),
+            None,
+        );
         c.expect_invalid(texts::ALREADY_IDENTIFIED);
         c.heartbeat();
         let nodes = c.query_nodes(json!({"application": null}));
         let ids = ids(&nodes);
-        assert!(ids.contains(&id) && !ids.contains("someone-else"), "{ids:?}");
+        assert!(
+            ids.contains(&id) && !ids.contains("someone-else"),
+            "{ids:?}"
+        );
     }
 }
 
@@ -456,11 +574,19 @@ fn anything_but_identify_before_identify_is_an_error_and_closes() {
         c.expect_error_close(texts::NOT_IDENTIFIED);
 
         let mut c = Client::connect(&server, enc);
-        c.send(OP_DISPATCH, json!({"target": query("app"), "nonce": null, "payload": 1}), Some("SEND"));
+        c.send(
+            OP_DISPATCH,
+            json!({"target": query("app"), "nonce": null, "payload": 1}),
+            Some("SEND"),
+        );
         c.expect_error_close(texts::NOT_IDENTIFIED);
 
         let mut c = Client::connect(&server, enc);
-        c.send(OP_DISPATCH, json!({"x": meta("integer", json!(1))}), Some("UPDATE_METADATA"));
+        c.send(
+            OP_DISPATCH,
+            json!({"x": meta("integer", json!(1))}),
+            Some("UPDATE_METADATA"),
+        );
         c.expect_error_close(texts::NOT_IDENTIFIED);
     }
 }

@@ -6,6 +6,9 @@ mod common;
 use common::*;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tungstenite::Message;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 fn big(n: usize) -> String {
     "x".repeat(n)
@@ -26,7 +29,11 @@ fn a_frame_above_the_limit_is_an_error_and_closes() {
 
         // Before identify, too, and whatever the frame holds.
         let mut c = Client::connect(&server, enc);
-        c.send_identify(&app, "c", json!({"metadata": {"blob": meta("string", json!(big(8000)))}}));
+        c.send_identify(
+            &app,
+            "c",
+            json!({"metadata": {"blob": meta("string", json!(big(8000)))}}),
+        );
         c.expect_error_close(texts::FRAME_TOO_LARGE);
         let mut c = Client::ready(&server, enc, &app, "c2");
         let junk = match enc {
@@ -39,6 +46,72 @@ fn a_frame_above_the_limit_is_an_error_and_closes() {
     // The server is fine.
     let mut c = Client::ready(&server, Json, "app", "after");
     c.heartbeat();
+}
+
+/// `packet` as a text or binary message split into `n` websocket fragments.
+fn fragments(enc: Encoding, packet: &Value, n: usize) -> Vec<Message> {
+    let (kind, bytes) = match enc.encode(packet) {
+        Message::Text(t) => (Data::Text, t.as_str().as_bytes().to_vec()),
+        Message::Binary(b) => (Data::Binary, b.to_vec()),
+        _ => unreachable!(),
+    };
+    let size = bytes.len().div_ceil(n);
+    let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+    let last = chunks.len() - 1;
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let op = if i == 0 {
+                OpCode::Data(kind)
+            } else {
+                OpCode::Data(Data::Continue)
+            };
+            Message::Frame(Frame::message(c.to_vec(), op, i == last))
+        })
+        .collect()
+}
+
+#[test]
+fn fragmented_messages_are_reassembled() {
+    let server = Server::start(&[]);
+    for enc in ALL_ENCODINGS {
+        let app = format!("frag-{}", enc.name());
+        let mut c = Client::connect(&server, enc);
+        let identify = json!({"op": 1, "d": {"client_id": "f", "application_id": app}});
+        for m in fragments(enc, &identify, 3) {
+            c.send_message(m);
+        }
+        assert_eq!(
+            c.expect_op(OP_READY)["d"],
+            json!({"client_id": "f", "restricted": false})
+        );
+        c.id = Some("f".into());
+        let send = json!({"op": 4, "t": "SEND", "d": {"target": query(&app), "nonce": 1, "payload": big(5000)}});
+        for m in fragments(enc, &send, 4) {
+            c.send_message(m);
+        }
+        c.expect_message("SEND", &json!(1), &json!(big(5000)));
+    }
+}
+
+/// The limit bounds what the server buffers for one packet, so a message
+/// whose fragments are each small but whose sum is over the limit is refused
+/// the same way.
+#[test]
+fn a_fragmented_message_above_the_limit_is_too_large() {
+    let server = Server::start(&["--max-frame-size", "4096"]);
+    for enc in ALL_ENCODINGS {
+        let app = format!("frag-{}", enc.name());
+        let mut c = Client::ready(&server, enc, &app, "f");
+        let send = json!({"op": 4, "t": "SEND", "d": {"target": query(&app), "nonce": 1, "payload": big(8000)}});
+        for m in fragments(enc, &send, 4) {
+            if c.try_send_message(m).is_err() {
+                break;
+            }
+        }
+        c.expect_error_close(texts::FRAME_TOO_LARGE);
+    }
 }
 
 #[test]
@@ -99,9 +172,16 @@ fn a_slow_consumer_is_cut_off_and_others_keep_receiving() {
         let mut got = 0usize;
         let deadline = Instant::now() + Duration::from_secs(60);
         while got < count {
-            assert!(Instant::now() < deadline, "reader got only {got} of {count}");
+            assert!(
+                Instant::now() < deadline,
+                "reader got only {got} of {count}"
+            );
             let d = reader.expect_dispatch("BROADCAST");
-            assert_eq!(d["nonce"], json!(got), "the reader gets every message, in order");
+            assert_eq!(
+                d["nonce"],
+                json!(got),
+                "the reader gets every message, in order"
+            );
             assert_eq!(d["payload"].as_str().map(str::len), Some(64 * 1024));
             got += 1;
             let _ = tx.send(got);
@@ -134,7 +214,10 @@ fn a_slow_consumer_is_cut_off_and_others_keep_receiving() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut broadcasts = 0usize;
     loop {
-        assert!(Instant::now() < deadline, "no slow-consumer error after {broadcasts} broadcasts");
+        assert!(
+            Instant::now() < deadline,
+            "no slow-consumer error after {broadcasts} broadcasts"
+        );
         match slow.next_event(STEP) {
             Event::Packet(p) if p["op"] == json!(OP_DISPATCH) => broadcasts += 1,
             Event::Packet(p) => {
@@ -142,10 +225,15 @@ fn a_slow_consumer_is_cut_off_and_others_keep_receiving() {
                 assert_eq!(p["d"]["error"], json!(texts::SLOW_CONSUMER), "{p}");
                 break;
             }
-            other => panic!("slow client: expected broadcasts then the error, got {other:?} after {broadcasts}"),
+            other => panic!(
+                "slow client: expected broadcasts then the error, got {other:?} after {broadcasts}"
+            ),
         }
     }
-    assert!(broadcasts < count, "the slow client was cut off before the end ({broadcasts} of {count})");
+    assert!(
+        broadcasts < count,
+        "the slow client was cut off before the end ({broadcasts} of {count})"
+    );
     slow.expect_closed();
     // It is gone from the registry, the others are not.
     let ids = sender.query_ids(query("sink"));

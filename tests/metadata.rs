@@ -21,7 +21,10 @@ const RESERVED: [&str; 6] = [
 ];
 
 fn user_keys(m: &serde_json::Map<String, Value>) -> Vec<String> {
-    m.keys().filter(|k| !RESERVED.contains(&k.as_str())).cloned().collect()
+    m.keys()
+        .filter(|k| !RESERVED.contains(&k.as_str()))
+        .cloned()
+        .collect()
 }
 
 #[test]
@@ -56,9 +59,17 @@ fn every_type_accepts_fitting_values() {
         assert_eq!(m["b"], json!(false), "{enc:?}");
         assert_eq!(m["v"], json!("2.1.0"), "{enc:?}");
         assert_eq!(m["v_pre"], json!("1.0.0-rc.1+build.5"), "{enc:?}");
-        assert_eq!(m["l"], json!([1, "two", null, [3], {"x": -1}, -1, 300, 2.5]), "{enc:?}");
+        assert_eq!(
+            m["l"],
+            json!([1, "two", null, [3], {"x": -1}, -1, 300, 2.5]),
+            "{enc:?}"
+        );
         assert_eq!(m["l_empty"], json!([]), "{enc:?}");
-        assert_eq!(m["m"], json!({"nested": {"deep": [true, false]}, "n": -5}), "{enc:?}");
+        assert_eq!(
+            m["m"],
+            json!({"nested": {"deep": [true, false]}, "n": -5}),
+            "{enc:?}"
+        );
         assert_eq!(m["m_empty"], json!({}), "{enc:?}");
     }
 }
@@ -103,7 +114,11 @@ fn each_ill_fitting_value_is_rejected_with_a_message_for_its_key() {
             let obj = extra
                 .as_object()
                 .unwrap_or_else(|| panic!("{enc:?} {key}: extra_info not an object: {extra}"));
-            assert_eq!(obj.keys().collect::<Vec<_>>(), vec![key], "{enc:?}: {extra}");
+            assert_eq!(
+                obj.keys().collect::<Vec<_>>(),
+                vec![key],
+                "{enc:?}: {extra}"
+            );
             assert!(
                 obj[key].as_str().is_some_and(|s| !s.is_empty()),
                 "{enc:?} {key}: message: {extra}"
@@ -135,8 +150,16 @@ fn an_update_with_one_bad_key_applies_nothing() {
     let extra = c.expect_invalid(texts::INVALID_METADATA);
     let mut bad: Vec<&str> = invalid_entries().iter().map(|(k, _)| *k).collect();
     bad.sort();
-    let got: Vec<&str> = extra.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-    assert_eq!(got, bad, "one message per bad key, none for good ones: {extra}");
+    let got: Vec<&str> = extra
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(
+        got, bad,
+        "one message per bad key, none for good ones: {extra}"
+    );
     let m = metadata_of(&mut c, "c");
     assert_eq!(m["a"], json!(1), "{m:?}");
     assert!(!m.contains_key("fresh"), "{m:?}");
@@ -159,16 +182,27 @@ fn reserved_keys_are_rejected_in_updates() {
         c.update_metadata(json!({ key: value, "ok": meta("integer", json!(1)) }));
         let extra = c.expect_invalid(texts::INVALID_METADATA);
         assert_eq!(
-            extra.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()),
+            extra
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>()),
             Some(vec![key.to_string()]),
             "{key}: {extra}"
         );
     }
     let after = metadata_of(&mut c, "c");
-    for k in ["restricted", "encoding", "ip", "namespace", "receive_client_updates"] {
+    for k in [
+        "restricted",
+        "encoding",
+        "ip",
+        "namespace",
+        "receive_client_updates",
+    ] {
         assert_eq!(after[k], before[k], "{k} unchanged");
     }
-    assert!(!after.contains_key("ok"), "nothing of a rejected update applied");
+    assert!(
+        !after.contains_key("ok"),
+        "nothing of a rejected update applied"
+    );
 }
 
 #[test]
@@ -186,10 +220,17 @@ fn merge_mode_is_the_default() {
         c.update_metadata(json!({"b": meta("integer", json!(2)), "c": meta("string", json!("3"))}));
         let m = metadata_of(&mut c, &id);
         assert_eq!(user_keys(&m), vec!["a", "b", "c"], "{enc:?}: {m:?}");
-        assert_eq!((&m["a"], &m["b"], &m["c"]), (&json!(1), &json!(2), &json!("3")), "{enc:?}");
+        assert_eq!(
+            (&m["a"], &m["b"], &m["c"]),
+            (&json!(1), &json!(2), &json!("3")),
+            "{enc:?}"
+        );
         // A later update may change a key's type.
         c.update_metadata(json!({"a": meta("string", json!("now a string"))}));
-        let ids = c.query_ids(query_ops("app", json!([op("/a", "$eq", json!("now a string"))])));
+        let ids = c.query_ids(query_ops(
+            "app",
+            json!([op("/a", "$eq", json!("now a string"))]),
+        ));
         assert_eq!(ids, set(&[&id]), "{enc:?}");
         let ids = c.query_ids(query_ops("app", json!([op("/a", "$eq", json!(1))])));
         assert!(ids.is_empty(), "{enc:?}: {ids:?}");
@@ -218,7 +259,11 @@ fn check_replace_mode(server: &Server) {
     };
     c.update_metadata(json!({"c": meta("integer", json!(3))}));
     let m = metadata_of(&mut c, "r");
-    assert_eq!(user_keys(&m), vec!["c"], "replace keeps only the update: {m:?}");
+    assert_eq!(
+        user_keys(&m),
+        vec!["c"],
+        "replace keeps only the update: {m:?}"
+    );
     for (k, v) in &reserved_before {
         assert_eq!(&m[k], v, "reserved {k} kept in replace mode");
     }
@@ -249,28 +294,67 @@ fn replace_mode_from_the_env_var() {
 fn reserved_keys_are_queryable() {
     let server = Server::start(&["--auth", "pw", "--shards", "3"]);
     let a = json!({"auth": "pw"});
-    let _j = Client::ready_with(&server, Json, "app", "j", with(a.clone(), "namespace", json!("ns1")));
-    let _m = Client::ready_with(&server, Msgpack, "app", "m", with(a.clone(), "ip", json!("10.0.0.7")));
-    let _e = Client::ready_with(&server, Etf, "app", "e", with(a.clone(), "receive_client_updates", json!(true)));
-    let _r = Client::ready_with(&server, Json, "app", "r", json!({"auth": "wrong", "namespace": "ns1"}));
+    let _j = Client::ready_with(
+        &server,
+        Json,
+        "app",
+        "j",
+        with(a.clone(), "namespace", json!("ns1")),
+    );
+    let _m = Client::ready_with(
+        &server,
+        Msgpack,
+        "app",
+        "m",
+        with(a.clone(), "ip", json!("10.0.0.7")),
+    );
+    let _e = Client::ready_with(
+        &server,
+        Etf,
+        "app",
+        "e",
+        with(a.clone(), "receive_client_updates", json!(true)),
+    );
+    let _r = Client::ready_with(
+        &server,
+        Json,
+        "app",
+        "r",
+        json!({"auth": "wrong", "namespace": "ns1"}),
+    );
     let mut obs = Client::ready_with(&server, Json, "obs", "obs", a.clone());
     let q = |ops: Value| json!({"application": "app", "restricted": true, "ops": ops});
     let cases = [
         (op("/encoding", "$eq", json!("etf")), set(&["e"])),
         (op("/encoding", "$eq", json!("json")), set(&["j", "r"])),
-        (op("/encoding", "$in", json!(["msgpack", "etf"])), set(&["m", "e"])),
+        (
+            op("/encoding", "$in", json!(["msgpack", "etf"])),
+            set(&["m", "e"]),
+        ),
         (op("/namespace", "$eq", json!("ns1")), set(&["j", "r"])),
         (op("/ip", "$eq", json!("10.0.0.7")), set(&["m"])),
-        (op("/receive_client_updates", "$eq", json!(true)), set(&["e"])),
+        (
+            op("/receive_client_updates", "$eq", json!(true)),
+            set(&["e"]),
+        ),
         (op("/restricted", "$eq", json!(true)), set(&["r"])),
-        (op("/restricted", "$eq", json!(false)), set(&["j", "m", "e"])),
-        (op("/last_heartbeat_time", "$gt", json!(now_ms() - 60_000)), set(&["j", "m", "e", "r"])),
+        (
+            op("/restricted", "$eq", json!(false)),
+            set(&["j", "m", "e"]),
+        ),
+        (
+            op("/last_heartbeat_time", "$gt", json!(now_ms() - 60_000)),
+            set(&["j", "m", "e", "r"]),
+        ),
     ];
     for (o, want) in cases {
         assert_eq!(obs.query_ids(q(json!([o.clone()]))), want, "{o}");
     }
     // The legacy dialect reaches reserved keys too.
-    assert_eq!(obs.query_ids(q(json!([{"encoding": {"$eq": "msgpack"}}]))), set(&["m"]));
+    assert_eq!(
+        obs.query_ids(q(json!([{"encoding": {"$eq": "msgpack"}}]))),
+        set(&["m"])
+    );
 }
 
 #[test]
@@ -300,21 +384,36 @@ fn an_update_is_visible_to_other_clients_on_other_shards_once_read() {
         let sender = (0..n)
             .find(|&i| members[i].shard != members[owner].shard)
             .expect("spread guarantees two shards");
-        members[owner].client.update_metadata(json!({"gen": meta("integer", json!(round))}));
+        members[owner]
+            .client
+            .update_metadata(json!({"gen": meta("integer", json!(round))}));
         members[owner].client.sync();
         let target = query_ops("app", json!([op("/gen", "$eq", json!(round))]));
-        members[sender].client.send_to(target.clone(), json!(round), json!("fresh"));
-        members[owner].client.expect_message("SEND", &json!(round), &json!("fresh"));
+        members[sender]
+            .client
+            .send_to(target.clone(), json!(round), json!("fresh"));
+        members[owner]
+            .client
+            .expect_message("SEND", &json!(round), &json!("fresh"));
         let owner_id = members[owner].id.clone();
-        assert_eq!(members[sender].client.query_ids(target), set(&[&owner_id]), "round {round}");
+        assert_eq!(
+            members[sender].client.query_ids(target),
+            set(&[&owner_id]),
+            "round {round}"
+        );
     }
 }
 
 #[test]
 fn metadata_does_not_survive_a_reconnect() {
     let server = Server::start(&[]);
-    let mut watcher =
-        Client::ready_with(&server, Json, "watch", "w", json!({"receive_client_updates": true}));
+    let mut watcher = Client::ready_with(
+        &server,
+        Json,
+        "watch",
+        "w",
+        json!({"receive_client_updates": true}),
+    );
     let mut c = Client::ready_with(
         &server,
         Etf,

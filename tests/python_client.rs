@@ -34,16 +34,22 @@ fn build_venv() -> PathBuf {
     let _ = std::fs::remove_dir_all(&venv);
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
     run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args(PACKAGES));
     std::fs::write(&ready, PACKAGES.join("\n")).unwrap();
     python
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (python3 with venv and pip is required)"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (python3 with venv and pip is required)")
+    });
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -55,7 +61,9 @@ fn run(cmd: &mut Command) {
 fn interop(shards: &str) {
     let python = venv();
     let server = Server::start(&["--shards", shards]);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("python");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("python");
     let started = Instant::now();
     let out = Command::new(python)
         .arg(dir.join("interop.py"))

@@ -27,7 +27,11 @@ fn check_shutdown(signal: &str) {
     let status = server
         .wait_exit(Duration::from_secs(5))
         .unwrap_or_else(|| panic!("still running 5 s after SIG{signal}"));
-    assert_eq!(status.code(), Some(0), "exit status after SIG{signal}: {status}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIG{signal}: {status}"
+    );
     assert!(
         server.extra_stdout_lines().is_empty(),
         "the listening line is the only stdout output"
@@ -48,7 +52,9 @@ fn sigint_says_goodbye_to_every_client_and_exits_0() {
 fn an_idle_server_exits_0_on_sigterm() {
     let mut server = Server::start(&[]);
     server.terminate();
-    let status = server.wait_exit(Duration::from_secs(5)).expect("exit within 5 s");
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("exit within 5 s");
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
@@ -75,6 +81,48 @@ fn clients_in_the_middle_of_traffic_still_get_goodbye() {
         }
         c.expect_closed();
     }
-    let status = server.wait_exit(Duration::from_secs(5)).expect("exit within 5 s");
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("exit within 5 s");
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[test]
+fn connections_not_yet_identified_get_goodbye_too() {
+    let mut server = Server::start(&["--shards", "3"]);
+    let mut waiting: Vec<Client> = (0..6)
+        .map(|i| Client::connect(&server, ALL_ENCODINGS[i % 3]))
+        .collect();
+    // One round trip through a fresh client proves the server has accepted
+    // all of them before the signal.
+    let mut last = Client::ready(&server, Json, "app", "last");
+    last.heartbeat();
+    server.terminate();
+    for c in waiting.iter_mut().chain(std::iter::once(&mut last)) {
+        goodbye_then_close(c);
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("exit within 5 s");
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_hold_up_shutdown() {
+    let mut server = Server::start(&["--shards", "2"]);
+    let mut sender = Client::ready(&server, Json, "src", "sender");
+    let _stuck = Client::ready(&server, Json, "sink", "stuck");
+    // ~6 MiB towards a client that never reads: its socket buffers fill and
+    // the rest waits in the server's outbound queue (under the 8 MiB bound).
+    let chunk = "y".repeat(64 * 1024);
+    for i in 0..96 {
+        sender.broadcast(query("sink"), json!(i), json!(chunk));
+    }
+    sender.heartbeat();
+    server.terminate();
+    goodbye_then_close(&mut sender);
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("a client that never reads must not keep the server from exiting");
     assert_eq!(status.code(), Some(0), "{status}");
 }

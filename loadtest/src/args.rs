@@ -162,7 +162,10 @@ impl Args {
         if self.scenario.has_traffic() && self.senders == 0 {
             return Err(ArgsError::NoSenders(self.scenario.name()));
         }
-        if u32::from(self.source_base).checked_add(self.source_addrs - 1).is_none() {
+        if u32::from(self.source_base)
+            .checked_add(self.source_addrs - 1)
+            .is_none()
+        {
             return Err(ArgsError::SourceRange {
                 base: self.source_base,
                 count: self.source_addrs,
@@ -172,7 +175,11 @@ impl Args {
     }
 
     pub fn idle(&self) -> Duration {
-        let default = if self.scenario.has_traffic() { 1.0 } else { 3.0 };
+        let default = if self.scenario.has_traffic() {
+            1.0
+        } else {
+            3.0
+        };
         Duration::from_secs_f64(self.idle.unwrap_or(default))
     }
 
@@ -203,7 +210,11 @@ impl Args {
     /// Every connection this run opens: receivers plus senders (senders only
     /// where the scenario sends).
     pub fn total_connections(&self) -> u64 {
-        let senders = if self.scenario.has_traffic() { self.senders } else { 0 };
+        let senders = if self.scenario.has_traffic() {
+            self.senders
+        } else {
+            0
+        };
         u64::from(self.connections) + u64::from(senders)
     }
 }
@@ -268,7 +279,9 @@ fn parse_app_prefix(s: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > 64 {
         return Err("must be 1 to 64 characters".into());
     }
-    if s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\') {
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
+    {
         return Err("may not contain whitespace, control characters, quotes or backslashes".into());
     }
     Ok(s.to_string())
@@ -286,7 +299,10 @@ mod tests {
         assert_eq!((g.host.as_str(), g.port), ("localhost", 80));
         let g = Gateway::parse("ws://[::1]:9/x").unwrap();
         assert_eq!((g.host.as_str(), g.port), ("::1", 9));
-        assert!(matches!(Gateway::parse("wss://x/"), Err(ArgsError::Scheme(_))));
+        assert!(matches!(
+            Gateway::parse("wss://x/"),
+            Err(ArgsError::Scheme(_))
+        ));
         assert!(Gateway::parse("ws://:12/").is_err());
         assert!(Gateway::parse("ws://h:port/").is_err());
     }
@@ -303,7 +319,10 @@ mod tests {
     #[test]
     fn traffic_needs_senders() {
         let args = Args::try_parse_from(["x", "--scenario", "targeted", "--senders", "0"]).unwrap();
-        assert!(matches!(args.validate(), Err(ArgsError::NoSenders("targeted"))));
+        assert!(matches!(
+            args.validate(),
+            Err(ArgsError::NoSenders("targeted"))
+        ));
         let args = Args::try_parse_from(["x", "--scenario", "connect", "--senders", "0"]).unwrap();
         assert!(args.validate().is_ok());
         assert_eq!(args.total_connections(), 1000);
@@ -311,7 +330,8 @@ mod tests {
 
     #[test]
     fn sources_count_up_from_base() {
-        let args = Args::try_parse_from(["x", "--scenario", "connect", "--source-addrs", "3"]).unwrap();
+        let args =
+            Args::try_parse_from(["x", "--scenario", "connect", "--source-addrs", "3"]).unwrap();
         let s: Vec<String> = args.sources().iter().map(|a| a.to_string()).collect();
         assert_eq!(s, ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
     }

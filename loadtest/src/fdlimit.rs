@@ -22,13 +22,13 @@ pub fn ensure(needed: u64) -> Result<u64, FdLimitError> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Ok(needed); // Cannot tell: let the connects report any failure.
     }
-    if lim.rlim_cur as u64 >= needed {
-        return Ok(lim.rlim_cur as u64);
+    if lim.rlim_cur >= needed {
+        return Ok(lim.rlim_cur);
     }
-    if (lim.rlim_max as u64) < needed {
+    if lim.rlim_max < needed {
         return Err(FdLimitError {
             needed,
-            hard: lim.rlim_max as u64,
+            hard: lim.rlim_max,
         });
     }
     let raised = libc::rlimit {
@@ -39,8 +39,8 @@ pub fn ensure(needed: u64) -> Result<u64, FdLimitError> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
         return Err(FdLimitError {
             needed,
-            hard: lim.rlim_cur as u64,
+            hard: lim.rlim_cur,
         });
     }
-    Ok(lim.rlim_max as u64)
+    Ok(lim.rlim_max)
 }

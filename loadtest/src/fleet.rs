@@ -23,7 +23,8 @@ use crate::wire;
 pub struct Dialer {
     pub server: SocketAddr,
     pub url: String,
-    pub sources: Vec<IpAddr>,
+    /// Source addresses to bind, round robin (`None`: let the kernel choose).
+    pub sources: Vec<Option<IpAddr>>,
     pub concurrency: usize,
     pub timeout: Duration,
     pub shape: Shape,
@@ -107,7 +108,8 @@ pub async fn connect(
         receivers: Vec::with_capacity(receivers as usize),
         senders: 0,
     };
-    let mut tick = tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+    let mut tick =
+        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
     let mut finished = 0u64;
     while finished < requested {
         tokio::select! {
@@ -145,7 +147,7 @@ pub async fn connect(
 async fn open(
     dialer: &Dialer,
     role: Role,
-    source: IpAddr,
+    source: Option<IpAddr>,
     gate: &Semaphore,
 ) -> (Result<session::Session, OpenError>, Duration) {
     let _slot = gate.acquire().await.expect("semaphore never closed");
@@ -162,7 +164,7 @@ async fn open(
     let identify = wire::identify(&client_id, &app, dialer.shape.metadata(id));
     let opened = tokio::time::timeout(
         dialer.timeout,
-        session::open(dialer.server, &dialer.url, Some(source), &client_id, identify),
+        session::open(dialer.server, &dialer.url, source, &client_id, identify),
     )
     .await
     .unwrap_or(Err(OpenError::Timeout));

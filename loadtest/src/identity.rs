@@ -27,7 +27,9 @@ impl Shape {
     /// Typed metadata (contract §4): `id` (unique integer), `group`
     /// (`id % groups`), `tags` (`list_size` small integers).
     pub fn metadata(&self, id: u64) -> Value {
-        let tags: Vec<u64> = (0..self.list_size).map(|j| (id + j) % self.tag_values).collect();
+        let tags: Vec<u64> = (0..self.list_size)
+            .map(|j| (id + j) % self.tag_values)
+            .collect();
         json!({
             "id": {"type": "integer", "value": id},
             "group": {"type": "integer", "value": id % self.groups},
@@ -74,7 +76,11 @@ mod tests {
 
     #[test]
     fn metadata_shape() {
-        let shape = Shape { groups: 10, list_size: 3, tag_values: 4 };
+        let shape = Shape {
+            groups: 10,
+            list_size: 3,
+            tag_values: 4,
+        };
         assert_eq!(
             shape.metadata(13),
             json!({"id":{"type":"integer","value":13},"group":{"type":"integer","value":3},

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         let mut switch = StopSwitch::new();
         let outcome = tokio::select! {
-            result = scenario::run(&args, &gateway, workers, &switch) => Outcome::Done(result),
+            result = scenario::run(&args, &gateway, workers, &switch) => Outcome::Done(result.map(Box::new)),
             _ = tokio::time::sleep(args.timeout()) => Outcome::TimedOut,
             _ = tokio::signal::ctrl_c() => Outcome::Interrupted,
         };
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 }
 
 enum Outcome {
-    Done(Result<Report, scenario::RunError>),
+    Done(Result<Box<Report>, scenario::RunError>),
     TimedOut,
     Interrupted,
 }

@@ -70,7 +70,10 @@ mod tests {
 
     #[test]
     fn parses_status_and_stat() {
-        assert_eq!(vm_rss_kib("Name:\tx\nVmPeak:\t 9 kB\nVmRSS:\t  5120 kB\n"), Some(5120));
+        assert_eq!(
+            vm_rss_kib("Name:\tx\nVmPeak:\t 9 kB\nVmRSS:\t  5120 kB\n"),
+            Some(5120)
+        );
         assert_eq!(vm_rss_kib("Name: x\n"), None);
         let stat = "42 (a b) c)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 1000 200";
         assert_eq!(cpu_ticks(stat), Some(300));

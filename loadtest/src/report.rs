@@ -195,7 +195,13 @@ impl Report {
             let _ = writeln!(
                 s,
                 "  sent {} ({:.0}/s), delivered {} of {} expected ({:.0}/s), lost {}, misrouted {}",
-                t.sent, t.sent_per_second, t.delivered, t.expected, t.delivered_per_second, t.lost, t.misrouted
+                t.sent,
+                t.sent_per_second,
+                t.delivered,
+                t.expected,
+                t.delivered_per_second,
+                t.lost,
+                t.misrouted
             );
             let _ = writeln!(s, "  latency: {}", t.latency_us.line());
             if let Some(cpu) = self.client.cpu_traffic_seconds {
@@ -207,7 +213,11 @@ impl Report {
             }
         }
         let e = &self.errors;
-        let _ = writeln!(s, "errors: {} ({} connections lost)", e.count, e.disconnects);
+        let _ = writeln!(
+            s,
+            "errors: {} ({} connections lost)",
+            e.count, e.disconnects
+        );
         for t in &e.texts {
             let _ = writeln!(s, "  x{}: {}", t.count, t.text);
         }

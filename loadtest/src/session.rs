@@ -61,14 +61,20 @@ pub fn ws_config() -> WebSocketConfig {
 
 /// Connects from `source` (port chosen by the kernel) to `server`.
 async fn tcp_connect(server: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, OpenError> {
-    let socket = if server.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-        .map_err(OpenError::Socket)?;
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(OpenError::Socket)?;
     if let Some(source) = source {
         // Without this, bind() picks the port without knowing the
         // destination, so each source address could hold only one
         // ephemeral-port range worth of connections across all servers.
         set_bind_address_no_port(&socket);
-        socket.bind(SocketAddr::new(source, 0)).map_err(OpenError::Bind)?;
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(OpenError::Bind)?;
     }
     let stream = socket.connect(server).await.map_err(OpenError::Connect)?;
     stream.set_nodelay(true).map_err(OpenError::Socket)?;
@@ -111,9 +117,10 @@ pub async fn open(
     identify: String,
 ) -> Result<Session, OpenError> {
     let stream = tcp_connect(server, source).await?;
-    let (mut ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
-        .await
-        .map_err(OpenError::Upgrade)?;
+    let (mut ws, _response) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
+            .await
+            .map_err(OpenError::Upgrade)?;
 
     let hello = next_text(&mut ws).await?;
     let hello = Inbound::parse(&hello).map_err(|e| OpenError::Undecodable(e.to_string()))?;
@@ -124,7 +131,9 @@ pub async fn open(
         .heartbeat_interval()
         .ok_or_else(|| OpenError::Undecodable("hello without heartbeat_interval".into()))?;
 
-    ws.send(Message::text(identify)).await.map_err(OpenError::Ws)?;
+    ws.send(Message::text(identify))
+        .await
+        .map_err(OpenError::Ws)?;
     loop {
         let text = next_text(&mut ws).await?;
         let packet = Inbound::parse(&text).map_err(|e| OpenError::Undecodable(e.to_string()))?;

@@ -19,7 +19,8 @@ const SIGNIFICANT_DIGITS: u8 = 3;
 const MAX_DISTINCT_ERRORS: usize = 64;
 
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_MAX_US, SIGNIFICANT_DIGITS).expect("valid histogram bounds")
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, SIGNIFICANT_DIGITS)
+        .expect("valid histogram bounds")
 }
 
 pub struct Tally {
@@ -49,7 +50,9 @@ impl Tally {
             disconnects: AtomicU64::new(0),
             error_count: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
-            latency: (0..stripes.max(1)).map(|_| Mutex::new(histogram())).collect(),
+            latency: (0..stripes.max(1))
+                .map(|_| Mutex::new(histogram()))
+                .collect(),
         }
     }
 
@@ -100,7 +103,10 @@ pub struct ErrorCount {
 pub fn counts(map: &BTreeMap<String, u64>) -> Vec<ErrorCount> {
     let mut v: Vec<ErrorCount> = map
         .iter()
-        .map(|(text, &count)| ErrorCount { text: text.clone(), count })
+        .map(|(text, &count)| ErrorCount {
+            text: text.clone(),
+            count,
+        })
         .collect();
     v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.text.cmp(&b.text)));
     v

@@ -78,8 +78,13 @@ impl Shared {
 #[derive(Debug, Clone, Copy)]
 pub enum Role {
     /// Receiver `id` (its metadata `id`) of application index `app`.
-    Receiver { id: u64, app: u32 },
-    Sender { index: u32 },
+    Receiver {
+        id: u64,
+        app: u32,
+    },
+    Sender {
+        index: u32,
+    },
 }
 
 /// How many more messages a sender may send now: the most `k` with
@@ -137,26 +142,41 @@ impl Sending {
 
     /// Sends as many messages as the window allows, in one flush.
     async fn pump(&mut self, ws: &mut Ws, shared: &Shared) -> Result<(), String> {
-        let Some(plan) = self.active() else { return Ok(()) };
+        let Some(plan) = self.active() else {
+            return Ok(());
+        };
         if Instant::now() >= plan.deadline {
             self.finish(shared);
             return Ok(());
         }
         let plan = self.plan.clone().expect("active");
         let slot = &shared.slots[self.index as usize];
-        let n = may_send(self.sent, slot.resolved.load(Ordering::Acquire), self.fanout, plan.window);
+        let n = may_send(
+            self.sent,
+            slot.resolved.load(Ordering::Acquire),
+            self.fanout,
+            plan.window,
+        );
         if n == 0 {
             return Ok(());
         }
         for _ in 0..n {
             let mut out = String::with_capacity(plan.workload.message_capacity());
-            plan.workload.write(self.index, &mut self.rng, clock::now_ns(), &mut out);
-            ws.feed(Message::text(out)).await.map_err(|e| format!("websocket send: {e}"))?;
+            plan.workload
+                .write(self.index, &mut self.rng, clock::now_ns(), &mut out);
+            ws.feed(Message::text(out))
+                .await
+                .map_err(|e| format!("websocket send: {e}"))?;
         }
-        ws.flush().await.map_err(|e| format!("websocket send: {e}"))?;
+        ws.flush()
+            .await
+            .map_err(|e| format!("websocket send: {e}"))?;
         self.sent += n;
         shared.tally.sent.fetch_add(n, Ordering::Relaxed);
-        shared.tally.expected.fetch_add(n * self.fanout, Ordering::Relaxed);
+        shared
+            .tally
+            .expected
+            .fetch_add(n * self.fanout, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -193,7 +213,13 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Runs one identified connection until `stop` or until the server ends it.
-pub async fn drive(session: Session, role: Role, stripe: usize, shared: Arc<Shared>, mut stop: Stop) {
+pub async fn drive(
+    session: Session,
+    role: Role,
+    stripe: usize,
+    shared: Arc<Shared>,
+    mut stop: Stop,
+) {
     let Session {
         mut ws,
         heartbeat_interval,
@@ -271,7 +297,13 @@ pub async fn drive(session: Session, role: Role, stripe: usize, shared: Arc<Shar
 }
 
 /// Handles one packet; returns `Some` when the server is ending the connection.
-fn on_packet(text: &str, role: Role, stripe: usize, shared: &Shared, sending: Option<&Sending>) -> Option<End> {
+fn on_packet(
+    text: &str,
+    role: Role,
+    stripe: usize,
+    shared: &Shared,
+    sending: Option<&Sending>,
+) -> Option<End> {
     let tally = &shared.tally;
     let packet = match Inbound::parse(text) {
         Ok(p) => p,
@@ -290,7 +322,9 @@ fn on_packet(text: &str, role: Role, stripe: usize, shared: &Shared, sending: Op
             tally.record_latency(stripe, latency_us);
             tally.delivered.fetch_add(1, Ordering::Relaxed);
             let right = match role {
-                Role::Receiver { id, app } => stamp.a == app && (stamp.r < 0 || stamp.r as u64 == id),
+                Role::Receiver { id, app } => {
+                    stamp.a == app && (stamp.r < 0 || stamp.r as u64 == id)
+                }
                 Role::Sender { .. } => false,
             };
             if !right {
@@ -313,7 +347,11 @@ fn on_packet(text: &str, role: Role, stripe: usize, shared: &Shared, sending: Op
             tally.record_error(format!("op 3: {error}"));
         }
         wire::OP_ERROR | wire::OP_GOODBYE => {
-            return Some(End::Lost(format!("op {}: {}", packet.op, packet.error_text())));
+            return Some(End::Lost(format!(
+                "op {}: {}",
+                packet.op,
+                packet.error_text()
+            )));
         }
         op => tally.record_error(format!("unexpected op {op}")),
     }

@@ -66,7 +66,13 @@ pub enum Target<'a> {
 }
 
 /// Writes `{"op":4,"t":EVENT,"d":{"target":..,"nonce":null,"payload":{stamp, "p": pad}}}`.
-pub fn write_dispatch(out: &mut String, event: &str, target: &Target<'_>, stamp: &Stamp, pad: &str) {
+pub fn write_dispatch(
+    out: &mut String,
+    event: &str,
+    target: &Target<'_>,
+    stamp: &Stamp,
+    pad: &str,
+) {
     out.clear();
     let _ = write!(out, r#"{{"op":4,"t":"{event}","d":{{"target":"#);
     match target {
@@ -114,7 +120,9 @@ impl<'a> Inbound<'a> {
             heartbeat_interval: u64,
         }
         let d = self.d?;
-        serde_json::from_str::<Hello>(d.get()).ok().map(|h| h.heartbeat_interval)
+        serde_json::from_str::<Hello>(d.get())
+            .ok()
+            .map(|h| h.heartbeat_interval)
     }
 
     /// The stamp of a SEND/BROADCAST delivery.
@@ -124,7 +132,9 @@ impl<'a> Inbound<'a> {
             payload: Stamp,
         }
         let d = self.d?;
-        serde_json::from_str::<Delivery>(d.get()).ok().map(|d| d.payload)
+        serde_json::from_str::<Delivery>(d.get())
+            .ok()
+            .map(|d| d.payload)
     }
 
     /// `error` of an invalid (op 3) or error (op 8) packet, `reason` of a
@@ -141,7 +151,10 @@ impl<'a> Inbound<'a> {
             return String::from("(no d)");
         };
         match serde_json::from_str::<Body>(d.get()) {
-            Ok(Body { error: Some(e), .. }) | Ok(Body { reason: Some(e), .. }) => e.into_owned(),
+            Ok(Body { error: Some(e), .. })
+            | Ok(Body {
+                reason: Some(e), ..
+            }) => e.into_owned(),
             _ => d.get().to_string(),
         }
     }
@@ -153,10 +166,24 @@ mod tests {
 
     #[test]
     fn dispatch_round_trips_through_a_delivery() {
-        let stamp = Stamp { t: 123, s: 2, a: 1, r: 77 };
+        let stamp = Stamp {
+            t: 123,
+            s: 2,
+            a: 1,
+            r: 77,
+        };
         let mut out = String::new();
         let app = serde_json::to_string("loadtest-1").unwrap();
-        write_dispatch(&mut out, "SEND", &Target::Id { app_json: &app, id: 77 }, &stamp, &padding(5));
+        write_dispatch(
+            &mut out,
+            "SEND",
+            &Target::Id {
+                app_json: &app,
+                id: 77,
+            },
+            &stamp,
+            &padding(5),
+        );
         let sent: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
             sent,
@@ -166,7 +193,9 @@ mod tests {
                 "payload":{"t":123,"s":2,"a":1,"r":77,"p":"xxxxx"}}})
         );
         // What the server delivers (contract §6).
-        let delivered = json!({"op":4,"t":"SEND","ts":1,"d":{"nonce":null,"payload":sent["d"]["payload"]}}).to_string();
+        let delivered =
+            json!({"op":4,"t":"SEND","ts":1,"d":{"nonce":null,"payload":sent["d"]["payload"]}})
+                .to_string();
         let inbound = Inbound::parse(&delivered).unwrap();
         assert_eq!(inbound.op, OP_DISPATCH);
         assert_eq!(inbound.t.as_deref(), Some("SEND"));
@@ -176,8 +205,19 @@ mod tests {
     #[test]
     fn broadcast_target_is_the_app() {
         let mut out = String::new();
-        let stamp = Stamp { t: 1, s: 0, a: 0, r: -1 };
-        write_dispatch(&mut out, "BROADCAST", &Target::App { app_json: "\"a\"" }, &stamp, "");
+        let stamp = Stamp {
+            t: 1,
+            s: 0,
+            a: 0,
+            r: -1,
+        };
+        write_dispatch(
+            &mut out,
+            "BROADCAST",
+            &Target::App { app_json: "\"a\"" },
+            &stamp,
+            "",
+        );
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["d"]["target"], json!({"application":"a"}));
         assert_eq!(v["d"]["payload"]["r"], json!(-1));

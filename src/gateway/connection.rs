@@ -55,7 +55,8 @@ pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, leftover: Vec<u8>, ses
     session.hello();
     let mut close_sent = false;
     loop {
-        let event = poll_fn(|cx| poll_event(&mut ws, &mut stream, &conn, &mut close_sent, cx)).await;
+        let event =
+            poll_fn(|cx| poll_event(&mut ws, &mut stream, &conn, &mut close_sent, cx)).await;
         match event {
             Event::Message(data, is_text) => session.handle_frame(&data, is_text).await,
             Event::End => break,
@@ -141,7 +142,9 @@ fn write_queued(
     loop {
         match ws.flush(io) {
             Ok(()) => {}
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Flushed::Blocked;
+            }
             Err(_) => return Flushed::Done,
         }
         if *close_sent {
@@ -165,7 +168,9 @@ fn write_queued(
             Ok(()) => {}
             // The frame is in tungstenite's buffer; the flush above
             // continues it once the socket drains.
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Flushed::Blocked;
+            }
             Err(_) => return Flushed::Done,
         }
     }

@@ -64,10 +64,14 @@ impl Session {
             Ok(packet) => packet,
             Err(e) => {
                 if self.identity.is_none() {
-                    self.conn
-                        .fail(errors::CANNOT_DECODE, json!(e.to_string()), CloseKind::Policy);
+                    self.conn.fail(
+                        errors::CANNOT_DECODE,
+                        json!(e.to_string()),
+                        CloseKind::Policy,
+                    );
                 } else {
-                    self.conn.invalid(errors::CANNOT_DECODE, json!(e.to_string()));
+                    self.conn
+                        .invalid(errors::CANNOT_DECODE, json!(e.to_string()));
                 }
                 return;
             }
@@ -106,7 +110,8 @@ impl Session {
         let Value::Object(d) = d else {
             return Err(fail(errors::INVALID_CLIENT_ID));
         };
-        let client_id = name_field(&d, "client_id").ok_or_else(|| fail(errors::INVALID_CLIENT_ID))?;
+        let client_id =
+            name_field(&d, "client_id").ok_or_else(|| fail(errors::INVALID_CLIENT_ID))?;
         let app_id =
             name_field(&d, "application_id").ok_or_else(|| fail(errors::INVALID_APPLICATION_ID))?;
         let auth = optional_string(&d, "auth").map_err(|()| fail("invalid auth"))?;
@@ -119,7 +124,9 @@ impl Session {
         };
         let restricted = match &self.shard.config.auth {
             None => false,
-            Some(password) => !auth.is_some_and(|a| bool::from(a.as_bytes().ct_eq(password.as_bytes()))),
+            Some(password) => {
+                !auth.is_some_and(|a| bool::from(a.as_bytes().ct_eq(password.as_bytes())))
+            }
         };
         if restricted && self.conn.encoding == Encoding::Etf {
             return Err(fail(errors::RESTRICTED_ETF));
@@ -130,7 +137,10 @@ impl Session {
             None | Some(Value::Null) => {}
             Some(update) => {
                 let values = parse_update(update).map_err(|e| {
-                    (errors::INITIAL_METADATA_INVALID.to_string(), update_error_info(e))
+                    (
+                        errors::INITIAL_METADATA_INVALID.to_string(),
+                        update_error_info(e),
+                    )
                 })?;
                 for (key, value) in values {
                     metadata.insert(&key, value);
@@ -216,7 +226,8 @@ impl Session {
         };
         let t = packet.t.as_deref().unwrap_or("");
         if identity.restricted && t != "UPDATE_METADATA" {
-            self.conn.invalid(&errors::restricted_dispatch(t), Value::Null);
+            self.conn
+                .invalid(&errors::restricted_dispatch(t), Value::Null);
             return;
         }
         match t {
@@ -227,9 +238,10 @@ impl Session {
                 errors::INVALID_DISPATCH_PAYLOAD,
                 json!("queues are not available on this server yet"),
             ),
-            _ => self
-                .conn
-                .invalid(errors::INVALID_DISPATCH_PAYLOAD, json!(format!("unknown dispatch type {t:?}"))),
+            _ => self.conn.invalid(
+                errors::INVALID_DISPATCH_PAYLOAD,
+                json!(format!("unknown dispatch type {t:?}")),
+            ),
         }
     }
 
@@ -237,7 +249,8 @@ impl Session {
         let values = match parse_update(d) {
             Ok(values) => values,
             Err(e) => {
-                self.conn.invalid(errors::INVALID_METADATA, update_error_info(e));
+                self.conn
+                    .invalid(errors::INVALID_METADATA, update_error_info(e));
                 return;
             }
         };
@@ -251,7 +264,10 @@ impl Session {
         let mode = self.shard.config.metadata_update_mode;
         if mode == UpdateMode::Replace {
             let keys: Vec<String> = next.iter().map(|(k, _)| k.to_string()).collect();
-            for key in keys.iter().filter(|k| !crate::metadata::RESERVED_KEYS.contains(&k.as_str())) {
+            for key in keys
+                .iter()
+                .filter(|k| !crate::metadata::RESERVED_KEYS.contains(&k.as_str()))
+            {
                 next.remove(key);
             }
         }
@@ -281,7 +297,10 @@ impl Session {
         let droppable = query.droppable;
         let query = Arc::new(query);
         let delivered = if t == "SEND" {
-            let dispatch = Arc::new(Dispatch { t: "SEND", d: payload });
+            let dispatch = Arc::new(Dispatch {
+                t: "SEND",
+                d: payload,
+            });
             router::send(&self.shard, query, dispatch).await
         } else {
             let dispatch = Arc::new(Dispatch {
@@ -302,16 +321,14 @@ impl Session {
         let query = match Query::parse(d) {
             Ok(query) => query,
             Err(e) => {
-                self.conn.invalid(&errors::invalid_query(&e.to_string()), Value::Null);
+                self.conn
+                    .invalid(&errors::invalid_query(&e.to_string()), Value::Null);
                 return;
             }
         };
         let nodes = router::nodes(&self.shard, Arc::new(query)).await;
-        self.conn.send_packet(
-            op::DISPATCH,
-            Some("QUERY_NODES"),
-            &json!({"nodes": nodes}),
-        );
+        self.conn
+            .send_packet(op::DISPATCH, Some("QUERY_NODES"), &json!({"nodes": nodes}));
     }
 
     /// Cleans up after the connection ends: the client leaves the store and
@@ -362,8 +379,8 @@ fn parse_routed(d: &Value) -> Result<(Query, Value), (String, Value)> {
         return Err(bad("d must be an object with target, nonce and payload"));
     };
     let target = d.get("target").ok_or_else(|| bad("missing target"))?;
-    let query = Query::parse(target)
-        .map_err(|e| (errors::invalid_query(&e.to_string()), Value::Null))?;
+    let query =
+        Query::parse(target).map_err(|e| (errors::invalid_query(&e.to_string()), Value::Null))?;
     let nonce = d.get("nonce").cloned().unwrap_or(Value::Null);
     let payload = d.get("payload").cloned().unwrap_or(Value::Null);
     Ok((query, json!({"nonce": nonce, "payload": payload})))

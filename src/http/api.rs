@@ -71,7 +71,10 @@ async fn query(shard: &Rc<Shard>, req: &Request) -> Response {
         }
     };
     match Query::parse(&body) {
-        Ok(query) => Response::json(200, &Value::Array(router::nodes(shard, Arc::new(query)).await)),
+        Ok(query) => Response::json(
+            200,
+            &Value::Array(router::nodes(shard, Arc::new(query)).await),
+        ),
         Err(e) => Response::json(400, &json!({"errors": [format!("invalid query: {e}")]})),
     }
 }

@@ -96,7 +96,9 @@ pub async fn read_request<S: AsyncRead + Unpin>(
             }
             while buf.len() < len {
                 if read_more(stream, buf).await? == 0 {
-                    return Err(ReadError::Malformed("connection closed inside the body".into()));
+                    return Err(ReadError::Malformed(
+                        "connection closed inside the body".into(),
+                    ));
                 }
             }
             buf.drain(..len).collect()
@@ -171,7 +173,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, BodyKind)>, ReadErro
                 len.parse()
                     .map_err(|_| ReadError::Malformed(format!("invalid content-length {len}")))?,
             ),
-            _ => return Err(ReadError::Malformed("several content-length headers".into())),
+            _ => {
+                return Err(ReadError::Malformed(
+                    "several content-length headers".into(),
+                ));
+            }
         }
     };
     Ok(Some((request, head_len, body)))
@@ -193,7 +199,9 @@ async fn read_chunked<S: AsyncRead + Unpin>(
                         return Err(ReadError::Malformed("chunk size line too long".into()));
                     }
                     if read_more(stream, buf).await? == 0 {
-                        return Err(ReadError::Malformed("connection closed inside a chunk".into()));
+                        return Err(ReadError::Malformed(
+                            "connection closed inside a chunk".into(),
+                        ));
                     }
                 }
                 Err(_) => return Err(ReadError::Malformed("invalid chunk size".into())),
@@ -226,7 +234,9 @@ async fn read_chunked<S: AsyncRead + Unpin>(
         }
         while buf.len() < size + 2 {
             if read_more(stream, buf).await? == 0 {
-                return Err(ReadError::Malformed("connection closed inside a chunk".into()));
+                return Err(ReadError::Malformed(
+                    "connection closed inside a chunk".into(),
+                ));
             }
         }
         if &buf[size..size + 2] != b"\r\n" {
@@ -241,7 +251,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
     let mut chunk = [0u8; 4096];
     let n = stream.read(&mut chunk).await?;
     buf.extend_from_slice(&chunk[..n]);
@@ -287,7 +300,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_and_oversized_requests() {
-        assert!(matches!(read(b"GARBAGE\r\n\r\n", 10).0, Err(ReadError::Malformed(_))));
+        assert!(matches!(
+            read(b"GARBAGE\r\n\r\n", 10).0,
+            Err(ReadError::Malformed(_))
+        ));
         assert!(matches!(
             read(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 10).0,
             Err(ReadError::BodyTooLarge(10))
@@ -297,15 +313,26 @@ mod tests {
             Err(ReadError::Malformed(_))
         ));
         assert!(matches!(
-            read(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 10).0,
+            read(
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                10
+            )
+            .0,
             Err(ReadError::Malformed(_))
         ));
         assert!(matches!(
-            read(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 10).0,
+            read(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                10
+            )
+            .0,
             Err(ReadError::Malformed(_))
         ));
         assert!(matches!(read(b"", 10).0, Err(ReadError::Closed)));
-        assert!(matches!(read(b"GET / HT", 10).0, Err(ReadError::Malformed(_))));
+        assert!(matches!(
+            read(b"GET / HT", 10).0,
+            Err(ReadError::Malformed(_))
+        ));
         let huge = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; MAX_HEAD]].concat();
         assert!(matches!(read(&huge, 10).0, Err(ReadError::HeadTooLarge)));
     }

@@ -59,7 +59,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
         let response = api::handle(&shard, &req).await;
         let keep_alive = req.keep_alive && !shard.is_shutting_down();
-        if stream.write_all(&response.to_bytes(keep_alive)).await.is_err() || !keep_alive {
+        if stream
+            .write_all(&response.to_bytes(keep_alive))
+            .await
+            .is_err()
+            || !keep_alive
+        {
             return;
         }
     }
@@ -84,7 +89,8 @@ fn upgrade(req: &Request) -> Result<(Encoding, Vec<u8>), Response> {
     if req.method != "GET" {
         return Err(bad("websocket upgrade must be a GET"));
     }
-    if !req.header_has_token("upgrade", "websocket") || !req.header_has_token("connection", "upgrade")
+    if !req.header_has_token("upgrade", "websocket")
+        || !req.header_has_token("connection", "upgrade")
     {
         return Err(Response::json(
             426,

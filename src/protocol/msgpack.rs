@@ -162,7 +162,10 @@ mod tests {
     #[test]
     fn malformed_frames() {
         let e = decode(&[]).unwrap_err();
-        assert!(e.to_string().starts_with("invalid msgpack at byte 0: "), "{e}");
+        assert!(
+            e.to_string().starts_with("invalid msgpack at byte 0: "),
+            "{e}"
+        );
         let mut trailing = frame_with_d(&[0xc0]);
         trailing.push(0xc0);
         let e = decode(&trailing).unwrap_err();

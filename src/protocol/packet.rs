@@ -67,7 +67,11 @@ pub fn check_frame_type(encoding: Encoding, binary: bool) -> Result<(), DecodeEr
     } else {
         Err(DecodeError::WrongFrameType {
             encoding,
-            expected: if encoding.is_binary() { "binary" } else { "text" },
+            expected: if encoding.is_binary() {
+                "binary"
+            } else {
+                "text"
+            },
         })
     }
 }
@@ -151,7 +155,9 @@ mod tests {
             json!([1]),
             json!(u64::MAX),
         ] {
-            let err = raw(Some(bad.clone()), None, None).into_packet().unwrap_err();
+            let err = raw(Some(bad.clone()), None, None)
+                .into_packet()
+                .unwrap_err();
             assert_eq!(err, DecodeError::InvalidOp, "{bad}");
             assert_eq!(err.to_string(), "op must be an integer 0..255");
         }
@@ -166,8 +172,15 @@ mod tests {
             .into_packet()
             .unwrap();
         assert_eq!(p.t.as_deref(), Some("SEND"));
-        for bad in [json!(1), json!(false), json!(["SEND"]), json!({"t": "SEND"})] {
-            let err = raw(Some(json!(4)), None, Some(bad)).into_packet().unwrap_err();
+        for bad in [
+            json!(1),
+            json!(false),
+            json!(["SEND"]),
+            json!({"t": "SEND"}),
+        ] {
+            let err = raw(Some(json!(4)), None, Some(bad))
+                .into_packet()
+                .unwrap_err();
             assert_eq!(err, DecodeError::InvalidT);
             assert_eq!(err.to_string(), "t must be a string");
         }
@@ -178,7 +191,9 @@ mod tests {
         assert_eq!(check_frame_type(Encoding::Json, false), Ok(()));
         assert_eq!(check_frame_type(Encoding::Etf, true), Ok(()));
         assert_eq!(
-            check_frame_type(Encoding::Json, true).unwrap_err().to_string(),
+            check_frame_type(Encoding::Json, true)
+                .unwrap_err()
+                .to_string(),
             "json connections take text frames"
         );
         assert_eq!(

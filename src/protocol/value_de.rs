@@ -14,7 +14,9 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::{Map, Number, Value};
 
 use super::packet::{MAX_DEPTH, RawFields};
@@ -25,7 +27,9 @@ pub(crate) struct PacketFields(pub Option<RawFields>);
 
 impl<'de> de::Deserialize<'de> for PacketFields {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(PacketVisitor).map(PacketFields)
+        deserializer
+            .deserialize_any(PacketVisitor)
+            .map(PacketFields)
     }
 }
 

@@ -129,12 +129,17 @@ pub fn global_average<'a>(picks: impl IntoIterator<Item = &'a Pick>) -> Option<f
 
 /// Combines the shards' picks (indexed by shard) into the one client to
 /// deliver to: `(shard, client)`.
-pub fn choose(query: &Query, picks: &[Pick], rng: &mut fastrand::Rng) -> Option<(usize, ClientIdx)> {
+pub fn choose(
+    query: &Query,
+    picks: &[Pick],
+    rng: &mut fastrand::Rng,
+) -> Option<(usize, ClientIdx)> {
     let total: u64 = picks.iter().map(|p| p.count).sum();
     if total == 0 {
         return None;
     }
-    let found = |f: &dyn Fn(&Pick) -> Option<(f64, ClientIdx)>, better: &dyn Fn(f64, f64) -> bool| {
+    let found = |f: &dyn Fn(&Pick) -> Option<(f64, ClientIdx)>,
+                 better: &dyn Fn(f64, f64) -> bool| {
         picks
             .iter()
             .enumerate()

@@ -106,7 +106,11 @@ impl ConnHandle {
         if out.bytes + frame.len() > self.max_outbound_bytes {
             drop(out);
             tracing::info!(conn = self.id, "closing slow consumer");
-            self.fail(protocol::errors::SLOW_CONSUMER, Value::Null, CloseKind::Policy);
+            self.fail(
+                protocol::errors::SLOW_CONSUMER,
+                Value::Null,
+                CloseKind::Policy,
+            );
             return;
         }
         out.bytes += frame.len();
@@ -122,13 +126,21 @@ impl ConnHandle {
 
     /// Sends invalid (op 3); the connection stays open.
     pub fn invalid(&self, error: &str, extra_info: Value) {
-        self.send_packet(op::INVALID, None, &protocol::payload::error(error, extra_info));
+        self.send_packet(
+            op::INVALID,
+            None,
+            &protocol::payload::error(error, extra_info),
+        );
     }
 
     /// Sends error (op 8) and closes: anything still queued is dropped so the
     /// error is the last thing the client reads.
     pub fn fail(&self, error: &str, extra_info: Value, kind: CloseKind) {
-        self.close_with(op::ERROR, &protocol::payload::error(error, extra_info), kind);
+        self.close_with(
+            op::ERROR,
+            &protocol::payload::error(error, extra_info),
+            kind,
+        );
     }
 
     /// Sends goodbye (op 7) and closes after what is already queued.

@@ -44,7 +44,10 @@ pub enum ShardMsg {
         avg: Option<f64>,
     },
     /// SEND, last round: deliver to one client of this shard.
-    Deliver { target: ConnRef, packet: Arc<Dispatch> },
+    Deliver {
+        target: ConnRef,
+        packet: Arc<Dispatch>,
+    },
     /// BROADCAST: deliver to every local match; reply with the count.
     Broadcast {
         reply_to: ReplyTo,
@@ -53,7 +56,10 @@ pub enum ShardMsg {
     },
     /// QUERY_NODES / HTTP query: reply with the `<client>` objects of every
     /// local match.
-    Nodes { reply_to: ReplyTo, query: Arc<Query> },
+    Nodes {
+        reply_to: ReplyTo,
+        query: Arc<Query>,
+    },
     /// Claim the name (app, client) for a connection; this shard owns the
     /// name's registry entry. Replies `Claimed`.
     Claim {
@@ -69,8 +75,14 @@ pub enum ShardMsg {
         owner: ConnRef,
     },
     /// CLIENT_CONNECTED / CLIENT_DISCONNECTED for this shard's subscribers.
-    ClientEvent { packet: Arc<Dispatch> },
-    Reply { req: u64, from: usize, reply: Reply },
+    ClientEvent {
+        packet: Arc<Dispatch>,
+    },
+    Reply {
+        req: u64,
+        from: usize,
+        reply: Reply,
+    },
     /// Say goodbye to every client and stop.
     Shutdown,
 }

@@ -41,13 +41,16 @@ pub struct Shard {
     /// Clients that asked for CLIENT_CONNECTED / CLIENT_DISCONNECTED.
     subscribers: RefCell<IndexSet<ClientIdx>>,
     /// The part of the (app, client id) registry hashed to this shard.
-    names: RefCell<HashMap<(Box<str>, Box<str>), ConnRef>>,
+    names: RefCell<HashMap<ClientName, ConnRef>>,
     pending: RefCell<HashMap<u64, Rc<Gather>>>,
     next_req: Cell<u64>,
     next_conn: Cell<u64>,
     pub rng: RefCell<fastrand::Rng>,
     shutting_down: Cell<bool>,
 }
+
+/// (application id, client id): unique among connected clients.
+type ClientName = (Box<str>, Box<str>);
 
 /// Replies collected for one scattered request.
 struct Gather {
@@ -193,11 +196,15 @@ impl Shard {
                 // The origin names the connection it delivers to, not just the
                 // slot, so a slot reused in between is never mistaken for it.
                 let clients = self.clients.borrow();
-                let conns = [pick.random, pick.keyed.map(|k| k.1), pick.selected.map(|s| s.1)]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|idx| clients.get(&idx).map(|c| (idx, c.id)))
-                    .collect();
+                let conns = [
+                    pick.random,
+                    pick.keyed.map(|k| k.1),
+                    pick.selected.map(|s| s.1),
+                ]
+                .into_iter()
+                .flatten()
+                .filter_map(|idx| clients.get(&idx).map(|c| (idx, c.id)))
+                .collect();
                 Reply::Pick(pick, conns)
             }
             ShardMsg::Broadcast { query, packet, .. } => {
@@ -244,7 +251,11 @@ impl Shard {
         let mut frames = EncodedOnce::new(packet);
         let mut count = 0;
         for idx in store
-            .candidates(query.application.as_deref(), query.restricted, plan.as_ref())
+            .candidates(
+                query.application.as_deref(),
+                query.restricted,
+                plan.as_ref(),
+            )
             .iter()
         {
             if !exact && !store.get(idx).is_some_and(|e| query.matches(&e.metadata)) {
@@ -263,7 +274,11 @@ impl Shard {
         let clients = self.clients.borrow();
         let plan = query.index_plan();
         store
-            .candidates(query.application.as_deref(), query.restricted, plan.as_ref())
+            .candidates(
+                query.application.as_deref(),
+                query.restricted,
+                plan.as_ref(),
+            )
             .iter()
             .filter_map(|idx| Some((store.get(idx)?, clients.get(&idx)?)))
             .filter(|(e, _)| query.matches(&e.metadata))
@@ -325,7 +340,10 @@ impl Shard {
             owner,
         };
         if to == self.id {
-            return matches!(self.answer(msg(ReplyTo { shard: to, req: 0 })), Some(Reply::Claimed(true)));
+            return matches!(
+                self.answer(msg(ReplyTo { shard: to, req: 0 })),
+                Some(Reply::Claimed(true))
+            );
         }
         let req = self.next_req.get();
         self.next_req.set(req + 1);
@@ -336,7 +354,13 @@ impl Shard {
         });
         self.pending.borrow_mut().insert(req, gather.clone());
         let _guard = PendingGuard { shard: self, req };
-        self.mesh.send(to, msg(ReplyTo { shard: self.id, req }));
+        self.mesh.send(
+            to,
+            msg(ReplyTo {
+                shard: self.id,
+                req,
+            }),
+        );
         poll_fn(|cx| {
             if gather.replies.borrow().is_empty() {
                 gather.waker.set(Some(cx.waker().clone()));
@@ -459,7 +483,13 @@ impl<'a> EncodedOnce<'a> {
             Encoding::Etf => &mut self.frames[2],
         };
         slot.get_or_insert_with(|| {
-            protocol::encode(encoding, op::DISPATCH, Some(self.packet.t), &self.packet.d, self.ts)
+            protocol::encode(
+                encoding,
+                op::DISPATCH,
+                Some(self.packet.t),
+                &self.packet.d,
+                self.ts,
+            )
         })
         .clone()
     }

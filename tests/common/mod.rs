@@ -150,7 +150,10 @@ impl Server {
                 match reader.read_line(&mut line) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        if tx.send(line.trim_end_matches(['\r', '\n']).to_string()).is_err() {
+                        if tx
+                            .send(line.trim_end_matches(['\r', '\n']).to_string())
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -194,8 +197,16 @@ impl Server {
                 let _ = child.kill();
                 panic!("first stdout line is not `listening on <ip>:<port>`: {first:?}")
             });
-        assert_eq!(addr.ip().to_string(), "127.0.0.1", "listening line names the --bind address");
-        assert_ne!(addr.port(), 0, "listening line names the real ephemeral port");
+        assert_eq!(
+            addr.ip().to_string(),
+            "127.0.0.1",
+            "listening line names the --bind address"
+        );
+        assert_ne!(
+            addr.port(),
+            0,
+            "listening line names the real ephemeral port"
+        );
 
         let shards = args
             .iter()
@@ -367,9 +378,12 @@ fn read_http_response(stream: &mut TcpStream) -> HttpResponse {
         if let Some(i) = find(&buf, b"\r\n\r\n") {
             break i;
         }
-        let n = stream
-            .read(&mut chunk)
-            .unwrap_or_else(|e| panic!("reading HTTP response head: {e}; got {:?}", String::from_utf8_lossy(&buf)));
+        let n = stream.read(&mut chunk).unwrap_or_else(|e| {
+            panic!(
+                "reading HTTP response head: {e}; got {:?}",
+                String::from_utf8_lossy(&buf)
+            )
+        });
         assert!(
             n > 0,
             "connection closed before a full HTTP response head; got {:?}",
@@ -382,7 +396,10 @@ fn read_http_response(stream: &mut TcpStream) -> HttpResponse {
     let status_line = lines.next().unwrap_or_default();
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
-    assert!(version.starts_with("HTTP/1."), "bad status line {status_line:?}");
+    assert!(
+        version.starts_with("HTTP/1."),
+        "bad status line {status_line:?}"
+    );
     let status: u16 = parts
         .next()
         .and_then(|s| s.parse().ok())
@@ -390,7 +407,9 @@ fn read_http_response(stream: &mut TcpStream) -> HttpResponse {
     let headers: Vec<(String, String)> = lines
         .filter(|l| !l.is_empty())
         .map(|l| {
-            let (k, v) = l.split_once(':').unwrap_or_else(|| panic!("bad header line {l:?}"));
+            let (k, v) = l
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad header line {l:?}"));
             (k.trim().to_string(), v.trim().to_string())
         })
         .collect();
@@ -444,7 +463,11 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     loop {
         let i = find(data, b"\r\n").expect("chunk size line");
         let size = usize::from_str_radix(
-            String::from_utf8_lossy(&data[..i]).split(';').next().unwrap().trim(),
+            String::from_utf8_lossy(&data[..i])
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
             16,
         )
         .expect("hex chunk size");
@@ -688,7 +711,11 @@ impl Client {
 
     /// Upgrades a new connection without reading anything.
     pub fn connect_raw(server: &Server, enc: Encoding) -> Client {
-        Client::connect_url(server, &format!("/gateway/websocket?encoding={}", enc.name()), enc)
+        Client::connect_url(
+            server,
+            &format!("/gateway/websocket?encoding={}", enc.name()),
+            enc,
+        )
     }
 
     /// Upgrades at `path` (e.g. without `?encoding`), reading nothing.
@@ -720,7 +747,12 @@ impl Client {
     pub fn ready_with(server: &Server, enc: Encoding, app: &str, id: &str, extra: Value) -> Client {
         let mut c = Client::connect(server, enc);
         let d = c.identify(app, id, extra);
-        assert_eq!(d["client_id"], json!(id), "{}: ready names the client", c.label());
+        assert_eq!(
+            d["client_id"],
+            json!(id),
+            "{}: ready names the client",
+            c.label()
+        );
         c
     }
 
@@ -793,7 +825,10 @@ impl Client {
         self.send_close();
         match self.next_event(STEP) {
             Event::Closed(_, _) => {}
-            other => panic!("{}: expected the server's close reply, got {other:?}", self.label()),
+            other => panic!(
+                "{}: expected the server's close reply, got {other:?}",
+                self.label()
+            ),
         }
         self.expect_gone();
     }
@@ -846,7 +881,10 @@ impl Client {
             .as_object()
             .unwrap_or_else(|| panic!("{label}: server packet is not an object: {p}"));
         for k in ["op", "d", "t", "ts"] {
-            assert!(obj.contains_key(k), "{label}: server packet lacks {k:?}: {p}");
+            assert!(
+                obj.contains_key(k),
+                "{label}: server packet lacks {k:?}: {p}"
+            );
         }
         let op = p["op"]
             .as_u64()
@@ -859,9 +897,15 @@ impl Client {
             "{label}: ts is not epoch milliseconds near now: {p}"
         );
         if op == OP_DISPATCH {
-            assert!(p["t"].is_string(), "{label}: dispatch without string t: {p}");
+            assert!(
+                p["t"].is_string(),
+                "{label}: dispatch without string t: {p}"
+            );
         } else {
-            assert!(p["t"].is_null(), "{label}: t must be null outside dispatch: {p}");
+            assert!(
+                p["t"].is_null(),
+                "{label}: t must be null outside dispatch: {p}"
+            );
         }
     }
 
@@ -882,14 +926,24 @@ impl Client {
     /// The next packet, which must have opcode `op`; returns the whole packet.
     pub fn expect_op(&mut self, op: u64) -> Value {
         let p = self.recv();
-        assert_eq!(p["op"], json!(op), "{}: unexpected packet {p}", self.label());
+        assert_eq!(
+            p["op"],
+            json!(op),
+            "{}: unexpected packet {p}",
+            self.label()
+        );
         p
     }
 
     /// The next packet must be a dispatch with event `t`; returns its `d`.
     pub fn expect_dispatch(&mut self, t: &str) -> Value {
         let p = self.expect_op(OP_DISPATCH);
-        assert_eq!(p["t"], json!(t), "{}: unexpected dispatch {p}", self.label());
+        assert_eq!(
+            p["t"],
+            json!(t),
+            "{}: unexpected dispatch {p}",
+            self.label()
+        );
         p["d"].clone()
     }
 
@@ -914,12 +968,22 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now());
             let p = match self.next_event(left) {
                 Event::Packet(p) => p,
-                other => panic!("{}: waiting for {t} of {app}/{id}, got {other:?}", self.label()),
+                other => panic!(
+                    "{}: waiting for {t} of {app}/{id}, got {other:?}",
+                    self.label()
+                ),
             };
             let is_update = p["op"] == json!(OP_DISPATCH)
                 && (p["t"] == json!("CLIENT_CONNECTED") || p["t"] == json!("CLIENT_DISCONNECTED"));
-            assert!(is_update, "{}: waiting for {t} of {app}/{id}, got {p}", self.label());
-            if p["t"] == json!(t) && p["d"]["payload"]["client_id"] == json!(id) && p["d"]["payload"]["app"] == json!(app) {
+            assert!(
+                is_update,
+                "{}: waiting for {t} of {app}/{id}, got {p}",
+                self.label()
+            );
+            if p["t"] == json!(t)
+                && p["d"]["payload"]["client_id"] == json!(id)
+                && p["d"]["payload"]["app"] == json!(app)
+            {
                 assert_eq!(
                     p["d"],
                     json!({"nonce": null, "payload": {"app": app, "client_id": id}}),
@@ -942,16 +1006,30 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now());
             let p = match self.next_event(left) {
                 Event::Packet(p) => p,
-                other => panic!("{}: waiting for {t} of {app}/{pending:?}, got {other:?}", self.label()),
+                other => panic!(
+                    "{}: waiting for {t} of {app}/{pending:?}, got {other:?}",
+                    self.label()
+                ),
             };
             let is_update = p["op"] == json!(OP_DISPATCH)
                 && (p["t"] == json!("CLIENT_CONNECTED") || p["t"] == json!("CLIENT_DISCONNECTED"));
-            assert!(is_update, "{}: waiting for {t} of {app}/{pending:?}, got {p}", self.label());
-            let who = p["d"]["payload"]["client_id"].as_str().unwrap_or_default().to_string();
+            assert!(
+                is_update,
+                "{}: waiting for {t} of {app}/{pending:?}, got {p}",
+                self.label()
+            );
+            let who = p["d"]["payload"]["client_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if p["t"] != json!(t) || p["d"]["payload"]["app"] != json!(app) || !ids.contains(&who) {
                 continue;
             }
-            assert!(seen.insert(who.clone()), "{}: {t} of {who} twice", self.label());
+            assert!(
+                seen.insert(who.clone()),
+                "{}: {t} of {who} twice",
+                self.label()
+            );
             assert_eq!(
                 p["d"],
                 json!({"nonce": null, "payload": {"app": app, "client_id": who}}),
@@ -965,16 +1043,33 @@ impl Client {
     /// The next packet must be invalid (op 3) with exactly `error`; returns extra_info.
     pub fn expect_invalid(&mut self, error: &str) -> Value {
         let p = self.expect_op(OP_INVALID);
-        let d = p["d"].as_object().unwrap_or_else(|| panic!("invalid d is not an object: {p}"));
-        assert!(d.contains_key("extra_info"), "{}: invalid d lacks extra_info: {p}", self.label());
-        assert_eq!(p["d"]["error"], json!(error), "{}: invalid text", self.label());
+        let d = p["d"]
+            .as_object()
+            .unwrap_or_else(|| panic!("invalid d is not an object: {p}"));
+        assert!(
+            d.contains_key("extra_info"),
+            "{}: invalid d lacks extra_info: {p}",
+            self.label()
+        );
+        assert_eq!(
+            p["d"]["error"],
+            json!(error),
+            "{}: invalid text",
+            self.label()
+        );
         p["d"]["extra_info"].clone()
     }
 
     /// The next packet must be invalid (op 3) whose error starts with `prefix`.
     pub fn expect_invalid_prefix(&mut self, prefix: &str) -> (String, Value) {
         let p = self.expect_op(OP_INVALID);
-        assert!(p["d"].as_object().is_some_and(|d| d.contains_key("extra_info")), "{}: {p}", self.label());
+        assert!(
+            p["d"]
+                .as_object()
+                .is_some_and(|d| d.contains_key("extra_info")),
+            "{}: {p}",
+            self.label()
+        );
         let e = p["d"]["error"]
             .as_str()
             .unwrap_or_else(|| panic!("{}: invalid error not a string: {p}", self.label()))
@@ -991,9 +1086,20 @@ impl Client {
     /// connection closes; returns extra_info.
     pub fn expect_error_close(&mut self, error: &str) -> Value {
         let p = self.expect_op(OP_ERROR);
-        let d = p["d"].as_object().unwrap_or_else(|| panic!("error d is not an object: {p}"));
-        assert!(d.contains_key("extra_info"), "{}: error d lacks extra_info: {p}", self.label());
-        assert_eq!(p["d"]["error"], json!(error), "{}: error text", self.label());
+        let d = p["d"]
+            .as_object()
+            .unwrap_or_else(|| panic!("error d is not an object: {p}"));
+        assert!(
+            d.contains_key("extra_info"),
+            "{}: error d lacks extra_info: {p}",
+            self.label()
+        );
+        assert_eq!(
+            p["d"]["error"],
+            json!(error),
+            "{}: error text",
+            self.label()
+        );
         self.expect_closed();
         p["d"]["extra_info"].clone()
     }
@@ -1024,7 +1130,10 @@ impl Client {
         match self.next_event(Duration::from_secs(2)) {
             Event::Gone(_) => {}
             Event::Closed(_, _) => {}
-            other => panic!("{}: expected the connection to end, got {other:?}", self.label()),
+            other => panic!(
+                "{}: expected the connection to end, got {other:?}",
+                self.label()
+            ),
         }
     }
 
@@ -1067,7 +1176,12 @@ impl Client {
         let id = self.id().to_string();
         self.send(OP_HEARTBEAT, json!({"client_id": id}), None);
         let p = self.expect_op(OP_HEARTBEAT_ACK);
-        assert_eq!(p["d"], json!({"client_id": id}), "{}: heartbeat ack d", self.label());
+        assert_eq!(
+            p["d"],
+            json!({"client_id": id}),
+            "{}: heartbeat ack d",
+            self.label()
+        );
     }
 
     /// A round trip proving the server has read everything sent before.
@@ -1092,12 +1206,18 @@ impl Client {
 
     /// SEND; returns the packet as sent.
     pub fn send_to(&mut self, target: Value, nonce: Value, payload: Value) -> Value {
-        self.dispatch("SEND", json!({"target": target, "nonce": nonce, "payload": payload}))
+        self.dispatch(
+            "SEND",
+            json!({"target": target, "nonce": nonce, "payload": payload}),
+        )
     }
 
     /// BROADCAST; returns the packet as sent.
     pub fn broadcast(&mut self, target: Value, nonce: Value, payload: Value) -> Value {
-        self.dispatch("BROADCAST", json!({"target": target, "nonce": nonce, "payload": payload}))
+        self.dispatch(
+            "BROADCAST",
+            json!({"target": target, "nonce": nonce, "payload": payload}),
+        )
     }
 
     /// QUERY_NODES; returns the nodes (each checked as a `<client>` object).
@@ -1153,7 +1273,12 @@ pub fn meta(ty: &str, value: Value) -> Value {
 pub fn ids(nodes: &[Value]) -> BTreeSet<String> {
     nodes
         .iter()
-        .map(|n| n["client_id"].as_str().expect("client_id string").to_string())
+        .map(|n| {
+            n["client_id"]
+                .as_str()
+                .expect("client_id string")
+                .to_string()
+        })
         .collect()
 }
 
@@ -1165,19 +1290,39 @@ pub fn set(ids: &[&str]) -> BTreeSet<String> {
 /// object), socket_ip, queues (a list) and node; `shard` is the server's
 /// debugging extra.
 pub fn check_client_object(n: &Value) {
-    let obj = n.as_object().unwrap_or_else(|| panic!("<client> is not an object: {n}"));
-    for k in ["app_id", "client_id", "metadata", "socket_ip", "queues", "node"] {
+    let obj = n
+        .as_object()
+        .unwrap_or_else(|| panic!("<client> is not an object: {n}"));
+    for k in [
+        "app_id",
+        "client_id",
+        "metadata",
+        "socket_ip",
+        "queues",
+        "node",
+    ] {
         assert!(obj.contains_key(k), "<client> lacks {k:?}: {n}");
     }
     for k in obj.keys() {
         assert!(
-            ["app_id", "client_id", "metadata", "socket_ip", "queues", "node", "shard"]
-                .contains(&k.as_str()),
+            [
+                "app_id",
+                "client_id",
+                "metadata",
+                "socket_ip",
+                "queues",
+                "node",
+                "shard"
+            ]
+            .contains(&k.as_str()),
             "<client> has an unexpected key {k:?}: {n}"
         );
     }
     assert!(n["app_id"].is_string() && n["client_id"].is_string(), "{n}");
-    assert!(n["metadata"].is_object(), "<client> metadata is not an object: {n}");
+    assert!(
+        n["metadata"].is_object(),
+        "<client> metadata is not an object: {n}"
+    );
     assert!(n["queues"].is_array(), "<client> queues is not a list: {n}");
 }
 
@@ -1245,8 +1390,14 @@ pub fn spread(
         .into_iter()
         .map(|c| {
             let id = c.id().to_string();
-            let shard = *shards.get(&id).unwrap_or_else(|| panic!("{id} missing from QUERY_NODES"));
-            Member { client: c, id, shard }
+            let shard = *shards
+                .get(&id)
+                .unwrap_or_else(|| panic!("{id} missing from QUERY_NODES"));
+            Member {
+                client: c,
+                id,
+                shard,
+            }
         })
         .collect()
 }

@@ -92,11 +92,20 @@ fn secs(d: Duration) -> f64 {
 
 /// Runs the scenario `args` names; the caller owns `switch` and closes the
 /// connections afterwards.
-pub async fn run(args: &Args, gateway: &Gateway, workers: usize, switch: &StopSwitch) -> Result<Report, RunError> {
+pub async fn run(
+    args: &Args,
+    gateway: &Gateway,
+    workers: usize,
+    switch: &StopSwitch,
+) -> Result<Report, RunError> {
     let server = resolve(gateway).await?;
     fdlimit::ensure(args.total_connections() + SPARE_FDS)?;
     let progress = !args.quiet;
-    let senders = if args.scenario.has_traffic() { args.senders } else { 0 };
+    let senders = if args.scenario.has_traffic() {
+        args.senders
+    } else {
+        0
+    };
 
     let names = Names {
         prefix: args.app_prefix.clone(),
@@ -122,7 +131,8 @@ pub async fn run(args: &Args, gateway: &Gateway, workers: usize, switch: &StopSw
 
     // 1-3: connect and idle.
     let before = server_sample(args.server_pid)?;
-    let connected = fleet::connect(dialer, args.connections, senders, &shared, switch, progress).await;
+    let connected =
+        fleet::connect(dialer, args.connections, senders, &shared, switch, progress).await;
     if connected.identified == 0 {
         let first: Vec<String> = crate::tally::counts(&connected.errors)
             .into_iter()
@@ -138,11 +148,21 @@ pub async fn run(args: &Args, gateway: &Gateway, workers: usize, switch: &StopSw
     // 4: traffic.
     let workload: Option<Box<dyn Workload>> = match args.scenario {
         Scenario::Connect => connect::workload(),
-        Scenario::Targeted => Some(Box::new(targeted::workload(&names, &connected, args.payload_bytes as usize))),
-        Scenario::Broadcast => Some(Box::new(broadcast::workload(&names, &connected, args.payload_bytes as usize))),
+        Scenario::Targeted => Some(Box::new(targeted::workload(
+            &names,
+            &connected,
+            args.payload_bytes as usize,
+        ))),
+        Scenario::Broadcast => Some(Box::new(broadcast::workload(
+            &names,
+            &connected,
+            args.payload_bytes as usize,
+        ))),
     };
     let traffic = match workload {
-        Some(workload) => Some(drive_traffic(args, workload, &connected, &shared, &go, progress).await),
+        Some(workload) => {
+            Some(drive_traffic(args, workload, &connected, &shared, &go, progress).await)
+        }
         None => None,
     };
     let end = server_sample(args.server_pid)?;
@@ -152,7 +172,9 @@ pub async fn run(args: &Args, gateway: &Gateway, workers: usize, switch: &StopSw
     let tally = &shared.tally;
     let server_report = match (before, idle, end) {
         (Some(before), Some(idle), Some(end)) => {
-            let cpu_traffic = traffic.as_ref().map(|_| secs(end.cpu.saturating_sub(idle.cpu)));
+            let cpu_traffic = traffic
+                .as_ref()
+                .map(|_| secs(end.cpu.saturating_sub(idle.cpu)));
             let delivered = tally.delivered.load(Relaxed);
             Some(ServerReport {
                 pid: args.server_pid.expect("sampled"),
@@ -223,7 +245,8 @@ async fn drive_traffic(
     })));
 
     // Sending: progress once a second until the deadline.
-    let mut tick = tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+    let mut tick =
+        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
     let (mut last_sent, mut last_delivered) = (0, 0);
     loop {
         tokio::select! {
@@ -249,7 +272,8 @@ async fn drive_traffic(
     // Drain: wait for what is still in flight.
     let drain_started = Instant::now();
     let drain_end = drain_started + args.drain();
-    while tally.delivered.load(Relaxed) < tally.expected.load(Relaxed) && Instant::now() < drain_end {
+    while tally.delivered.load(Relaxed) < tally.expected.load(Relaxed) && Instant::now() < drain_end
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let drained_for = drain_started.elapsed();

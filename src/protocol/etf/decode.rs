@@ -115,7 +115,9 @@ impl<'a> Reader<'a> {
                 // A list of bytes the encoder packed; still a list in Erlang.
                 let n = usize::from(self.u16()?);
                 let bytes = self.bytes(n)?;
-                Ok(Value::Array(bytes.iter().map(|&b| Value::from(b)).collect()))
+                Ok(Value::Array(
+                    bytes.iter().map(|&b| Value::from(b)).collect(),
+                ))
             }
             tag::LIST => {
                 let n = self.count(1)?;
@@ -205,7 +207,9 @@ impl<'a> Reader<'a> {
         match tag {
             // The deprecated atom forms are Latin-1: each byte is the code
             // point of its character.
-            tag::ATOM | tag::SMALL_ATOM => Ok(Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect())),
+            tag::ATOM | tag::SMALL_ATOM => {
+                Ok(Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()))
+            }
             _ => fail(start, "atom is not valid utf-8"),
         }
     }
@@ -239,7 +243,10 @@ impl<'a> Reader<'a> {
     fn old_float(&mut self, start: usize) -> Step<Value> {
         let raw = self.bytes(31)?;
         let text = raw.split(|&b| b == 0).next().unwrap_or_default();
-        match std::str::from_utf8(text).ok().and_then(|s| s.trim().parse::<f64>().ok()) {
+        match std::str::from_utf8(text)
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok())
+        {
             Some(v) => float(start, v),
             None => fail(start, "invalid float text"),
         }

@@ -117,7 +117,10 @@ fn integers() {
     assert_eq!(d_of(&[98, 0xff, 0xff, 0xff, 0xff]).unwrap(), json!(-1));
     assert_eq!(d_of(&[98, 0x80, 0, 0, 0]).unwrap(), json!(i32::MIN));
     // 2^31 and -(2^31 + 1) as term_to_binary writes them.
-    assert_eq!(d_of(&[110, 4, 0, 0, 0, 0, 0x80]).unwrap(), json!(1u64 << 31));
+    assert_eq!(
+        d_of(&[110, 4, 0, 0, 0, 0, 0x80]).unwrap(),
+        json!(1u64 << 31)
+    );
     assert_eq!(
         d_of(&[110, 4, 1, 1, 0, 0, 0x80]).unwrap(),
         json!(-(1i64 << 31) - 1)
@@ -222,9 +225,15 @@ fn unsupported_terms() {
             &[88, 119, 1, b'n', 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
             "pids are not supported",
         ),
-        (&[90, 0, 1, 119, 1, b'n', 0, 0, 0, 0, 0, 0, 0, 1], "references are not supported"),
+        (
+            &[90, 0, 1, 119, 1, b'n', 0, 0, 0, 0, 0, 0, 0, 1],
+            "references are not supported",
+        ),
         (&[82, 0], "distribution headers are not supported"),
-        (&[80, 0, 0, 0, 1, 0x78, 0x9c], "compressed terms are not supported"),
+        (
+            &[80, 0, 0, 0, 1, 0x78, 0x9c],
+            "compressed terms are not supported",
+        ),
         (&[200], "unknown term tag 200"),
     ];
     for (d, reason) in cases {
@@ -232,7 +241,9 @@ fn unsupported_terms() {
     }
     // Compression applies to the whole term, right after the version byte.
     assert_eq!(
-        decode(&[V, 80, 0, 0, 0, 10, 0x78, 0x9c]).unwrap_err().to_string(),
+        decode(&[V, 80, 0, 0, 0, 10, 0x78, 0x9c])
+            .unwrap_err()
+            .to_string(),
         "invalid etf at byte 1: compressed terms are not supported"
     );
     assert_eq!(
@@ -315,7 +326,10 @@ fn integers_are_written_in_erlangs_smallest_form() {
         (i64::from(i32::MAX), &[98, 0x7f, 0xff, 0xff, 0xff]),
         (1 << 31, &[110, 4, 0, 0, 0, 0, 0x80]),
         (-(1 << 31) - 1, &[110, 4, 1, 1, 0, 0, 0x80]),
-        (1_700_000_000_000, &[110, 6, 0, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01]),
+        (
+            1_700_000_000_000,
+            &[110, 6, 0, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01],
+        ),
         (i64::MIN, &[110, 8, 1, 0, 0, 0, 0, 0, 0, 0, 0x80]),
     ];
     for (n, bytes) in forms {
@@ -326,7 +340,10 @@ fn integers_are_written_in_erlangs_smallest_form() {
         assert_eq!(&out[..expected.len()], &expected[..], "{n}");
     }
     let out = encode(0, None, &json!(u64::MAX), 0);
-    assert_eq!(&out[21..32], &[110, 8, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(
+        &out[21..32],
+        &[110, 8, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+    );
 }
 
 #[test]
@@ -360,7 +377,9 @@ fn reference_term(v: &Value) -> Term {
             _ => Float::try_from(n.as_f64().unwrap()).unwrap().into(),
         },
         Value::String(s) => Binary::from(s.as_bytes()).into(),
-        Value::Array(items) => List::from(items.iter().map(reference_term).collect::<Vec<_>>()).into(),
+        Value::Array(items) => {
+            List::from(items.iter().map(reference_term).collect::<Vec<_>>()).into()
+        }
         Value::Object(m) => Map::from(
             m.iter()
                 .map(|(k, v)| (Binary::from(k.as_bytes()).into(), reference_term(v)))
@@ -388,7 +407,10 @@ fn eetf_reads_what_we_write() {
     let expected: Term = Map::from([
         (Binary::from(&b"op"[..]).into(), FixInteger::from(4).into()),
         (Binary::from(&b"d"[..]).into(), reference_term(&d)),
-        (Binary::from(&b"t"[..]).into(), Binary::from(&b"SEND"[..]).into()),
+        (
+            Binary::from(&b"t"[..]).into(),
+            Binary::from(&b"SEND"[..]).into(),
+        ),
         (Binary::from(&b"ts"[..]).into(), FixInteger::from(-7).into()),
     ])
     .into();
@@ -402,12 +424,25 @@ fn we_read_what_eetf_writes() {
         (Atom::from("op").into(), FixInteger::from(4).into()),
         (Atom::from("d").into(), reference_term(&d)),
         (Atom::from("t").into(), Atom::from("SEND").into()),
-        (Atom::from("ts").into(), BigInteger::from(1_700_000_000_000i64).into()),
-        (Atom::from("extra").into(), Tuple::from(vec![Atom::from("ok").into()]).into()),
+        (
+            Atom::from("ts").into(),
+            BigInteger::from(1_700_000_000_000i64).into(),
+        ),
+        (
+            Atom::from("extra").into(),
+            Tuple::from(vec![Atom::from("ok").into()]).into(),
+        ),
     ])
     .into();
     let mut bytes = Vec::new();
     term.encode(&mut bytes).unwrap();
     let p = decode(&bytes).unwrap();
-    assert_eq!(p, InboundPacket { op: 4, d, t: Some("SEND".into()) });
+    assert_eq!(
+        p,
+        InboundPacket {
+            op: 4,
+            d,
+            t: Some("SEND".into())
+        }
+    );
 }

@@ -1,0 +1,253 @@
+//! The load tester's test harness: start the real `singyeong` server on an
+//! ephemeral port, run the real `singyeong-loadtest` binary against it, and
+//! hand back its exit status and parsed JSON.
+//!
+//! The server binary is the workspace's own, built (a no-op when it is up to
+//! date) into the same target directory and profile as this test's binary,
+//! so the tests never run against a stale server. `SINGYEONG_BIN` overrides.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub use serde_json::Value;
+
+/// How long the server may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn loadtest_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_singyeong-loadtest")
+}
+
+/// `<target>/<profile>`, where cargo put this package's binary.
+fn profile_dir() -> PathBuf {
+    Path::new(loadtest_binary())
+        .parent()
+        .expect("binary has a directory")
+        .to_path_buf()
+}
+
+pub fn server_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("SINGYEONG_BIN") {
+            return PathBuf::from(bin);
+        }
+        let profile_dir = profile_dir();
+        let target_dir = profile_dir.parent().expect("profile dir has a parent");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("loadtest is in the workspace");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "singyeong", "--bin", "singyeong"])
+            .current_dir(workspace)
+            .env("CARGO_TARGET_DIR", target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for the server");
+        assert!(status.success(), "building the singyeong server failed");
+        let bin = profile_dir.join("singyeong");
+        assert!(bin.exists(), "no server binary at {}", bin.display());
+        bin
+    })
+}
+
+/// A running server, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(server_binary())
+            .args(["--bind", "127.0.0.1", "--port", "0", "--log", "warn"])
+            .args(extra)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server printed no listening line within {START_TIMEOUT:?}");
+            }
+        };
+        Server { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/gateway/websocket", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a loadtest run produced.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+impl Run {
+    /// The JSON result; panics (showing stderr) when there is none.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON object ({e}); exit {:?}\nstdout:\n{}\nstderr:\n{}",
+                self.code, self.stdout, self.stderr
+            )
+        })
+    }
+
+    pub fn assert_success(&self) -> Value {
+        assert_eq!(self.code, Some(0), "exit status; stderr:\n{}", self.stderr);
+        self.json()
+    }
+}
+
+/// Runs the load tester with `args` (plus `--quiet`).
+pub fn loadtest(args: &[&str]) -> Run {
+    let started = std::time::Instant::now();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(loadtest_binary())
+        .args(args)
+        .arg("--quiet")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run singyeong-loadtest");
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        took: started.elapsed(),
+    }
+}
+
+/// Checks the result's shape: every section and field a consumer relies on.
+pub fn assert_shape(v: &Value) {
+    let is_num = |v: &Value, path: &str| {
+        let x = v
+            .pointer(path)
+            .unwrap_or_else(|| panic!("missing {path} in {v:#}"));
+        assert!(x.is_number(), "{path} is not a number: {x}");
+    };
+    assert_eq!(v["tool"], "singyeong-loadtest");
+    assert!(v["version"].is_string());
+    assert!(v["scenario"].is_string());
+    assert_eq!(v["params"]["scenario"], v["scenario"]);
+    for p in [
+        "/params/connections",
+        "/params/senders",
+        "/params/window",
+        "/params/duration",
+        "/params/timeout",
+    ] {
+        is_num(v, p);
+    }
+    for p in [
+        "/connect/requested",
+        "/connect/identified",
+        "/connect/failed",
+        "/connect/seconds",
+        "/connect/per_second",
+        "/client/workers",
+        "/client/rss_bytes",
+        "/errors/count",
+        "/errors/disconnects",
+    ] {
+        is_num(v, p);
+    }
+    percentiles(v, "/connect/latency_us");
+    assert!(v["connect"]["errors"].is_array());
+    assert!(v["errors"]["texts"].is_array());
+    if !v["server"].is_null() {
+        for p in [
+            "/server/pid",
+            "/server/rss_before_bytes",
+            "/server/rss_connected_bytes",
+            "/server/rss_end_bytes",
+            "/server/rss_per_connection_bytes",
+            "/server/cpu_connect_seconds",
+        ] {
+            is_num(v, p);
+        }
+    }
+    if !v["traffic"].is_null() {
+        for p in [
+            "/traffic/senders",
+            "/traffic/receivers",
+            "/traffic/seconds",
+            "/traffic/drain_seconds",
+            "/traffic/sent",
+            "/traffic/expected",
+            "/traffic/delivered",
+            "/traffic/lost",
+            "/traffic/misrouted",
+            "/traffic/sent_per_second",
+            "/traffic/delivered_per_second",
+        ] {
+            is_num(v, p);
+        }
+        percentiles(v, "/traffic/latency_us");
+    }
+}
+
+fn percentiles(v: &Value, path: &str) {
+    for k in ["count", "min", "mean", "p50", "p90", "p99", "p999", "max"] {
+        let x = v.pointer(&format!("{path}/{k}"));
+        assert!(
+            x.is_some_and(Value::is_number),
+            "{path}/{k} missing or not a number in {v:#}"
+        );
+    }
+}
+
+pub fn u(v: &Value, path: &str) -> u64 {
+    v.pointer(path)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{path} is not an unsigned integer in {v:#}"))
+}
