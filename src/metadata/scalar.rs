@@ -105,7 +105,7 @@ pub fn index_keys(mv: &MetaValue) -> IndexKeys {
     if mv.ty == MetaType::Version {
         let parsed;
         let version = match (&mv.version, &mv.value) {
-            (Some(v), _) => v,
+            (Some(v), _) => &**v,
             // Hand-built values may lack the parsed form.
             (None, Value::String(s)) => match semver::Version::parse(s) {
                 Ok(v) => {

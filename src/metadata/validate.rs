@@ -129,7 +129,7 @@ fn parse_entry(key: &str, entry: &Value) -> Result<MetaValue, String> {
             return Ok(MetaValue {
                 ty,
                 value: value.clone(),
-                version: Some(version),
+                version: Some(Box::new(version)),
             });
         }
     };

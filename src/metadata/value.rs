@@ -54,7 +54,7 @@ impl MetaType {
 pub struct MetaValue {
     pub ty: MetaType,
     pub value: Value,
-    pub version: Option<semver::Version>,
+    pub version: Option<Box<semver::Version>>,
 }
 
 impl MetaValue {

@@ -99,7 +99,7 @@ impl Path {
             return Some(Resolved {
                 value: &top.value,
                 version_typed,
-                version: top.version.as_ref().filter(|_| version_typed),
+                version: top.version.as_deref().filter(|_| version_typed),
             });
         }
         let mut value = &top.value;
@@ -171,7 +171,7 @@ mod tests {
             MetaValue {
                 ty: MetaType::Version,
                 value: json!("1.2.3"),
-                version: Some(Version::new(1, 2, 3)),
+                version: Some(Box::new(Version::new(1, 2, 3))),
             },
         );
         md

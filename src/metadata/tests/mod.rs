@@ -18,7 +18,11 @@ fn typed(ty: &str, value: Value) -> MetaValue {
         }
         _ => None,
     };
-    MetaValue { ty, value, version }
+    MetaValue {
+        ty,
+        value,
+        version: version.map(Box::new),
+    }
 }
 
 /// Metadata from `(key, type, value)` triples.
@@ -42,6 +46,6 @@ fn helpers_build_what_they_say() {
     let md = meta(&[("v", "version", json!("1.2.3"))]);
     assert_eq!(
         md.get("v").and_then(|v| v.version.clone()),
-        Some(semver::Version::new(1, 2, 3))
+        Some(Box::new(semver::Version::new(1, 2, 3)))
     );
 }

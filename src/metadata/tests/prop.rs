@@ -66,7 +66,7 @@ fn value() -> impl Strategy<Value = MetaValue> {
         1 => prop::sample::select(vec!["1.0.0", "1.0.0+b", "1.0.0-rc.1", "2.0.0"]).prop_map(|s| MetaValue {
             ty: MetaType::Version,
             value: json!(s),
-            version: semver::Version::parse(s).ok(),
+            version: semver::Version::parse(s).ok().map(Box::new),
         }),
         1 => prop::collection::vec(element(), 0..4).prop_map(|l| MetaValue::plain(Value::Array(l))),
         1 => prop::collection::btree_map(prop::sample::select(vec!["x", "1", "1.0.0", "y"]), scalar(), 0..3)

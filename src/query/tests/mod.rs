@@ -30,7 +30,7 @@ fn with_version(mut md: Metadata, key: &str, v: &str) -> Metadata {
         MetaValue {
             ty: MetaType::Version,
             value: json!(v),
-            version: Some(semver::Version::parse(v).expect("test version")),
+            version: Some(Box::new(semver::Version::parse(v).expect("test version"))),
         },
     );
     md

@@ -67,7 +67,7 @@ fn metadata() -> impl Strategy<Value = Metadata> {
                 Some(v) if typed => MetaValue {
                     ty: MetaType::Version,
                     value,
-                    version: Some(v),
+                    version: Some(Box::new(v)),
                 },
                 _ => MetaValue::plain(value),
             };
@@ -321,7 +321,7 @@ proptest! {
             Some(v) if typed => {
                 let key = ScalarKey::of_version(&v);
                 let mut md = Metadata::new();
-                md.insert("k", MetaValue { ty: MetaType::Version, value: a, version: Some(v) });
+                md.insert("k", MetaValue { ty: MetaType::Version, value: a, version: Some(Box::new(v)) });
                 (md, Some(key))
             }
             _ => (super::meta(json!({ "k": a.clone() })), ScalarKey::of_json(&a)),
