@@ -27,7 +27,8 @@ use tungstenite::{Message, Utf8Bytes};
 
 use crate::gateway::session::Session;
 use crate::protocol::errors;
-use crate::shard::{CloseKind, ConnHandle, Shard};
+use crate::shard::conn::CLOSE_CODE;
+use crate::shard::{ConnHandle, Shard};
 
 /// tungstenite's read buffer per connection. Its default (128 KiB) would
 /// dominate the memory of an idle connection; frames larger than this grow
@@ -96,7 +97,7 @@ fn poll_event(
             Ok(_) => continue,
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
-                conn.fail(errors::FRAME_TOO_LARGE, Value::Null, CloseKind::TooBig);
+                conn.fail(errors::FRAME_TOO_LARGE, Value::Null);
                 continue;
             }
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
@@ -108,11 +109,7 @@ fn poll_event(
                 if conn.is_closing() {
                     return Poll::Ready(Event::End);
                 }
-                conn.fail(
-                    &format!("websocket protocol error: {e}"),
-                    Value::Null,
-                    CloseKind::Policy,
-                );
+                conn.fail(&format!("websocket protocol error: {e}"), Value::Null);
                 continue;
             }
         }
@@ -152,12 +149,12 @@ fn write_queued(
         }
         let result = if let Some(frame) = conn.pop() {
             ws.write(io, to_message(frame, conn.encoding.is_binary()))
-        } else if let Some(kind) = conn.closing() {
+        } else if conn.is_closing() {
             *close_sent = true;
             ws.close(
                 io,
                 Some(CloseFrame {
-                    code: CloseCode::from(kind.code()),
+                    code: CloseCode::from(CLOSE_CODE),
                     reason: Utf8Bytes::from_static(""),
                 }),
             )

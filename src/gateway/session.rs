@@ -15,7 +15,7 @@ use crate::metadata::{ClientIdx, MetaValue, Metadata, UpdateError, estimated_siz
 use crate::protocol::{self, Encoding, InboundPacket, errors, op};
 use crate::query::Query;
 use crate::routing::router;
-use crate::shard::{CloseKind, ConnHandle, ConnRef, Dispatch, Shard, now_ms};
+use crate::shard::{ConnHandle, ConnRef, Dispatch, Shard, now_ms};
 
 /// Who the client said it is, once identify succeeded.
 struct Identity {
@@ -62,13 +62,15 @@ impl Session {
             .and_then(|()| protocol::decode(encoding, data));
         let packet = match packet {
             Ok(packet) => packet,
+            // An opcode outside 0..=255 (or not a number) is an unknown op
+            // rather than an undecodable frame.
+            Err(protocol::DecodeError::InvalidOp) if self.identity.is_some() => {
+                self.conn.invalid(errors::INVALID_OP, Value::Null);
+                return;
+            }
             Err(e) => {
                 if self.identity.is_none() {
-                    self.conn.fail(
-                        errors::CANNOT_DECODE,
-                        json!(e.to_string()),
-                        CloseKind::Policy,
-                    );
+                    self.conn.fail(errors::CANNOT_DECODE, json!(e.to_string()));
                 } else {
                     self.conn
                         .invalid(errors::CANNOT_DECODE, json!(e.to_string()));
@@ -79,9 +81,7 @@ impl Session {
         match (packet.op, self.identity.is_some()) {
             (op::IDENTIFY, false) => self.identify(packet.d).await,
             (op::IDENTIFY, true) => self.conn.invalid(errors::ALREADY_IDENTIFIED, Value::Null),
-            (_, false) => self
-                .conn
-                .fail(errors::NOT_IDENTIFIED, Value::Null, CloseKind::Policy),
+            (_, false) => self.conn.fail(errors::NOT_IDENTIFIED, Value::Null),
             (op::HEARTBEAT, true) => self.heartbeat(),
             (op::DISPATCH, true) => self.dispatch(packet).await,
             (_, true) => self.conn.invalid(errors::INVALID_OP, json!(packet.op)),
@@ -101,7 +101,7 @@ impl Session {
                     .announce("CLIENT_CONNECTED", &identity.app_id, &identity.client_id);
                 self.identity = Some(identity);
             }
-            Err((error, extra)) => self.conn.fail(&error, extra, CloseKind::Policy),
+            Err((error, extra)) => self.conn.fail(&error, extra),
         }
     }
 

@@ -52,8 +52,33 @@ async fn broadcast_round(shard: &Shard, query: &Arc<Query>, packet: &Arc<Dispatc
         .sum()
 }
 
-/// QUERY_NODES and the HTTP query API: every matching client's description.
+/// QUERY_NODES and the HTTP query API: every matching client's description
+/// (with a selector: the one client it selects).
 pub async fn nodes(shard: &Shard, query: Arc<Query>) -> Vec<Value> {
+    if query.selector.is_some() {
+        let strict = Arc::new(Query {
+            optional: false,
+            ..(*query).clone()
+        });
+        let Some(target) = pick_one(shard, strict).await else {
+            // `optional` drops the selector with the ops: every client of
+            // the application.
+            return match query.optional {
+                true => nodes_round(shard, &Arc::new(relaxed(&query))).await,
+                false => Vec::new(),
+            };
+        };
+        let reply = shard
+            .ask(target.shard, |reply_to| ShardMsg::Describe {
+                reply_to,
+                client: target,
+            })
+            .await;
+        return match reply {
+            Reply::Nodes(nodes) => nodes,
+            _ => Vec::new(),
+        };
+    }
     let mut found = nodes_round(shard, &query).await;
     if found.is_empty() && query.optional {
         found = nodes_round(shard, &Arc::new(relaxed(&query))).await;

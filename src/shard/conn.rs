@@ -14,36 +14,17 @@ use serde_json::Value;
 use crate::metadata::ClientIdx;
 use crate::protocol::{self, Encoding, op};
 
-/// Close code sent with a close frame after an error or goodbye.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseKind {
-    /// 1000: the packet said why.
-    Normal,
-    /// 1001: the server is going away (goodbye on shutdown).
-    GoingAway,
-    /// 1009: a frame was larger than the limit.
-    TooBig,
-    /// 1008: the client broke a rule of the protocol.
-    Policy,
-}
-
-impl CloseKind {
-    pub fn code(self) -> u16 {
-        match self {
-            CloseKind::Normal => 1000,
-            CloseKind::GoingAway => 1001,
-            CloseKind::TooBig => 1009,
-            CloseKind::Policy => 1008,
-        }
-    }
-}
+/// The close code of every close the server starts: the contract says
+/// 1000 wherever it does not state another, and it states none. The packet
+/// sent before the close says why.
+pub const CLOSE_CODE: u16 = 1000;
 
 struct Outbound {
     frames: VecDeque<Bytes>,
     bytes: usize,
     /// Set once the connection must close after what is queued is written;
     /// nothing more is accepted after that.
-    closing: Option<CloseKind>,
+    closing: bool,
 }
 
 /// A connection as seen from its shard.
@@ -85,7 +66,7 @@ impl ConnHandle {
             out: RefCell::new(Outbound {
                 frames: VecDeque::new(),
                 bytes: 0,
-                closing: None,
+                closing: false,
             }),
             waker: Cell::new(None),
             last_heartbeat: Cell::new(now),
@@ -100,17 +81,13 @@ impl ConnHandle {
     /// an error, so its memory stays bounded and nobody else waits for it.
     pub fn push(&self, frame: Bytes) {
         let mut out = self.out.borrow_mut();
-        if out.closing.is_some() {
+        if out.closing {
             return;
         }
         if out.bytes + frame.len() > self.max_outbound_bytes {
             drop(out);
             tracing::info!(conn = self.id, "closing slow consumer");
-            self.fail(
-                protocol::errors::SLOW_CONSUMER,
-                Value::Null,
-                CloseKind::Policy,
-            );
+            self.fail(protocol::errors::SLOW_CONSUMER, Value::Null);
             return;
         }
         out.bytes += frame.len();
@@ -135,12 +112,25 @@ impl ConnHandle {
 
     /// Sends error (op 8) and closes: anything still queued is dropped so the
     /// error is the last thing the client reads.
-    pub fn fail(&self, error: &str, extra_info: Value, kind: CloseKind) {
-        self.close_with(
+    pub fn fail(&self, error: &str, extra_info: Value) {
+        let packet = protocol::encode(
+            self.encoding,
             op::ERROR,
+            None,
             &protocol::payload::error(error, extra_info),
-            kind,
+            now_ms(),
         );
+        let mut out = self.out.borrow_mut();
+        if out.closing {
+            return;
+        }
+        out.frames.clear();
+        out.bytes = packet.len();
+        out.frames.push_back(packet);
+        out.closing = true;
+        drop(out);
+        self.closing_since.set(Some(Instant::now()));
+        self.wake();
     }
 
     /// Sends goodbye (op 7) and closes after what is already queued.
@@ -153,27 +143,12 @@ impl ConnHandle {
             now_ms(),
         );
         let mut out = self.out.borrow_mut();
-        if out.closing.is_some() {
+        if out.closing {
             return;
         }
         out.bytes += packet.len();
         out.frames.push_back(packet);
-        out.closing = Some(CloseKind::GoingAway);
-        drop(out);
-        self.closing_since.set(Some(Instant::now()));
-        self.wake();
-    }
-
-    fn close_with(&self, op: u8, d: &Value, kind: CloseKind) {
-        let packet = protocol::encode(self.encoding, op, None, d, now_ms());
-        let mut out = self.out.borrow_mut();
-        if out.closing.is_some() {
-            return;
-        }
-        out.frames.clear();
-        out.bytes = packet.len();
-        out.frames.push_back(packet);
-        out.closing = Some(kind);
+        out.closing = true;
         drop(out);
         self.closing_since.set(Some(Instant::now()));
         self.wake();
@@ -188,12 +163,8 @@ impl ConnHandle {
     }
 
     /// Set when the connection must close once its queue is written.
-    pub fn closing(&self) -> Option<CloseKind> {
-        self.out.borrow().closing
-    }
-
     pub fn is_closing(&self) -> bool {
-        self.closing().is_some()
+        self.out.borrow().closing
     }
 
     /// Registers the waker of the connection's task, woken when a frame is

@@ -60,6 +60,11 @@ pub enum ShardMsg {
         reply_to: ReplyTo,
         query: Arc<Query>,
     },
+    /// Reply with the `<client>` object of one client (a selector's pick).
+    Describe {
+        reply_to: ReplyTo,
+        client: ConnRef,
+    },
     /// Claim the name (app, client) for a connection; this shard owns the
     /// name's registry entry. Replies `Claimed`.
     Claim {

@@ -24,7 +24,7 @@ use crate::metadata::{ClientIdx, ClientStore};
 use crate::protocol::{self, Encoding, op};
 use crate::query::Query;
 use crate::routing::local_pick;
-pub use conn::{CloseKind, ConnHandle, now_ms};
+pub use conn::{ConnHandle, now_ms};
 pub use mesh::Mesh;
 pub use message::{ConnRef, Dispatch, Reply, ReplyTo, ShardMsg};
 
@@ -92,33 +92,48 @@ impl Shard {
     }
 
     /// Asks every shard the question `make` builds and waits for all answers,
-    /// returned indexed by shard. This shard answers directly, without a
-    /// trip through its own inbox.
+    /// returned indexed by shard.
     pub async fn scatter(&self, make: impl Fn(ReplyTo) -> ShardMsg) -> Vec<Reply> {
-        let n = self.shards();
+        let mut replies = self.ask_shards(0..self.shards(), make).await;
+        replies.sort_by_key(|(shard, _)| *shard);
+        replies.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Asks one shard (which may be this one) and waits for its answer.
+    pub async fn ask(&self, to: usize, make: impl Fn(ReplyTo) -> ShardMsg) -> Reply {
+        let mut replies = self.ask_shards(to..to + 1, make).await;
+        replies.pop().expect("one shard asked, one answer").1
+    }
+
+    /// Sends the request to each of `shards` and gathers `(shard, reply)`.
+    /// This shard answers directly, without a trip through its own inbox.
+    async fn ask_shards(
+        &self,
+        shards: std::ops::Range<usize>,
+        make: impl Fn(ReplyTo) -> ShardMsg,
+    ) -> Vec<(usize, Reply)> {
         let req = self.next_req.get();
         self.next_req.set(req + 1);
+        let reply_to = ReplyTo {
+            shard: self.id,
+            req,
+        };
+        let remote = shards.len() - usize::from(shards.contains(&self.id));
         let gather = Rc::new(Gather {
-            expected: n - 1,
-            replies: RefCell::new(Vec::with_capacity(n)),
+            expected: remote,
+            replies: RefCell::new(Vec::with_capacity(shards.len())),
             waker: Cell::new(None),
         });
-        if n > 1 {
+        if remote > 0 {
             self.pending.borrow_mut().insert(req, gather.clone());
-            let reply_to = ReplyTo {
-                shard: self.id,
-                req,
-            };
-            for shard in (0..n).filter(|&s| s != self.id) {
+            for shard in shards.clone().filter(|&s| s != self.id) {
                 self.mesh.send(shard, make(reply_to));
             }
         }
-        let local = self
-            .answer(make(ReplyTo {
-                shard: self.id,
-                req,
-            }))
-            .expect("every request has an answer");
+        let local = shards.contains(&self.id).then(|| {
+            self.answer(make(reply_to))
+                .expect("every request has an answer")
+        });
         // Removes the pending entry even if the waiting task is dropped.
         let _guard = PendingGuard { shard: self, req };
         poll_fn(|cx| {
@@ -131,9 +146,8 @@ impl Shard {
         })
         .await;
         let mut replies = std::mem::take(&mut *gather.replies.borrow_mut());
-        replies.push((self.id, local));
-        replies.sort_by_key(|(shard, _)| *shard);
-        replies.into_iter().map(|(_, r)| r).collect()
+        replies.extend(local.map(|r| (self.id, r)));
+        replies
     }
 
     /// Handles one message from the mesh.
@@ -166,6 +180,7 @@ impl Shard {
                     ShardMsg::Pick { reply_to, .. }
                     | ShardMsg::Broadcast { reply_to, .. }
                     | ShardMsg::Nodes { reply_to, .. }
+                    | ShardMsg::Describe { reply_to, .. }
                     | ShardMsg::Claim { reply_to, .. } => *reply_to,
                     _ => unreachable!("only requests reach here"),
                 };
@@ -211,6 +226,9 @@ impl Shard {
                 Reply::Delivered(self.broadcast_local(&query, &packet))
             }
             ShardMsg::Nodes { query, .. } => Reply::Nodes(self.nodes_local(&query)),
+            ShardMsg::Describe { client, .. } => {
+                Reply::Nodes(self.describe(client).into_iter().collect())
+            }
             ShardMsg::Claim {
                 app, client, owner, ..
             } => {
@@ -271,7 +289,6 @@ impl Shard {
 
     fn nodes_local(&self, query: &Query) -> Vec<Value> {
         let store = self.store.borrow();
-        let clients = self.clients.borrow();
         let plan = query.index_plan();
         store
             .candidates(
@@ -280,20 +297,36 @@ impl Shard {
                 plan.as_ref(),
             )
             .iter()
-            .filter_map(|idx| Some((store.get(idx)?, clients.get(&idx)?)))
-            .filter(|(e, _)| query.matches(&e.metadata))
-            .map(|(e, conn)| {
-                json!({
-                    "app_id": &*e.app_id,
-                    "client_id": &*e.client_id,
-                    "metadata": e.metadata.to_plain_json(),
-                    "socket_ip": conn.peer.to_string(),
-                    "queues": [],
-                    "node": &self.config.node_name,
-                    "shard": self.id,
-                })
-            })
+            .filter(|&idx| store.get(idx).is_some_and(|e| query.matches(&e.metadata)))
+            .filter_map(|idx| self.describe_slot(&store, idx))
             .collect()
+    }
+
+    /// The `<client>` object of one local client, if it is still the
+    /// connection meant.
+    fn describe(&self, target: ConnRef) -> Option<Value> {
+        let live = self
+            .clients
+            .borrow()
+            .get(&target.client)
+            .is_some_and(|c| c.id == target.conn);
+        live.then(|| self.describe_slot(&self.store.borrow(), target.client))
+            .flatten()
+    }
+
+    fn describe_slot(&self, store: &ClientStore, idx: ClientIdx) -> Option<Value> {
+        let entry = store.get(idx)?;
+        let clients = self.clients.borrow();
+        let conn = clients.get(&idx)?;
+        Some(json!({
+            "app_id": &*entry.app_id,
+            "client_id": &*entry.client_id,
+            "metadata": entry.metadata.to_plain_json(),
+            "socket_ip": conn.peer.to_string(),
+            "queues": [],
+            "node": &self.config.node_name,
+            "shard": self.id,
+        }))
     }
 
     fn notify_subscribers(&self, packet: &Dispatch) {
@@ -333,45 +366,15 @@ impl Shard {
     /// Claims (app, client) for `owner`; false if another connection has it.
     pub async fn claim_name(&self, app: &str, client: &str, owner: ConnRef) -> bool {
         let to = self.name_owner(app, client);
-        let msg = |reply_to| ShardMsg::Claim {
-            reply_to,
-            app: app.into(),
-            client: client.into(),
-            owner,
-        };
-        if to == self.id {
-            return matches!(
-                self.answer(msg(ReplyTo { shard: to, req: 0 })),
-                Some(Reply::Claimed(true))
-            );
-        }
-        let req = self.next_req.get();
-        self.next_req.set(req + 1);
-        let gather = Rc::new(Gather {
-            expected: 1,
-            replies: RefCell::default(),
-            waker: Cell::new(None),
-        });
-        self.pending.borrow_mut().insert(req, gather.clone());
-        let _guard = PendingGuard { shard: self, req };
-        self.mesh.send(
-            to,
-            msg(ReplyTo {
-                shard: self.id,
-                req,
-            }),
-        );
-        poll_fn(|cx| {
-            if gather.replies.borrow().is_empty() {
-                gather.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await;
-        let replies = gather.replies.borrow();
-        matches!(replies.first(), Some((_, Reply::Claimed(true))))
+        let reply = self
+            .ask(to, |reply_to| ShardMsg::Claim {
+                reply_to,
+                app: app.into(),
+                client: client.into(),
+                owner,
+            })
+            .await;
+        matches!(reply, Reply::Claimed(true))
     }
 
     pub fn release_name(&self, app: &str, client: &str, owner: ConnRef) {
@@ -428,11 +431,7 @@ impl Shard {
                 continue;
             }
             if !conn.is_closing() && now.duration_since(conn.last_heartbeat()) > timeout {
-                conn.fail(
-                    protocol::errors::HEARTBEAT_TOO_LONG,
-                    Value::Null,
-                    CloseKind::Policy,
-                );
+                conn.fail(protocol::errors::HEARTBEAT_TOO_LONG, Value::Null);
             }
         }
     }
