@@ -9,6 +9,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
+/// The most payload bytes one sender may have outstanding (window × payload).
+pub const MAX_OUTSTANDING_BYTES: u64 = 256 << 20;
+
 /// What a run does once its connections are identified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,6 +155,15 @@ pub enum ArgsError {
     Url { url: String, reason: String },
     #[error("--scenario {0} needs at least one sender (--senders)")]
     NoSenders(&'static str),
+    #[error(
+        "--window {window} x --payload-bytes {payload} could buffer {total} bytes per sender; \
+         keep the product at most {MAX_OUTSTANDING_BYTES}"
+    )]
+    Outstanding {
+        window: u32,
+        payload: u32,
+        total: u64,
+    },
     #[error("--source-base {base} + {count} addresses leaves the IPv4 range")]
     SourceRange { base: Ipv4Addr, count: u32 },
 }
@@ -161,6 +173,14 @@ impl Args {
     pub fn validate(&self) -> Result<Gateway, ArgsError> {
         if self.scenario.has_traffic() && self.senders == 0 {
             return Err(ArgsError::NoSenders(self.scenario.name()));
+        }
+        let total = u64::from(self.window) * u64::from(self.payload_bytes);
+        if total > MAX_OUTSTANDING_BYTES {
+            return Err(ArgsError::Outstanding {
+                window: self.window,
+                payload: self.payload_bytes,
+                total,
+            });
         }
         if u32::from(self.source_base)
             .checked_add(self.source_addrs - 1)

@@ -208,6 +208,17 @@ fn bad_arguments_are_refused_clearly() {
             "whitespace",
         ),
         (&["--scenario", "connect", "--bogus"], "--bogus"),
+        (
+            &[
+                "--scenario",
+                "targeted",
+                "--window",
+                "100000",
+                "--payload-bytes",
+                "1000000",
+            ],
+            "--window",
+        ),
     ];
     for (args, expect) in cases {
         let run = loadtest(args);

@@ -44,26 +44,64 @@ enum Event {
 }
 
 /// Runs a websocket connection from the end of its upgrade to its close.
-pub async fn run(shard: Rc<Shard>, mut stream: TcpStream, leftover: Vec<u8>, session: Session) {
-    let conn = session.conn().clone();
+///
+/// Not an `async fn`: its arguments go straight into [`Connection`] instead
+/// of being kept in the future beside it, which matters because this future
+/// is what an idle connection costs.
+pub fn run(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    session: Session,
+) -> impl Future<Output = ()> {
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(Some(shard.config.max_frame_size))
         .max_frame_size(Some(shard.config.max_frame_size));
-    let mut ws = WebSocketContext::from_partially_read(leftover, Role::Server, Some(config));
-    let mut session = session;
-    session.hello();
-    let mut close_sent = false;
-    loop {
-        let event =
-            poll_fn(|cx| poll_event(&mut ws, &mut stream, &conn, &mut close_sent, cx)).await;
-        match event {
-            Event::Message(data, is_text) => session.handle_frame(&data, is_text).await,
-            Event::End => break,
-        }
+    Connection {
+        ws: WebSocketContext::from_partially_read(leftover, Role::Server, Some(config)),
+        stream,
+        session,
+        close_sent: false,
     }
-    session.end();
+    .serve()
+}
+
+struct Connection {
+    ws: WebSocketContext,
+    stream: TcpStream,
+    session: Session,
+    close_sent: bool,
+}
+
+impl Connection {
+    async fn serve(mut self) {
+        let conn = self.session.conn().clone();
+        self.session.hello();
+        loop {
+            let event = poll_fn(|cx| {
+                poll_event(
+                    &mut self.ws,
+                    &mut self.stream,
+                    &conn,
+                    &mut self.close_sent,
+                    cx,
+                )
+            })
+            .await;
+            match event {
+                // Boxed: handling a packet may await other shards, and that
+                // future's size would otherwise be paid by every idle
+                // connection rather than once per packet in flight.
+                Event::Message(data, is_text) => {
+                    Box::pin(self.session.handle_frame(&data, is_text)).await
+                }
+                Event::End => break,
+            }
+        }
+        self.session.end();
+    }
 }
 
 /// Writes what is queued, then reads; returns the first thing the task must

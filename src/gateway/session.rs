@@ -79,7 +79,9 @@ impl Session {
             }
         };
         match (packet.op, self.identity.is_some()) {
-            (op::IDENTIFY, false) => self.identify(packet.d).await,
+            // Rare and large futures are boxed so they do not set the size of
+            // every idle connection's task.
+            (op::IDENTIFY, false) => Box::pin(self.identify(packet.d)).await,
             (op::IDENTIFY, true) => self.conn.invalid(errors::ALREADY_IDENTIFIED, Value::Null),
             (_, false) => self.conn.fail(errors::NOT_IDENTIFIED, Value::Null),
             (op::HEARTBEAT, true) => self.heartbeat(),
@@ -233,7 +235,7 @@ impl Session {
         match t {
             "UPDATE_METADATA" => self.update_metadata(identity, &packet.d),
             "SEND" | "BROADCAST" => self.route(&packet).await,
-            "QUERY_NODES" => self.query_nodes(&packet.d).await,
+            "QUERY_NODES" => Box::pin(self.query_nodes(&packet.d)).await,
             "QUEUE" | "QUEUE_REQUEST" | "QUEUE_REQUEST_CANCEL" | "QUEUE_ACK" => self.conn.invalid(
                 errors::INVALID_DISPATCH_PAYLOAD,
                 json!("queues are not available on this server yet"),

@@ -27,7 +27,15 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(HTTP_IDLE));
     let mut buf = Vec::new();
     loop {
-        let req = match read_request(&mut stream, &mut buf, shard.config.max_http_body).await {
+        // Boxed, like the API handler below: the task of a websocket
+        // connection lives on after the HTTP phase, and an unboxed HTTP
+        // future would make every idle connection carry its size.
+        let read = Box::pin(read_request(
+            &mut stream,
+            &mut buf,
+            shard.config.max_http_body,
+        ));
+        let req = match read.await {
             Ok(req) => req,
             Err(ReadError::Closed | ReadError::Io(_)) => return,
             Err(e) => {
@@ -49,7 +57,11 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                     }
                     let _ = stream.set_read_timeout(None);
                     let session = Session::new(shard.clone(), encoding, peer);
-                    gateway::run(shard, stream, std::mem::take(&mut buf), session).await;
+                    // The connection continues as a task of its own, so its
+                    // long idle life carries only websocket state, not this
+                    // HTTP future's.
+                    let ws = gateway::run(shard, stream, std::mem::take(&mut buf), session);
+                    glommio::spawn_local(ws).detach();
                 }
                 Err(response) => {
                     let _ = stream.write_all(&response.to_bytes(false)).await;
@@ -57,7 +69,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             }
             return;
         }
-        let response = api::handle(&shard, &req).await;
+        let response = Box::pin(api::handle(&shard, &req)).await;
         let keep_alive = req.keep_alive && !shard.is_shutting_down();
         if stream
             .write_all(&response.to_bytes(keep_alive))
