@@ -17,11 +17,13 @@
 //! - [`gateway`]: one websocket connection: framing, then its session.
 //! - [`routing::router`]: SEND / BROADCAST / QUERY_NODES across shards.
 //! - [`config`]: flags, environment, file, defaults.
+//! - [`metrics`]: per-shard counters and their Prometheus rendering.
 
 pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod metadata;
+pub mod metrics;
 pub mod protocol;
 pub mod query;
 pub mod routing;

@@ -78,6 +78,7 @@ impl Session {
                 return;
             }
         };
+        self.shard.metrics.packet_in(packet.op);
         match (packet.op, self.identity.is_some()) {
             // Rare and large futures are boxed so they do not set the size of
             // every idle connection's task.
@@ -298,18 +299,24 @@ impl Session {
         };
         let droppable = query.droppable;
         let query = Arc::new(query);
+        let started = Instant::now();
+        let metrics = &self.shard.metrics;
         let delivered = if t == "SEND" {
             let dispatch = Arc::new(Dispatch {
                 t: "SEND",
                 d: payload,
             });
-            router::send(&self.shard, query, dispatch).await
+            let delivered = router::send(&self.shard, query, dispatch).await;
+            metrics.routed_send(delivered, started.elapsed());
+            delivered
         } else {
             let dispatch = Arc::new(Dispatch {
                 t: "BROADCAST",
                 d: payload,
             });
-            router::broadcast(&self.shard, query, dispatch).await > 0
+            let reached = router::broadcast(&self.shard, query, dispatch).await;
+            metrics.routed_broadcast(reached, started.elapsed());
+            reached > 0
         };
         if !delivered && !droppable {
             self.conn.invalid(

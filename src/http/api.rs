@@ -10,7 +10,7 @@ use crate::http::request::Request;
 use crate::http::response::Response;
 use crate::query::Query;
 use crate::routing::router;
-use crate::shard::Shard;
+use crate::shard::{Reply, Shard, ShardMsg};
 
 pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
@@ -29,9 +29,13 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Response {
                 &json!({"errors": ["proxying is not available on this server yet"]}),
             ),
         },
+        ("GET", "/metrics") => match authorize(shard, req) {
+            Err(denied) => denied,
+            Ok(()) => metrics(shard).await,
+        },
         ("GET" | "HEAD", "/") => Response::json(302, &json!({"location": "/gateway/websocket"}))
             .with_header("location", "/gateway/websocket"),
-        (_, "/api/version" | "/") => method_not_allowed("GET"),
+        (_, "/api/version" | "/" | "/metrics") => method_not_allowed("GET"),
         (_, "/api/v1/query" | "/api/v1/proxy") => method_not_allowed("POST"),
         _ => not_found(),
     }
@@ -60,6 +64,27 @@ fn authorize(shard: &Shard, req: &Request) -> Result<(), Response> {
             401,
             &json!({"status": "error", "error": "not authorized"}),
         ))
+    }
+}
+
+/// `GET /metrics`: every shard's counters, gathered now.
+async fn metrics(shard: &Rc<Shard>) -> Response {
+    let snapshots: Vec<_> = shard
+        .scatter(|reply_to| ShardMsg::Metrics { reply_to })
+        .await
+        .into_iter()
+        .filter_map(|r| match r {
+            Reply::Metrics(snapshot) => Some(*snapshot),
+            _ => None,
+        })
+        .collect();
+    Response {
+        status: 200,
+        headers: vec![(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8".into(),
+        )],
+        body: crate::metrics::render(&snapshots).into_bytes(),
     }
 }
 

@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::metadata::ClientIdx;
+use crate::metrics::ShardMetrics;
 use crate::protocol::{self, Encoding, op};
 
 /// The close code of every close the server starts: the contract says
@@ -36,6 +38,7 @@ pub struct ConnHandle {
     pub encoding: Encoding,
     /// The socket's peer address (`socket_ip` of the client object).
     pub peer: IpAddr,
+    metrics: Rc<ShardMetrics>,
     max_outbound_bytes: usize,
     out: RefCell<Outbound>,
     waker: Cell<Option<Waker>>,
@@ -55,6 +58,7 @@ impl ConnHandle {
         id: u64,
         encoding: Encoding,
         peer: IpAddr,
+        metrics: Rc<ShardMetrics>,
         max_outbound_bytes: usize,
         now: Instant,
     ) -> ConnHandle {
@@ -62,6 +66,7 @@ impl ConnHandle {
             id,
             encoding,
             peer,
+            metrics,
             max_outbound_bytes,
             out: RefCell::new(Outbound {
                 frames: VecDeque::new(),
@@ -79,17 +84,21 @@ impl ConnHandle {
     /// Queues one encoded frame. A connection whose queue would pass its
     /// bound is a slow consumer: its queue is dropped and it is closed with
     /// an error, so its memory stays bounded and nobody else waits for it.
-    pub fn push(&self, frame: Bytes) {
+    pub fn push(&self, op: u8, frame: Bytes) {
         let mut out = self.out.borrow_mut();
         if out.closing {
+            self.metrics.outbound_dropped(1);
             return;
         }
         if out.bytes + frame.len() > self.max_outbound_bytes {
             drop(out);
             tracing::info!(conn = self.id, "closing slow consumer");
+            self.metrics.slow_consumer();
+            self.metrics.outbound_dropped(1);
             self.fail(protocol::errors::SLOW_CONSUMER, Value::Null);
             return;
         }
+        self.metrics.packet_out(op);
         out.bytes += frame.len();
         out.frames.push_back(frame);
         drop(out);
@@ -98,7 +107,7 @@ impl ConnHandle {
 
     /// Encodes and queues one packet.
     pub fn send_packet(&self, op: u8, t: Option<&str>, d: &Value) {
-        self.push(protocol::encode(self.encoding, op, t, d, now_ms()));
+        self.push(op, protocol::encode(self.encoding, op, t, d, now_ms()));
     }
 
     /// Sends invalid (op 3); the connection stays open.
@@ -124,6 +133,8 @@ impl ConnHandle {
         if out.closing {
             return;
         }
+        self.metrics.outbound_dropped(out.frames.len() as u64);
+        self.metrics.packet_out(op::ERROR);
         out.frames.clear();
         out.bytes = packet.len();
         out.frames.push_back(packet);
@@ -146,6 +157,7 @@ impl ConnHandle {
         if out.closing {
             return;
         }
+        self.metrics.packet_out(op::GOODBYE);
         out.bytes += packet.len();
         out.frames.push_back(packet);
         out.closing = true;

@@ -50,6 +50,11 @@ impl<M> Mesh<M> {
         self.inboxes.len()
     }
 
+    /// Messages waiting in shard `shard`'s inbox.
+    pub fn depth(&self, shard: usize) -> usize {
+        self.inboxes[shard].queue.len()
+    }
+
     /// Queues `msg` for shard `to` and wakes it if it is waiting.
     pub fn send(&self, to: usize, msg: M) {
         let inbox = &self.inboxes[to];

@@ -88,6 +88,8 @@ pub enum ShardMsg {
         from: usize,
         reply: Reply,
     },
+    /// Reply with this shard's metrics snapshot.
+    Metrics { reply_to: ReplyTo },
     /// Say goodbye to every client and stop.
     Shutdown,
 }
@@ -99,4 +101,5 @@ pub enum Reply {
     Delivered(u64),
     Nodes(Vec<Value>),
     Claimed(bool),
+    Metrics(Box<crate::metrics::Snapshot>),
 }

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::metadata::{ClientIdx, ClientStore};
+use crate::metrics::{Gauges, ShardMetrics};
 use crate::protocol::{self, Encoding, op};
 use crate::query::Query;
 use crate::routing::local_pick;
@@ -47,6 +48,7 @@ pub struct Shard {
     next_conn: Cell<u64>,
     pub rng: RefCell<fastrand::Rng>,
     shutting_down: Cell<bool>,
+    pub metrics: Rc<ShardMetrics>,
 }
 
 /// (application id, client id): unique among connected clients.
@@ -75,6 +77,7 @@ impl Shard {
             next_conn: Cell::new(0),
             rng: RefCell::new(fastrand::Rng::new()),
             shutting_down: Cell::new(false),
+            metrics: Rc::default(),
         }
     }
 
@@ -181,6 +184,7 @@ impl Shard {
                     | ShardMsg::Broadcast { reply_to, .. }
                     | ShardMsg::Nodes { reply_to, .. }
                     | ShardMsg::Describe { reply_to, .. }
+                    | ShardMsg::Metrics { reply_to }
                     | ShardMsg::Claim { reply_to, .. } => *reply_to,
                     _ => unreachable!("only requests reach here"),
                 };
@@ -226,6 +230,14 @@ impl Shard {
                 Reply::Delivered(self.broadcast_local(&query, &packet))
             }
             ShardMsg::Nodes { query, .. } => Reply::Nodes(self.nodes_local(&query)),
+            ShardMsg::Metrics { .. } => Reply::Metrics(Box::new(self.metrics.snapshot(
+                self.id,
+                Gauges {
+                    connections: self.conns.borrow().len() as u64,
+                    clients: self.clients.borrow().len() as u64,
+                    mesh_depth: self.mesh.depth(self.id) as u64,
+                },
+            ))),
             ShardMsg::Describe { client, .. } => {
                 Reply::Nodes(self.describe(client).into_iter().collect())
             }
@@ -249,7 +261,7 @@ impl Shard {
         let clients = self.clients.borrow();
         match clients.get(&target.client) {
             Some(conn) if conn.id == target.conn => {
-                conn.push(encode_dispatch(conn.encoding, packet));
+                conn.push(op::DISPATCH, encode_dispatch(conn.encoding, packet));
                 true
             }
             _ => false,
@@ -280,7 +292,7 @@ impl Shard {
                 continue;
             }
             if let Some(conn) = clients.get(&idx) {
-                conn.push(frames.get(conn.encoding));
+                conn.push(op::DISPATCH, frames.get(conn.encoding));
                 count += 1;
             }
         }
@@ -334,7 +346,7 @@ impl Shard {
         let mut frames = EncodedOnce::new(packet);
         for idx in self.subscribers.borrow().iter() {
             if let Some(conn) = clients.get(idx) {
-                conn.push(frames.get(conn.encoding));
+                conn.push(op::DISPATCH, frames.get(conn.encoding));
             }
         }
     }
@@ -396,6 +408,7 @@ impl Shard {
             id,
             encoding,
             peer,
+            self.metrics.clone(),
             self.config.max_outbound_bytes,
             std::time::Instant::now(),
         ));
