@@ -10,6 +10,7 @@
 //! per connection both reads and writes; nothing is cancelled and no read is
 //! pending in the kernel with a buffer attached while the client is idle.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
@@ -63,7 +64,7 @@ pub fn run(
         ws: WebSocketContext::from_partially_read(leftover, Role::Server, Some(config)),
         stream,
         session,
-        close_sent: false,
+        out: Outgoing::default(),
     }
     .serve()
 }
@@ -72,6 +73,15 @@ struct Connection {
     ws: WebSocketContext,
     stream: TcpStream,
     session: Session,
+    out: Outgoing,
+}
+
+/// Write-side state that must survive a full socket.
+#[derive(Default)]
+struct Outgoing {
+    /// The unwritten end of the last batch, when the socket took only part
+    /// of it. Only a backlogged connection holds anything here.
+    pending: Option<Bytes>,
     close_sent: bool,
 }
 
@@ -80,16 +90,9 @@ impl Connection {
         let conn = self.session.conn().clone();
         self.session.hello();
         loop {
-            let event = poll_fn(|cx| {
-                poll_event(
-                    &mut self.ws,
-                    &mut self.stream,
-                    &conn,
-                    &mut self.close_sent,
-                    cx,
-                )
-            })
-            .await;
+            let event =
+                poll_fn(|cx| poll_event(&mut self.ws, &mut self.stream, &conn, &mut self.out, cx))
+                    .await;
             match event {
                 // Boxed: handling a packet may await other shards, and that
                 // future's size would otherwise be paid by every idle
@@ -110,19 +113,29 @@ fn poll_event(
     ws: &mut WebSocketContext,
     stream: &mut TcpStream,
     conn: &ConnHandle,
-    close_sent: &mut bool,
+    out: &mut Outgoing,
     cx: &mut Context<'_>,
 ) -> Poll<Event> {
     if conn.is_aborted() {
         return Poll::Ready(Event::End);
     }
-    let mut io = Io { stream, cx };
+    let mut io = Io {
+        stream,
+        cx,
+        hold_writes: false,
+    };
     loop {
-        match write_queued(ws, &mut io, conn, close_sent) {
+        match write_queued(ws, &mut io, conn, out) {
             Flushed::Blocked | Flushed::Idle => {}
             Flushed::Done => return Poll::Ready(Event::End),
         }
-        match ws.read(&mut io) {
+        // tungstenite answers pings and closes from inside `read`; while
+        // part of our batch is unwritten those replies must wait in its
+        // buffer, or they would land in the middle of our frame.
+        io.hold_writes = out.pending.is_some();
+        let read = ws.read(&mut io);
+        io.hold_writes = false;
+        match read {
             Ok(Message::Text(text)) if !conn.is_closing() => {
                 return Poll::Ready(Event::Message(Bytes::from(text), true));
             }
@@ -165,16 +178,45 @@ enum Flushed {
     Done,
 }
 
-/// Moves queued frames through tungstenite onto the socket. At most one
-/// frame sits in tungstenite's own buffer at a time, so the bound on the
-/// connection's queue is the bound on its memory.
+/// Largest batch of queued frames coalesced into one write.
+const BATCH: usize = 64 * 1024;
+
+thread_local! {
+    /// The shard's buffer for coalescing frames (one per executor thread,
+    /// so an idle connection carries no write buffer at all).
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(BATCH));
+}
+
+/// Writes queued frames to the socket. Data frames are framed here rather
+/// than by tungstenite: the payload is already encoded (and, for text, known
+/// to be UTF-8, so it is not validated again per recipient), and every frame
+/// queued for the connection goes out in one write instead of one each.
+/// tungstenite still writes what it owns (pongs, the close frame), always
+/// flushed before our next batch so frames never interleave.
 fn write_queued(
     ws: &mut WebSocketContext,
     io: &mut Io<'_, '_, '_>,
     conn: &ConnHandle,
-    close_sent: &mut bool,
+    out: &mut Outgoing,
 ) -> Flushed {
     loop {
+        // Our unfinished batch first: nothing may be written in the middle
+        // of a frame.
+        if let Some(mut tail) = out.pending.take() {
+            match io.write(&tail) {
+                Ok(n) if n == tail.len() => continue,
+                Ok(n) => {
+                    let _ = tail.split_to(n);
+                    out.pending = Some(tail);
+                    return Flushed::Blocked;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    out.pending = Some(tail);
+                    return Flushed::Blocked;
+                }
+                Err(_) => return Flushed::Done,
+            }
+        }
         match ws.flush(io) {
             Ok(()) => {}
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -182,52 +224,83 @@ fn write_queued(
             }
             Err(_) => return Flushed::Done,
         }
-        if *close_sent {
+        if out.close_sent {
             return Flushed::Done;
         }
-        let result = if let Some(frame) = conn.pop() {
-            ws.write(io, to_message(frame, conn.encoding.is_binary()))
-        } else if conn.is_closing() {
-            *close_sent = true;
-            ws.close(
-                io,
-                Some(CloseFrame {
-                    code: CloseCode::from(CLOSE_CODE),
-                    reason: Utf8Bytes::from_static(""),
-                }),
-            )
-        } else {
-            return Flushed::Idle;
-        };
-        match result {
-            Ok(()) => {}
-            // The frame is in tungstenite's buffer; the flush above
-            // continues it once the socket drains.
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Flushed::Blocked;
+        let Some(first) = conn.pop() else {
+            if !conn.is_closing() {
+                return Flushed::Idle;
             }
+            out.close_sent = true;
+            let close = CloseFrame {
+                code: CloseCode::from(CLOSE_CODE),
+                reason: Utf8Bytes::from_static(""),
+            };
+            match ws.close(io, Some(close)) {
+                // Written or buffered in tungstenite: the flush above
+                // finishes it.
+                Ok(()) => continue,
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Flushed::Done,
+            }
+        };
+        let binary = conn.encoding.is_binary();
+        let written = SCRATCH.with_borrow_mut(|batch| {
+            batch.clear();
+            push_frame(batch, binary, &first);
+            while batch.len() < BATCH {
+                let Some(frame) = conn.pop() else { break };
+                push_frame(batch, binary, &frame);
+            }
+            let result = match io.write(batch) {
+                Ok(n) if n < batch.len() => {
+                    out.pending = Some(Bytes::copy_from_slice(&batch[n..]));
+                    Ok(false)
+                }
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    out.pending = Some(Bytes::copy_from_slice(batch));
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            };
+            // A huge frame grew the shared buffer: give that memory back.
+            if batch.capacity() > 4 * BATCH {
+                *batch = Vec::with_capacity(BATCH);
+            }
+            result
+        });
+        match written {
+            Ok(true) => continue,
+            Ok(false) => return Flushed::Blocked,
             Err(_) => return Flushed::Done,
         }
     }
 }
 
-fn to_message(frame: Bytes, binary: bool) -> Message {
-    if binary {
-        return Message::Binary(frame);
+/// Appends one unmasked, unfragmented server frame (RFC 6455 §5.2).
+fn push_frame(out: &mut Vec<u8>, binary: bool, payload: &[u8]) {
+    let opcode = if binary { 0x2 } else { 0x1 };
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
     }
-    // Cloning `Bytes` only bumps a reference count.
-    match Utf8Bytes::try_from(frame.clone()) {
-        Ok(text) => Message::Text(text),
-        // Encoders only produce UTF-8 for text connections; should that
-        // ever break, a binary frame beats dropping the packet.
-        Err(_) => Message::Binary(frame),
-    }
+    out.extend_from_slice(payload);
 }
 
 /// The socket as a blocking-looking `std::io` stream for one poll.
 struct Io<'s, 'c, 'w> {
     stream: &'s mut TcpStream,
     cx: &'c mut Context<'w>,
+    /// Refuse writes (as if the socket were full) without touching it.
+    hold_writes: bool,
 }
 
 impl Read for Io<'_, '_, '_> {
@@ -241,6 +314,9 @@ impl Read for Io<'_, '_, '_> {
 
 impl Write for Io<'_, '_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.hold_writes {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         match Pin::new(&mut *self.stream).poll_write(self.cx, buf) {
             Poll::Ready(result) => result,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
@@ -251,6 +327,36 @@ impl Write for Io<'_, '_, '_> {
         match Pin::new(&mut *self.stream).poll_flush(self.cx) {
             Poll::Ready(result) => result,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_frame;
+    use tungstenite::protocol::frame::FrameHeader;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    #[test]
+    fn frames_parse_back_with_every_length_form() {
+        for (len, binary) in [
+            (0, false),
+            (125, true),
+            (126, false),
+            (65_535, true),
+            (65_536, false),
+        ] {
+            let payload = vec![b'x'; len];
+            let mut out = Vec::new();
+            push_frame(&mut out, binary, &payload);
+            let mut cursor = std::io::Cursor::new(&out[..]);
+            let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final);
+            assert_eq!(header.mask, None);
+            let expected = if binary { Data::Binary } else { Data::Text };
+            assert_eq!(header.opcode, OpCode::Data(expected));
+            assert_eq!(length, len as u64);
+            assert_eq!(out.len() - cursor.position() as usize, len);
         }
     }
 }
