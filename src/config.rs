@@ -19,6 +19,19 @@ pub enum UpdateMode {
     Replace,
 }
 
+/// When the queue log is synced before a QUEUE is confirmed (see
+/// `queue::wal` for the risk of each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// One fdatasync covers every confirm waiting for it (group commit).
+    Group,
+    /// One fdatasync per enqueue (group commit off).
+    Each,
+    /// Never fdatasync: confirmed once written; a power cut may lose them.
+    None,
+}
+
 /// The settings the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -35,6 +48,32 @@ pub struct Config {
     pub log: String,
     /// This node's name, shown as `node` in client objects.
     pub node_name: String,
+    /// Longest wait for an upstream connection (TCP and TLS) when proxying.
+    pub proxy_connect_timeout: Duration,
+    /// Longest a proxied request may take, connection to last body byte.
+    pub proxy_timeout: Duration,
+    /// Largest upstream response body relayed, in bytes.
+    pub proxy_max_body: usize,
+    /// Idle upstream connections kept per upstream and shard.
+    pub proxy_pool_size: usize,
+    /// Extra trust anchors (PEM) for https upstreams, besides the Mozilla roots.
+    pub proxy_ca_file: Option<PathBuf>,
+    // Queues (src/queue).
+    /// Where the queue log lives (created on first durable QUEUE).
+    pub data_dir: PathBuf,
+    /// Queues are logged and confirmed only once on stable storage.
+    pub durable: bool,
+    pub fsync: FsyncPolicy,
+    /// A delivered message not acked within this is redelivered.
+    pub ack_timeout: Duration,
+    /// How long a message matching no connected client stays dead-lettered.
+    pub dlq_time: Duration,
+    /// Messages one queue may hold (pending, in flight, dead-lettered).
+    pub max_queue_length: usize,
+    /// Largest QUEUE payload, in bytes of JSON.
+    pub max_queue_message_size: usize,
+    /// A queue log segment is closed and a new one started past this size.
+    pub queue_segment_bytes: u64,
 }
 
 pub const DEFAULT_PORT: u16 = 4567;
@@ -43,6 +82,16 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
 pub const DEFAULT_MAX_METADATA_SIZE: usize = 64 << 10;
 pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 8 << 20;
 pub const DEFAULT_MAX_HTTP_BODY: usize = 1 << 20;
+pub const DEFAULT_PROXY_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_PROXY_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_PROXY_MAX_BODY: usize = 64 << 20;
+pub const DEFAULT_PROXY_POOL_SIZE: usize = 32;
+pub const DEFAULT_DATA_DIR: &str = "./singyeong-data";
+pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 15_000;
+pub const DEFAULT_DLQ_TIME_MS: u64 = 15_000;
+pub const DEFAULT_MAX_QUEUE_LENGTH: usize = 100_000;
+pub const DEFAULT_MAX_QUEUE_MESSAGE_SIZE: usize = 256 << 10;
+pub const DEFAULT_QUEUE_SEGMENT_BYTES: u64 = 64 << 20;
 
 /// Command-line flags. Every flag can also come from the environment
 /// variable named beside it, and from the `--config` TOML file under its
@@ -90,6 +139,45 @@ pub struct Flags {
     /// This node's name, the `node` of client objects [default: the host name]
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// HTTP proxy: milliseconds to wait for an upstream connection (TCP and TLS) before answering 504 [default: 5000]
+    #[arg(long, env = "PROXY_CONNECT_TIMEOUT")]
+    proxy_connect_timeout: Option<u64>,
+    /// HTTP proxy: milliseconds a proxied request may take in all, connection to last body byte; 504 when it runs out before the response head [default: 30000]
+    #[arg(long, env = "PROXY_TIMEOUT")]
+    proxy_timeout: Option<u64>,
+    /// HTTP proxy: largest upstream response body relayed, in bytes; larger ones get 502, or are cut once streaming [default: 67108864]
+    #[arg(long, env = "PROXY_MAX_BODY")]
+    proxy_max_body: Option<usize>,
+    /// HTTP proxy: idle upstream connections kept for reuse, per upstream and per shard; 0 disables reuse [default: 32]
+    #[arg(long, env = "PROXY_POOL_SIZE")]
+    proxy_pool_size: Option<usize>,
+    /// HTTP proxy: PEM file of extra CA certificates trusted for https upstreams, besides the built-in Mozilla roots [default: none]
+    #[arg(long, env = "PROXY_CA_FILE")]
+    proxy_ca_file: Option<PathBuf>,
+    /// Queues: directory of the queue write-ahead log, created on first use [default: ./singyeong-data]
+    #[arg(long, env = "DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Queues: keep queues in memory only (no log; confirms do not wait for storage, queues do not survive a restart) [default: durable]
+    #[arg(long, env = "NO_DURABLE", value_parser = clap::builder::BoolishValueParser::new())]
+    no_durable: bool,
+    /// Queues: when the log is synced before a confirm: group (one fdatasync per batch), each (one per message), none (never; a power cut may lose confirmed messages) [default: group]
+    #[arg(long, env = "FSYNC", value_enum)]
+    fsync: Option<FsyncPolicy>,
+    /// Queues: milliseconds a delivered message may stay unacked before it is redelivered [default: 15000]
+    #[arg(long, env = "ACK_TIMEOUT")]
+    ack_timeout: Option<u64>,
+    /// Queues: milliseconds a message matching no connected client stays in the dead-letter list before it is queued again [default: 15000]
+    #[arg(long, env = "DLQ_TIME")]
+    dlq_time: Option<u64>,
+    /// Queues: messages one queue may hold (queued, delivered unacked, dead-lettered); QUEUE past it is invalid; also the most QUEUE_REQUEST credits one client may hold on one queue [default: 100000]
+    #[arg(long, env = "MAX_QUEUE_LENGTH")]
+    max_queue_length: Option<usize>,
+    /// Queues: largest QUEUE payload in bytes (as JSON); larger ones are invalid [default: 262144]
+    #[arg(long, env = "MAX_QUEUE_MESSAGE_SIZE")]
+    max_queue_message_size: Option<usize>,
+    /// Queues: size in bytes past which a log segment is closed and a new one started; a segment is deleted once all its messages are acked [default: 67108864]
+    #[arg(long, env = "QUEUE_SEGMENT_BYTES")]
+    queue_segment_bytes: Option<u64>,
     /// TOML file with any of the settings above as snake_case keys
     #[arg(long, env = "CONFIG")]
     config: Option<PathBuf>,
@@ -111,6 +199,19 @@ struct FileConfig {
     max_http_body: Option<usize>,
     log: Option<String>,
     node_name: Option<String>,
+    proxy_connect_timeout: Option<u64>,
+    proxy_timeout: Option<u64>,
+    proxy_max_body: Option<usize>,
+    proxy_pool_size: Option<usize>,
+    proxy_ca_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    no_durable: Option<bool>,
+    fsync: Option<FsyncPolicy>,
+    ack_timeout: Option<u64>,
+    dlq_time: Option<u64>,
+    max_queue_length: Option<usize>,
+    max_queue_message_size: Option<usize>,
+    queue_segment_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +275,57 @@ impl Config {
                 .unwrap_or(DEFAULT_MAX_HTTP_BODY),
             log: flags.log.or(file.log).unwrap_or_else(|| "info".into()),
             node_name: flags.node_name.or(file.node_name).unwrap_or_else(host_name),
+            proxy_connect_timeout: Duration::from_millis(
+                flags
+                    .proxy_connect_timeout
+                    .or(file.proxy_connect_timeout)
+                    .unwrap_or(DEFAULT_PROXY_CONNECT_TIMEOUT_MS),
+            ),
+            proxy_timeout: Duration::from_millis(
+                flags
+                    .proxy_timeout
+                    .or(file.proxy_timeout)
+                    .unwrap_or(DEFAULT_PROXY_TIMEOUT_MS),
+            ),
+            proxy_max_body: flags
+                .proxy_max_body
+                .or(file.proxy_max_body)
+                .unwrap_or(DEFAULT_PROXY_MAX_BODY),
+            proxy_pool_size: flags
+                .proxy_pool_size
+                .or(file.proxy_pool_size)
+                .unwrap_or(DEFAULT_PROXY_POOL_SIZE),
+            proxy_ca_file: flags.proxy_ca_file.or(file.proxy_ca_file),
+            data_dir: flags
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            durable: !(flags.no_durable || file.no_durable.unwrap_or(false)),
+            fsync: flags.fsync.or(file.fsync).unwrap_or(FsyncPolicy::Group),
+            ack_timeout: Duration::from_millis(
+                flags
+                    .ack_timeout
+                    .or(file.ack_timeout)
+                    .unwrap_or(DEFAULT_ACK_TIMEOUT_MS),
+            ),
+            dlq_time: Duration::from_millis(
+                flags
+                    .dlq_time
+                    .or(file.dlq_time)
+                    .unwrap_or(DEFAULT_DLQ_TIME_MS),
+            ),
+            max_queue_length: flags
+                .max_queue_length
+                .or(file.max_queue_length)
+                .unwrap_or(DEFAULT_MAX_QUEUE_LENGTH),
+            max_queue_message_size: flags
+                .max_queue_message_size
+                .or(file.max_queue_message_size)
+                .unwrap_or(DEFAULT_MAX_QUEUE_MESSAGE_SIZE),
+            queue_segment_bytes: flags
+                .queue_segment_bytes
+                .or(file.queue_segment_bytes)
+                .unwrap_or(DEFAULT_QUEUE_SEGMENT_BYTES),
         };
         config.validate()?;
         Ok(config)
@@ -197,6 +349,32 @@ impl Config {
         }
         if self.max_outbound_bytes < 1024 {
             return invalid("max_outbound_bytes", "must be at least 1024 bytes");
+        }
+        if self.proxy_connect_timeout.is_zero() {
+            return invalid("proxy_connect_timeout", "must be at least 1 ms");
+        }
+        if self.proxy_timeout.is_zero() {
+            return invalid("proxy_timeout", "must be at least 1 ms");
+        }
+        if let Some(path) = &self.proxy_ca_file
+            && !path.is_file()
+        {
+            return Err(ConfigError::Invalid {
+                name: "proxy_ca_file",
+                reason: format!("{} is not a readable file", path.display()),
+            });
+        }
+        if self.ack_timeout.is_zero() {
+            return invalid("ack_timeout", "must be at least 1 ms");
+        }
+        if self.dlq_time.is_zero() {
+            return invalid("dlq_time", "must be at least 1 ms");
+        }
+        if self.max_queue_length == 0 {
+            return invalid("max_queue_length", "must be at least 1");
+        }
+        if self.queue_segment_bytes < 4096 {
+            return invalid("queue_segment_bytes", "must be at least 4096 bytes");
         }
         Ok(())
     }
@@ -271,5 +449,88 @@ mod tests {
     fn empty_auth_means_no_password() {
         let config = Config::from_flags(parse(&["--auth", ""])).unwrap();
         assert_eq!(config.auth, None);
+    }
+
+    #[test]
+    fn proxy_settings_from_file_and_flags() {
+        let config = Config::from_flags(parse(&[])).unwrap();
+        assert_eq!(
+            config.proxy_timeout,
+            Duration::from_millis(DEFAULT_PROXY_TIMEOUT_MS)
+        );
+        assert_eq!(config.proxy_pool_size, DEFAULT_PROXY_POOL_SIZE);
+        assert_eq!(config.proxy_ca_file, None);
+        let dir = std::env::temp_dir().join(format!("sg-config-proxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "proxy_connect_timeout = 250\nproxy_timeout = 900\nproxy_max_body = 4096\n\
+                 proxy_pool_size = 0\nproxy_ca_file = {:?}\n",
+                path.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let config = Config::from_flags(parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--proxy-timeout",
+            "1200",
+        ]))
+        .unwrap();
+        assert_eq!(config.proxy_connect_timeout, Duration::from_millis(250));
+        assert_eq!(config.proxy_timeout, Duration::from_millis(1200));
+        assert_eq!(config.proxy_max_body, 4096);
+        assert_eq!(config.proxy_pool_size, 0);
+        assert_eq!(config.proxy_ca_file, Some(path.clone()));
+        let err = Config::from_flags(parse(&["--proxy-timeout", "0"])).unwrap_err();
+        assert!(err.to_string().contains("proxy_timeout"), "{err}");
+        let err =
+            Config::from_flags(parse(&["--proxy-ca-file", "/nonexistent/ca.pem"])).unwrap_err();
+        assert!(err.to_string().contains("proxy_ca_file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    #[test]
+    fn queue_settings_from_file_and_flags() {
+        let config = Config::from_flags(parse(&[])).unwrap();
+        assert!(config.durable);
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(config.fsync, FsyncPolicy::Group);
+        assert_eq!(
+            config.ack_timeout,
+            Duration::from_millis(DEFAULT_ACK_TIMEOUT_MS)
+        );
+        assert_eq!(config.dlq_time, Duration::from_millis(DEFAULT_DLQ_TIME_MS));
+        let dir = std::env::temp_dir().join(format!("sg-config-queue-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/q\"\nno_durable = true\nfsync = \"each\"\nack_timeout = 10\n\
+             dlq_time = 20\nmax_queue_length = 3\nmax_queue_message_size = 4\n\
+             queue_segment_bytes = 8192\n",
+        )
+        .unwrap();
+        let config = Config::from_flags(parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--ack-timeout",
+            "30",
+            "--fsync",
+            "none",
+        ]))
+        .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/q"));
+        assert!(!config.durable);
+        assert_eq!(config.fsync, FsyncPolicy::None);
+        assert_eq!(config.ack_timeout, Duration::from_millis(30));
+        assert_eq!(config.dlq_time, Duration::from_millis(20));
+        assert_eq!(config.max_queue_length, 3);
+        assert_eq!(config.max_queue_message_size, 4);
+        assert_eq!(config.queue_segment_bytes, 8192);
+        let err = Config::from_flags(parse(&["--ack-timeout", "0"])).unwrap_err();
+        assert!(err.to_string().contains("ack_timeout"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

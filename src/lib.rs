@@ -16,6 +16,10 @@
 //! - [`http`]: HTTP/1.1 on the shared port, the API, the websocket upgrade.
 //! - [`gateway`]: one websocket connection: framing, then its session.
 //! - [`routing::router`]: SEND / BROADCAST / QUERY_NODES across shards.
+//! - [`queue`]: work queues: a pure state machine per queue, owner shards,
+//!   timers, and the write-ahead log with recovery.
+//! - [`proxy`]: `POST /api/v1/proxy`: a request routed like SEND, sent to
+//!   the chosen client's address with hyper, the answer relayed back.
 //! - [`config`]: flags, environment, file, defaults.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 
@@ -25,7 +29,9 @@ pub mod http;
 pub mod metadata;
 pub mod metrics;
 pub mod protocol;
+pub mod proxy;
 pub mod query;
+pub mod queue;
 pub mod routing;
 pub mod server;
 pub mod shard;

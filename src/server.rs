@@ -31,6 +31,8 @@ pub enum StartError {
         shard: usize,
         source: glommio::GlommioError<()>,
     },
+    #[error("cannot recover the queues: {0}")]
+    Queues(#[from] crate::queue::WalError),
     #[error("shard {shard} cannot listen on {addr}: {reason}")]
     Listen {
         shard: usize,
@@ -47,6 +49,9 @@ impl Server {
     /// Starts every shard and returns once all of them listen.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let config = Arc::new(config);
+        let recovered = crate::queue::recover(&config)?;
+        let boot = recovered.boot;
+        let mut recovered = recovered.shards.into_iter();
         let mesh = Mesh::new(config.shards);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut threads = Vec::new();
@@ -62,9 +67,19 @@ impl Server {
             let (ready_tx, ready_rx) = mpsc::channel();
             let shard_config = config.clone();
             let shard_mesh = mesh.clone();
+            let shard_queues = recovered.next().unwrap_or_default();
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{id}"))
-                .spawn(move || run_shard(id, shard_config, shard_mesh, addr, ready_tx))
+                .spawn(move || {
+                    run_shard(
+                        id,
+                        shard_config,
+                        shard_mesh,
+                        addr,
+                        ready_tx,
+                        (shard_queues, boot),
+                    )
+                })
                 .map_err(|source| StartError::Executor { shard: id, source })?;
             match ready_rx.recv() {
                 Ok(Ok(bound)) => addr = bound,
@@ -115,6 +130,7 @@ async fn run_shard(
     mesh: Mesh<ShardMsg>,
     addr: SocketAddr,
     ready: mpsc::Sender<Result<SocketAddr, String>>,
+    queues: (Vec<crate::queue::RecoveredMsg>, u64),
 ) {
     let listener = match TcpListener::bind(addr) {
         Ok(listener) => listener,
@@ -130,6 +146,8 @@ async fn run_shard(
 
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
     let reaper = glommio::spawn_local(reap_loop(shard.clone())).detach();
+    let queue_task =
+        glommio::spawn_local(crate::queue::run(shard.clone(), queues.0, queues.1)).detach();
 
     let mut batch = Vec::with_capacity(MESH_BATCH);
     while !shard.is_shutting_down() {
@@ -154,6 +172,7 @@ async fn run_shard(
         }
     }
     reaper.cancel();
+    queue_task.cancel();
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {

@@ -34,7 +34,8 @@ fn scrape(server: &Server, auth: Option<&str>) -> String {
     let r = server.http("GET", "/metrics", &headers, None);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
-        r.header("content-type").is_some_and(|c| c.contains("openmetrics-text")),
+        r.header("content-type")
+            .is_some_and(|c| c.contains("openmetrics-text")),
         "{:?}",
         r.header("content-type")
     );
@@ -53,7 +54,11 @@ fn counters_move_with_traffic_on_every_shard() {
     let mut a = Client::ready(&server, Json, "app", "a");
     let mut b = Client::ready(&server, Msgpack, "app", "b");
     for i in 0..5 {
-        a.send_to(query_ops("app", json!([op("/client_id", "$eq", json!("x"))])), json!(i), json!(i));
+        a.send_to(
+            query_ops("app", json!([op("/client_id", "$eq", json!("x"))])),
+            json!(i),
+            json!(i),
+        );
     }
     // Five SENDs that match nothing (client_id is not metadata): no_route.
     for _ in 0..5 {
@@ -70,12 +75,29 @@ fn counters_move_with_traffic_on_every_shard() {
     assert_eq!(total(&after, "singyeong_sends_total", "", shards), 5.0);
     assert_eq!(total(&after, "singyeong_no_route_total", "", shards), 5.0);
     assert_eq!(total(&after, "singyeong_broadcasts_total", "", shards), 1.0);
-    assert_eq!(total(&after, "singyeong_broadcast_deliveries_total", "", shards), 2.0);
-    assert_eq!(total(&after, "singyeong_packets_in_total", "op=\"1\"", shards), 2.0);
-    assert_eq!(total(&after, "singyeong_packets_in_total", "op=\"4\"", shards), 6.0);
-    assert_eq!(total(&after, "singyeong_packets_out_total", "op=\"2\"", shards), 2.0);
     assert_eq!(
-        total(&after, "singyeong_routing_latency_seconds_count", "", shards),
+        total(&after, "singyeong_broadcast_deliveries_total", "", shards),
+        2.0
+    );
+    assert_eq!(
+        total(&after, "singyeong_packets_in_total", "op=\"1\"", shards),
+        2.0
+    );
+    assert_eq!(
+        total(&after, "singyeong_packets_in_total", "op=\"4\"", shards),
+        6.0
+    );
+    assert_eq!(
+        total(&after, "singyeong_packets_out_total", "op=\"2\"", shards),
+        2.0
+    );
+    assert_eq!(
+        total(
+            &after,
+            "singyeong_routing_latency_seconds_count",
+            "",
+            shards
+        ),
         6.0
     );
     assert!(after.ends_with("# EOF\n"));
@@ -86,7 +108,13 @@ fn metrics_need_the_password_when_one_is_set() {
     let server = Server::start(&["--auth", "sekrit"]);
     let r = server.http("GET", "/metrics", &[], None);
     assert_eq!(r.status, 401);
-    assert_eq!(r.json(), json!({"status": "error", "error": "not authorized"}));
+    assert_eq!(
+        r.json(),
+        json!({"status": "error", "error": "not authorized"})
+    );
     let text = scrape(&server, Some("sekrit"));
-    assert!(text.contains("singyeong_connections{shard=\"0\"} 0"), "{text}");
+    assert!(
+        text.contains("singyeong_connections{shard=\"0\"} 0"),
+        "{text}"
+    );
 }

@@ -14,6 +14,7 @@ use crate::config::UpdateMode;
 use crate::metadata::{ClientIdx, MetaValue, Metadata, UpdateError, estimated_size, parse_update};
 use crate::protocol::{self, Encoding, InboundPacket, errors, op};
 use crate::query::Query;
+use crate::queue;
 use crate::routing::router;
 use crate::shard::{ConnHandle, ConnRef, Dispatch, Shard, now_ms};
 
@@ -235,12 +236,13 @@ impl Session {
         }
         match t {
             "UPDATE_METADATA" => self.update_metadata(identity, &packet.d),
-            "SEND" | "BROADCAST" => self.route(&packet).await,
+            "SEND" | "BROADCAST" => self.route(packet).await,
             "QUERY_NODES" => Box::pin(self.query_nodes(&packet.d)).await,
-            "QUEUE" | "QUEUE_REQUEST" | "QUEUE_REQUEST_CANCEL" | "QUEUE_ACK" => self.conn.invalid(
-                errors::INVALID_DISPATCH_PAYLOAD,
-                json!("queues are not available on this server yet"),
-            ),
+            "QUEUE" | "QUEUE_REQUEST" | "QUEUE_REQUEST_CANCEL" | "QUEUE_ACK" => {
+                if let Err((error, extra)) = self.queue(identity, t, &packet.d) {
+                    self.conn.invalid(&error, extra);
+                }
+            }
             _ => self.conn.invalid(
                 errors::INVALID_DISPATCH_PAYLOAD,
                 json!(format!("unknown dispatch type {t:?}")),
@@ -285,43 +287,116 @@ impl Session {
             UpdateMode::Merge => store.merge(identity.idx, values),
             UpdateMode::Replace => store.replace(identity.idx, values),
         }
+        drop(store);
+        queue::owner::client_updated(&self.shard, identity.conn_ref);
     }
 
-    /// SEND and BROADCAST.
-    async fn route(&self, packet: &InboundPacket) {
-        let t = packet.t.as_deref().unwrap_or("");
-        let (query, payload) = match parse_routed(&packet.d) {
-            Ok(parsed) => parsed,
+    /// QUEUE, QUEUE_REQUEST, QUEUE_REQUEST_CANCEL, QUEUE_ACK: checked here,
+    /// applied by the queue's owner shard.
+    fn queue(&self, identity: &Identity, t: &str, d: &Value) -> Result<(), (String, Value)> {
+        let bad = |detail: &str| (errors::INVALID_DISPATCH_PAYLOAD.to_string(), json!(detail));
+        let Value::Object(d) = d else {
+            return Err(bad("d must be an object with a queue"));
+        };
+        let name: Arc<str> = match d.get("queue") {
+            Some(Value::String(s)) if !s.is_empty() => s.as_str().into(),
+            _ => return Err(bad("queue must be a non-empty string")),
+        };
+        let me = identity.conn_ref;
+        match t {
+            "QUEUE" => {
+                let target = d.get("target").ok_or_else(|| bad("missing target"))?;
+                let query = Query::parse(target)
+                    .map_err(|e| (errors::invalid_query(&e.to_string()), Value::Null))?;
+                let nonce = d.get("nonce").cloned().unwrap_or(Value::Null);
+                let payload = d.get("payload").cloned().unwrap_or(Value::Null);
+                queue::owner::client_push(
+                    &self.shard,
+                    me,
+                    name,
+                    query,
+                    target.clone(),
+                    nonce,
+                    payload,
+                )
+            }
+            "QUEUE_REQUEST" => queue::owner::client_request(&self.shard, me, name),
+            "QUEUE_REQUEST_CANCEL" => {
+                queue::owner::client_cancel(&self.shard, me, name);
+                Ok(())
+            }
+            _ => {
+                let id = match d.get("id") {
+                    Some(Value::String(s)) => s.parse().ok(),
+                    Some(Value::Number(n)) => n.as_u64(),
+                    _ => return Err(bad("id must be a message id from a QUEUE dispatch")),
+                };
+                // An id this server never made is as unknown as an acked one.
+                let Some(id) = id else {
+                    return Err((
+                        queue::errors::UNKNOWN_MESSAGE.into(),
+                        json!({"queue": &*name, "id": d.get("id")}),
+                    ));
+                };
+                queue::owner::client_ack(&self.shard, me, name, id);
+                Ok(())
+            }
+        }
+    }
+
+    /// SEND and BROADCAST. The packet is taken apart, not copied: its
+    /// nonce and payload move into the dispatch the recipients get.
+    async fn route(&self, packet: InboundPacket) {
+        let t = packet.t.unwrap_or_default();
+        let routed = match Routed::parse(packet.d) {
+            Ok(routed) => routed,
             Err((error, extra)) => {
                 self.conn.invalid(&error, extra);
                 return;
             }
         };
-        let droppable = query.droppable;
-        let query = Arc::new(query);
+        let droppable = routed.query.droppable;
+        let query = Arc::new(routed.query);
         let started = Instant::now();
         let metrics = &self.shard.metrics;
-        let delivered = if t == "SEND" {
-            let dispatch = Arc::new(Dispatch {
-                t: "SEND",
-                d: payload,
-            });
-            let delivered = router::send(&self.shard, query, dispatch).await;
+        let (kind, dispatch) = if t == "SEND" {
+            (
+                "SEND",
+                Arc::new(Dispatch {
+                    t: "SEND",
+                    d: routed.d,
+                }),
+            )
+        } else {
+            (
+                "BROADCAST",
+                Arc::new(Dispatch {
+                    t: "BROADCAST",
+                    d: routed.d,
+                }),
+            )
+        };
+        let delivered = if kind == "SEND" {
+            let delivered = router::send(&self.shard, query, dispatch.clone()).await;
             metrics.routed_send(delivered, started.elapsed());
             delivered
         } else {
-            let dispatch = Arc::new(Dispatch {
-                t: "BROADCAST",
-                d: payload,
-            });
-            let reached = router::broadcast(&self.shard, query, dispatch).await;
+            let reached = router::broadcast(&self.shard, query, dispatch.clone()).await;
             metrics.routed_broadcast(reached, started.elapsed());
             reached > 0
         };
         if !delivered && !droppable {
+            // The packet as received, put back together.
+            let mut d = Map::new();
+            d.insert("target".into(), routed.target);
+            for (key, present) in [("nonce", routed.had_nonce), ("payload", routed.had_payload)] {
+                if present {
+                    d.insert(key.into(), dispatch.d[key].clone());
+                }
+            }
             self.conn.invalid(
                 errors::NO_ROUTE,
-                json!({"op": packet.op, "t": t, "d": &packet.d}),
+                json!({"op": op::DISPATCH, "t": kind, "d": d}),
             );
         }
     }
@@ -345,6 +420,7 @@ impl Session {
     pub fn end(self) {
         let entry = self.shard.close_conn(&self.conn);
         if let (Some(identity), Some(_)) = (self.identity, entry) {
+            queue::owner::client_gone(&self.shard, identity.conn_ref);
             self.shard
                 .release_name(&identity.app_id, &identity.client_id, identity.conn_ref);
             self.shard
@@ -380,17 +456,37 @@ fn update_error_info(e: UpdateError) -> Value {
     }
 }
 
-/// The `d` of SEND / BROADCAST: its target query and the dispatch `d`
-/// (`{"nonce", "payload"}`) the recipients get.
-fn parse_routed(d: &Value) -> Result<(Query, Value), (String, Value)> {
-    let bad = |detail: &str| (errors::INVALID_DISPATCH_PAYLOAD.to_string(), json!(detail));
-    let Value::Object(d) = d else {
-        return Err(bad("d must be an object with target, nonce and payload"));
-    };
-    let target = d.get("target").ok_or_else(|| bad("missing target"))?;
-    let query =
-        Query::parse(target).map_err(|e| (errors::invalid_query(&e.to_string()), Value::Null))?;
-    let nonce = d.get("nonce").cloned().unwrap_or(Value::Null);
-    let payload = d.get("payload").cloned().unwrap_or(Value::Null);
-    Ok((query, json!({"nonce": nonce, "payload": payload})))
+/// The `d` of SEND / BROADCAST, taken apart.
+struct Routed {
+    query: Query,
+    /// The target as sent (for a `no_route` reply).
+    target: Value,
+    /// The dispatch `d` recipients get: `{"nonce", "payload"}`.
+    d: Value,
+    had_nonce: bool,
+    had_payload: bool,
+}
+
+impl Routed {
+    fn parse(d: Value) -> Result<Routed, (String, Value)> {
+        let bad = |detail: &str| (errors::INVALID_DISPATCH_PAYLOAD.to_string(), json!(detail));
+        let Value::Object(mut d) = d else {
+            return Err(bad("d must be an object with target, nonce and payload"));
+        };
+        let target = d.remove("target").ok_or_else(|| bad("missing target"))?;
+        let query = Query::parse(&target)
+            .map_err(|e| (errors::invalid_query(&e.to_string()), Value::Null))?;
+        let nonce = d.remove("nonce");
+        let payload = d.remove("payload");
+        Ok(Routed {
+            query,
+            target,
+            had_nonce: nonce.is_some(),
+            had_payload: payload.is_some(),
+            d: json!({
+                "nonce": nonce.unwrap_or(Value::Null),
+                "payload": payload.unwrap_or(Value::Null),
+            }),
+        })
+    }
 }

@@ -1,5 +1,6 @@
-//! The HTTP API (contract §9): version, query, redirect, errors.
+//! The HTTP API (contract §9): version, query, proxy, redirect, errors.
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -8,10 +9,35 @@ use subtle::ConstantTimeEq;
 
 use crate::http::request::Request;
 use crate::http::response::Response;
+use crate::proxy;
 use crate::query::Query;
 use crate::routing::router;
 use crate::shard::{Reply, Shard, ShardMsg};
 
+/// What the API answers: a response built in memory, or an upstream's
+/// answer relayed as it arrives (the proxy, whose bodies may be large).
+pub enum Answer {
+    Response(Response),
+    Relay(Box<proxy::Relay>),
+}
+
+/// Answers one request from `caller`: `POST /api/v1/proxy` here, every
+/// other route through [`handle`].
+pub async fn answer(shard: &Rc<Shard>, req: &Request, caller: IpAddr) -> Answer {
+    if (req.method.as_str(), req.path.as_str()) == ("POST", "/api/v1/proxy") {
+        return match authorize(shard, req) {
+            Err(denied) => Answer::Response(denied),
+            Ok(()) => match proxy::forward(shard, &req.body, caller).await {
+                Ok(relay) => Answer::Relay(Box::new(relay)),
+                Err(e) => Answer::Response(e.response()),
+            },
+        };
+    }
+    Answer::Response(handle(shard, req).await)
+}
+
+/// Every route whose answer is built in memory (all but the proxy, which
+/// [`answer`] takes first).
 pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/api/version") => Response::json(
@@ -22,12 +48,9 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Response {
             Err(denied) => denied,
             Ok(()) => query(shard, req).await,
         },
-        ("POST", "/api/v1/proxy") => match authorize(shard, req) {
+        ("GET", "/api/v1/queues") => match authorize(shard, req) {
             Err(denied) => denied,
-            Ok(()) => Response::json(
-                501,
-                &json!({"errors": ["proxying is not available on this server yet"]}),
-            ),
+            Ok(()) => Response::json(200, &crate::queue::stats(shard).await),
         },
         ("GET", "/metrics") => match authorize(shard, req) {
             Err(denied) => denied,
@@ -35,7 +58,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Response {
         },
         ("GET" | "HEAD", "/") => Response::json(302, &json!({"location": "/gateway/websocket"}))
             .with_header("location", "/gateway/websocket"),
-        (_, "/api/version" | "/" | "/metrics") => method_not_allowed("GET"),
+        (_, "/api/version" | "/" | "/metrics" | "/api/v1/queues") => method_not_allowed("GET"),
         (_, "/api/v1/query" | "/api/v1/proxy") => method_not_allowed("POST"),
         _ => not_found(),
     }

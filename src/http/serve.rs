@@ -9,7 +9,7 @@ use glommio::net::TcpStream;
 use serde_json::json;
 
 use crate::gateway::{self, Session};
-use crate::http::api;
+use crate::http::api::{self, Answer};
 use crate::http::request::{ReadError, Request, read_request};
 use crate::http::response::Response;
 use crate::protocol::Encoding;
@@ -69,14 +69,17 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             }
             return;
         }
-        let response = Box::pin(api::handle(&shard, &req)).await;
+        let answer = Box::pin(api::answer(&shard, &req, peer.ip())).await;
         let keep_alive = req.keep_alive && !shard.is_shutting_down();
-        if stream
-            .write_all(&response.to_bytes(keep_alive))
-            .await
-            .is_err()
-            || !keep_alive
-        {
+        let reusable = match answer {
+            Answer::Response(response) => stream
+                .write_all(&response.to_bytes(keep_alive))
+                .await
+                .map(|()| keep_alive),
+            // A relay may end the connection early (a body cut short).
+            Answer::Relay(relay) => Box::pin(relay.write_to(&mut stream, keep_alive)).await,
+        };
+        if !matches!(reusable, Ok(true)) {
             return;
         }
     }

@@ -66,3 +66,15 @@ impl<'a> Candidates<'a> {
         self.scanned.iter().copied().chain(sets)
     }
 }
+
+impl<'a> IntoIterator for Candidates<'a> {
+    type Item = ClientIdx;
+    type IntoIter = Box<dyn Iterator<Item = ClientIdx> + 'a>;
+
+    /// The same order as [`Candidates::iter`], without borrowing the
+    /// candidates (so a caller can return the iterator).
+    fn into_iter(self) -> Self::IntoIter {
+        let sets = self.sets.into_iter().flat_map(|s| s.iter());
+        Box::new(self.scanned.into_iter().chain(sets))
+    }
+}

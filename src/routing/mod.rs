@@ -5,4 +5,4 @@
 pub mod pick;
 pub mod router;
 
-pub use pick::{Pick, local_pick};
+pub use pick::{Pick, local_pick, matching};

@@ -14,7 +14,7 @@
 //!   [`Pick::sum`]/[`Pick::numeric`] give the average, then every shard
 //!   reports its client closest to it.
 
-use crate::metadata::{ClientIdx, ClientStore};
+use crate::metadata::{ClientIdx, ClientStore, IndexPlan};
 use crate::query::{Query, SelectorKind, rendezvous_score};
 
 /// One shard's answer to "which of your clients would you send this to?".
@@ -35,6 +35,34 @@ pub struct Pick {
     pub numeric: u64,
 }
 
+/// Whether the store's candidates for `plan` are already exactly the
+/// clients whose ops hold, so nothing needs evaluating per client.
+fn plan_is_exact(query: &Query, plan: Option<&IndexPlan>) -> bool {
+    match plan {
+        Some(plan) => plan.exact,
+        None => query.ops.is_empty(),
+    }
+}
+
+/// The local clients matching `query`'s application, restricted rule and
+/// ops (selectors and `key` are the caller's business), found through the
+/// indexes and evaluated only where the index does not decide.
+pub fn matching<'a>(
+    store: &'a ClientStore,
+    query: &'a Query,
+) -> impl Iterator<Item = ClientIdx> + 'a {
+    let plan = query.index_plan();
+    let exact = plan_is_exact(query, plan.as_ref());
+    store
+        .candidates(
+            query.application.as_deref(),
+            query.restricted,
+            plan.as_ref(),
+        )
+        .into_iter()
+        .filter(move |&idx| exact || store.get(idx).is_some_and(|e| query.matches(&e.metadata)))
+}
+
 /// Evaluates `query` against one shard's store. `avg` is the global average
 /// in the second round of an `$avg` selection. `rng` picks among matches.
 pub fn local_pick(
@@ -49,13 +77,7 @@ pub fn local_pick(
         query.restricted,
         plan.as_ref(),
     );
-    // Exact: the candidate set is already the match set, so no op needs to
-    // be evaluated per client.
-    let exact = query.selector.is_none()
-        && match &plan {
-            Some(plan) => plan.exact,
-            None => query.ops.is_empty(),
-        };
+    let exact = query.selector.is_none() && plan_is_exact(query, plan.as_ref());
     if exact && query.key.is_none() {
         // The index (or the app set) is the answer: count and sample it
         // without touching a single client.

@@ -102,7 +102,7 @@ async fn nodes_round(shard: &Shard, query: &Arc<Query>) -> Vec<Value> {
 }
 
 /// Chooses the one client a SEND goes to, over every shard.
-async fn pick_one(shard: &Shard, query: Arc<Query>) -> Option<ConnRef> {
+pub async fn pick_one(shard: &Shard, query: Arc<Query>) -> Option<ConnRef> {
     let mut query = query;
     let mut picks = pick_round(shard, &query, None).await;
     if total(&picks) == 0 && query.optional {

@@ -17,7 +17,7 @@ pub struct ReplyTo {
 }
 
 /// One identified connection anywhere in the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnRef {
     pub shard: usize,
     pub client: ClientIdx,
@@ -89,9 +89,18 @@ pub enum ShardMsg {
         reply: Reply,
     },
     /// Reply with this shard's metrics snapshot.
-    Metrics { reply_to: ReplyTo },
+    Metrics {
+        reply_to: ReplyTo,
+    },
     /// Say goodbye to every client and stop.
     Shutdown,
+    /// Queues: a message for the queue side of a shard (src/queue).
+    Queue(crate::queue::QueueMsg),
+    /// Queues: a question to the queue side of a shard; replies `Queue`.
+    QueueAsk {
+        reply_to: ReplyTo,
+        ask: crate::queue::QueueAsk,
+    },
 }
 
 #[derive(Debug)]
@@ -102,4 +111,5 @@ pub enum Reply {
     Nodes(Vec<Value>),
     Claimed(bool),
     Metrics(Box<crate::metrics::Snapshot>),
+    Queue(crate::queue::QueueReply),
 }

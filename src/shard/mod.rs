@@ -24,7 +24,7 @@ use crate::metadata::{ClientIdx, ClientStore};
 use crate::metrics::{Gauges, ShardMetrics};
 use crate::protocol::{self, Encoding, op};
 use crate::query::Query;
-use crate::routing::local_pick;
+use crate::routing::{local_pick, matching};
 pub use conn::{ConnHandle, now_ms};
 pub use mesh::Mesh;
 pub use message::{ConnRef, Dispatch, Reply, ReplyTo, ShardMsg};
@@ -49,6 +49,8 @@ pub struct Shard {
     pub rng: RefCell<fastrand::Rng>,
     shutting_down: Cell<bool>,
     pub metrics: Rc<ShardMetrics>,
+    /// The queues this shard owns and its clients' credits (src/queue).
+    pub queues: crate::queue::ShardQueues,
 }
 
 /// (application id, client id): unique among connected clients.
@@ -63,6 +65,7 @@ struct Gather {
 
 impl Shard {
     pub fn new(id: usize, config: Arc<Config>, mesh: Mesh<ShardMsg>) -> Shard {
+        let queues = crate::queue::ShardQueues::new(id, &config);
         Shard {
             id,
             config,
@@ -78,6 +81,7 @@ impl Shard {
             rng: RefCell::new(fastrand::Rng::new()),
             shutting_down: Cell::new(false),
             metrics: Rc::default(),
+            queues,
         }
     }
 
@@ -178,6 +182,7 @@ impl Shard {
             }
             ShardMsg::ClientEvent { packet } => self.notify_subscribers(&packet),
             ShardMsg::Shutdown => self.shutdown(),
+            ShardMsg::Queue(msg) => crate::queue::owner::handle(self, msg),
             request => {
                 let reply_to = match &request {
                     ShardMsg::Pick { reply_to, .. }
@@ -185,7 +190,8 @@ impl Shard {
                     | ShardMsg::Nodes { reply_to, .. }
                     | ShardMsg::Describe { reply_to, .. }
                     | ShardMsg::Metrics { reply_to }
-                    | ShardMsg::Claim { reply_to, .. } => *reply_to,
+                    | ShardMsg::Claim { reply_to, .. }
+                    | ShardMsg::QueueAsk { reply_to, .. } => *reply_to,
                     _ => unreachable!("only requests reach here"),
                 };
                 if let Some(reply) = self.answer(request) {
@@ -252,6 +258,7 @@ impl Shard {
                 }
                 Reply::Claimed(free)
             }
+            ShardMsg::QueueAsk { ask, .. } => Reply::Queue(crate::queue::owner::answer(self, ask)),
             _ => return None,
         })
     }
@@ -273,43 +280,18 @@ impl Shard {
     fn broadcast_local(&self, query: &Query, packet: &Dispatch) -> u64 {
         let store = self.store.borrow();
         let clients = self.clients.borrow();
-        let plan = query.index_plan();
-        let exact = match &plan {
-            Some(plan) => plan.exact,
-            None => query.ops.is_empty(),
-        };
         let mut frames = EncodedOnce::new(packet);
         let mut count = 0;
-        for idx in store
-            .candidates(
-                query.application.as_deref(),
-                query.restricted,
-                plan.as_ref(),
-            )
-            .iter()
-        {
-            if !exact && !store.get(idx).is_some_and(|e| query.matches(&e.metadata)) {
-                continue;
-            }
-            if let Some(conn) = clients.get(&idx) {
-                conn.push(op::DISPATCH, frames.get(conn.encoding));
-                count += 1;
-            }
+        for conn in matching(&store, query).filter_map(|idx| clients.get(&idx)) {
+            conn.push(op::DISPATCH, frames.get(conn.encoding));
+            count += 1;
         }
         count
     }
 
     fn nodes_local(&self, query: &Query) -> Vec<Value> {
         let store = self.store.borrow();
-        let plan = query.index_plan();
-        store
-            .candidates(
-                query.application.as_deref(),
-                query.restricted,
-                plan.as_ref(),
-            )
-            .iter()
-            .filter(|&idx| store.get(idx).is_some_and(|e| query.matches(&e.metadata)))
+        matching(&store, query)
             .filter_map(|idx| self.describe_slot(&store, idx))
             .collect()
     }
@@ -335,10 +317,26 @@ impl Shard {
             "client_id": &*entry.client_id,
             "metadata": entry.metadata.to_plain_json(),
             "socket_ip": conn.peer.to_string(),
-            "queues": [],
+            "queues": self.queues.waiting_on(idx, conn.id),
             "node": &self.config.node_name,
             "shard": self.id,
         }))
+    }
+
+    /// Whether any local client matches `query` (queues: dead-letter
+    /// checks). Stops at the first match.
+    pub fn any_local(&self, query: &Query) -> bool {
+        matching(&self.store.borrow(), query).next().is_some()
+    }
+
+    /// Sends invalid (op 3) to one local client, if it is still the
+    /// connection meant.
+    pub fn invalid_to(&self, target: ConnRef, error: &str, extra: Value) {
+        if let Some(conn) = self.clients.borrow().get(&target.client)
+            && conn.id == target.conn
+        {
+            conn.invalid(error, extra);
+        }
     }
 
     fn notify_subscribers(&self, packet: &Dispatch) {

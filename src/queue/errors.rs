@@ -1,0 +1,16 @@
+//! The exact wire text of every queue error: the `error` of invalid (op 3).
+//! `extra_info` carries the details (queue, id, limit).
+
+/// QUEUE on a queue already holding `max_queue_length` messages.
+pub const QUEUE_FULL: &str = "queue full";
+/// QUEUE whose payload is larger than `max_queue_message_size`.
+pub const MESSAGE_TOO_LARGE: &str = "queue message too large";
+/// QUEUE_REQUEST from a client already holding `max_queue_length`
+/// credits on that queue (it could never use more).
+pub const TOO_MANY_CREDITS: &str = "too many queue requests";
+/// QUEUE_ACK of an id that is not delivered and unacked.
+pub const UNKNOWN_MESSAGE: &str = "unknown queue message";
+/// QUEUE_ACK of a message delivered to another client.
+pub const NOT_YOUR_MESSAGE: &str = "queue message delivered to another client";
+/// QUEUE that could not be written to the log; it was not queued.
+pub const STORAGE_FAILED: &str = "queue storage failed";

@@ -1,0 +1,811 @@
+//! Work queues over real sockets (contract §6 QUEUE events, §7 queues).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("singyeong-queue-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const ACK_MS: u64 = 500;
+const DLQ_MS: u64 = 500;
+
+/// An in-memory server with short timers, plus `extra` flags.
+fn server(extra: &[&str]) -> Server {
+    let ack = ACK_MS.to_string();
+    let dlq = DLQ_MS.to_string();
+    let mut args = vec!["--no-durable"];
+    if !extra.contains(&"--ack-timeout") {
+        args.extend(["--ack-timeout", &ack]);
+    }
+    if !extra.contains(&"--dlq-time") {
+        args.extend(["--dlq-time", &dlq]);
+    }
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn to_app(app: &str) -> Value {
+    json!({"application": app})
+}
+
+fn colored(app: &str, color: &str) -> Value {
+    query_ops(app, json!([op("/color", "$eq", json!(color))]))
+}
+
+fn with_color(color: &str) -> Value {
+    json!({"metadata": {"color": meta("string", json!(color))}})
+}
+
+/// QUEUE and its confirm; returns the message id.
+fn push(c: &mut Client, queue: &str, target: Value, nonce: Value, payload: Value) -> String {
+    c.dispatch(
+        "QUEUE",
+        json!({"queue": queue, "target": target, "nonce": nonce, "payload": payload}),
+    );
+    let d = c.expect_dispatch("QUEUE_CONFIRM");
+    assert_eq!(d["queue"], json!(queue), "{d}");
+    assert_eq!(d["nonce"], nonce, "{d}");
+    d["id"].as_str().expect("id is a string").to_string()
+}
+
+fn request(c: &mut Client, queue: &str) {
+    c.dispatch("QUEUE_REQUEST", json!({"queue": queue}));
+}
+
+fn ack(c: &mut Client, queue: &str, id: &str) {
+    c.dispatch("QUEUE_ACK", json!({"queue": queue, "id": id}));
+}
+
+/// The next packet must be a QUEUE delivery; returns (id, user payload).
+fn delivered(c: &mut Client, queue: &str) -> (String, Value) {
+    let d = c.expect_dispatch("QUEUE");
+    let p = &d["payload"];
+    assert_eq!(p["queue"], json!(queue), "{d}");
+    (
+        p["id"].as_str().expect("id").to_string(),
+        p["payload"].clone(),
+    )
+}
+
+fn queue_stats(server: &Server, queue: &str) -> Value {
+    let r = server.http("GET", "/api/v1/queues", &[], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == json!(queue))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Polls the queue's stats until `f` holds (bounded by STEP).
+fn wait_stats(server: &Server, queue: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let s = queue_stats(server, queue);
+        if f(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "stats never matched: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn queue_is_confirmed_delivered_on_request_and_acked() {
+    let s = server(&[]);
+    let mut producer = Client::ready(&s, Encoding::Json, "app", "producer");
+    let mut consumer = Client::ready(&s, Encoding::Msgpack, "app", "consumer");
+    let id = push(
+        &mut producer,
+        "jobs",
+        to_app("app"),
+        json!("n1"),
+        json!({"work": 1}),
+    );
+    request(&mut consumer, "jobs");
+    let d = consumer.expect_dispatch("QUEUE");
+    assert_eq!(
+        d,
+        json!({"nonce": "n1", "payload": {"queue": "jobs", "id": id, "payload": {"work": 1}}})
+    );
+    ack(&mut consumer, "jobs", &id);
+    consumer.sync();
+    // Acked for good: no redelivery after the ack timeout.
+    request(&mut consumer, "jobs");
+    consumer.expect_nothing(Duration::from_millis(ACK_MS * 2));
+    let st = queue_stats(&s, "jobs");
+    assert_eq!(st["depth"], json!(0), "{st}");
+    assert_eq!(st["in_flight"], json!(0), "{st}");
+    assert_eq!(st["acked"], json!(1), "{st}");
+    producer.expect_quiet();
+}
+
+#[test]
+fn a_request_is_one_credit_and_longest_waiting_is_served_first() {
+    let s = server(&[]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut a = Client::ready(&s, Encoding::Json, "app", "a");
+    let mut b = Client::ready(&s, Encoding::Json, "app", "b");
+    request(&mut a, "q");
+    a.sync();
+    request(&mut b, "q");
+    b.sync();
+    let m1 = push(&mut p, "q", to_app("app"), json!(1), json!(1));
+    assert_eq!(delivered(&mut a, "q").0, m1);
+    ack(&mut a, "q", &m1);
+    let m2 = push(&mut p, "q", to_app("app"), json!(2), json!(2));
+    assert_eq!(delivered(&mut b, "q").0, m2);
+    ack(&mut b, "q", &m2);
+    // Both credits are used up: the third waits.
+    let m3 = push(&mut p, "q", to_app("app"), json!(3), json!(3));
+    a.expect_quiet();
+    b.expect_quiet();
+    request(&mut b, "q");
+    assert_eq!(delivered(&mut b, "q").0, m3);
+    ack(&mut b, "q", &m3);
+    a.sync();
+    b.sync();
+    a.expect_quiet();
+}
+
+#[test]
+fn fifo_order_per_matching_consumer() {
+    let s = server(&[]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Etf, "app", "c");
+    let ids: Vec<String> = (0..20)
+        .map(|i| push(&mut p, "fifo", to_app("app"), json!(i), json!(i)))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        request(&mut c, "fifo");
+        let (got, payload) = delivered(&mut c, "fifo");
+        assert_eq!(&got, id);
+        assert_eq!(payload, json!(i));
+        ack(&mut c, "fifo", &got);
+    }
+    // Many credits at once: the rest still arrive in order.
+    let ids: Vec<String> = (0..10)
+        .map(|i| push(&mut p, "fifo", to_app("app"), json!(i), json!(i)))
+        .collect();
+    for _ in 0..10 {
+        request(&mut c, "fifo");
+    }
+    for id in &ids {
+        assert_eq!(&delivered(&mut c, "fifo").0, id);
+    }
+}
+
+#[test]
+fn unmatched_message_stays_queued_without_blocking_the_next() {
+    let s = server(&[]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    // Connected but not waiting: the green message is not dead-lettered.
+    let mut green = Client::ready_with(&s, Encoding::Json, "app", "green", with_color("green"));
+    let mut red = Client::ready_with(&s, Encoding::Json, "app", "red", with_color("red"));
+    let g = push(
+        &mut p,
+        "hol",
+        colored("app", "green"),
+        json!("g"),
+        json!("g"),
+    );
+    let r = push(&mut p, "hol", colored("app", "red"), json!("r"), json!("r"));
+    request(&mut red, "hol");
+    assert_eq!(delivered(&mut red, "hol").0, r);
+    request(&mut green, "hol");
+    assert_eq!(delivered(&mut green, "hol").0, g);
+    red.expect_quiet();
+}
+
+#[test]
+fn metadata_update_lets_a_waiting_consumer_match() {
+    let s = server(&[]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready_with(&s, Encoding::Json, "app", "c", with_color("red"));
+    // Someone blue is connected, so the blue message stays queued.
+    let _blue = Client::ready_with(&s, Encoding::Json, "app", "blue", with_color("blue"));
+    request(&mut c, "upd");
+    let id = push(&mut p, "upd", colored("app", "blue"), json!(1), json!(1));
+    c.expect_quiet();
+    c.update_metadata(json!({"color": meta("string", json!("blue"))}));
+    assert_eq!(delivered(&mut c, "upd").0, id);
+}
+
+#[test]
+fn ack_of_unknown_or_someone_elses_message_is_invalid() {
+    let s = server(&["--ack-timeout", "60000"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut a = Client::ready(&s, Encoding::Json, "app", "a");
+    let mut b = Client::ready(&s, Encoding::Json, "app", "b");
+    ack(&mut a, "q", "12345");
+    let extra = a.expect_invalid("unknown queue message");
+    assert_eq!(extra["id"], json!("12345"), "{extra}");
+    let id = push(&mut p, "q", to_app("app"), json!(1), json!(1));
+    request(&mut a, "q");
+    delivered(&mut a, "q");
+    ack(&mut b, "q", &id);
+    b.expect_invalid("queue message delivered to another client");
+    ack(&mut a, "q", "not a number");
+    a.expect_invalid("unknown queue message");
+    ack(&mut a, "q", &id);
+    a.sync();
+    ack(&mut a, "q", &id);
+    a.expect_invalid("unknown queue message");
+    // Malformed packets.
+    a.dispatch("QUEUE_REQUEST", json!({}));
+    a.expect_invalid("invalid dispatch payload");
+    a.dispatch("QUEUE", json!({"queue": "q", "nonce": 1, "payload": 1}));
+    a.expect_invalid("invalid dispatch payload");
+    a.dispatch(
+        "QUEUE",
+        json!({"queue": "q", "target": {"ops": [{"path": "x", "op": "$eq", "to": {"value": 1}}]}}),
+    );
+    a.expect_invalid_prefix(texts::INVALID_QUERY_PREFIX);
+    a.dispatch("QUEUE_ACK", json!({"queue": "q"}));
+    a.expect_invalid("invalid dispatch payload");
+}
+
+#[test]
+fn unacked_message_is_redelivered_after_ack_timeout() {
+    let s = server(&[]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut a = Client::ready(&s, Encoding::Json, "app", "a");
+    let id = push(&mut p, "rt", to_app("app"), json!(1), json!("x"));
+    request(&mut a, "rt");
+    let t0 = Instant::now();
+    assert_eq!(delivered(&mut a, "rt").0, id);
+    request(&mut a, "rt");
+    // Same client, second credit: the message comes back after the timeout.
+    assert_eq!(delivered(&mut a, "rt").0, id);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(ACK_MS - 50),
+        "redelivered after {:?}",
+        t0.elapsed()
+    );
+    // The first delivery's ack no longer counts twice; this one does.
+    ack(&mut a, "rt", &id);
+    a.sync();
+    let st = wait_stats(&s, "rt", |st| st["acked"] == json!(1));
+    assert_eq!(st["redelivered"], json!(1), "{st}");
+    assert_eq!(st["in_flight"], json!(0), "{st}");
+}
+
+#[test]
+fn disconnect_redelivers_at_once_and_drops_credits() {
+    let s = server(&["--ack-timeout", "60000"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut a = Client::ready(&s, Encoding::Json, "app", "a");
+    let mut b = Client::ready(&s, Encoding::Json, "app", "b");
+    let id = push(&mut p, "dc", to_app("app"), json!(1), json!(1));
+    request(&mut a, "dc");
+    request(&mut a, "dc");
+    assert_eq!(delivered(&mut a, "dc").0, id);
+    a.sync();
+    request(&mut b, "dc");
+    b.expect_quiet();
+    a.close();
+    // Long before the 60 s ack timeout.
+    assert_eq!(delivered(&mut b, "dc").0, id);
+    // a's second credit vanished with it: a new message waits for b.
+    let next = push(&mut p, "dc", to_app("app"), json!(2), json!(2));
+    let st = wait_stats(&s, "dc", |st| st["depth"] == json!(1));
+    assert_eq!(st["waiting"], json!(0), "{st}");
+    request(&mut b, "dc");
+    assert_eq!(delivered(&mut b, "dc").0, next);
+}
+
+#[test]
+fn message_matching_no_connected_client_is_dead_lettered_then_returns() {
+    let s = server(&["--dlq-time", "800"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let id = push(&mut p, "dl", to_app("nobody"), json!(1), json!(1));
+    let st = wait_stats(&s, "dl", |st| st["dead_letter"] == json!(1));
+    assert_eq!(st["depth"], json!(0), "{st}");
+    let t0 = Instant::now();
+    let mut c = Client::ready(&s, Encoding::Json, "nobody", "c");
+    request(&mut c, "dl");
+    assert_eq!(delivered(&mut c, "dl").0, id);
+    assert!(
+        t0.elapsed() < Duration::from_millis(800 + 1000),
+        "returned after {:?}",
+        t0.elapsed()
+    );
+    let st = queue_stats(&s, "dl");
+    assert_eq!(st["dead_lettered"], json!(1), "{st}");
+}
+
+#[test]
+fn cancel_withdraws_credits_and_client_object_lists_waiting_queues() {
+    let s = server(&[]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    request(&mut c, "one");
+    request(&mut c, "two");
+    c.sync();
+    let nodes = p
+        .query_nodes(json!({"application": "app", "ops": [op("/encoding", "$eq", json!("json"))]}));
+    let n = node_of(&nodes, "c");
+    assert_eq!(n["queues"], json!(["one", "two"]), "{n}");
+    c.dispatch("QUEUE_REQUEST_CANCEL", json!({"queue": "one"}));
+    c.sync();
+    let nodes = p.query_nodes(query("app"));
+    assert_eq!(node_of(&nodes, "c")["queues"], json!(["two"]));
+    push(&mut p, "one", to_app("app"), json!(1), json!(1));
+    c.expect_quiet();
+    push(&mut p, "two", to_app("app"), json!(2), json!(2));
+    delivered(&mut c, "two");
+    let nodes = p.query_nodes(query("app"));
+    assert_eq!(node_of(&nodes, "c")["queues"], json!([]));
+}
+
+#[test]
+fn limits_reject_without_losing_what_is_queued() {
+    let s = server(&["--max-queue-length", "2", "--max-queue-message-size", "100"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    let a = push(&mut p, "lim", to_app("app"), json!(1), json!(1));
+    let b = push(&mut p, "lim", to_app("app"), json!(2), json!(2));
+    p.dispatch(
+        "QUEUE",
+        json!({"queue": "lim", "target": to_app("app"), "nonce": 3, "payload": 3}),
+    );
+    let extra = p.expect_invalid("queue full");
+    assert_eq!(extra["max_queue_length"], json!(2), "{extra}");
+    p.dispatch(
+        "QUEUE",
+        json!({"queue": "other", "target": to_app("app"), "nonce": 4, "payload": "x".repeat(200)}),
+    );
+    let extra = p.expect_invalid("queue message too large");
+    assert_eq!(extra["max_queue_message_size"], json!(100), "{extra}");
+    for id in [a, b] {
+        request(&mut c, "lim");
+        let (got, _) = delivered(&mut c, "lim");
+        assert_eq!(got, id);
+        ack(&mut c, "lim", &got);
+    }
+    c.sync();
+    // Room again.
+    push(&mut p, "lim", to_app("app"), json!(5), json!(5));
+    // Credits are bounded the same way.
+    request(&mut c, "empty");
+    request(&mut c, "empty");
+    request(&mut c, "empty");
+    let extra = c.expect_invalid("too many queue requests");
+    assert_eq!(extra["max_queue_length"], json!(2), "{extra}");
+}
+
+#[test]
+fn queues_api_needs_auth() {
+    let s = Server::start(&["--no-durable", "--auth", "pw"]);
+    let r = s.http("GET", "/api/v1/queues", &[], None);
+    assert_eq!(r.status, 401);
+    let r = s.http("GET", "/api/v1/queues", &[("Authorization", "pw")], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"queues": [], "log": []}));
+}
+
+#[test]
+fn owner_shard_differs_from_producer_and_consumer_shards() {
+    let s = server(&["--shards", "3", "--ack-timeout", "60000"]);
+    let mut observer = Client::ready(&s, Encoding::Json, "obs", "obs");
+    let members = spread(&s, &mut observer, "w", 3, &[Encoding::Json], json!({}));
+    let mut by_shard: Vec<Member> = Vec::new();
+    for m in members {
+        if !by_shard.iter().any(|x| x.shard == m.shard) {
+            by_shard.push(m);
+        }
+    }
+    assert!(by_shard.len() >= 3, "clients on 3 shards");
+    let mut producer = by_shard.remove(0);
+    let mut consumer = by_shard.remove(0);
+    let mut other = by_shard.remove(0);
+    // Find a queue owned by neither the producer's nor the consumer's shard.
+    let name = (0..200)
+        .map(|i| format!("x{i}"))
+        .find(|name| {
+            push(
+                &mut producer.client,
+                name,
+                to_app("none"),
+                json!(0),
+                json!(0),
+            );
+            let st = wait_stats(&s, name, |st| !st.is_null());
+            let owner = st["shard"].as_u64().unwrap();
+            owner != producer.shard && owner != consumer.shard
+        })
+        .expect("some queue name hashes to the third shard");
+    let name = name.as_str();
+    let ids: Vec<String> = (0..10)
+        .map(|i| push(&mut producer.client, name, to_app("w"), json!(i), json!(i)))
+        .collect();
+    // The name's first message (to app "none") is dead-lettered meanwhile.
+    for id in &ids {
+        request(&mut consumer.client, name);
+        let (got, _) = delivered(&mut consumer.client, name);
+        assert_eq!(&got, id);
+        ack(&mut consumer.client, name, &got);
+    }
+    // Redelivery on disconnect across shards.
+    let id = push(
+        &mut producer.client,
+        name,
+        to_app("w"),
+        json!("d"),
+        json!("d"),
+    );
+    request(&mut consumer.client, name);
+    assert_eq!(delivered(&mut consumer.client, name).0, id);
+    request(&mut other.client, name);
+    other.client.sync();
+    consumer.client.close();
+    assert_eq!(delivered(&mut other.client, name).0, id);
+    ack(&mut other.client, name, &id);
+    wait_stats(&s, name, |st| st["acked"] == json!(11));
+    // Acking from the wrong shard/client.
+    ack(&mut producer.client, name, &id);
+    producer.client.expect_invalid("unknown queue message");
+}
+
+#[test]
+fn at_least_once_while_consumers_disconnect_mid_stream() {
+    let s = server(&["--shards", "2", "--ack-timeout", "60000"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let total = 60;
+    let ids: BTreeSet<String> = (0..total)
+        .map(|i| push(&mut p, "alo", to_app("app"), json!(i), json!(i)))
+        .collect();
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    // Flaky consumers: take five, ack two, vanish.
+    for round in 0..10 {
+        let mut c = Client::ready(&s, Encoding::Json, "app", &format!("flaky{round}"));
+        for _ in 0..5 {
+            request(&mut c, "alo");
+        }
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(delivered(&mut c, "alo").0);
+        }
+        for id in got.iter().take(2) {
+            ack(&mut c, "alo", id);
+            acked.insert(id.clone());
+        }
+        c.sync();
+        if round % 2 == 0 {
+            c.close();
+        } else {
+            c.drop_tcp();
+        }
+    }
+    let mut steady = Client::ready(&s, Encoding::Json, "app", "steady");
+    while acked.len() < ids.len() {
+        request(&mut steady, "alo");
+        let (id, _) = delivered(&mut steady, "alo");
+        ack(&mut steady, "alo", &id);
+        acked.insert(id);
+    }
+    assert_eq!(acked, ids);
+    steady.sync();
+    let st = queue_stats(&s, "alo");
+    assert_eq!(st["depth"], json!(0), "{st}");
+    assert_eq!(st["in_flight"], json!(0), "{st}");
+}
+
+// ---------------------------------------------------------------------------
+// Durability
+// ---------------------------------------------------------------------------
+
+fn durable(dir: &TempDir, extra: &[&str]) -> Server {
+    let mut args = vec!["--data-dir", dir.path(), "--ack-timeout", "60000"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// Requests until every id of `want` arrived (duplicates allowed).
+fn drain_all(c: &mut Client, queue: &str, want: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + STEP * 4;
+    while !want.is_subset(&got) {
+        assert!(
+            Instant::now() < deadline,
+            "missing {:?}",
+            want.difference(&got).collect::<Vec<_>>()
+        );
+        request(c, queue);
+        let (id, _) = delivered(c, queue);
+        ack(c, queue, &id);
+        got.insert(id);
+    }
+    got
+}
+
+#[test]
+fn confirmed_messages_survive_sigkill() {
+    let dir = TempDir::new("crash");
+    let mut s = durable(&dir, &["--shards", "2"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    // Stream without waiting; count confirms as they come.
+    let total = 400;
+    for i in 0..total {
+        p.dispatch(
+            "QUEUE",
+            json!({"queue": "crash", "target": to_app("app"), "nonce": i, "payload": {"n": i}}),
+        );
+    }
+    let mut confirmed = BTreeSet::new();
+    while confirmed.len() < total / 3 {
+        let d = p.expect_dispatch("QUEUE_CONFIRM");
+        confirmed.insert(d["id"].as_str().unwrap().to_string());
+    }
+    s.signal("KILL");
+    s.wait_exit(STEP).expect("killed");
+    // Confirms already on the wire before the kill count too.
+    while let Event::Packet(pk) = p.next_event(Duration::from_millis(200)) {
+        if pk["t"] == json!("QUEUE_CONFIRM") {
+            confirmed.insert(pk["d"]["id"].as_str().unwrap().to_string());
+        }
+    }
+    drop(p);
+    let s = durable(&dir, &["--shards", "3"]);
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    let got = drain_all(&mut c, "crash", &confirmed);
+    assert!(got.is_superset(&confirmed));
+    // Drain what else was recovered (written but not yet confirmed).
+    loop {
+        request(&mut c, "crash");
+        match c.next_event(QUIET) {
+            Event::Packet(p) if p["t"] == json!("QUEUE") => {
+                let id = p["d"]["payload"]["id"].as_str().unwrap().to_string();
+                ack(&mut c, "crash", &id);
+            }
+            Event::Timeout => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Every ack applied and on disk, then kill again: acked stays acked.
+    wait_stats(&s, "crash", |st| {
+        st["depth"] == json!(0) && st["in_flight"] == json!(0)
+    });
+    let deadline = Instant::now() + STEP;
+    loop {
+        let st = s.http("GET", "/api/v1/queues", &[], None).json();
+        let logs = st["log"].as_array().unwrap().clone();
+        if logs.iter().all(|l| l["written"] == l["records"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "log never caught up: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+    drop(s);
+    let s = durable(&dir, &[]);
+    let st = queue_stats(&s, "crash");
+    assert!(
+        st.is_null() || st["depth"] == json!(0),
+        "acked messages came back: {st}"
+    );
+}
+
+/// The log files of a data directory.
+fn logs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Offsets of each record in a log (the format of src/queue/wal.rs).
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        if len == 0 || pos + 8 + len > bytes.len() {
+            break;
+        }
+        out.push(pos);
+        pos += 8 + len;
+    }
+    out
+}
+
+#[test]
+fn torn_or_corrupt_log_tail_recovers_to_the_last_good_record() {
+    for damage in ["truncate", "corrupt", "garbage"] {
+        let dir = TempDir::new(damage);
+        let mut s = durable(&dir, &["--shards", "1"]);
+        let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+        let ids: Vec<String> = (0..3)
+            .map(|i| push(&mut p, "torn", to_app("app"), json!(i), json!(i)))
+            .collect();
+        s.signal("KILL");
+        s.wait_exit(STEP).expect("killed");
+        let files = logs(&dir.0);
+        assert_eq!(files.len(), 1, "{files:?}");
+        let mut bytes = std::fs::read(&files[0]).unwrap();
+        let offsets = record_offsets(&bytes);
+        assert_eq!(offsets.len(), 3, "three enqueue records");
+        let last = offsets[2];
+        let survivors = match damage {
+            "truncate" => {
+                bytes.truncate(last + 11);
+                2
+            }
+            "corrupt" => {
+                bytes[last + 12] ^= 0xff;
+                2
+            }
+            _ => {
+                let end = offsets[2]
+                    + 8
+                    + u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as usize;
+                bytes.truncate(end);
+                bytes.extend_from_slice(&[0xa5; 100]);
+                3
+            }
+        };
+        std::fs::write(&files[0], &bytes).unwrap();
+        let s = durable(&dir, &["--shards", "1"]);
+        let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+        let want: BTreeSet<String> = ids[..survivors].iter().cloned().collect();
+        for id in &ids[..survivors] {
+            request(&mut c, "torn");
+            let (got, _) = delivered(&mut c, "torn");
+            assert_eq!(&got, id, "{damage}");
+        }
+        let _ = want;
+        request(&mut c, "torn");
+        c.expect_quiet();
+        // Still writable after recovery.
+        let mut p = Client::ready(&s, Encoding::Json, "app", "p2");
+        let id = push(&mut p, "torn", to_app("app"), json!(9), json!(9));
+        assert_eq!(delivered(&mut c, "torn").0, id, "{damage}");
+    }
+}
+
+#[test]
+fn data_dir_is_created_lazily_and_locked() {
+    let dir = TempDir::new("lock");
+    let s = durable(&dir, &[]);
+    assert!(!dir.0.exists(), "no queue used yet, no directory");
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    push(&mut p, "l", to_app("app"), json!(1), json!(1));
+    assert!(dir.0.join("LOCK").exists());
+    // A second server on the same directory refuses to start.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_singyeong"))
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            dir.path(),
+        ])
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + STEP;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a second server started on a locked data directory");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("locked"), "{err}");
+}
+
+#[test]
+fn log_segments_rotate_and_acked_segments_are_deleted() {
+    let dir = TempDir::new("segments");
+    let s = durable(&dir, &["--shards", "1", "--queue-segment-bytes", "4096"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    let payload = json!("y".repeat(500));
+    let ids: Vec<String> = (0..40)
+        .map(|i| push(&mut p, "seg", to_app("app"), json!(i), payload.clone()))
+        .collect();
+    let before = logs(&dir.0).len();
+    assert!(before >= 4, "rotated into {before} segments");
+    for id in &ids {
+        request(&mut c, "seg");
+        let (got, _) = delivered(&mut c, "seg");
+        assert_eq!(&got, id);
+        ack(&mut c, "seg", &got);
+    }
+    c.sync();
+    // One more write lets the writer notice and delete what is all acked.
+    let last = push(&mut p, "seg", to_app("app"), json!("last"), json!(1));
+    let deadline = Instant::now() + STEP;
+    while logs(&dir.0).len() > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "acked segments not deleted: {:?}",
+            logs(&dir.0)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        push(&mut p, "seg-nudge", to_app("nobody"), json!(0), json!(0));
+    }
+    drop(c);
+    drop(s);
+    // Only the unacked message comes back.
+    let s = durable(&dir, &["--shards", "1"]);
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    request(&mut c, "seg");
+    assert_eq!(delivered(&mut c, "seg").0, last);
+    c.expect_quiet();
+}
+
+#[test]
+fn optional_target_falls_back_to_any_client_of_the_app() {
+    let s = server(&[]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready_with(&s, Encoding::Json, "app", "c", with_color("red"));
+    let target = with(colored("app", "purple"), "optional", json!(true));
+    let id = push(&mut p, "opt", target, json!(1), json!(1));
+    request(&mut c, "opt");
+    assert_eq!(delivered(&mut c, "opt").0, id);
+    let st = queue_stats(&s, "opt");
+    assert_eq!(st["dead_lettered"], json!(0), "{st}");
+}
+
+#[test]
+fn every_fsync_policy_confirms_and_survives_sigkill() {
+    for policy in ["group", "each", "none"] {
+        let dir = TempDir::new(policy);
+        let mut s = durable(&dir, &["--fsync", policy]);
+        let mut p = Client::ready(&s, Encoding::Msgpack, "app", "p");
+        let ids: Vec<String> = (0..5)
+            .map(|i| push(&mut p, "pol", to_app("app"), json!(i), json!({"i": i})))
+            .collect();
+        s.signal("KILL");
+        s.wait_exit(STEP).expect("killed");
+        let s = durable(&dir, &["--fsync", policy]);
+        let mut c = Client::ready(&s, Encoding::Etf, "app", "c");
+        for (i, id) in ids.iter().enumerate() {
+            request(&mut c, "pol");
+            let (got, payload) = delivered(&mut c, "pol");
+            assert_eq!(&got, id, "{policy}");
+            assert_eq!(payload, json!({"i": i}), "{policy}");
+        }
+    }
+}
