@@ -118,3 +118,41 @@ fn metrics_need_the_password_when_one_is_set() {
         "{text}"
     );
 }
+
+#[test]
+fn queues_appear_with_their_depth_and_counters() {
+    let server = Server::start(&["--no-durable"]);
+    let mut p = Client::ready(&server, Json, "producers", "p");
+    for i in 0..3 {
+        p.dispatch(
+            "QUEUE",
+            json!({"queue": "jobs", "target": query("workers"), "nonce": i, "payload": i}),
+        );
+        p.expect_dispatch("QUEUE_CONFIRM");
+    }
+    let text = scrape(&server, None);
+    // The queue lives on whichever shard its name hashes to. With no worker
+    // connected, its messages are waiting or dead-lettered.
+    assert_eq!(
+        for_queue(&text, "singyeong_queue_depth", "jobs")
+            + for_queue(&text, "singyeong_queue_dead_letter", "jobs"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        for_queue(&text, "singyeong_queue_enqueued_total", "jobs"),
+        3.0
+    );
+}
+
+/// The sample of `family` labelled with `queue`, on whatever shard owns it.
+fn for_queue(text: &str, family: &str, queue: &str) -> f64 {
+    let label = format!("queue=\"{queue}\"}}");
+    let found: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(&label))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(found.len(), 1, "one {family} row for {queue} in:\n{text}");
+    found[0]
+}

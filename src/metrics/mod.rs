@@ -8,6 +8,8 @@ mod render;
 use std::cell::Cell;
 use std::time::Duration;
 
+use crate::queue::owner::QueueRow;
+
 pub use render::render;
 
 /// Upper bounds of the routing latency histogram, in seconds: 1 µs to ~1 s,
@@ -94,7 +96,7 @@ impl ShardMetrics {
     }
 
     /// A copy of every counter, with the gauges the shard reads at the time.
-    pub fn snapshot(&self, shard: usize, gauges: Gauges) -> Snapshot {
+    pub fn snapshot(&self, shard: usize, gauges: Gauges, queues: Vec<QueueRow>) -> Snapshot {
         let read = |cells: &[Cell<u64>]| cells.iter().map(Cell::get).collect();
         Snapshot {
             shard,
@@ -109,6 +111,7 @@ impl ShardMetrics {
             routing_sum: self.routing_sum.get(),
             outbound_drops: self.outbound_drops.get(),
             slow_consumers: self.slow_consumers.get(),
+            queues,
         }
     }
 }
@@ -139,6 +142,8 @@ pub struct Snapshot {
     pub routing_sum: f64,
     pub outbound_drops: u64,
     pub slow_consumers: u64,
+    /// The queues the shard owns.
+    pub queues: Vec<QueueRow>,
 }
 
 #[cfg(test)]
@@ -153,7 +158,7 @@ mod tests {
         m.packet_out(6);
         m.routed_send(false, Duration::from_micros(3));
         m.routed_broadcast(5, Duration::from_secs(10));
-        let s = m.snapshot(2, Gauges::default());
+        let s = m.snapshot(2, Gauges::default(), Vec::new());
         assert_eq!(s.packets_in[4], 1);
         assert_eq!(s.packets_in[OPS - 1], 1);
         assert_eq!(s.packets_out[6], 1);

@@ -8,6 +8,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 use super::{LATENCY_BUCKETS, Snapshot};
+use crate::queue::owner::QueueRow;
 
 /// Labelled values of one metric, encoded as one family.
 #[derive(Debug)]
@@ -89,6 +90,68 @@ fn by_op(
     registry.register(name, help, Labeled { rows });
 }
 
+/// A metric family read from each queue's row: name, help, value.
+type Family<T> = (&'static str, &'static str, fn(&QueueRow) -> T);
+
+/// Per-queue gauges and counters, labelled by queue (a queue lives on one
+/// shard, whose label it also carries).
+fn queue_families(registry: &mut Registry, snapshots: &[Snapshot]) {
+    let rows = || {
+        snapshots.iter().flat_map(|s| {
+            s.queues.iter().map(move |q| {
+                let labels = vec![
+                    ("shard".to_string(), s.shard.to_string()),
+                    ("queue".to_string(), q.name.clone()),
+                ];
+                (labels, q)
+            })
+        })
+    };
+    let gauges: [Family<usize>; 4] = [
+        ("queue_depth", "Messages waiting in a queue", |q| q.depth),
+        (
+            "queue_in_flight",
+            "Messages delivered and not yet acked",
+            |q| q.in_flight,
+        ),
+        (
+            "queue_dead_letter",
+            "Messages on a queue's dead-letter list",
+            |q| q.dead_letter,
+        ),
+        ("queue_waiting", "Outstanding QUEUE_REQUEST credits", |q| {
+            q.waiting
+        }),
+    ];
+    for (name, help, value) in gauges {
+        let rows = rows()
+            .map(|(l, q)| (l, ConstGauge::new(value(q) as i64)))
+            .collect();
+        registry.register(name, help, Labeled { rows });
+    }
+    let counters: [Family<u64>; 5] = [
+        ("queue_enqueued", "Messages queued", |q| q.stats.enqueued),
+        ("queue_delivered", "Queue deliveries", |q| q.stats.delivered),
+        ("queue_acked", "Queue messages acked", |q| q.stats.acked),
+        (
+            "queue_redelivered",
+            "Queue deliveries that came back",
+            |q| q.stats.redelivered,
+        ),
+        (
+            "queue_dead_lettered",
+            "Times a message was dead-lettered",
+            |q| q.stats.dead_lettered,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let rows = rows()
+            .map(|(l, q)| (l, ConstCounter::new(value(q))))
+            .collect();
+        registry.register(name, help, Labeled { rows });
+    }
+}
+
 /// Renders every shard's snapshot (and the process's RSS and CPU time).
 pub fn render(snapshots: &[Snapshot]) -> String {
     let mut registry = Registry::with_prefix("singyeong");
@@ -150,6 +213,7 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         "Connections closed because their outbound queue passed its limit",
         |s| s.slow_consumers,
     );
+    queue_families(&mut registry, snapshots);
     registry.register_with_unit(
         "routing_latency",
         "Time to route a SEND or BROADCAST, from decoding to handing it to the recipients' shards",
@@ -230,8 +294,9 @@ mod tests {
                     clients: 2,
                     mesh_depth: 0,
                 },
+                Vec::new(),
             ),
-            ShardMetrics::default().snapshot(1, Gauges::default()),
+            ShardMetrics::default().snapshot(1, Gauges::default(), vec![queue_row()]),
         ];
         let text = render(&snapshots);
         assert!(
@@ -256,6 +321,31 @@ mod tests {
         );
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
         assert!(text.contains("process_cpu_seconds_total "), "{text}");
+        assert!(
+            text.contains("singyeong_queue_depth{shard=\"1\",queue=\"jobs\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("singyeong_queue_acked_total{shard=\"1\",queue=\"jobs\"} 7"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    fn queue_row() -> QueueRow {
+        QueueRow {
+            name: "jobs".into(),
+            depth: 3,
+            in_flight: 1,
+            dead_letter: 0,
+            waiting: 2,
+            stats: crate::queue::state::Stats {
+                enqueued: 11,
+                delivered: 8,
+                acked: 7,
+                redelivered: 1,
+                dead_lettered: 0,
+            },
+        }
     }
 }

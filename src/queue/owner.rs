@@ -42,13 +42,14 @@ struct ClientQueues {
     snapshot: Option<Arc<Consumer>>,
 }
 
-/// One shard's queues summed ([`ShardQueues::totals`]).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Totals {
-    pub queues: usize,
-    pub pending: usize,
+/// One queue's figures ([`ShardQueues::rows`]), for the API and metrics.
+#[derive(Debug, Clone)]
+pub struct QueueRow {
+    pub name: String,
+    pub depth: usize,
     pub in_flight: usize,
     pub dead_letter: usize,
+    pub waiting: usize,
     pub stats: super::state::Stats,
 }
 
@@ -141,25 +142,20 @@ impl ShardQueues {
         names
     }
 
-    /// This shard's queues summed, for metrics.
-    pub fn totals(&self) -> Totals {
-        let owned = self.owned.borrow();
-        let mut t = Totals {
-            queues: owned.len(),
-            ..Totals::default()
-        };
-        for q in owned.values() {
-            let s = q.stats();
-            t.pending += q.depth();
-            t.in_flight += q.in_flight();
-            t.dead_letter += q.dead_letters();
-            t.stats.enqueued += s.enqueued;
-            t.stats.delivered += s.delivered;
-            t.stats.acked += s.acked;
-            t.stats.redelivered += s.redelivered;
-            t.stats.dead_lettered += s.dead_lettered;
-        }
-        t
+    /// The figures of every queue this shard owns.
+    pub fn rows(&self) -> Vec<QueueRow> {
+        self.owned
+            .borrow()
+            .iter()
+            .map(|(name, q)| QueueRow {
+                name: name.to_string(),
+                depth: q.depth(),
+                in_flight: q.in_flight(),
+                dead_letter: q.dead_letters(),
+                waiting: q.credits(),
+                stats: q.stats(),
+            })
+            .collect()
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -432,23 +428,21 @@ pub fn answer(shard: &Shard, ask: QueueAsk) -> QueueReply {
         QueueAsk::Stats => QueueReply::Stats(
             shard
                 .queues
-                .owned
-                .borrow()
-                .iter()
-                .map(|(name, q)| {
-                    let s = q.stats();
+                .rows()
+                .into_iter()
+                .map(|q| {
                     json!({
-                        "queue": &**name,
+                        "queue": q.name,
                         "shard": shard.id,
-                        "depth": q.depth(),
-                        "in_flight": q.in_flight(),
-                        "dead_letter": q.dead_letters(),
-                        "waiting": q.credits(),
-                        "enqueued": s.enqueued,
-                        "delivered": s.delivered,
-                        "acked": s.acked,
-                        "redelivered": s.redelivered,
-                        "dead_lettered": s.dead_lettered,
+                        "depth": q.depth,
+                        "in_flight": q.in_flight,
+                        "dead_letter": q.dead_letter,
+                        "waiting": q.waiting,
+                        "enqueued": q.stats.enqueued,
+                        "delivered": q.stats.delivered,
+                        "acked": q.stats.acked,
+                        "redelivered": q.stats.redelivered,
+                        "dead_lettered": q.stats.dead_lettered,
                     })
                 })
                 .collect(),

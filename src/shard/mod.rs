@@ -243,6 +243,7 @@ impl Shard {
                     clients: self.clients.borrow().len() as u64,
                     mesh_depth: self.mesh.depth(self.id) as u64,
                 },
+                self.queues.rows(),
             ))),
             ShardMsg::Describe { client, .. } => {
                 Reply::Nodes(self.describe(client).into_iter().collect())
