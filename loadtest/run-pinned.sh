@@ -5,6 +5,8 @@
 #   loadtest/run-pinned.sh [--server-args "..."] -- <singyeong-loadtest args>
 #
 # Build first: cargo build --release --workspace
+# LOADTEST_NICE=-10 runs server and tool at that nice level (root only), so
+# other work on a shared machine disturbs the measurement less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server_args="--shards 1"
@@ -13,11 +15,12 @@ if [ "${1:-}" = "--server-args" ]; then server_args=$2; shift 2; fi
 bin=${CARGO_TARGET_DIR:-target}/release
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-taskset -c 0 "$bin/singyeong" $server_args --port 0 --bind 127.0.0.1 --log warn >"$out/server.out" 2>"$out/server.err" &
+nice=(nice -n "${LOADTEST_NICE:-0}")
+"${nice[@]}" taskset -c 0 "$bin/singyeong" $server_args --port 0 --bind 127.0.0.1 --log warn >"$out/server.out" 2>"$out/server.err" &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$out"' EXIT
 for _ in $(seq 100); do grep -q '^listening on' "$out/server.out" && break; sleep 0.05; done
 addr=$(sed -n 's/^listening on //p' "$out/server.out")
 [ -n "$addr" ] || { cat "$out/server.err" >&2; exit 1; }
 sleep 1 # let the idle server settle before its baseline RSS is read
-taskset -c 1 "$bin/singyeong-loadtest" --url "ws://$addr/gateway/websocket" --server-pid "$server" --quiet "$@"
+"${nice[@]}" taskset -c 1 "$bin/singyeong-loadtest" --url "ws://$addr/gateway/websocket" --server-pid "$server" --quiet "$@"

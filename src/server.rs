@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,10 @@ pub enum StartError {
     },
 }
 
+/// How long shards wait for connections to finish their goodbyes on
+/// shutdown before stopping anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// How many messages a shard takes from its inbox before letting its
 /// connections run.
 const MESH_BATCH: usize = 256;
@@ -53,6 +58,8 @@ impl Server {
         let boot = recovered.boot;
         let mut recovered = recovered.shards.into_iter();
         let mesh = Mesh::new(config.shards);
+        // Shards whose connections have not yet finished on shutdown.
+        let draining = Arc::new(AtomicUsize::new(config.shards));
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut threads = Vec::new();
         let mut addr = SocketAddr::new(config.bind, config.port);
@@ -68,8 +75,12 @@ impl Server {
             let shard_config = config.clone();
             let shard_mesh = mesh.clone();
             let shard_queues = recovered.next().unwrap_or_default();
-            let handle = LocalExecutorBuilder::new(placement)
-                .name(&format!("shard-{id}"))
+            let shard_draining = draining.clone();
+            let mut builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
+            if !config.spin_before_park.is_zero() {
+                builder = builder.spin_before_park(config.spin_before_park);
+            }
+            let handle = builder
                 .spawn(move || {
                     run_shard(
                         id,
@@ -78,6 +89,7 @@ impl Server {
                         addr,
                         ready_tx,
                         (shard_queues, boot),
+                        shard_draining,
                     )
                 })
                 .map_err(|source| StartError::Executor { shard: id, source })?;
@@ -131,6 +143,7 @@ async fn run_shard(
     addr: SocketAddr,
     ready: mpsc::Sender<Result<SocketAddr, String>>,
     queues: (Vec<crate::queue::RecoveredMsg>, u64),
+    draining: Arc<AtomicUsize>,
 ) {
     let listener = match TcpListener::bind(addr) {
         Ok(listener) => listener,
@@ -158,10 +171,20 @@ async fn run_shard(
         glommio::yield_if_needed().await;
     }
     accept.cancel();
-    // Give connections a moment to write their goodbyes, then stop; other
-    // shards may still send us replies meanwhile, which we keep answering.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while shard.open_connections() > 0 && Instant::now() < deadline {
+    // Give connections a moment to finish their goodbyes. A shard whose
+    // connections are done keeps answering the mesh until every shard is
+    // done: a connection elsewhere may be waiting on its answer (a SEND in
+    // flight), and would otherwise hang until the deadline.
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    let mut finished = false;
+    loop {
+        if !finished && shard.open_connections() == 0 {
+            finished = true;
+            draining.fetch_sub(1, Ordering::AcqRel);
+        }
+        if (finished && draining.load(Ordering::Acquire) == 0) || Instant::now() >= deadline {
+            break;
+        }
         let wait = glommio::timer::sleep(Duration::from_millis(10));
         futures_lite::future::or(wait, async {
             mesh.recv_batch(id, &mut batch, MESH_BATCH).await;

@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The most payload bytes one sender may have outstanding (window × payload).
 pub const MAX_OUTSTANDING_BYTES: u64 = 256 << 20;
 
 /// What a run does once its connections are identified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
     /// Open N connections, idle, report connect rate and server RSS per connection.
@@ -22,6 +22,21 @@ pub enum Scenario {
     Targeted,
     /// BROADCAST to every receiver of one application.
     Broadcast,
+    /// SEND to one of the K receivers of a group (`/group $eq g`).
+    Group,
+    /// Targeted SENDs while receivers disconnect and reconnect at --churn-rate.
+    Churn,
+}
+
+/// Which server the run talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// A singyeong server's gateway (`ws://host:port/gateway/websocket`).
+    Singyeong,
+    /// A NATS server's websocket listener (`ws://host:port`); receivers
+    /// subscribe to their id, group (queue group) and application subjects.
+    Nats,
 }
 
 impl Scenario {
@@ -30,6 +45,8 @@ impl Scenario {
             Scenario::Connect => "connect",
             Scenario::Targeted => "targeted",
             Scenario::Broadcast => "broadcast",
+            Scenario::Group => "group",
+            Scenario::Churn => "churn",
         }
     }
 
@@ -38,11 +55,13 @@ impl Scenario {
     }
 }
 
-#[derive(Debug, Clone, Parser, Serialize)]
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
 #[command(
     name = "singyeong-loadtest",
     version,
     about = "Capacity-planning load tester for the 신경 (singyeong) message bus",
+    // A worker's command line is the coordinator's plus its own overrides.
+    args_override_self = true,
     long_about = "Opens many identified websocket connections to a singyeong server, \
                   optionally drives SEND/BROADCAST traffic between them, and reports \
                   connect rate, delivered vs sent counts, end-to-end latency and the \
@@ -52,6 +71,10 @@ pub struct Args {
     /// What to measure
     #[arg(long, value_enum)]
     pub scenario: Scenario,
+
+    /// The kind of server under test
+    #[arg(long, value_enum, default_value = "singyeong")]
+    pub target: TargetKind,
 
     /// Gateway URL of the server under test (ws:// only)
     #[arg(long, default_value = "ws://127.0.0.1:4567/gateway/websocket")]
@@ -109,6 +132,18 @@ pub struct Args {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub window: u32,
 
+    /// Open loop: send at this many messages per second in total, split over
+    /// the senders, on a fixed schedule (latency is measured from each
+    /// message's scheduled time, so stalls cannot hide); --window is ignored.
+    /// Without it the run is closed loop.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// churn: receivers disconnected (and reconnected at once, same id, new
+    /// client id) per second while traffic flows
+    #[arg(long, default_value = "20", value_parser = parse_rate)]
+    pub churn_rate: f64,
+
     /// How long senders send, in seconds
     #[arg(long, default_value = "10", value_parser = parse_secs)]
     pub duration: f64,
@@ -133,6 +168,24 @@ pub struct Args {
     #[arg(long)]
     pub server_pid: Option<u32>,
 
+    /// Prometheus endpoint of the server (e.g. http://127.0.0.1:4567/metrics),
+    /// read for process_resident_memory_bytes and process_cpu_seconds_total
+    /// when --server-pid is not given
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+
+    /// Capacity plan: cores of the machine to plan for (with --plan-memory-gib)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), requires = "plan_memory_gib")]
+    pub plan_cores: Option<u32>,
+
+    /// Capacity plan: memory of the machine to plan for, in GiB (with --plan-cores)
+    #[arg(long, value_parser = parse_gib, requires = "plan_cores")]
+    pub plan_memory_gib: Option<f64>,
+
+    /// Write a self-contained HTML report (plots inline, no network) to this file
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+
     /// Also write the JSON result to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -140,6 +193,18 @@ pub struct Args {
     /// Tag for client ids, so runs against one server never collide [default: random]
     #[arg(long, value_parser = parse_app_prefix)]
     pub run_id: Option<String>,
+
+    /// Worker processes to spread the connections over (each opens its share
+    /// of receivers and senders under its own applications, "<app-prefix>-w<i>",
+    /// and its own source addresses; traffic stays within a worker, so a
+    /// broadcast reaches the receivers of its worker). Lifts one process's
+    /// open-file limit off N
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub processes: u32,
+
+    /// Internal: run as worker <i> of a --processes coordinator
+    #[arg(long, hide = true)]
+    pub worker: Option<u32>,
 
     /// No progress lines on stderr (the summary is still printed)
     #[arg(long, short = 'q')]
@@ -164,7 +229,13 @@ pub enum ArgsError {
         payload: u32,
         total: u64,
     },
-    #[error("--source-base {base} + {count} addresses leaves the IPv4 range")]
+    #[error("--processes {processes} needs at least one sender per process (--senders {senders})")]
+    SendersPerProcess { senders: u32, processes: u32 },
+    #[error("--rate needs a scenario that sends (not {0})")]
+    RateWithoutTraffic(&'static str),
+    #[error("--metrics-url {url:?}: {reason}")]
+    MetricsUrl { url: String, reason: String },
+    #[error("--source-base {base} + {count} addresses (x --processes) leaves the IPv4 range")]
     SourceRange { base: Ipv4Addr, count: u32 },
 }
 
@@ -174,6 +245,15 @@ impl Args {
         if self.scenario.has_traffic() && self.senders == 0 {
             return Err(ArgsError::NoSenders(self.scenario.name()));
         }
+        if self.rate.is_some() && !self.scenario.has_traffic() {
+            return Err(ArgsError::RateWithoutTraffic(self.scenario.name()));
+        }
+        if let Some(url) = &self.metrics_url {
+            crate::metrics::Endpoint::parse(url).map_err(|reason| ArgsError::MetricsUrl {
+                url: url.clone(),
+                reason,
+            })?;
+        }
         let total = u64::from(self.window) * u64::from(self.payload_bytes);
         if total > MAX_OUTSTANDING_BYTES {
             return Err(ArgsError::Outstanding {
@@ -182,8 +262,14 @@ impl Args {
                 total,
             });
         }
+        if self.processes > 1 && self.scenario.has_traffic() && self.senders < self.processes {
+            return Err(ArgsError::SendersPerProcess {
+                senders: self.senders,
+                processes: self.processes,
+            });
+        }
         if u32::from(self.source_base)
-            .checked_add(self.source_addrs - 1)
+            .checked_add(self.source_addrs * self.processes - 1)
             .is_none()
         {
             return Err(ArgsError::SourceRange {
@@ -279,6 +365,28 @@ impl Gateway {
             port,
         })
     }
+}
+
+fn parse_gib(s: &str) -> Result<f64, String> {
+    let gib: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of GiB"))?;
+    if !gib.is_finite() || gib <= 0.0 || gib > 1_048_576.0 {
+        return Err(format!("{s} must be more than 0 and at most 1048576 GiB"));
+    }
+    Ok(gib)
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number per second"))?;
+    if !rate.is_finite() || rate <= 0.0 || rate > 100_000_000.0 {
+        return Err(format!(
+            "{s} must be more than 0 and at most 100000000 per second"
+        ));
+    }
+    Ok(rate)
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {

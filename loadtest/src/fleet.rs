@@ -6,17 +6,20 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
+use crate::args::TargetKind;
 use crate::identity::{Names, Shape};
-use crate::session::{self, OpenError};
+use crate::nats::Subjects;
+use crate::session::{self, Handshake, OpenError};
 use crate::stop::StopSwitch;
 use crate::tally;
-use crate::traffic::{self, Role, Shared};
+use crate::traffic::{self, Exit, Role, Shared};
 use crate::wire;
 
 /// How to reach the server and how fast to connect.
@@ -29,6 +32,7 @@ pub struct Dialer {
     pub timeout: Duration,
     pub shape: Shape,
     pub names: Names,
+    pub target: TargetKind,
 }
 
 /// How the connect phase went.
@@ -91,8 +95,42 @@ pub async fn connect(
                 error: opened.0.as_ref().err().map(ToString::to_string),
             });
             drop(tx);
-            if let Ok(session) = opened.0 {
-                traffic::drive(session, role, n, shared, stop).await;
+            let Ok(mut session) = opened.0 else { return };
+            if let (Role::Receiver { id, .. }, Some(churn)) = (role, &shared.churn) {
+                churn.set_up(id);
+            }
+            // Churn: a kicked receiver reconnects at once, as a new client
+            // with the same metadata.
+            for generation in 1.. {
+                if traffic::drive(session, role, n, &shared, &mut stop).await != Exit::Kicked {
+                    return;
+                }
+                let (Role::Receiver { id, .. }, Some(churn)) = (role, &shared.churn) else {
+                    return;
+                };
+                let began = Instant::now();
+                let reopened = tokio::select! {
+                    _ = stop.wait() => return,
+                    opened = tokio::time::timeout(dialer.timeout, dialer.session(role, source, generation)) =>
+                        opened.unwrap_or(Err(OpenError::Timeout)),
+                };
+                match reopened {
+                    Ok(s) => {
+                        churn.reconnected.fetch_add(1, Ordering::Relaxed);
+                        churn
+                            .reconnect_latency
+                            .lock()
+                            .unwrap()
+                            .saturating_record(began.elapsed().as_micros().max(1) as u64);
+                        churn.set_up(id);
+                        session = s;
+                    }
+                    Err(e) => {
+                        churn.failed.fetch_add(1, Ordering::Relaxed);
+                        shared.tally.record_error(format!("churn reconnect: {e}"));
+                        return;
+                    }
+                }
             }
         });
     }
@@ -119,6 +157,7 @@ pub async fn connect(
                 match outcome.error {
                     None => {
                         done.identified += 1;
+                        shared.tally.identified.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         done.latency.saturating_record(outcome.took.as_micros().max(1) as u64);
                         match outcome.role {
                             Role::Receiver { id, .. } => done.receivers.push(id),
@@ -152,21 +191,53 @@ async fn open(
 ) -> (Result<session::Session, OpenError>, Duration) {
     let _slot = gate.acquire().await.expect("semaphore never closed");
     let began = Instant::now();
-    let (app, client_id, id) = match role {
-        Role::Receiver { id, app } => (dialer.names.app(app), dialer.names.receiver_client(id), id),
-        Role::Sender { index } => (
-            dialer.names.sender_app(),
-            dialer.names.sender_client(index),
-            // Senders get ids past every receiver's, so no target matches them.
-            u64::from(u32::MAX) + u64::from(index),
-        ),
-    };
-    let identify = wire::identify(&client_id, &app, dialer.shape.metadata(id));
-    let opened = tokio::time::timeout(
-        dialer.timeout,
-        session::open(dialer.server, &dialer.url, source, &client_id, identify),
-    )
-    .await
-    .unwrap_or(Err(OpenError::Timeout));
+    let opened = tokio::time::timeout(dialer.timeout, dialer.session(role, source, 0))
+        .await
+        .unwrap_or(Err(OpenError::Timeout));
     (opened, began.elapsed())
+}
+
+impl Dialer {
+    /// Opens one connection for `role` and makes it ready; `generation`
+    /// counts its reconnects (churn), so each gets a fresh client id.
+    async fn session(
+        &self,
+        role: Role,
+        source: Option<IpAddr>,
+        generation: u64,
+    ) -> Result<session::Session, OpenError> {
+        let (app, client_id, id) = match role {
+            Role::Receiver { id, app } => (app, self.names.receiver_client(id, generation), id),
+            Role::Sender { index } => (
+                u32::MAX,
+                self.names.sender_client(index),
+                // Senders get ids past every receiver's, so no target matches them.
+                u64::from(u32::MAX) + u64::from(index),
+            ),
+        };
+        let handshake = match self.target {
+            TargetKind::Singyeong => {
+                let app_name = match role {
+                    Role::Receiver { .. } => self.names.app(app),
+                    Role::Sender { .. } => self.names.sender_app(),
+                };
+                let identify = wire::identify(&client_id, &app_name, self.shape.metadata(id));
+                Handshake::Singyeong {
+                    client_id,
+                    identify,
+                }
+            }
+            TargetKind::Nats => {
+                let subjects = Subjects::new(&self.names.prefix, &self.names.run);
+                let hello = match role {
+                    Role::Receiver { .. } => {
+                        subjects.receiver_handshake(&client_id, app, id, id % self.shape.groups)
+                    }
+                    Role::Sender { .. } => subjects.sender_handshake(&client_id),
+                };
+                Handshake::Nats { hello }
+            }
+        };
+        session::open(self.server, &self.url, source, handshake).await
+    }
 }

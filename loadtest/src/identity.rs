@@ -56,8 +56,13 @@ impl Names {
         format!("{}-senders", self.prefix)
     }
 
-    pub fn receiver_client(&self, id: u64) -> String {
-        format!("{}-r{id}", self.run)
+    /// `generation` counts reconnects (churn); 0 is the first connection.
+    pub fn receiver_client(&self, id: u64, generation: u64) -> String {
+        if generation == 0 {
+            format!("{}-r{id}", self.run)
+        } else {
+            format!("{}-r{id}-{generation}", self.run)
+        }
     }
 
     pub fn sender_client(&self, index: u32) -> String {

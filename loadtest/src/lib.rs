@@ -7,7 +7,7 @@
 //! - [`args`]: the command line (one struct, validated, echoed in the result).
 //! - [`scenario`]: a run phase by phase (connect, idle, traffic, drain,
 //!   report), and one module per scenario saying only what is sent
-//!   (`connect`, `targeted`, `broadcast`).
+//!   (`connect`, `targeted`, `group`, `broadcast`, `churn`).
 //! - [`fleet`]: opening the population with bounded concurrency over several
 //!   source addresses, and the connect-phase statistics.
 //! - [`session`]: one connection from TCP connect to ready.
@@ -17,15 +17,28 @@
 //! - [`identity`]: application ids, client ids and generated metadata.
 //! - [`tally`]: the shared counters and latency histogram.
 //! - [`procstat`] / [`fdlimit`]: /proc sampling and the open-file limit.
-//! - [`report`]: the JSON result and its human summary.
+//! - [`report`]: the JSON result and its human summary; [`html`]: the same
+//!   as a self-contained page with inline SVG plots; [`plan`]: the capacity
+//!   plan drawn from it.
+//! - [`dialect`]: what a message is for ([`dialect::Pick`]) and how it is
+//!   written for the target (singyeong SEND/BROADCAST, or NATS PUB); [`nats`]:
+//!   the NATS protocol over websocket.
+//! - [`metrics`]: the server's RSS and CPU from its Prometheus `/metrics`.
+//! - [`processes`]: `--processes`, the worker processes and their merge.
 //! - [`stop`]: telling every connection to close, and waiting (bounded) for it.
 //! - [`clock`]: the process-wide monotonic clock behind send timestamps.
 
 pub mod args;
 pub mod clock;
+pub mod dialect;
 pub mod fdlimit;
 pub mod fleet;
+pub mod html;
 pub mod identity;
+pub mod metrics;
+pub mod nats;
+pub mod plan;
+pub mod processes;
 pub mod procstat;
 pub mod report;
 pub mod scenario;

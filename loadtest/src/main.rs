@@ -13,7 +13,7 @@ use clap::Parser;
 use singyeong_loadtest::args::Args;
 use singyeong_loadtest::report::Report;
 use singyeong_loadtest::stop::StopSwitch;
-use singyeong_loadtest::{clock, scenario};
+use singyeong_loadtest::{clock, html, processes, scenario};
 
 /// How long connections get to close after the run.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         let mut switch = StopSwitch::new();
         let outcome = tokio::select! {
-            result = scenario::run(&args, &gateway, workers, &switch) => Outcome::Done(result.map(Box::new)),
+            result = run(&args, &gateway, workers, &switch) => Outcome::Done(result.map(Box::new)),
             _ = tokio::time::sleep(args.timeout()) => Outcome::TimedOut,
             _ = tokio::signal::ctrl_c() => Outcome::Interrupted,
         };
@@ -75,14 +75,40 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+async fn run(
+    args: &Args,
+    gateway: &singyeong_loadtest::args::Gateway,
+    workers: usize,
+    switch: &StopSwitch,
+) -> Result<Report, scenario::RunError> {
+    if args.processes > 1 && args.worker.is_none() {
+        processes::coordinate(args).await
+    } else {
+        scenario::run(args, gateway, workers, switch).await
+    }
+}
+
 enum Outcome {
     Done(Result<Box<Report>, scenario::RunError>),
     TimedOut,
     Interrupted,
 }
 
-/// Prints the summary and the JSON; returns the exit status.
+/// Prints the summary and the JSON; returns the exit status. A worker
+/// prints only its result line for the coordinator.
 fn emit(args: &Args, report: &Report) -> u8 {
+    if args.worker.is_some() {
+        return match processes::result_line(report) {
+            Ok(line) => {
+                println!("{line}");
+                0
+            }
+            Err(e) => {
+                eprintln!("error: cannot encode the result: {e}");
+                1
+            }
+        };
+    }
     eprint!("{}", report.summary());
     let json = match serde_json::to_string_pretty(report) {
         Ok(j) => j,
@@ -94,6 +120,12 @@ fn emit(args: &Args, report: &Report) -> u8 {
     println!("{json}");
     if let Some(path) = &args.json
         && let Err(e) = std::fs::write(path, format!("{json}\n"))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return 1;
+    }
+    if let Some(path) = &args.html
+        && let Err(e) = std::fs::write(path, html::render(report, &json))
     {
         eprintln!("error: cannot write {}: {e}", path.display());
         return 1;

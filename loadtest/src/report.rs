@@ -5,16 +5,17 @@
 use std::fmt::Write;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::args::{Args, Scenario};
+use crate::args::{Args, Scenario, TargetKind};
 use crate::tally::ErrorCount;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
-    pub tool: &'static str,
-    pub version: &'static str,
+    pub tool: String,
+    pub version: String,
     pub scenario: Scenario,
+    pub target: TargetKind,
     /// The command-line parameters, as parsed.
     pub params: Args,
     pub connect: ConnectReport,
@@ -23,11 +24,50 @@ pub struct Report {
     pub client: ClientReport,
     /// Present for scenarios that send.
     pub traffic: Option<TrafficReport>,
+    /// Present for the churn scenario.
+    pub churn: Option<ChurnReport>,
+    /// Server RSS sampled while connections were being opened (and once
+    /// idle): what RSS against connections looks like.
+    pub rss_by_connections: Vec<RssPoint>,
+    /// One point per second of traffic.
+    pub timeline: Vec<TimelinePoint>,
+    /// Present when --plan-cores and --plan-memory-gib were given.
+    pub plan: Option<crate::plan::Plan>,
     /// Errors after identify: op 3 / op 8 texts, and connections lost.
     pub errors: ErrorsReport,
+    /// `--processes`: how many worker processes made this result.
+    pub processes: u32,
+    /// Only in a worker's result to its coordinator: the histograms, so
+    /// merged percentiles are exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Raw>,
 }
 
-#[derive(Debug, Serialize)]
+/// Histograms as (value, count) pairs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Raw {
+    pub connect_latency: Vec<(u64, u64)>,
+    pub traffic_latency: Vec<(u64, u64)>,
+    pub schedule_lag: Vec<(u64, u64)>,
+    pub reconnect_latency: Vec<(u64, u64)>,
+}
+
+impl Raw {
+    pub fn pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+        h.iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    }
+
+    /// Adds `pairs` into `h`.
+    pub fn add(h: &mut Histogram<u64>, pairs: &[(u64, u64)]) {
+        for &(value, count) in pairs {
+            let _ = h.record_n(value.max(1), count);
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ConnectReport {
     pub requested: u64,
     pub identified: u64,
@@ -40,9 +80,11 @@ pub struct ConnectReport {
     pub errors: Vec<ErrorCount>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ServerReport {
-    pub pid: u32,
+    /// "proc" (`--server-pid`) or "metrics" (`--metrics-url`).
+    pub source: String,
+    pub pid: Option<u32>,
     pub rss_before_bytes: u64,
     /// With every connection identified and idle.
     pub rss_connected_bytes: u64,
@@ -55,7 +97,7 @@ pub struct ServerReport {
     pub cpu_us_per_delivery: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ClientReport {
     pub workers: usize,
     pub rss_bytes: u64,
@@ -64,7 +106,7 @@ pub struct ClientReport {
     pub cpu_traffic_seconds: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct TrafficReport {
     pub senders: u32,
     pub receivers: u64,
@@ -82,18 +124,98 @@ pub struct TrafficReport {
     pub undecodable: u64,
     pub sent_per_second: f64,
     pub delivered_per_second: f64,
-    /// Send timestamp to receipt, per delivery.
+    /// Send timestamp to receipt, per delivery (open loop: from the time
+    /// the message was scheduled to be sent).
     pub latency_us: Percentiles,
+    /// "closed" (window of outstanding messages) or "open" (fixed rate).
+    pub mode: String,
+    /// Open loop: the rate asked for, messages per second in total.
+    pub offered_rate: Option<f64>,
+    /// Open loop: how late messages left against their schedule; this
+    /// tool's own share of `latency_us`.
+    pub schedule_lag_us: Option<Percentiles>,
+    /// Group: receivers matched by each target, on average (K).
+    pub group_members: Option<f64>,
+    /// Latency at percentiles from 0 to 99.999 (tenths of a "nine").
+    pub latency_spectrum: Vec<SpectrumPoint>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpectrumPoint {
+    pub percentile: f64,
+    pub us: u64,
+}
+
+impl SpectrumPoint {
+    /// Points at 1 − 10^(−k/10) for k = 0..=50, up to the largest the
+    /// sample count can resolve.
+    pub fn spectrum(h: &Histogram<u64>) -> Vec<SpectrumPoint> {
+        if h.is_empty() {
+            return Vec::new();
+        }
+        let mut points = Vec::new();
+        for k in 0..=50 {
+            let q = 1.0 - 10f64.powf(-f64::from(k) / 10.0);
+            if k > 0 && (1.0 - q) * (h.len() as f64) < 1.0 {
+                break;
+            }
+            points.push(SpectrumPoint {
+                percentile: q * 100.0,
+                us: h.value_at_quantile(q),
+            });
+        }
+        points.push(SpectrumPoint {
+            percentile: 100.0,
+            us: h.max(),
+        });
+        points
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RssPoint {
+    pub connections: u64,
+    pub rss_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// Seconds since traffic started.
+    pub t: f64,
+    pub sent_per_second: f64,
+    pub delivered_per_second: f64,
+    /// Latency of the deliveries in this second.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub server_rss_bytes: Option<u64>,
+    /// Server CPU use over this second, in percent of one core.
+    pub server_cpu_percent: Option<f64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChurnReport {
+    /// Disconnects asked per second.
+    pub rate: f64,
+    /// Receivers disconnected by the churner.
+    pub kicked: u64,
+    /// Of those, reconnected and ready again.
+    pub reconnected: u64,
+    /// Reconnects that failed (the error texts are under `errors`).
+    pub reconnect_failed: u64,
+    /// Deliveries read between a receiver's close and the server's close frame.
+    pub delivered_while_closing: u64,
+    /// Close start to ready again.
+    pub reconnect_latency_us: Percentiles,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorsReport {
     pub count: u64,
     pub disconnects: u64,
     pub texts: Vec<ErrorCount>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Percentiles {
     pub count: u64,
     pub min: u64,
@@ -153,7 +275,14 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         let c = &self.connect;
-        let _ = writeln!(s, "== singyeong-loadtest {} ==", self.scenario.name());
+        let _ = writeln!(
+            s,
+            "== singyeong-loadtest {} against {:?} ({} process{}) ==",
+            self.scenario.name(),
+            self.target,
+            self.processes,
+            if self.processes == 1 { "" } else { "es" }
+        );
         let _ = writeln!(
             s,
             "connect: {}/{} identified, {} failed in {:.2} s ({:.0}/s); {}",
@@ -168,10 +297,13 @@ impl Report {
             let _ = writeln!(s, "  connect error x{}: {}", e.count, e.text);
         }
         if let Some(v) = &self.server {
+            let who = v
+                .pid
+                .map_or_else(|| "(metrics)".to_string(), |p| format!("pid {p}"));
             let _ = writeln!(
                 s,
-                "server pid {}: RSS {:.1} MiB before, {:.1} MiB connected, {:.1} MiB at end; {:.0} bytes per connection",
-                v.pid,
+                "server {}: RSS {:.1} MiB before, {:.1} MiB connected, {:.1} MiB at end; {:.0} bytes per connection",
+                who,
                 mib(v.rss_before_bytes),
                 mib(v.rss_connected_bytes),
                 mib(v.rss_end_bytes),
@@ -204,6 +336,16 @@ impl Report {
                 t.misrouted
             );
             let _ = writeln!(s, "  latency: {}", t.latency_us.line());
+            if let (Some(rate), Some(lag)) = (t.offered_rate, &t.schedule_lag_us) {
+                let _ = writeln!(
+                    s,
+                    "  open loop at {rate:.0}/s; send lag behind schedule: {}",
+                    lag.line()
+                );
+            }
+            if let Some(k) = t.group_members {
+                let _ = writeln!(s, "  group: {k:.1} receivers match each target");
+            }
             if let Some(cpu) = self.client.cpu_traffic_seconds {
                 let _ = writeln!(
                     s,
@@ -211,6 +353,21 @@ impl Report {
                     cpu, self.client.workers
                 );
             }
+        }
+        if let Some(c) = &self.churn {
+            let _ = writeln!(
+                s,
+                "churn at {:.0}/s: {} disconnected, {} reconnected, {} reconnects failed; {} deliveries read while closing; reconnect {}",
+                c.rate,
+                c.kicked,
+                c.reconnected,
+                c.reconnect_failed,
+                c.delivered_while_closing,
+                c.reconnect_latency_us.line()
+            );
+        }
+        if let Some(p) = &self.plan {
+            s.push_str(&p.summary());
         }
         let e = &self.errors;
         let _ = writeln!(

@@ -12,6 +12,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
+use crate::nats;
 use crate::wire::{self, Inbound};
 
 pub type Ws = WebSocketStream<TcpStream>;
@@ -19,10 +20,32 @@ pub type Ws = WebSocketStream<TcpStream>;
 /// An identified connection.
 pub struct Session {
     pub ws: Ws,
-    /// From hello.
-    pub heartbeat_interval: Duration,
+    /// What to send at what interval to stay alive (singyeong: op 5 at
+    /// hello's interval; NATS: nothing, the server pings and we answer).
+    pub keepalive: Option<Keepalive>,
+    pub inbox: Inbox,
+}
+
+pub struct Keepalive {
+    pub interval: Duration,
     /// The heartbeat packet, encoded once.
-    pub heartbeat: Utf8Bytes,
+    pub packet: Utf8Bytes,
+}
+
+/// How inbound frames are read.
+pub enum Inbox {
+    /// One JSON packet per text frame.
+    Singyeong,
+    /// A byte stream of NATS protocol lines.
+    Nats(nats::Parser),
+}
+
+/// What a connection says after the websocket upgrade to become ready.
+pub enum Handshake {
+    /// Read hello, send this op 1, wait for ready.
+    Singyeong { client_id: String, identify: String },
+    /// Read INFO, send CONNECT + SUBs + PING, wait for PONG.
+    Nats { hello: String },
 }
 
 /// Why a connection did not get to ready. The texts are grouped and counted
@@ -43,6 +66,8 @@ pub enum OpenError {
     Closed,
     #[error("server said (op {op}): {text}")]
     Refused { op: u8, text: String },
+    #[error("NATS server said -ERR {0:?}")]
+    NatsErr(String),
     #[error("unexpected packet before ready: op {0}")]
     Unexpected(u8),
     #[error("undecodable packet before ready: {0}")]
@@ -108,20 +133,79 @@ async fn next_text(ws: &mut Ws) -> Result<Utf8Bytes, OpenError> {
     }
 }
 
-/// Opens one connection and identifies it with `identify` (an encoded op 1).
+/// Opens one connection and makes it ready with `handshake`.
 pub async fn open(
     server: SocketAddr,
     url: &str,
     source: Option<IpAddr>,
-    client_id: &str,
-    identify: String,
+    handshake: Handshake,
 ) -> Result<Session, OpenError> {
     let stream = tcp_connect(server, source).await?;
-    let (mut ws, _response) =
+    let (ws, _response) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
             .await
             .map_err(OpenError::Upgrade)?;
+    match handshake {
+        Handshake::Singyeong {
+            client_id,
+            identify,
+        } => identify_singyeong(ws, &client_id, identify).await,
+        Handshake::Nats { hello } => hello_nats(ws, hello).await,
+    }
+}
 
+/// INFO, then CONNECT + SUBs + PING in one frame, then wait for PONG.
+async fn hello_nats(mut ws: Ws, hello: String) -> Result<Session, OpenError> {
+    let mut parser = nats::Parser::default();
+    let mut sent = false;
+    loop {
+        let data = match ws.next().await {
+            None | Some(Ok(Message::Close(_))) => return Err(OpenError::Closed),
+            Some(Err(e)) => return Err(OpenError::Ws(e)),
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Text(t))) => t.into(),
+            Some(Ok(_)) => continue,
+        };
+        let (mut info, mut pong, mut ping, mut err) = (false, false, false, None);
+        parser
+            .feed(&data, |e| match e {
+                nats::Event::Info => info = true,
+                nats::Event::Pong => pong = true,
+                nats::Event::Ping => ping = true,
+                nats::Event::Err(text) => err = Some(text),
+                nats::Event::Ok | nats::Event::Msg { .. } => {}
+            })
+            .map_err(OpenError::Undecodable)?;
+        if let Some(text) = err {
+            return Err(OpenError::NatsErr(text));
+        }
+        if ping {
+            ws.send(Message::binary(nats::PONG.as_bytes().to_vec()))
+                .await
+                .map_err(OpenError::Ws)?;
+        }
+        if info && !sent {
+            sent = true;
+            ws.send(Message::binary(hello.clone().into_bytes()))
+                .await
+                .map_err(OpenError::Ws)?;
+        }
+        if pong && sent {
+            return Ok(Session {
+                ws,
+                keepalive: None,
+                inbox: Inbox::Nats(parser),
+            });
+        }
+    }
+}
+
+/// Hello, identify, ready.
+async fn identify_singyeong(
+    mut ws: Ws,
+    client_id: &str,
+    identify: String,
+) -> Result<Session, OpenError> {
     let hello = next_text(&mut ws).await?;
     let hello = Inbound::parse(&hello).map_err(|e| OpenError::Undecodable(e.to_string()))?;
     if hello.op != wire::OP_HELLO {
@@ -153,7 +237,10 @@ pub async fn open(
     }
     Ok(Session {
         ws,
-        heartbeat_interval: Duration::from_millis(interval.max(1)),
-        heartbeat: Utf8Bytes::from(wire::heartbeat(client_id)),
+        keepalive: Some(Keepalive {
+            interval: Duration::from_millis(interval.max(1)),
+            packet: Utf8Bytes::from(wire::heartbeat(client_id)),
+        }),
+        inbox: Inbox::Singyeong,
     })
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Latencies are recorded in microseconds, up to an hour.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
@@ -24,6 +24,8 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 pub struct Tally {
+    /// Connections that got to ready in the connect phase, so far.
+    pub identified: AtomicU64,
     pub sent: AtomicU64,
     pub expected: AtomicU64,
     pub delivered: AtomicU64,
@@ -37,11 +39,15 @@ pub struct Tally {
     pub error_count: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     latency: Vec<Mutex<Histogram<u64>>>,
+    /// Open loop: how late each message left against its schedule (the
+    /// tool's own share of the latency), by sender.
+    lag: Vec<Mutex<Histogram<u64>>>,
 }
 
 impl Tally {
     pub fn new(stripes: usize) -> Tally {
         Tally {
+            identified: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             expected: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -53,7 +59,24 @@ impl Tally {
             latency: (0..stripes.max(1))
                 .map(|_| Mutex::new(histogram()))
                 .collect(),
+            lag: (0..stripes.max(1))
+                .map(|_| Mutex::new(histogram()))
+                .collect(),
         }
+    }
+
+    pub fn record_lag(&self, stripe: usize, micros: u64) {
+        let mut h = self.lag[stripe % self.lag.len()].lock().unwrap();
+        // 0 is "on time"; the histogram's lowest value is 1 µs.
+        h.saturating_record(micros.max(1));
+    }
+
+    pub fn lag(&self) -> Histogram<u64> {
+        let mut all = histogram();
+        for stripe in &self.lag {
+            all.add(&*stripe.lock().unwrap()).expect("same bounds");
+        }
+        all
     }
 
     pub fn record_latency(&self, stripe: usize, micros: u64) {
@@ -93,7 +116,7 @@ impl Tally {
 }
 
 /// One error text and how often it was seen.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorCount {
     pub text: String,
     pub count: u64,

@@ -10,7 +10,7 @@
 //! shows up as a loss in the report.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,27 +19,38 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::clock;
-use crate::session::{Session, Ws};
+use crate::dialect::{Encoder, Pick};
+use crate::nats;
+use crate::session::{Inbox, Session, Ws};
 use crate::stop::Stop;
 use crate::tally::Tally;
-use crate::wire::{self, Inbound};
+use crate::wire::{self, Inbound, Stamp};
 
-/// What a scenario sends: each scenario module provides one.
+/// What a scenario sends: each scenario module provides one. It chooses
+/// whom each message is for; the [`Encoder`] writes it for the target.
 pub trait Workload: Send + Sync {
-    /// Encodes the next message of sender `sender`, stamped `now_ns`, into `out`.
-    fn write(&self, sender: u32, rng: &mut fastrand::Rng, now_ns: u64, out: &mut String);
+    /// Whom the next message of sender `sender` is for.
+    fn pick(&self, sender: u32, rng: &mut fastrand::Rng) -> Pick;
     /// Deliveries each message of `sender` should produce (0: it sends nothing).
     fn fanout(&self, sender: u32) -> u64;
-    /// A good first capacity for one encoded message.
-    fn message_capacity(&self) -> usize;
 }
 
 /// Published to every sender at once when traffic starts.
 pub struct Plan {
     pub workload: Box<dyn Workload>,
+    pub encoder: Encoder,
+    /// When sending started ([`clock::now_ns`]); the open-loop schedule counts from it.
+    pub started_ns: u64,
     pub deadline: Instant,
+    /// Closed loop: messages a sender may have outstanding.
     pub window: u64,
+    /// Open loop: messages per second per sender.
+    pub rate: Option<f64>,
 }
+
+/// The most messages one sender writes before it yields to read (an open-loop
+/// sender far behind its schedule catches up in slices).
+const MAX_BATCH: u64 = 1024;
 
 /// Where receivers credit deliveries back to one sender.
 #[derive(Default)]
@@ -55,6 +66,58 @@ impl SenderSlot {
     }
 }
 
+/// The churn scenario's shared state: which receivers are connected, and a
+/// way to tell one to disconnect.
+pub struct Churn {
+    /// Indexed by receiver id: false while it is disconnected or reconnecting.
+    pub up: Arc<Vec<AtomicBool>>,
+    kicks: Vec<Notify>,
+    /// Disconnects the churner asked for.
+    pub kicked: AtomicU64,
+    /// Kicked receivers that got to ready again.
+    pub reconnected: AtomicU64,
+    /// Kicked receivers whose reconnect failed (they stay away).
+    pub failed: AtomicU64,
+    /// Deliveries read while a kicked receiver was closing.
+    pub delivered_while_closing: AtomicU64,
+    /// Reconnect (close start to ready again), microseconds.
+    pub reconnect_latency: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Churn {
+    pub fn new(receivers: u32) -> Churn {
+        Churn {
+            up: Arc::new((0..receivers).map(|_| AtomicBool::new(false)).collect()),
+            kicks: (0..receivers).map(|_| Notify::new()).collect(),
+            kicked: AtomicU64::new(0),
+            reconnected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            delivered_while_closing: AtomicU64::new(0),
+            reconnect_latency: std::sync::Mutex::new(crate::tally::histogram()),
+        }
+    }
+
+    /// Marks receiver `id` down and tells it to disconnect; false when it
+    /// already was down.
+    pub fn kick(&self, id: u64) -> bool {
+        let Some(up) = self.up.get(id as usize) else {
+            return false;
+        };
+        if !up.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        self.kicked.fetch_add(1, Ordering::Relaxed);
+        self.kicks[id as usize].notify_one();
+        true
+    }
+
+    pub fn set_up(&self, id: u64) {
+        if let Some(up) = self.up.get(id as usize) {
+            up.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// State all connection tasks share.
 pub struct Shared {
     pub tally: Tally,
@@ -62,15 +125,26 @@ pub struct Shared {
     pub go: watch::Receiver<Option<Arc<Plan>>>,
     /// Senders that have stopped sending (deadline reached or connection lost).
     pub senders_done: AtomicU32,
+    /// `--groups`: a receiver's group is `id % groups`.
+    pub groups: u64,
+    pub churn: Option<Churn>,
 }
 
 impl Shared {
-    pub fn new(stripes: usize, senders: u32, go: watch::Receiver<Option<Arc<Plan>>>) -> Shared {
+    pub fn new(
+        stripes: usize,
+        senders: u32,
+        groups: u32,
+        churn: Option<Churn>,
+        go: watch::Receiver<Option<Arc<Plan>>>,
+    ) -> Shared {
         Shared {
             tally: Tally::new(stripes),
             slots: (0..senders).map(|_| SenderSlot::default()).collect(),
             go,
             senders_done: AtomicU32::new(0),
+            groups: u64::from(groups.max(1)),
+            churn,
         }
     }
 }
@@ -94,6 +168,18 @@ pub fn may_send(sent: u64, resolved: u64, fanout: u64, window: u64) -> u64 {
         return 0;
     }
     ((resolved + window * fanout) / fanout).saturating_sub(sent)
+}
+
+/// Open loop: how many messages are due `elapsed_ns` into the schedule at
+/// `rate` per second (message k is due at k / rate), of which `sent` went.
+pub fn due(elapsed_ns: u64, rate: f64, sent: u64) -> u64 {
+    let due = (elapsed_ns as f64 * rate / 1e9).floor() as u64 + 1;
+    due.saturating_sub(sent)
+}
+
+/// Open loop: when message `k` is due, in ns from the start.
+pub fn scheduled_ns(k: u64, rate: f64) -> u64 {
+    (k as f64 * 1e9 / rate) as u64
 }
 
 struct Sending {
@@ -140,7 +226,18 @@ impl Sending {
         }
     }
 
-    /// Sends as many messages as the window allows, in one flush.
+    /// Open loop: when the next message is due; closed loop: never (the
+    /// window's wake-up says when).
+    fn next_due(&self) -> Option<Instant> {
+        let plan = self.active()?;
+        let rate = plan.rate?;
+        let at_ns = plan.started_ns + scheduled_ns(self.sent, rate);
+        let now_ns = clock::now_ns();
+        Some(Instant::now() + Duration::from_nanos(at_ns.saturating_sub(now_ns)))
+    }
+
+    /// Sends what the window (closed loop) or the schedule (open loop)
+    /// allows, in one flush.
     async fn pump(&mut self, ws: &mut Ws, shared: &Shared) -> Result<(), String> {
         let Some(plan) = self.active() else {
             return Ok(());
@@ -150,21 +247,38 @@ impl Sending {
             return Ok(());
         }
         let plan = self.plan.clone().expect("active");
-        let slot = &shared.slots[self.index as usize];
-        let n = may_send(
-            self.sent,
-            slot.resolved.load(Ordering::Acquire),
-            self.fanout,
-            plan.window,
-        );
+        let now_ns = clock::now_ns();
+        let n = match plan.rate {
+            Some(rate) => due(now_ns.saturating_sub(plan.started_ns), rate, self.sent),
+            None => {
+                let slot = &shared.slots[self.index as usize];
+                may_send(
+                    self.sent,
+                    slot.resolved.load(Ordering::Acquire),
+                    self.fanout,
+                    plan.window,
+                )
+            }
+        }
+        .min(MAX_BATCH);
         if n == 0 {
             return Ok(());
         }
-        for _ in 0..n {
-            let mut out = String::with_capacity(plan.workload.message_capacity());
-            plan.workload
-                .write(self.index, &mut self.rng, clock::now_ns(), &mut out);
-            ws.feed(Message::text(out))
+        for k in 0..n {
+            // Open loop stamps the scheduled time, so time spent behind
+            // schedule (in this tool or waiting on the server) is latency.
+            let t = match plan.rate {
+                Some(rate) => {
+                    let at = plan.started_ns + scheduled_ns(self.sent + k, rate);
+                    shared
+                        .tally
+                        .record_lag(self.index as usize, now_ns.saturating_sub(at) / 1000);
+                    at
+                }
+                None => clock::now_ns(),
+            };
+            let pick = plan.workload.pick(self.index, &mut self.rng);
+            ws.feed(plan.encoder.frame(pick, self.index, t))
                 .await
                 .map_err(|e| format!("websocket send: {e}"))?;
         }
@@ -185,8 +299,19 @@ impl Sending {
 enum End {
     /// The run asked: close politely.
     Asked,
+    /// The churner asked: close politely, then reconnect.
+    Kicked,
     /// The server or the network ended it: count it.
     Lost(String),
+}
+
+/// How a connection's [`drive`] ended, for the caller that may reconnect it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped by the run, or lost: the connection task is over.
+    Done,
+    /// Disconnected by the churner: reconnect.
+    Kicked,
 }
 
 /// The first heartbeat comes at a random point of the first interval so that
@@ -212,50 +337,91 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Runs one identified connection until `stop` or until the server ends it.
+async fn tick(timer: Option<&mut tokio::time::Interval>) {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one identified connection until `stop`, a churn kick, or until the
+/// server ends it.
 pub async fn drive(
     session: Session,
     role: Role,
     stripe: usize,
-    shared: Arc<Shared>,
-    mut stop: Stop,
-) {
+    shared: &Arc<Shared>,
+    stop: &mut Stop,
+) -> Exit {
     let Session {
         mut ws,
-        heartbeat_interval,
-        heartbeat,
+        keepalive,
+        mut inbox,
     } = session;
-    let mut beat = heartbeat_timer(heartbeat_interval);
+    let mut beat = keepalive.as_ref().map(|k| heartbeat_timer(k.interval));
     let mut go = shared.go.clone();
     let mut sending = match role {
         Role::Sender { index } => Some(Sending::new(index)),
         Role::Receiver { .. } => None,
+    };
+    let kick = match (role, &shared.churn) {
+        (Role::Receiver { id, .. }, Some(churn)) => churn.kicks.get(id as usize),
+        _ => None,
+    };
+    let mut reader = Reader {
+        role,
+        stripe,
+        shared,
+        pong_due: false,
     };
     let end = loop {
         if let Some(s) = sending.as_mut() {
             if s.waiting() {
                 let plan = go.borrow_and_update().clone();
                 if let Some(plan) = plan {
-                    s.start(plan, &shared);
+                    s.start(plan, shared);
                 }
             }
-            if let Err(e) = s.pump(&mut ws, &shared).await {
+            if let Err(e) = s.pump(&mut ws, shared).await {
                 break End::Lost(e);
+            }
+        }
+        if reader.pong_due {
+            reader.pong_due = false;
+            if let Err(e) = ws
+                .send(Message::binary(nats::PONG.as_bytes().to_vec()))
+                .await
+            {
+                break End::Lost(format!("PONG send: {e}"));
             }
         }
         let waiting = sending.as_ref().is_some_and(Sending::waiting);
         let active = sending.as_ref().and_then(Sending::active);
-        let deadline = active.map(|p| p.deadline);
+        let open_loop = active.is_some_and(|p| p.rate.is_some());
+        let wake_at = active.map(|p| {
+            sending
+                .as_ref()
+                .and_then(Sending::next_due)
+                .map_or(p.deadline, |d| d.min(p.deadline))
+        });
         let wake = sending
             .as_ref()
-            .filter(|_| active.is_some())
+            .filter(|_| active.is_some() && !open_loop)
             .map(|s| &shared.slots[s.index as usize].wake);
         tokio::select! {
             biased;
             _ = stop.wait() => break End::Asked,
+            _ = notified(kick) => break End::Kicked,
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some(end) = on_packet(&text, role, stripe, &shared, sending.as_ref()) {
+                    if let Some(end) = reader.frame(text.as_bytes(), &mut inbox, sending.as_ref()) {
+                        break end;
+                    }
+                }
+                Some(Ok(Message::Binary(data))) => {
+                    if let Some(end) = reader.frame(&data, &mut inbox, sending.as_ref()) {
                         break end;
                     }
                 }
@@ -267,95 +433,170 @@ pub async fn drive(
                 Some(Err(e)) => break End::Lost(format!("websocket: {e}")),
                 None => break End::Lost("connection closed".into()),
             },
-            _ = beat.tick() => {
-                if let Err(e) = ws.send(Message::Text(heartbeat.clone())).await {
+            _ = tick(beat.as_mut()) => {
+                let packet = keepalive.as_ref().expect("timer only with keepalive").packet.clone();
+                if let Err(e) = ws.send(Message::Text(packet)).await {
                     break End::Lost(format!("heartbeat send: {e}"));
                 }
             }
             _ = go.changed(), if waiting => {}
             _ = notified(wake) => {}
-            _ = sleep_until(deadline) => {}
+            _ = sleep_until(wake_at) => {}
         }
     };
     if let Some(s) = sending.as_mut() {
-        s.finish(&shared);
+        s.finish(shared);
     }
     match end {
-        End::Asked => {
-            // Bounded: a server that never answers the close still lets the run end.
+        End::Asked | End::Kicked => {
+            // Bounded: a server that never answers the close still lets the
+            // run end. Deliveries that arrive before the server's close frame
+            // still count (churn: they reached the client before it left).
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 let _ = ws.close(None).await;
-                while let Some(Ok(_)) = ws.next().await {}
+                while let Some(Ok(msg)) = ws.next().await {
+                    let before = shared.tally.delivered.load(Ordering::Relaxed);
+                    match msg {
+                        Message::Text(t) => {
+                            reader.frame(t.as_bytes(), &mut inbox, None);
+                        }
+                        Message::Binary(b) => {
+                            reader.frame(&b, &mut inbox, None);
+                        }
+                        _ => {}
+                    }
+                    if let Some(churn) = &shared.churn {
+                        let after = shared.tally.delivered.load(Ordering::Relaxed);
+                        churn
+                            .delivered_while_closing
+                            .fetch_add(after.saturating_sub(before), Ordering::Relaxed);
+                    }
+                }
             })
             .await;
+            if matches!(end, End::Kicked) {
+                return Exit::Kicked;
+            }
         }
         End::Lost(why) => {
             shared.tally.disconnects.fetch_add(1, Ordering::Relaxed);
             shared.tally.record_error(why);
         }
     }
+    Exit::Done
 }
 
-/// Handles one packet; returns `Some` when the server is ending the connection.
-fn on_packet(
-    text: &str,
+/// Reads inbound frames of one connection and counts what they carry.
+struct Reader<'a> {
     role: Role,
     stripe: usize,
-    shared: &Shared,
-    sending: Option<&Sending>,
-) -> Option<End> {
-    let tally = &shared.tally;
-    let packet = match Inbound::parse(text) {
-        Ok(p) => p,
-        Err(e) => {
-            tally.record_error(format!("undecodable packet: {e}"));
-            return None;
-        }
-    };
-    match packet.op {
-        wire::OP_DISPATCH if matches!(packet.t.as_deref(), Some("SEND" | "BROADCAST")) => {
-            let Some(stamp) = packet.stamp() else {
-                tally.undecodable.fetch_add(1, Ordering::Relaxed);
-                return None;
-            };
-            let latency_us = clock::now_ns().saturating_sub(stamp.t) / 1000;
-            tally.record_latency(stripe, latency_us);
-            tally.delivered.fetch_add(1, Ordering::Relaxed);
-            let right = match role {
-                Role::Receiver { id, app } => {
-                    stamp.a == app && (stamp.r < 0 || stamp.r as u64 == id)
+    shared: &'a Shared,
+    /// A NATS PING was read: answer it.
+    pong_due: bool,
+}
+
+impl Reader<'_> {
+    /// Handles one frame; returns `Some` when the server is ending the connection.
+    fn frame(&mut self, data: &[u8], inbox: &mut Inbox, sending: Option<&Sending>) -> Option<End> {
+        match inbox {
+            Inbox::Singyeong => match std::str::from_utf8(data) {
+                Ok(text) => self.packet(text, sending),
+                Err(_) => {
+                    self.shared
+                        .tally
+                        .record_error("binary frame from the server".into());
+                    None
                 }
-                Role::Sender { .. } => false,
-            };
-            if !right {
-                tally.misrouted.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Some(slot) = shared.slots.get(stamp.s as usize) {
-                slot.resolve(1);
+            },
+            Inbox::Nats(parser) => {
+                let mut end = None;
+                let fed = parser.feed(data, |event| match event {
+                    nats::Event::Msg { payload } => {
+                        match serde_json::from_slice::<Stamp>(payload) {
+                            Ok(stamp) => self.delivery(stamp),
+                            Err(_) => {
+                                self.shared
+                                    .tally
+                                    .undecodable
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    nats::Event::Ping => self.pong_due = true,
+                    nats::Event::Err(text) => {
+                        // Every -ERR but a permissions violation closes the connection.
+                        end = Some(End::Lost(format!("NATS -ERR {text:?}")));
+                    }
+                    nats::Event::Info | nats::Event::Pong | nats::Event::Ok => {}
+                });
+                if let Err(e) = fed {
+                    return Some(End::Lost(format!("NATS stream: {e}")));
+                }
+                end
             }
         }
-        wire::OP_HEARTBEAT_ACK | wire::OP_DISPATCH => {}
-        wire::OP_INVALID => {
-            let error = packet.error_text();
-            // A message the server refused will never be delivered: give its
-            // deliveries back to the window (it still counts as lost).
-            if let Some(s) = sending.filter(|s| s.active().is_some())
-                && error == "no_route"
-            {
-                shared.slots[s.index as usize].resolve(s.fanout);
-            }
-            tally.record_error(format!("op 3: {error}"));
-        }
-        wire::OP_ERROR | wire::OP_GOODBYE => {
-            return Some(End::Lost(format!(
-                "op {}: {}",
-                packet.op,
-                packet.error_text()
-            )));
-        }
-        op => tally.record_error(format!("unexpected op {op}")),
     }
-    None
+
+    /// Counts one delivery: latency, and whether it reached a client it was for.
+    fn delivery(&self, stamp: Stamp) {
+        let (tally, shared) = (&self.shared.tally, self.shared);
+        let latency_us = clock::now_ns().saturating_sub(stamp.t) / 1000;
+        tally.record_latency(self.stripe, latency_us);
+        tally.delivered.fetch_add(1, Ordering::Relaxed);
+        let right = match self.role {
+            Role::Receiver { id, app } => stamp.is_for(id, app, id % shared.groups),
+            Role::Sender { .. } => false,
+        };
+        if !right {
+            tally.misrouted.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(slot) = shared.slots.get(stamp.s as usize) {
+            slot.resolve(1);
+        }
+    }
+
+    /// Handles one singyeong packet.
+    fn packet(&self, text: &str, sending: Option<&Sending>) -> Option<End> {
+        let (tally, shared) = (&self.shared.tally, self.shared);
+        let packet = match Inbound::parse(text) {
+            Ok(p) => p,
+            Err(e) => {
+                tally.record_error(format!("undecodable packet: {e}"));
+                return None;
+            }
+        };
+        match packet.op {
+            wire::OP_DISPATCH if matches!(packet.t.as_deref(), Some("SEND" | "BROADCAST")) => {
+                match packet.stamp() {
+                    Some(stamp) => self.delivery(stamp),
+                    None => {
+                        tally.undecodable.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            wire::OP_HEARTBEAT_ACK | wire::OP_DISPATCH => {}
+            wire::OP_INVALID => {
+                let error = packet.error_text();
+                // A message the server refused will never be delivered: give its
+                // deliveries back to the window (it still counts as lost).
+                if let Some(s) = sending.filter(|s| s.active().is_some())
+                    && error == "no_route"
+                {
+                    shared.slots[s.index as usize].resolve(s.fanout);
+                }
+                tally.record_error(format!("op 3: {error}"));
+            }
+            wire::OP_ERROR | wire::OP_GOODBYE => {
+                return Some(End::Lost(format!(
+                    "op {}: {}",
+                    packet.op,
+                    packet.error_text()
+                )));
+            }
+            op => tally.record_error(format!("unexpected op {op}")),
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -376,5 +617,29 @@ mod tests {
         assert_eq!(may_send(10, 8999, 1000, 2), 0);
         assert_eq!(may_send(10, 9000, 1000, 2), 1);
         assert_eq!(may_send(0, 0, 0, 2), 0);
+    }
+
+    #[test]
+    fn open_loop_schedule() {
+        // 1000/s: message k is due at k ms; at t=0 one is due.
+        assert_eq!(due(0, 1000.0, 0), 1);
+        assert_eq!(due(0, 1000.0, 1), 0);
+        assert_eq!(due(999_999, 1000.0, 1), 0);
+        assert_eq!(due(1_000_000, 1000.0, 1), 1);
+        // A stall of 10 ms leaves 10 due at once, each keeping its own time.
+        assert_eq!(due(10_500_000, 1000.0, 1), 10);
+        assert_eq!(scheduled_ns(5, 1000.0), 5_000_000);
+        assert_eq!(scheduled_ns(3, 2.0), 1_500_000_000);
+    }
+
+    #[test]
+    fn churn_kicks_only_receivers_that_are_up() {
+        let c = Churn::new(3);
+        assert!(!c.kick(1), "not up yet");
+        c.set_up(1);
+        assert!(c.kick(1));
+        assert!(!c.kick(1), "already down");
+        assert!(!c.kick(7), "no such receiver");
+        assert_eq!(c.kicked.load(Ordering::Relaxed), 1);
     }
 }

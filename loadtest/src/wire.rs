@@ -55,6 +55,35 @@ pub struct Stamp {
     /// The receiver `id` it was addressed to, or -1 when any receiver of
     /// application `a` may get it.
     pub r: i64,
+    /// The `group` it was addressed to (group SEND), or -1.
+    #[serde(default = "minus_one")]
+    pub g: i64,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+
+impl Stamp {
+    /// Whether receiver `id` of application `app` in group `group` may get it.
+    pub fn is_for(&self, id: u64, app: u32, group: u64) -> bool {
+        self.a == app
+            && (self.r < 0 || self.r as u64 == id)
+            && (self.g < 0 || self.g as u64 == group)
+    }
+
+    /// Writes the payload object: `{"t":..,"s":..,"a":..,"r":..[,"g":..],"p":"<pad>"}`.
+    pub fn write_payload(&self, out: &mut String, pad: &str) {
+        let _ = write!(
+            out,
+            r#"{{"t":{},"s":{},"a":{},"r":{}"#,
+            self.t, self.s, self.a, self.r
+        );
+        if self.g >= 0 {
+            let _ = write!(out, r#","g":{}"#, self.g);
+        }
+        let _ = write!(out, r#","p":"{pad}"}}"#);
+    }
 }
 
 /// How a dispatch selects its receivers, written as a query (contract §5).
@@ -63,6 +92,9 @@ pub enum Target<'a> {
     App { app_json: &'a str },
     /// The one client of the application whose `/id` equals `id`.
     Id { app_json: &'a str, id: u64 },
+    /// The clients of the application whose `/group` equals `group` (SEND
+    /// picks one of them).
+    Group { app_json: &'a str, group: u64 },
 }
 
 /// Writes `{"op":4,"t":EVENT,"d":{"target":..,"nonce":null,"payload":{stamp, "p": pad}}}`.
@@ -85,12 +117,16 @@ pub fn write_dispatch(
                 r#"{{"application":{app_json},"ops":[{{"path":"/id","op":"$eq","to":{{"value":{id}}}}}]}}"#
             );
         }
+        Target::Group { app_json, group } => {
+            let _ = write!(
+                out,
+                r#"{{"application":{app_json},"ops":[{{"path":"/group","op":"$eq","to":{{"value":{group}}}}}]}}"#
+            );
+        }
     }
-    let _ = write!(
-        out,
-        r#","nonce":null,"payload":{{"t":{},"s":{},"a":{},"r":{},"p":"{pad}"}}}}}}"#,
-        stamp.t, stamp.s, stamp.a, stamp.r
-    );
+    out.push_str(r#","nonce":null,"payload":"#);
+    stamp.write_payload(out, pad);
+    out.push_str("}}");
 }
 
 /// The padding string: `bytes` ASCII characters, so no escaping is needed.
@@ -171,6 +207,7 @@ mod tests {
             s: 2,
             a: 1,
             r: 77,
+            g: -1,
         };
         let mut out = String::new();
         let app = serde_json::to_string("loadtest-1").unwrap();
@@ -210,6 +247,7 @@ mod tests {
             s: 0,
             a: 0,
             r: -1,
+            g: -1,
         };
         write_dispatch(
             &mut out,
@@ -221,6 +259,38 @@ mod tests {
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["d"]["target"], json!({"application":"a"}));
         assert_eq!(v["d"]["payload"]["r"], json!(-1));
+    }
+
+    #[test]
+    fn group_target_and_stamp() {
+        let mut out = String::new();
+        let stamp = Stamp {
+            t: 1,
+            s: 0,
+            a: 0,
+            r: -1,
+            g: 3,
+        };
+        write_dispatch(
+            &mut out,
+            "SEND",
+            &Target::Group {
+                app_json: "\"a\"",
+                group: 3,
+            },
+            &stamp,
+            "",
+        );
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["d"]["target"]["ops"],
+            json!([{"path":"/group","op":"$eq","to":{"value":3}}])
+        );
+        let back: Stamp = serde_json::from_value(v["d"]["payload"].clone()).unwrap();
+        assert_eq!(back, stamp);
+        assert!(back.is_for(13, 0, 3));
+        assert!(!back.is_for(14, 0, 4));
+        assert!(!back.is_for(13, 1, 3));
     }
 
     #[test]

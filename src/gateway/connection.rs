@@ -83,6 +83,9 @@ struct Outgoing {
     /// of it. Only a backlogged connection holds anything here.
     pending: Option<Bytes>,
     close_sent: bool,
+    /// tungstenite's reader failed (frame too large, protocol error): its
+    /// state can't be read further, so no close handshake either.
+    read_failed: bool,
 }
 
 impl Connection {
@@ -132,6 +135,9 @@ fn poll_event(
         // tungstenite answers pings and closes from inside `read`; while
         // part of our batch is unwritten those replies must wait in its
         // buffer, or they would land in the middle of our frame.
+        if out.read_failed {
+            break;
+        }
         io.hold_writes = out.pending.is_some();
         let read = ws.read(&mut io);
         io.hold_writes = false;
@@ -148,6 +154,7 @@ fn poll_event(
             Ok(_) => continue,
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+                out.read_failed = true;
                 conn.fail(errors::FRAME_TOO_LARGE, Value::Null);
                 continue;
             }
@@ -160,6 +167,7 @@ fn poll_event(
                 if conn.is_closing() {
                     return Poll::Ready(Event::End);
                 }
+                out.read_failed = true;
                 conn.fail(&format!("websocket protocol error: {e}"), Value::Null);
                 continue;
             }
@@ -174,7 +182,7 @@ enum Flushed {
     Idle,
     /// The socket is full; its writability wakes the task.
     Blocked,
-    /// The close frame is written: the connection is over.
+    /// The socket is broken: the connection is over.
     Done,
 }
 
@@ -224,8 +232,17 @@ fn write_queued(
             }
             Err(_) => return Flushed::Done,
         }
-        if out.close_sent {
+        if out.close_sent && out.read_failed {
             return Flushed::Done;
+        }
+        if out.close_sent {
+            // Our close frame is out: nothing more to write. The connection
+            // ends when the client answers with its own close frame (or
+            // hangs up), so its socket is closed with nothing unread, which
+            // would otherwise reset it and could destroy the packet that
+            // said why. A client that never answers is cut off by the
+            // reaper after `CLOSE_GRACE`.
+            return Flushed::Idle;
         }
         let Some(first) = conn.pop() else {
             if !conn.is_closing() {

@@ -8,10 +8,13 @@
 //!    deliveries; sample again;
 //! 5. build the [`Report`].
 //!
-//! Each scenario module only says what is sent (its `workload`).
+//! Each scenario module only says what is sent (its `workload`); `churn`
+//! adds the churner that runs beside the traffic.
 
 pub mod broadcast;
+pub mod churn;
 pub mod connect;
+pub mod group;
 pub mod targeted;
 
 use std::net::SocketAddr;
@@ -22,16 +25,23 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::args::{Args, Gateway, Scenario};
+use crate::args::{Args, Gateway, Scenario, TargetKind};
+use crate::clock;
+use crate::dialect::Encoder;
 use crate::fdlimit::{self, FdLimitError};
 use crate::fleet::{self, Connected, Dialer};
 use crate::identity::{Names, Shape};
+use crate::metrics::{Endpoint, MetricsError};
 use crate::procstat::{self, ProcError, Sample};
 use crate::report::{
-    ClientReport, ConnectReport, ErrorsReport, Percentiles, Report, ServerReport, TrafficReport,
+    ChurnReport, ClientReport, ConnectReport, ErrorsReport, Percentiles, Raw, Report, RssPoint,
+    ServerReport, SpectrumPoint, TimelinePoint, TrafficReport,
 };
 use crate::stop::StopSwitch;
-use crate::traffic::{Plan, Shared, Workload};
+use crate::traffic::{Churn, Plan, Shared, Workload};
+
+/// How often the server's RSS is sampled while connections are opened.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// Descriptors the tool needs besides its connections (runtime, stdio, ...).
 const SPARE_FDS: u64 = 64;
@@ -48,18 +58,15 @@ pub enum RunError {
     FdLimit(#[from] FdLimitError),
     #[error("--server-pid: {0}")]
     Proc(#[from] ProcError),
+    #[error("--metrics-url: {0}")]
+    Metrics(#[from] MetricsError),
     #[error("no connection got to ready; first errors: {0}")]
     NoConnections(String),
+    #[error("worker process: {0}")]
+    Worker(String),
 }
 
-/// Application names, JSON-encoded, indexed by application number.
-fn apps_json(names: &Names) -> Vec<String> {
-    (0..names.apps)
-        .map(|i| serde_json::to_string(&names.app(i)).expect("a string encodes"))
-        .collect()
-}
-
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     let mut rng = fastrand::Rng::new();
     (0..8).map(|_| rng.alphanumeric()).collect()
 }
@@ -77,16 +84,48 @@ async fn resolve(gateway: &Gateway) -> Result<SocketAddr, RunError> {
         .ok_or_else(|| err("no address".into()))
 }
 
-/// Samples the server when a PID was given.
-fn server_sample(pid: Option<u32>) -> Result<Option<Sample>, ProcError> {
-    pid.map(|p| procstat::sample(&p.to_string())).transpose()
+/// Where the server's RSS and CPU time come from.
+pub(crate) enum Probe {
+    None,
+    Proc(u32),
+    Metrics(Endpoint),
+}
+
+impl Probe {
+    /// A worker process leaves the server to its coordinator.
+    pub(crate) fn of(args: &Args) -> Probe {
+        if args.worker.is_some() {
+            return Probe::None;
+        }
+        match (args.server_pid, &args.metrics_url) {
+            (Some(pid), _) => Probe::Proc(pid),
+            (None, Some(url)) => Probe::Metrics(Endpoint::parse(url).expect("validated")),
+            (None, None) => Probe::None,
+        }
+    }
+
+    fn source(&self) -> &'static str {
+        match self {
+            Probe::None => "none",
+            Probe::Proc(_) => "proc",
+            Probe::Metrics(_) => "metrics",
+        }
+    }
+
+    pub(crate) async fn sample(&self) -> Result<Option<Sample>, RunError> {
+        Ok(match self {
+            Probe::None => None,
+            Probe::Proc(pid) => Some(procstat::sample(&pid.to_string())?),
+            Probe::Metrics(endpoint) => Some(endpoint.sample().await?),
+        })
+    }
 }
 
 fn self_sample() -> Option<Sample> {
     procstat::sample("self").ok()
 }
 
-fn secs(d: Duration) -> f64 {
+pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
@@ -125,14 +164,47 @@ pub async fn run(
         timeout: args.connect_timeout(),
         shape: Shape::from_args(args),
         names: names.clone(),
+        target: args.target,
     });
     let (go, go_rx) = watch::channel(None::<Arc<Plan>>);
-    let shared = Arc::new(Shared::new(workers * 4, senders, go_rx));
+    let churn = (args.scenario == Scenario::Churn).then(|| Churn::new(args.connections));
+    let shared = Arc::new(Shared::new(workers * 4, senders, args.groups, churn, go_rx));
+    let probe = Probe::of(args);
 
     // 1-3: connect and idle.
-    let before = server_sample(args.server_pid)?;
-    let connected =
-        fleet::connect(dialer, args.connections, senders, &shared, switch, progress).await;
+    let before = probe.sample().await?;
+    let mut rss_by_connections: Vec<RssPoint> = before
+        .iter()
+        .map(|b| RssPoint {
+            connections: 0,
+            rss_bytes: b.rss_bytes,
+        })
+        .collect();
+    let connecting = fleet::connect(dialer, args.connections, senders, &shared, switch, progress);
+    tokio::pin!(connecting);
+    let mut every = tokio::time::interval(RSS_SAMPLE_EVERY);
+    let connected = loop {
+        tokio::select! {
+            connected = &mut connecting => break connected,
+            _ = every.tick(), if before.is_some() || args.worker.is_some() => {
+                if args.worker.is_some() {
+                    // The coordinator samples the server against the sum.
+                    crate::processes::progress(shared.tally.identified.load(Relaxed));
+                }
+                // A failed sample mid-run is skipped; the ones that matter
+                // (before, idle, end) are checked.
+                if let Ok(Some(s)) = probe.sample().await {
+                    rss_by_connections.push(RssPoint {
+                        connections: shared.tally.identified.load(Relaxed),
+                        rss_bytes: s.rss_bytes,
+                    });
+                }
+            }
+        }
+    };
+    if args.worker.is_some() {
+        crate::processes::progress(connected.identified);
+    }
     if connected.identified == 0 {
         let first: Vec<String> = crate::tally::counts(&connected.errors)
             .into_iter()
@@ -142,56 +214,71 @@ pub async fn run(
         return Err(RunError::NoConnections(first.join("; ")));
     }
     tokio::time::sleep(args.idle()).await;
-    let idle = server_sample(args.server_pid)?;
+    let idle = probe.sample().await?;
+    if let Some(s) = &idle {
+        rss_by_connections.push(RssPoint {
+            connections: connected.identified,
+            rss_bytes: s.rss_bytes,
+        });
+    }
     let client_idle = self_sample();
+    if args.worker.is_some() {
+        crate::processes::ready_and_wait(connected.identified).await?;
+    }
+    let mut timeline = Vec::new();
 
     // 4: traffic.
+    let shape = Shape::from_args(args);
+    let mut group_members = None;
     let workload: Option<Box<dyn Workload>> = match args.scenario {
         Scenario::Connect => connect::workload(),
-        Scenario::Targeted => Some(Box::new(targeted::workload(
+        Scenario::Targeted => Some(Box::new(targeted::workload(&names, &connected, None))),
+        Scenario::Churn => Some(Box::new(targeted::workload(
             &names,
             &connected,
-            args.payload_bytes as usize,
+            shared.churn.as_ref().map(|c| c.up.clone()),
         ))),
-        Scenario::Broadcast => Some(Box::new(broadcast::workload(
-            &names,
-            &connected,
-            args.payload_bytes as usize,
-        ))),
+        Scenario::Group => {
+            let w = group::workload(&names, &shape, &connected);
+            group_members = Some(w.members_per_group(connected.receivers.len()));
+            Some(Box::new(w))
+        }
+        Scenario::Broadcast => Some(Box::new(broadcast::workload(&names, &connected))),
+    };
+    let encoder = match args.target {
+        TargetKind::Singyeong => Encoder::singyeong(&names, args.payload_bytes as usize),
+        TargetKind::Nats => Encoder::nats(&names, args.payload_bytes as usize),
     };
     let traffic = match workload {
         Some(workload) => {
-            Some(drive_traffic(args, workload, &connected, &shared, &go, progress).await)
+            let mut t = drive_traffic(
+                args,
+                workload,
+                encoder,
+                &connected,
+                &shared,
+                &go,
+                (&probe, progress),
+                &mut timeline,
+            )
+            .await;
+            t.group_members = group_members;
+            Some(t)
         }
         None => None,
     };
-    let end = server_sample(args.server_pid)?;
+    let end = probe.sample().await?;
     let client_end = self_sample();
 
     // 5: report.
     let tally = &shared.tally;
-    let server_report = match (before, idle, end) {
-        (Some(before), Some(idle), Some(end)) => {
-            let cpu_traffic = traffic
-                .as_ref()
-                .map(|_| secs(end.cpu.saturating_sub(idle.cpu)));
-            let delivered = tally.delivered.load(Relaxed);
-            Some(ServerReport {
-                pid: args.server_pid.expect("sampled"),
-                rss_before_bytes: before.rss_bytes,
-                rss_connected_bytes: idle.rss_bytes,
-                rss_end_bytes: end.rss_bytes,
-                rss_per_connection_bytes: (idle.rss_bytes as f64 - before.rss_bytes as f64)
-                    / connected.identified as f64,
-                cpu_connect_seconds: secs(idle.cpu.saturating_sub(before.cpu)),
-                cpu_traffic_seconds: cpu_traffic,
-                cpu_us_per_delivery: cpu_traffic
-                    .filter(|_| delivered > 0)
-                    .map(|cpu| cpu * 1e6 / delivered as f64),
-            })
-        }
-        _ => None,
-    };
+    let server_report = server_report(
+        &probe,
+        args.server_pid,
+        [before, idle, end],
+        connected.identified,
+        traffic.as_ref().map(|_| tally.delivered.load(Relaxed)),
+    );
     let client = ClientReport {
         workers,
         rss_bytes: client_end.map_or(0, |s| s.rss_bytes),
@@ -209,55 +296,151 @@ pub async fn run(
         latency_us: Percentiles::of(&connected.latency),
         errors: crate::tally::counts(&connected.errors),
     };
+    let churn = shared.churn.as_ref().map(|c| ChurnReport {
+        rate: args.churn_rate,
+        kicked: c.kicked.load(Relaxed),
+        reconnected: c.reconnected.load(Relaxed),
+        reconnect_failed: c.failed.load(Relaxed),
+        delivered_while_closing: c.delivered_while_closing.load(Relaxed),
+        reconnect_latency_us: Percentiles::of(&c.reconnect_latency.lock().unwrap()),
+    });
     Ok(Report {
-        tool: env!("CARGO_PKG_NAME"),
-        version: env!("CARGO_PKG_VERSION"),
+        tool: env!("CARGO_PKG_NAME").into(),
+        version: env!("CARGO_PKG_VERSION").into(),
         scenario: args.scenario,
+        target: args.target,
         params: args.clone(),
         connect,
-        server: server_report,
         client,
+        plan: crate::plan::Plan::of(args, server_report.as_ref(), traffic.as_ref()),
+        server: server_report,
         traffic,
+        churn,
+        rss_by_connections,
+        timeline,
         errors: ErrorsReport {
             count: tally.error_count.load(Relaxed),
             disconnects: tally.disconnects.load(Relaxed),
             texts: tally.errors(),
         },
+        processes: 1,
+        raw: args.worker.map(|_| Raw {
+            connect_latency: Raw::pairs(&connected.latency),
+            traffic_latency: Raw::pairs(&tally.latency()),
+            schedule_lag: Raw::pairs(&tally.lag()),
+            reconnect_latency: shared
+                .churn
+                .as_ref()
+                .map(|c| Raw::pairs(&c.reconnect_latency.lock().unwrap()))
+                .unwrap_or_default(),
+        }),
     })
 }
 
-/// Starts the senders, waits out the duration and the drain.
+/// The server's section from its samples before connecting, idle with every
+/// connection, and at the end; `delivered` when the scenario sent.
+pub(crate) fn server_report(
+    probe: &Probe,
+    pid: Option<u32>,
+    [before, idle, end]: [Option<Sample>; 3],
+    identified: u64,
+    delivered: Option<u64>,
+) -> Option<ServerReport> {
+    let (before, idle, end) = (before?, idle?, end?);
+    let cpu_traffic = delivered.map(|_| secs(end.cpu.saturating_sub(idle.cpu)));
+    Some(ServerReport {
+        source: probe.source().into(),
+        pid,
+        rss_before_bytes: before.rss_bytes,
+        rss_connected_bytes: idle.rss_bytes,
+        rss_end_bytes: end.rss_bytes,
+        rss_per_connection_bytes: (idle.rss_bytes as f64 - before.rss_bytes as f64)
+            / identified.max(1) as f64,
+        cpu_connect_seconds: secs(idle.cpu.saturating_sub(before.cpu)),
+        cpu_traffic_seconds: cpu_traffic,
+        cpu_us_per_delivery: match (cpu_traffic, delivered) {
+            (Some(cpu), Some(d)) if d > 0 => Some(cpu * 1e6 / d as f64),
+            _ => None,
+        },
+    })
+}
+
+/// Starts the senders, waits out the duration and the drain; one timeline
+/// point (and progress line) per second.
+#[allow(clippy::too_many_arguments)]
 async fn drive_traffic(
     args: &Args,
     workload: Box<dyn Workload>,
+    encoder: Encoder,
     connected: &Connected,
     shared: &Shared,
     go: &watch::Sender<Option<Arc<Plan>>>,
-    progress: bool,
+    (probe, progress): (&Probe, bool),
+    timeline: &mut Vec<TimelinePoint>,
 ) -> TrafficReport {
     let tally = &shared.tally;
     let started = Instant::now();
     let deadline = started + args.duration();
+    let per_sender_rate = args.rate.map(|r| r / f64::from(connected.senders.max(1)));
     let _ = go.send(Some(Arc::new(Plan {
         workload,
+        encoder,
+        started_ns: clock::now_ns(),
         deadline,
         window: u64::from(args.window),
+        rate: per_sender_rate,
     })));
 
-    // Sending: progress once a second until the deadline.
+    // Sending: progress once a second until the deadline; the churner, if
+    // any, beside it.
+    let churner = async {
+        match &shared.churn {
+            Some(c) => churn::churner(c, &connected.receivers, args.churn_rate, deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(churner);
     let mut tick =
         tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
     let (mut last_sent, mut last_delivered) = (0, 0);
+    let mut last_latency = crate::tally::histogram();
+    let mut last_server = probe.sample().await.ok().flatten();
+    let mut last_at = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
-            _ = tick.tick() => if progress {
+            _ = &mut churner => {}
+            _ = tick.tick() => {
                 let (sent, delivered) = (tally.sent.load(Relaxed), tally.delivered.load(Relaxed));
-                eprintln!(
-                    "traffic {:>5.1}s: sent {sent} (+{}), delivered {delivered} (+{}), errors {}",
-                    started.elapsed().as_secs_f64(), sent - last_sent, delivered - last_delivered,
-                    tally.error_count.load(Relaxed)
-                );
+                let seconds = last_at.elapsed().as_secs_f64().max(1e-3);
+                last_at = Instant::now();
+                let latency = tally.latency();
+                let mut recent = latency.clone();
+                let _ = recent.subtract(&last_latency);
+                last_latency = latency;
+                let server = probe.sample().await.ok().flatten();
+                let cpu = match (&last_server, &server) {
+                    (Some(a), Some(b)) => Some(b.cpu.saturating_sub(a.cpu).as_secs_f64() * 100.0 / seconds),
+                    _ => None,
+                };
+                let point = TimelinePoint {
+                    t: started.elapsed().as_secs_f64(),
+                    sent_per_second: (sent - last_sent) as f64 / seconds,
+                    delivered_per_second: (delivered - last_delivered) as f64 / seconds,
+                    p50_us: if recent.is_empty() { 0 } else { recent.value_at_quantile(0.5) },
+                    p99_us: if recent.is_empty() { 0 } else { recent.value_at_quantile(0.99) },
+                    server_rss_bytes: server.map(|s| s.rss_bytes),
+                    server_cpu_percent: cpu,
+                };
+                last_server = server;
+                if progress {
+                    eprintln!(
+                        "traffic {:>5.1}s: sent {sent} ({:.0}/s), delivered {delivered} ({:.0}/s), p99 {:.2} ms, errors {}",
+                        point.t, point.sent_per_second, point.delivered_per_second,
+                        point.p99_us as f64 / 1000.0, tally.error_count.load(Relaxed)
+                    );
+                }
+                timeline.push(point);
                 (last_sent, last_delivered) = (sent, delivered);
             },
         }
@@ -281,6 +464,7 @@ async fn drive_traffic(
     let sent = tally.sent.load(Relaxed);
     let expected = tally.expected.load(Relaxed);
     let delivered = tally.delivered.load(Relaxed);
+    let latency = tally.latency();
     TrafficReport {
         senders: connected.senders,
         receivers: connected.receivers.len() as u64,
@@ -294,6 +478,16 @@ async fn drive_traffic(
         undecodable: tally.undecodable.load(Relaxed),
         sent_per_second: sent as f64 / secs(sent_for),
         delivered_per_second: delivered as f64 / secs(sent_for + drained_for),
-        latency_us: Percentiles::of(&tally.latency()),
+        latency_us: Percentiles::of(&latency),
+        latency_spectrum: SpectrumPoint::spectrum(&latency),
+        mode: if args.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        }
+        .into(),
+        offered_rate: args.rate,
+        schedule_lag_us: args.rate.map(|_| Percentiles::of(&tally.lag())),
+        group_members: None,
     }
 }
