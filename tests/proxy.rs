@@ -710,3 +710,27 @@ fn upstream_that_never_accepts_is_504() {
     expect_error(&r, 504, &["timed out", "no connection within"]);
     assert!(start.elapsed() < STEP, "{:?}", start.elapsed());
 }
+
+#[test]
+fn http10_callers_get_a_close_delimited_body_instead_of_chunks() {
+    let server = Server::start(&[]);
+    let up = Upstream::start("a");
+    let _c = behind(&server, "app", "c", &up, json!({}));
+    // Unknown length and larger than the read-ahead: streamed.
+    let body = get("app", "/chunked/300000").to_string();
+    let request = format!(
+        "POST /api/v1/proxy HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let raw = raw_exchange(&server, request.as_bytes());
+    let end = find(&raw, b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        raw[end + 4..] == pattern_body(300_000)[..],
+        "{} bytes",
+        raw.len() - end - 4
+    );
+}

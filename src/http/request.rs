@@ -18,6 +18,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether the client wants the connection kept open afterwards.
     pub keep_alive: bool,
+    /// An HTTP/1.0 request: its response may not use chunked coding.
+    pub http10: bool,
 }
 
 impl Request {
@@ -142,6 +144,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, BodyKind)>, ReadErro
         headers: out_headers,
         body: Vec::new(),
         keep_alive: !http10,
+        http10,
     };
     if request.header_has_token("connection", "close") {
         request.keep_alive = false;
@@ -342,6 +345,7 @@ mod tests {
         let (r, _) = read(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 10);
         assert!(!r.unwrap().keep_alive);
         let (r, _) = read(b"GET / HTTP/1.0\r\n\r\n", 10);
-        assert!(!r.unwrap().keep_alive);
+        let r = r.unwrap();
+        assert!(!r.keep_alive && r.http10);
     }
 }

@@ -77,7 +77,11 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 .await
                 .map(|()| keep_alive),
             // A relay may end the connection early (a body cut short).
-            Answer::Relay(relay) => Box::pin(relay.write_to(&mut stream, keep_alive)).await,
+            // HTTP/1.0 has no chunked coding: a body of unknown length is
+            // then delimited by closing the connection.
+            Answer::Relay(relay) => {
+                Box::pin(relay.write_to(&mut stream, keep_alive && !req.http10)).await
+            }
         };
         if !matches!(reusable, Ok(true)) {
             return;
