@@ -332,6 +332,43 @@ fn metrics_url_reads_rss_and_cpu_from_prometheus_text() {
 }
 
 #[test]
+fn metrics_url_reads_the_real_servers_metrics() {
+    let server = Server::start(&[]);
+    let url = server.url();
+    let metrics = url
+        .replace("ws://", "http://")
+        .replace("/gateway/websocket", "/metrics");
+    let run = loadtest(&[
+        "--scenario",
+        "targeted",
+        "--url",
+        &url,
+        "-n",
+        "10",
+        "--duration",
+        "0.5",
+        "--idle",
+        "0.2",
+        "--metrics-url",
+        &metrics,
+        "--timeout",
+        "30",
+    ]);
+    let v = run.assert_success();
+    assert_shape(&v);
+    assert_eq!(v["server"]["source"], "metrics");
+    // The server's own RSS, read from its /metrics, and CPU that moved
+    // with the traffic.
+    assert!(u(&v, "/server/rss_before_bytes") > 1_000_000, "{v}");
+    assert!(
+        v["server"]["cpu_traffic_seconds"]
+            .as_f64()
+            .is_some_and(|c| c > 0.0),
+        "{v}"
+    );
+}
+
+#[test]
 fn nats_target_runs_the_same_workloads() {
     let Some(nats) = common::Nats::start() else {
         // Written to the stream itself, past the test harness's capture, so
