@@ -963,36 +963,7 @@ impl Client {
     /// clients are skipped (their timing relative to this one is not part of
     /// the contract); any other packet is a failure.
     pub fn expect_client_update(&mut self, t: &str, app: &str, id: &str) {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let p = match self.next_event(left) {
-                Event::Packet(p) => p,
-                other => panic!(
-                    "{}: waiting for {t} of {app}/{id}, got {other:?}",
-                    self.label()
-                ),
-            };
-            let is_update = p["op"] == json!(OP_DISPATCH)
-                && (p["t"] == json!("CLIENT_CONNECTED") || p["t"] == json!("CLIENT_DISCONNECTED"));
-            assert!(
-                is_update,
-                "{}: waiting for {t} of {app}/{id}, got {p}",
-                self.label()
-            );
-            if p["t"] == json!(t)
-                && p["d"]["payload"]["client_id"] == json!(id)
-                && p["d"]["payload"]["app"] == json!(app)
-            {
-                assert_eq!(
-                    p["d"],
-                    json!({"nonce": null, "payload": {"app": app, "client_id": id}}),
-                    "{}: {t} d",
-                    self.label()
-                );
-                return;
-            }
-        }
+        self.expect_client_updates(t, app, &[id.to_string()]);
     }
 
     /// Waits for the client update `t` about every id in `ids` (of `app`), in
