@@ -26,6 +26,12 @@ pub enum Scenario {
     Group,
     /// Targeted SENDs while receivers disconnect and reconnect at --churn-rate.
     Churn,
+    /// --senders producers QUEUE into one queue; the -n consumers each hold
+    /// --credits QUEUE_REQUESTs and QUEUE_ACK every delivery.
+    Queue,
+    /// --senders HTTP clients POST /api/v1/proxy to the -n receivers' `ip`:
+    /// a built-in HTTP upstream, or --upstream.
+    Proxy,
 }
 
 /// Which server the run talks to.
@@ -47,6 +53,8 @@ impl Scenario {
             Scenario::Broadcast => "broadcast",
             Scenario::Group => "group",
             Scenario::Churn => "churn",
+            Scenario::Queue => "queue",
+            Scenario::Proxy => "proxy",
         }
     }
 
@@ -131,6 +139,15 @@ pub struct Args {
     /// Messages a sender may have outstanding (sent, not yet fully delivered)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub window: u32,
+
+    /// Queue: QUEUE_REQUEST credits each consumer keeps outstanding
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub credits: u32,
+
+    /// Proxy: the receivers' `ip` (host:port of an HTTP upstream) instead of
+    /// the tool's built-in one
+    #[arg(long)]
+    pub upstream: Option<String>,
 
     /// Open loop: send at this many messages per second in total, split over
     /// the senders, on a fixed schedule (latency is measured from each
@@ -233,6 +250,10 @@ pub enum ArgsError {
     SendersPerProcess { senders: u32, processes: u32 },
     #[error("--rate needs a scenario that sends (not {0})")]
     RateWithoutTraffic(&'static str),
+    #[error(
+        "--scenario {0} runs in one process against singyeong only (no --processes, no --target nats)"
+    )]
+    SingleProcessOnly(&'static str),
     #[error("--metrics-url {url:?}: {reason}")]
     MetricsUrl { url: String, reason: String },
     #[error("--source-base {base} + {count} addresses (x --processes) leaves the IPv4 range")]
@@ -247,6 +268,16 @@ impl Args {
         }
         if self.rate.is_some() && !self.scenario.has_traffic() {
             return Err(ArgsError::RateWithoutTraffic(self.scenario.name()));
+        }
+        if matches!(self.scenario, Scenario::Queue | Scenario::Proxy)
+            && (self.processes > 1
+                || self.target != TargetKind::Singyeong
+                || self.server_pid.is_some()
+                || self.metrics_url.is_some()
+                || self.html.is_some()
+                || self.plan_cores.is_some())
+        {
+            return Err(ArgsError::SingleProcessOnly(self.scenario.name()));
         }
         if let Some(url) = &self.metrics_url {
             crate::metrics::Endpoint::parse(url).map_err(|reason| ArgsError::MetricsUrl {

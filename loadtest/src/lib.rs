@@ -7,7 +7,10 @@
 //! - [`args`]: the command line (one struct, validated, echoed in the result).
 //! - [`scenario`]: a run phase by phase (connect, idle, traffic, drain,
 //!   report), and one module per scenario saying only what is sent
-//!   (`connect`, `targeted`, `group`, `broadcast`, `churn`).
+//!   (`connect`, `targeted`, `group`, `broadcast`, `churn`); `queue`
+//!   (QUEUE producers, QUEUE_REQUEST/QUEUE_ACK consumers) and `proxy` (HTTP
+//!   `POST /api/v1/proxy` to a built-in upstream) run their own phases and
+//!   reports.
 //! - [`fleet`]: opening the population with bounded concurrency over several
 //!   source addresses, and the connect-phase statistics.
 //! - [`session`]: one connection from TCP connect to ready.

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use singyeong_loadtest::args::Args;
+use singyeong_loadtest::args::{Args, Scenario};
 use singyeong_loadtest::report::Report;
+use singyeong_loadtest::scenario::proxy::ProxyRunReport;
+use singyeong_loadtest::scenario::queue::QueueRunReport;
 use singyeong_loadtest::stop::StopSwitch;
 use singyeong_loadtest::{clock, html, processes, scenario};
 
@@ -46,7 +48,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         let mut switch = StopSwitch::new();
         let outcome = tokio::select! {
-            result = run(&args, &gateway, workers, &switch) => Outcome::Done(result.map(Box::new)),
+            result = run(&args, &gateway, workers, &switch) => Outcome::Done(result),
             _ = tokio::time::sleep(args.timeout()) => Outcome::TimedOut,
             _ = tokio::signal::ctrl_c() => Outcome::Interrupted,
         };
@@ -55,7 +57,9 @@ fn main() -> ExitCode {
             eprintln!("warning: some connections did not close within {CLOSE_GRACE:?}");
         }
         match outcome {
-            Outcome::Done(Ok(report)) => emit(&args, &report),
+            Outcome::Done(Ok(Output::Full(report))) => emit(&args, &report),
+            Outcome::Done(Ok(Output::Queue(report))) => emit_own(&args, &*report, report.summary()),
+            Outcome::Done(Ok(Output::Proxy(report))) => emit_own(&args, &*report, report.summary()),
             Outcome::Done(Err(e)) => {
                 eprintln!("error: {e}");
                 1
@@ -80,16 +84,35 @@ async fn run(
     gateway: &singyeong_loadtest::args::Gateway,
     workers: usize,
     switch: &StopSwitch,
-) -> Result<Report, scenario::RunError> {
-    if args.processes > 1 && args.worker.is_none() {
-        processes::coordinate(args).await
+) -> Result<Output, scenario::RunError> {
+    if args.scenario == Scenario::Queue {
+        scenario::queue::run(args, gateway)
+            .await
+            .map(|r| Output::Queue(Box::new(r)))
+    } else if args.scenario == Scenario::Proxy {
+        scenario::proxy::run(args, gateway)
+            .await
+            .map(|r| Output::Proxy(Box::new(r)))
+    } else if args.processes > 1 && args.worker.is_none() {
+        processes::coordinate(args)
+            .await
+            .map(|r| Output::Full(Box::new(r)))
     } else {
-        scenario::run(args, gateway, workers, switch).await
+        scenario::run(args, gateway, workers, switch)
+            .await
+            .map(|r| Output::Full(Box::new(r)))
     }
 }
 
+/// What a run produced: the common report, or a queue run's own.
+enum Output {
+    Full(Box<Report>),
+    Queue(Box<QueueRunReport>),
+    Proxy(Box<ProxyRunReport>),
+}
+
 enum Outcome {
-    Done(Result<Box<Report>, scenario::RunError>),
+    Done(Result<Output, scenario::RunError>),
     TimedOut,
     Interrupted,
 }
@@ -126,6 +149,27 @@ fn emit(args: &Args, report: &Report) -> u8 {
     }
     if let Some(path) = &args.html
         && let Err(e) = std::fs::write(path, html::render(report, &json))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return 1;
+    }
+    0
+}
+
+/// A queue or proxy run's summary and JSON (no HTML: their reports are
+/// their own).
+fn emit_own(args: &Args, report: &impl serde::Serialize, summary: String) -> u8 {
+    eprint!("{summary}");
+    let json = match serde_json::to_string_pretty(report) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: cannot encode the result: {e}");
+            return 1;
+        }
+    };
+    println!("{json}");
+    if let Some(path) = &args.json
+        && let Err(e) = std::fs::write(path, format!("{json}\n"))
     {
         eprintln!("error: cannot write {}: {e}", path.display());
         return 1;

@@ -104,6 +104,151 @@ fn targeted_delivers_every_send_to_its_receiver() {
     assert!(v["server"]["cpu_traffic_seconds"].is_number());
 }
 
+/// A short queue run: every QUEUE confirmed, every confirmed id delivered
+/// (duplicates allowed, counted), the latencies recorded once per message.
+fn queue_run(server: &Server, extra: &[&str]) -> serde_json::Value {
+    let url = server.url();
+    let mut args = vec![
+        "--scenario",
+        "queue",
+        "--url",
+        &url,
+        "-n",
+        "6",
+        "--senders",
+        "2",
+        "--credits",
+        "3",
+        "--payload-bytes",
+        "32",
+        "--duration",
+        "1",
+        "--idle",
+        "0.2",
+        "--drain",
+        "10",
+        "--timeout",
+        "40",
+    ];
+    args.extend_from_slice(extra);
+    let run = loadtest(&args);
+    let v = run.assert_success();
+    assert_eq!(v["scenario"], "queue");
+    assert!(v["queue"].as_str().unwrap().ends_with("-queue"));
+    assert_eq!(u(&v, "/connect/identified"), 8, "{}", run.stderr);
+    assert_eq!(u(&v, "/traffic/producers"), 2);
+    assert_eq!(u(&v, "/traffic/consumers"), 6);
+    assert_eq!(u(&v, "/traffic/credits"), 3);
+    let sent = u(&v, "/traffic/sent");
+    assert!(sent > 0, "nothing sent: {}", run.stderr);
+    assert_eq!(u(&v, "/traffic/queued"), sent, "{}", run.stderr);
+    assert_eq!(u(&v, "/traffic/refused"), 0);
+    assert_eq!(u(&v, "/traffic/unconfirmed"), 0);
+    assert_eq!(u(&v, "/traffic/lost"), 0, "{}", run.stderr);
+    assert_eq!(u(&v, "/traffic/delivered_distinct"), sent);
+    assert_eq!(
+        u(&v, "/traffic/delivered"),
+        sent + u(&v, "/traffic/duplicates")
+    );
+    assert_eq!(u(&v, "/traffic/confirm_latency_us/count"), sent);
+    assert_eq!(u(&v, "/traffic/latency_us/count"), sent);
+    assert_eq!(u(&v, "/errors/count"), 0, "{}", run.stderr);
+    assert_eq!(u(&v, "/errors/disconnects"), 0);
+    assert!(run.stderr.contains("lost 0"), "{}", run.stderr);
+    v
+}
+
+#[test]
+fn queue_delivers_every_confirmed_message_in_memory() {
+    let server = Server::start(&["--shards", "2", "--no-durable"]);
+    let v = queue_run(&server, &["--window", "16"]);
+    assert_eq!(v["traffic"]["mode"], "closed");
+}
+
+#[test]
+fn queue_delivers_every_confirmed_message_durably_open_loop() {
+    let dir = std::env::temp_dir().join(format!(
+        "singyeong-loadtest-queue-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let server = Server::start(&["--shards", "2", "--data-dir", &dir_arg]);
+    let v = queue_run(&server, &["--rate", "400"]);
+    drop(server);
+    assert!(
+        dir.exists(),
+        "the durable server wrote no log under {dir_arg}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(v["traffic"]["mode"], "open");
+    assert!(u(&v, "/traffic/sent") >= 300, "{v:#}");
+}
+
+fn proxy_run(server: &Server, extra: &[&str]) -> (serde_json::Value, String) {
+    let url = server.url();
+    let mut args = vec![
+        "--scenario",
+        "proxy",
+        "--url",
+        &url,
+        "-n",
+        "3",
+        "--senders",
+        "2",
+        "--duration",
+        "1",
+        "--idle",
+        "0.2",
+        "--timeout",
+        "40",
+    ];
+    args.extend_from_slice(extra);
+    let run = loadtest(&args);
+    let v = run.assert_success();
+    assert_eq!(v["scenario"], "proxy");
+    assert_eq!(u(&v, "/connect/identified"), 3, "{}", run.stderr);
+    assert_eq!(u(&v, "/traffic/senders"), 2);
+    let requests = u(&v, "/traffic/requests");
+    assert!(requests > 0, "nothing sent: {}", run.stderr);
+    assert_eq!(u(&v, "/traffic/completed"), requests, "{}", run.stderr);
+    assert_eq!(u(&v, "/traffic/latency_us/count"), requests);
+    (v, run.stderr)
+}
+
+#[test]
+fn proxy_relays_every_request_to_the_builtin_upstream() {
+    let server = Server::start(&["--shards", "2"]);
+    let (v, stderr) = proxy_run(&server, &["--rate", "300"]);
+    let requests = u(&v, "/traffic/requests");
+    assert!(requests >= 200, "{v:#}");
+    assert_eq!(u(&v, "/traffic/ok"), requests, "{stderr}");
+    assert_eq!(u(&v, "/traffic/statuses/200"), requests);
+    assert_eq!(u(&v, "/upstream_served"), requests);
+    assert_eq!(v["traffic"]["mode"], "open");
+    assert_eq!(u(&v, "/errors/count"), 0, "{stderr}");
+}
+
+#[test]
+fn proxy_counts_upstream_failures_as_errors() {
+    // A port nothing listens on: the server answers 502 to every request.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let server = Server::start(&["--shards", "2"]);
+    let (v, stderr) = proxy_run(&server, &["--upstream", &upstream]);
+    let requests = u(&v, "/traffic/requests");
+    assert_eq!(u(&v, "/traffic/ok"), 0, "{stderr}");
+    assert!(v["upstream_served"].is_null());
+    assert_eq!(v["upstream"], upstream.as_str());
+    assert_eq!(u(&v, "/traffic/statuses/502"), requests, "{v:#}");
+    assert_eq!(u(&v, "/errors/count"), requests);
+    assert!(stderr.contains("status 502"), "{stderr}");
+}
+
 #[test]
 fn broadcast_reaches_every_receiver_of_the_app() {
     let server = Server::start(&["--shards", "2"]);
@@ -553,6 +698,15 @@ fn bad_arguments_are_refused_clearly() {
             "--rate needs a scenario that sends",
         ),
         (&["--scenario", "targeted", "--rate", "0"], "--rate"),
+        (
+            &["--scenario", "queue", "--processes", "2", "--senders", "2"],
+            "runs in one process",
+        ),
+        (
+            &["--scenario", "proxy", "--html", "/tmp/x.html"],
+            "runs in one process",
+        ),
+        (&["--scenario", "queue", "--credits", "0"], "--credits"),
         (
             &["--scenario", "targeted", "--target", "mqtt"],
             "possible values",

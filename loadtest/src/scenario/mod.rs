@@ -9,12 +9,17 @@
 //! 5. build the [`Report`].
 //!
 //! Each scenario module only says what is sent (its `workload`); `churn`
-//! adds the churner that runs beside the traffic.
+//! adds the churner that runs beside the traffic. `queue` and `proxy` are
+//! the exceptions: their clients speak QUEUE/QUEUE_REQUEST/QUEUE_ACK or
+//! HTTP, so they run their own phases and reports ([`queue::run`],
+//! [`proxy::run`]).
 
 pub mod broadcast;
 pub mod churn;
 pub mod connect;
 pub mod group;
+pub mod proxy;
+pub mod queue;
 pub mod targeted;
 
 use std::net::SocketAddr;
@@ -64,6 +69,10 @@ pub enum RunError {
     NoConnections(String),
     #[error("worker process: {0}")]
     Worker(String),
+    #[error("--scenario {0} runs on its own (scenario::{0}::run)")]
+    RunsOnItsOwn(&'static str),
+    #[error("built-in upstream: {0}")]
+    Upstream(String),
 }
 
 pub(crate) fn run_id() -> String {
@@ -244,6 +253,9 @@ pub async fn run(
             Some(Box::new(w))
         }
         Scenario::Broadcast => Some(Box::new(broadcast::workload(&names, &connected))),
+        Scenario::Queue | Scenario::Proxy => {
+            return Err(RunError::RunsOnItsOwn(args.scenario.name()));
+        }
     };
     let encoder = match args.target {
         TargetKind::Singyeong => Encoder::singyeong(&names, args.payload_bytes as usize),
