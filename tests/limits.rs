@@ -143,6 +143,42 @@ fn a_metadata_update_above_the_limit_is_invalid() {
     }
 }
 
+/// The limit applies to what the metadata would become: updates add up,
+/// a key overwritten by merge counts once, and replace mode frees the old
+/// keys.
+#[test]
+fn the_metadata_limit_counts_the_result_of_the_update() {
+    let server = Server::start(&["--max-metadata-size", "2000"]);
+    let mut c = Client::ready(&server, Json, "app", "merge");
+    c.set_metadata(json!({"a": meta("string", json!(big(700)))}));
+    c.set_metadata(json!({"b": meta("string", json!(big(700)))}));
+    // Overwriting "a" with the same size is fine: it replaces, not adds.
+    c.set_metadata(json!({"a": meta("string", json!(big(700)))}));
+    // A third key of that size would pass 2000 bytes in all.
+    c.update_metadata(json!({"c": meta("string", json!(big(700)))}));
+    c.expect_invalid(texts::METADATA_TOO_LARGE);
+
+    let server = Server::start(&[
+        "--max-metadata-size",
+        "2000",
+        "--metadata-update-mode",
+        "replace",
+    ]);
+    let mut c = Client::ready(&server, Json, "app", "replace");
+    c.set_metadata(json!({"a": meta("string", json!(big(700)))}));
+    c.set_metadata(json!({"b": meta("string", json!(big(700)))}));
+    // Replace drops "a" and "b": a new pair of the same size fits.
+    c.set_metadata(
+        json!({"c": meta("string", json!(big(700))), "d": meta("string", json!(big(700)))}),
+    );
+    let nodes = c.query_nodes(query("app"));
+    let m = &node_of(&nodes, "replace")["metadata"];
+    assert!(
+        m.get("a").is_none() && m.get("b").is_none() && m.get("c").is_some(),
+        "{m}"
+    );
+}
+
 #[test]
 fn the_default_metadata_limit_is_64_kib() {
     let server = Server::start(&[]);

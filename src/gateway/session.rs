@@ -11,7 +11,9 @@ use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::config::UpdateMode;
-use crate::metadata::{ClientIdx, MetaValue, Metadata, UpdateError, estimated_size, parse_update};
+use crate::metadata::{
+    ClientIdx, MetaValue, Metadata, UpdateError, estimated_entry_size, estimated_size, parse_update,
+};
 use crate::protocol::{self, Encoding, InboundPacket, errors, op};
 use crate::query::Query;
 use crate::queue;
@@ -263,23 +265,25 @@ impl Session {
         let Some(entry) = store.get(identity.idx) else {
             return;
         };
-        // Check the limit on what the metadata would become, so a rejected
-        // update changes nothing.
-        let mut next = entry.metadata.clone();
+        // Price what the metadata would become before applying anything,
+        // so a rejected update changes nothing.
         let mode = self.shard.config.metadata_update_mode;
-        if mode == UpdateMode::Replace {
-            let keys: Vec<String> = next.iter().map(|(k, _)| k.to_string()).collect();
-            for key in keys
-                .iter()
-                .filter(|k| !crate::metadata::RESERVED_KEYS.contains(&k.as_str()))
-            {
-                next.remove(key);
-            }
-        }
-        for (key, value) in &values {
-            next.insert(key, value.clone());
-        }
-        if estimated_size(&next) > self.shard.config.max_metadata_size {
+        let kept = |key: &str| match mode {
+            UpdateMode::Merge => !values.iter().any(|(k, _)| k == key),
+            UpdateMode::Replace => crate::metadata::RESERVED_KEYS.contains(&key),
+        };
+        let size: usize = entry
+            .metadata
+            .iter()
+            .filter(|(key, _)| kept(key))
+            .map(|(key, value)| estimated_entry_size(key, value))
+            .chain(
+                values
+                    .iter()
+                    .map(|(key, value)| estimated_entry_size(key, value)),
+            )
+            .sum();
+        if size > self.shard.config.max_metadata_size {
             self.conn.invalid(errors::METADATA_TOO_LARGE, Value::Null);
             return;
         }
