@@ -54,6 +54,7 @@ impl Server {
     /// Starts every shard and returns once all of them listen.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let config = Arc::new(config);
+        port_is_free(SocketAddr::new(config.bind, config.port))?;
         let recovered = crate::queue::recover(&config)?;
         let boot = recovered.boot;
         let mut recovered = recovered.shards.into_iter();
@@ -127,6 +128,29 @@ impl Server {
         for thread in self.threads {
             let _ = thread.join();
         }
+    }
+}
+
+/// Fails when another process already listens on `addr`. The shards'
+/// listeners use SO_REUSEPORT, which would otherwise let a second server
+/// (or a stale one) silently share the port and split the connections.
+/// A plain bind, without SO_REUSEPORT, is refused while any socket holds
+/// the port; it is dropped before the shards bind.
+fn port_is_free(addr: SocketAddr) -> Result<(), StartError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(StartError::Listen {
+            shard: 0,
+            addr,
+            reason: if e.kind() == std::io::ErrorKind::AddrInUse {
+                "the port is already in use (is another server running?)".into()
+            } else {
+                e.to_string()
+            },
+        }),
     }
 }
 
