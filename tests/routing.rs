@@ -82,12 +82,17 @@ fn payload() -> Value {
     json!({"text": "신경", "n": -7, "f": 1.25, "big": 1u64 << 40, "list": [-1, 2, 300, null, "x"], "nested": {"ok": true, "empty": {}}})
 }
 
+/// One identified sender (app "senders") in each encoding.
+fn one_sender_per_encoding(server: &Server) -> Vec<Client> {
+    ALL_ENCODINGS
+        .iter()
+        .map(|&e| Client::ready(server, e, "senders", &format!("s-{}", e.name())))
+        .collect()
+}
+
 fn send_reaches_exactly_one_matching_client(shards: usize) {
     let server = start(shards, &[]);
-    let mut senders: Vec<Client> = ALL_ENCODINGS
-        .iter()
-        .map(|&e| Client::ready(&server, e, "senders", &format!("s-{}", e.name())))
-        .collect();
+    let mut senders = one_sender_per_encoding(&server);
     let mut workers = spread(
         &server,
         &mut senders[0],
@@ -124,10 +129,7 @@ fn send_reaches_exactly_one_matching_client(shards: usize) {
 
 fn broadcast_reaches_every_matching_client_once(shards: usize) {
     let server = start(shards, &[]);
-    let mut senders: Vec<Client> = ALL_ENCODINGS
-        .iter()
-        .map(|&e| Client::ready(&server, e, "senders", &format!("s-{}", e.name())))
-        .collect();
+    let mut senders = one_sender_per_encoding(&server);
     let mut workers = spread(
         &server,
         &mut senders[0],

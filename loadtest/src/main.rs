@@ -132,21 +132,9 @@ fn emit(args: &Args, report: &Report) -> u8 {
             }
         };
     }
-    eprint!("{}", report.summary());
-    let json = match serde_json::to_string_pretty(report) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("error: cannot encode the result: {e}");
-            return 1;
-        }
-    };
-    println!("{json}");
-    if let Some(path) = &args.json
-        && let Err(e) = std::fs::write(path, format!("{json}\n"))
-    {
-        eprintln!("error: cannot write {}: {e}", path.display());
+    let Some(json) = print_and_save(args, report, report.summary()) else {
         return 1;
-    }
+    };
     if let Some(path) = &args.html
         && let Err(e) = std::fs::write(path, html::render(report, &json))
     {
@@ -159,12 +147,21 @@ fn emit(args: &Args, report: &Report) -> u8 {
 /// A queue or proxy run's summary and JSON (no HTML: their reports are
 /// their own).
 fn emit_own(args: &Args, report: &impl serde::Serialize, summary: String) -> u8 {
+    match print_and_save(args, report, summary) {
+        Some(_) => 0,
+        None => 1,
+    }
+}
+
+/// Prints the summary (stderr) and the JSON (stdout, and `--json`);
+/// returns the JSON, or `None` after saying what failed.
+fn print_and_save(args: &Args, report: &impl serde::Serialize, summary: String) -> Option<String> {
     eprint!("{summary}");
     let json = match serde_json::to_string_pretty(report) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("error: cannot encode the result: {e}");
-            return 1;
+            return None;
         }
     };
     println!("{json}");
@@ -172,7 +169,7 @@ fn emit_own(args: &Args, report: &impl serde::Serialize, summary: String) -> u8 
         && let Err(e) = std::fs::write(path, format!("{json}\n"))
     {
         eprintln!("error: cannot write {}: {e}", path.display());
-        return 1;
+        return None;
     }
-    0
+    Some(json)
 }

@@ -215,6 +215,20 @@ pub struct ErrorsReport {
     pub texts: Vec<ErrorCount>,
 }
 
+impl ErrorsReport {
+    /// The errors part of every scenario's human summary.
+    pub fn write_summary(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "errors: {} ({} connections lost)",
+            self.count, self.disconnects
+        );
+        for t in &self.texts {
+            let _ = writeln!(s, "  x{}: {}", t.count, t.text);
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Percentiles {
     pub count: u64,
@@ -253,7 +267,8 @@ impl Percentiles {
         }
     }
 
-    fn line(&self) -> String {
+    /// One human line: p50, p99, p999 and max in ms, and the sample count.
+    pub fn line(&self) -> String {
         let ms = |us: u64| us as f64 / 1000.0;
         format!(
             "p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, max {:.3} ms ({} samples)",
@@ -369,15 +384,7 @@ impl Report {
         if let Some(p) = &self.plan {
             s.push_str(&p.summary());
         }
-        let e = &self.errors;
-        let _ = writeln!(
-            s,
-            "errors: {} ({} connections lost)",
-            e.count, e.disconnects
-        );
-        for t in &e.texts {
-            let _ = writeln!(s, "  x{}: {}", t.count, t.text);
-        }
+        self.errors.write_summary(&mut s);
         s
     }
 }

@@ -1013,19 +1013,25 @@ impl Client {
 
     /// The next packet must be invalid (op 3) with exactly `error`; returns extra_info.
     pub fn expect_invalid(&mut self, error: &str) -> Value {
-        let p = self.expect_op(OP_INVALID);
+        self.expect_error_packet(OP_INVALID, error)
+    }
+
+    /// The next packet must have opcode `op` and `d` = `{"error": error,
+    /// "extra_info": ..}`; returns extra_info.
+    fn expect_error_packet(&mut self, op: u64, error: &str) -> Value {
+        let p = self.expect_op(op);
         let d = p["d"]
             .as_object()
-            .unwrap_or_else(|| panic!("invalid d is not an object: {p}"));
+            .unwrap_or_else(|| panic!("op {op} d is not an object: {p}"));
         assert!(
             d.contains_key("extra_info"),
-            "{}: invalid d lacks extra_info: {p}",
+            "{}: op {op} d lacks extra_info: {p}",
             self.label()
         );
         assert_eq!(
             p["d"]["error"],
             json!(error),
-            "{}: invalid text",
+            "{}: op {op} error text",
             self.label()
         );
         p["d"]["extra_info"].clone()
@@ -1056,23 +1062,9 @@ impl Client {
     /// The next packet must be error (op 8) with exactly `error`, then the
     /// connection closes; returns extra_info.
     pub fn expect_error_close(&mut self, error: &str) -> Value {
-        let p = self.expect_op(OP_ERROR);
-        let d = p["d"]
-            .as_object()
-            .unwrap_or_else(|| panic!("error d is not an object: {p}"));
-        assert!(
-            d.contains_key("extra_info"),
-            "{}: error d lacks extra_info: {p}",
-            self.label()
-        );
-        assert_eq!(
-            p["d"]["error"],
-            json!(error),
-            "{}: error text",
-            self.label()
-        );
+        let extra = self.expect_error_packet(OP_ERROR, error);
         self.expect_closed();
-        p["d"]["extra_info"].clone()
+        extra
     }
 
     /// The server closes the websocket: a close frame comes next (any code;

@@ -75,6 +75,18 @@ pub enum RunError {
     Upstream(String),
 }
 
+impl RunError {
+    /// Nothing got to ready: the most frequent connect errors say why.
+    pub fn no_connections(errors: &std::collections::BTreeMap<String, u64>) -> RunError {
+        let first: Vec<String> = crate::tally::counts(errors)
+            .into_iter()
+            .take(3)
+            .map(|e| format!("{} (x{})", e.text, e.count))
+            .collect();
+        RunError::NoConnections(first.join("; "))
+    }
+}
+
 pub(crate) fn run_id() -> String {
     let mut rng = fastrand::Rng::new();
     (0..8).map(|_| rng.alphanumeric()).collect()
@@ -215,12 +227,7 @@ pub async fn run(
         crate::processes::progress(connected.identified);
     }
     if connected.identified == 0 {
-        let first: Vec<String> = crate::tally::counts(&connected.errors)
-            .into_iter()
-            .take(3)
-            .map(|e| format!("{} (x{})", e.text, e.count))
-            .collect();
-        return Err(RunError::NoConnections(first.join("; ")));
+        return Err(RunError::no_connections(&connected.errors));
     }
     tokio::time::sleep(args.idle()).await;
     let idle = probe.sample().await?;

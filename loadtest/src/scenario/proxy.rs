@@ -105,23 +105,8 @@ impl ProxyRunReport {
             t.ok_per_second,
             t.statuses
         );
-        let p = &t.latency_us;
-        let _ = writeln!(
-            s,
-            "latency ms: p50 {:.2} p99 {:.2} p999 {:.2} max {:.2}",
-            p.p50 as f64 / 1000.0,
-            p.p99 as f64 / 1000.0,
-            p.p999 as f64 / 1000.0,
-            p.max as f64 / 1000.0
-        );
-        let _ = writeln!(
-            s,
-            "errors {} (disconnects {})",
-            self.errors.count, self.errors.disconnects
-        );
-        for e in &self.errors.texts {
-            let _ = writeln!(s, "  {} x{}", e.text, e.count);
-        }
+        let _ = writeln!(s, "latency: {}", t.latency_us.line());
+        self.errors.write_summary(&mut s);
         s
     }
 }
@@ -201,12 +186,7 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<ProxyRunReport, RunEr
     let requested = u64::from(args.connections);
     let identified = receivers.len() as u64;
     if receivers.is_empty() {
-        let first: Vec<String> = counts(&open_errors)
-            .into_iter()
-            .take(3)
-            .map(|e| format!("{} (x{})", e.text, e.count))
-            .collect();
-        return Err(RunError::NoConnections(first.join("; ")));
+        return Err(RunError::no_connections(&open_errors));
     }
     if progress {
         eprintln!("connect: {identified}/{requested} identified in {connect_seconds:.2} s");

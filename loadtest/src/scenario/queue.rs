@@ -240,23 +240,9 @@ impl QueueRunReport {
             ("confirm", &t.confirm_latency_us),
             ("end to end", &t.latency_us),
         ] {
-            let _ = writeln!(
-                s,
-                "{name} latency ms: p50 {:.2} p99 {:.2} p999 {:.2} max {:.2}",
-                p.p50 as f64 / 1000.0,
-                p.p99 as f64 / 1000.0,
-                p.p999 as f64 / 1000.0,
-                p.max as f64 / 1000.0
-            );
+            let _ = writeln!(s, "{name} latency: {}", p.line());
         }
-        let _ = writeln!(
-            s,
-            "errors {} (disconnects {})",
-            self.errors.count, self.errors.disconnects
-        );
-        for e in &self.errors.texts {
-            let _ = writeln!(s, "  {} x{}", e.text, e.count);
-        }
+        self.errors.write_summary(&mut s);
         s
     }
 }
@@ -312,12 +298,7 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<QueueRunReport, RunEr
     let identified = (consumers.len() + producers.len()) as u64;
     tally.identified.store(identified, Relaxed);
     if consumers.is_empty() || producers.is_empty() {
-        let first: Vec<String> = counts(&open_errors)
-            .into_iter()
-            .take(3)
-            .map(|e| format!("{} (x{})", e.text, e.count))
-            .collect();
-        return Err(RunError::NoConnections(first.join("; ")));
+        return Err(RunError::no_connections(&open_errors));
     }
     if progress {
         eprintln!("connect: {identified}/{requested} identified in {connect_seconds:.2} s");
