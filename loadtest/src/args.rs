@@ -61,6 +61,12 @@ impl Scenario {
     pub fn has_traffic(self) -> bool {
         self != Scenario::Connect
     }
+
+    /// Queue and proxy run their own phases and reports
+    /// ([`crate::scenario::queue`], [`crate::scenario::proxy`]).
+    pub fn runs_on_its_own(self) -> bool {
+        matches!(self, Scenario::Queue | Scenario::Proxy)
+    }
 }
 
 #[derive(Debug, Clone, Parser, Serialize, Deserialize)]
@@ -149,6 +155,24 @@ pub struct Args {
     #[arg(long)]
     pub upstream: Option<String>,
 
+    /// The server's password: sent as `auth` in every IDENTIFY, and as the
+    /// `Authorization` header of proxy requests and of --metrics-url. Never
+    /// written into the result
+    #[arg(long, value_parser = parse_auth)]
+    #[serde(skip_serializing, default)]
+    pub auth: Option<String>,
+
+    /// Queue: the queue's name [default: "<app-prefix>-<run>-queue"]; every
+    /// --processes worker uses the same one
+    #[arg(long, value_parser = parse_name)]
+    pub queue_name: Option<String>,
+
+    /// Proxy: the application the receivers identify under and every request
+    /// queries [default: "<app-prefix>-<run>-upstream"]; every --processes
+    /// worker uses the same one
+    #[arg(long, value_parser = parse_name)]
+    pub proxy_app: Option<String>,
+
     /// Open loop: send at this many messages per second in total, split over
     /// the senders, on a fixed schedule (latency is measured from each
     /// message's scheduled time, so stalls cannot hide); --window is ignored.
@@ -213,9 +237,10 @@ pub struct Args {
 
     /// Worker processes to spread the connections over (each opens its share
     /// of receivers and senders under its own applications, "<app-prefix>-w<i>",
-    /// and its own source addresses; traffic stays within a worker, so a
-    /// broadcast reaches the receivers of its worker). Lifts one process's
-    /// open-file limit off N
+    /// and its own source addresses; SEND and BROADCAST traffic stays within
+    /// a worker, so a broadcast reaches the receivers of its worker; queue
+    /// workers share one queue, proxy workers one application). Lifts one
+    /// process's open-file limit off N
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub processes: u32,
 
@@ -248,12 +273,21 @@ pub enum ArgsError {
     },
     #[error("--processes {processes} needs at least one sender per process (--senders {senders})")]
     SendersPerProcess { senders: u32, processes: u32 },
+    #[error(
+        "--processes {processes} needs at least one receiver per process (--connections {connections})"
+    )]
+    ConnectionsPerProcess { connections: u32, processes: u32 },
     #[error("--rate needs a scenario that sends (not {0})")]
     RateWithoutTraffic(&'static str),
+    #[error("--scenario {0} uses singyeong's {1}; --target nats cannot run it")]
+    NotForNats(&'static str, &'static str),
     #[error(
-        "--scenario {0} runs in one process against singyeong only (no --processes, no --target nats)"
+        "--plan-cores/--plan-memory-gib: the capacity plan is drawn from the SEND/BROADCAST \
+         scenarios (connect, targeted, group, broadcast, churn), not from --scenario {0}"
     )]
-    SingleProcessOnly(&'static str),
+    NoPlan(&'static str),
+    #[error("--auth is the singyeong server's password; --target nats does not take it")]
+    AuthForNats,
     #[error("--metrics-url {url:?}: {reason}")]
     MetricsUrl { url: String, reason: String },
     #[error("--source-base {base} + {count} addresses (x --processes) leaves the IPv4 range")]
@@ -269,15 +303,20 @@ impl Args {
         if self.rate.is_some() && !self.scenario.has_traffic() {
             return Err(ArgsError::RateWithoutTraffic(self.scenario.name()));
         }
-        if matches!(self.scenario, Scenario::Queue | Scenario::Proxy)
-            && (self.processes > 1
-                || self.target != TargetKind::Singyeong
-                || self.server_pid.is_some()
-                || self.metrics_url.is_some()
-                || self.html.is_some()
-                || self.plan_cores.is_some())
-        {
-            return Err(ArgsError::SingleProcessOnly(self.scenario.name()));
+        if self.scenario.runs_on_its_own() {
+            if self.target != TargetKind::Singyeong {
+                let api = match self.scenario {
+                    Scenario::Queue => "queues (QUEUE, QUEUE_REQUEST, QUEUE_ACK)",
+                    _ => "HTTP proxy (POST /api/v1/proxy)",
+                };
+                return Err(ArgsError::NotForNats(self.scenario.name(), api));
+            }
+            if self.plan_cores.is_some() {
+                return Err(ArgsError::NoPlan(self.scenario.name()));
+            }
+        }
+        if self.auth.is_some() && self.target == TargetKind::Nats {
+            return Err(ArgsError::AuthForNats);
         }
         if let Some(url) = &self.metrics_url {
             crate::metrics::Endpoint::parse(url).map_err(|reason| ArgsError::MetricsUrl {
@@ -296,6 +335,12 @@ impl Args {
         if self.processes > 1 && self.scenario.has_traffic() && self.senders < self.processes {
             return Err(ArgsError::SendersPerProcess {
                 senders: self.senders,
+                processes: self.processes,
+            });
+        }
+        if self.connections < self.processes {
+            return Err(ArgsError::ConnectionsPerProcess {
+                connections: self.connections,
                 processes: self.processes,
             });
         }
@@ -429,6 +474,30 @@ fn parse_secs(s: &str) -> Result<f64, String> {
         return Err(format!("{s} must be more than 0 and at most 86400 seconds"));
     }
     Ok(secs)
+}
+
+/// A password is sent inside JSON (serde escapes it) and as an HTTP header
+/// value, where a line break would end the header.
+fn parse_auth(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty (leave --auth out for a server without a password)".into());
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err("may not contain control characters (it is sent as an HTTP header)".into());
+    }
+    Ok(s.to_string())
+}
+
+/// Queue names and application ids: no whitespace (contract §3), at most
+/// 256 characters; they are JSON-encoded by serde where they are written.
+fn parse_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 256 {
+        return Err("must be 1 to 256 characters".into());
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("may not contain whitespace or control characters".into());
+    }
+    Ok(s.to_string())
 }
 
 /// App ids and client ids may not contain whitespace (contract §3); the

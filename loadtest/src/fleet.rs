@@ -33,6 +33,8 @@ pub struct Dialer {
     pub shape: Shape,
     pub names: Names,
     pub target: TargetKind,
+    /// `--auth`: the server's password, sent in IDENTIFY.
+    pub auth: Option<String>,
 }
 
 /// How the connect phase went.
@@ -221,7 +223,13 @@ impl Dialer {
                     Role::Receiver { .. } => self.names.app(app),
                     Role::Sender { .. } => self.names.sender_app(),
                 };
-                let identify = wire::identify(&client_id, &app_name, self.shape.metadata(id));
+                let identify = wire::identify(
+                    &client_id,
+                    &app_name,
+                    self.auth.as_deref(),
+                    None,
+                    self.shape.metadata(id),
+                );
                 Handshake::Singyeong {
                     client_id,
                     identify,

@@ -2,12 +2,13 @@
 //! inline SVG by this module, no scripts, styles or fonts fetched from
 //! anywhere, so it opens the same offline, in a mail attachment or in CI
 //! artifacts. Plots: the latency percentile spectrum, throughput and
-//! latency over time, and server RSS against connections; then the summary
-//! and the full JSON result.
+//! latency over time, server CPU over time, and server RSS against
+//! connections; then the summary and the full JSON result. Every scenario's
+//! report describes what it has as a [`Page`].
 
 use std::fmt::Write;
 
-use crate::report::Report;
+use crate::report::{Report, RssPoint, SpectrumPoint, TimelinePoint};
 
 const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 300.0;
@@ -206,77 +207,107 @@ pub fn chart(
     svg
 }
 
-/// The whole report page.
+/// What one report page shows; every scenario's report fills one.
+pub struct Page<'a> {
+    /// e.g. "queue against Singyeong".
+    pub title: String,
+    /// Whether traffic was sent: the spectrum and timeline charts are drawn
+    /// only then.
+    pub has_traffic: bool,
+    pub spectrum_title: &'a str,
+    /// Latency by percentile, one line per latency measured.
+    pub spectra: Vec<(&'a str, &'a [SpectrumPoint])>,
+    pub timeline: &'a [TimelinePoint],
+    /// What the timeline's two rates count: (unit, first, second), e.g.
+    /// ("messages / s", "sent", "delivered").
+    pub rates: (&'a str, &'a str, &'a str),
+    /// Which samples the per-second latency is of.
+    pub latency_over_time_title: &'a str,
+    pub rss_by_connections: &'a [RssPoint],
+    pub summary: String,
+}
+
+/// The report page of the SEND/BROADCAST scenarios.
 pub fn render(report: &Report, json: &str) -> String {
+    page(
+        &Page {
+            title: format!("{} against {:?}", report.scenario.name(), report.target),
+            has_traffic: report.traffic.is_some(),
+            spectrum_title: "End-to-end latency by percentile",
+            spectra: report
+                .traffic
+                .iter()
+                .map(|t| ("latency", &t.latency_spectrum[..]))
+                .collect(),
+            timeline: &report.timeline,
+            rates: ("messages / s", "sent", "delivered"),
+            latency_over_time_title: "Latency over time (deliveries of each second)",
+            rss_by_connections: &report.rss_by_connections,
+            summary: report.summary(),
+        },
+        json,
+    )
+}
+
+/// The whole page: charts, summary, and the JSON result.
+pub fn page(p: &Page<'_>, json: &str) -> String {
     let mut charts = Vec::new();
-    if let Some(t) = &report.traffic {
+    let over_time = |f: &dyn Fn(&TimelinePoint) -> f64| -> Vec<(f64, f64)> {
+        p.timeline.iter().map(|t| (t.t, f(t))).collect()
+    };
+    if p.has_traffic {
+        let spectra: Vec<Series> = p
+            .spectra
+            .iter()
+            .map(|(name, points)| Series {
+                name,
+                points: points
+                    .iter()
+                    .map(|s| (s.percentile, s.us as f64 / 1000.0))
+                    .collect(),
+            })
+            .collect();
         charts.push(chart(
-            "End-to-end latency by percentile",
+            p.spectrum_title,
             "percentile",
             "latency (ms)",
             XAxis::Nines,
-            &[Series {
-                name: "latency",
-                points: t
-                    .latency_spectrum
-                    .iter()
-                    .map(|p| (p.percentile, p.us as f64 / 1000.0))
-                    .collect(),
-            }],
+            &spectra,
         ));
+        let (unit, first, second) = p.rates;
         charts.push(chart(
             "Throughput over time",
             "seconds",
-            "messages / s",
+            unit,
             XAxis::Linear,
             &[
                 Series {
-                    name: "sent",
-                    points: report
-                        .timeline
-                        .iter()
-                        .map(|p| (p.t, p.sent_per_second))
-                        .collect(),
+                    name: first,
+                    points: over_time(&|t| t.sent_per_second),
                 },
                 Series {
-                    name: "delivered",
-                    points: report
-                        .timeline
-                        .iter()
-                        .map(|p| (p.t, p.delivered_per_second))
-                        .collect(),
+                    name: second,
+                    points: over_time(&|t| t.delivered_per_second),
                 },
             ],
         ));
         charts.push(chart(
-            "Latency over time (deliveries of each second)",
+            p.latency_over_time_title,
             "seconds",
             "latency (ms)",
             XAxis::Linear,
             &[
                 Series {
                     name: "p50",
-                    points: report
-                        .timeline
-                        .iter()
-                        .map(|p| (p.t, p.p50_us as f64 / 1000.0))
-                        .collect(),
+                    points: over_time(&|t| t.p50_us as f64 / 1000.0),
                 },
                 Series {
                     name: "p99",
-                    points: report
-                        .timeline
-                        .iter()
-                        .map(|p| (p.t, p.p99_us as f64 / 1000.0))
-                        .collect(),
+                    points: over_time(&|t| t.p99_us as f64 / 1000.0),
                 },
             ],
         ));
-        if report
-            .timeline
-            .iter()
-            .any(|p| p.server_cpu_percent.is_some())
-        {
+        if p.timeline.iter().any(|t| t.server_cpu_percent.is_some()) {
             charts.push(chart(
                 "Server CPU over time",
                 "seconds",
@@ -284,10 +315,10 @@ pub fn render(report: &Report, json: &str) -> String {
                 XAxis::Linear,
                 &[Series {
                     name: "server CPU",
-                    points: report
+                    points: p
                         .timeline
                         .iter()
-                        .filter_map(|p| Some((p.t, p.server_cpu_percent?)))
+                        .filter_map(|t| Some((t.t, t.server_cpu_percent?)))
                         .collect(),
                 }],
             ));
@@ -300,23 +331,22 @@ pub fn render(report: &Report, json: &str) -> String {
         XAxis::Linear,
         &[Series {
             name: "server RSS",
-            points: report
+            points: p
                 .rss_by_connections
                 .iter()
-                .map(|p| (p.connections as f64, p.rss_bytes as f64 / 1048576.0))
+                .map(|r| (r.connections as f64, r.rss_bytes as f64 / 1048576.0))
                 .collect(),
         }],
     ));
     let mut html = String::new();
     let _ = write!(
         html,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>singyeong-loadtest: {s} against {t:?}</title>\
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>singyeong-loadtest: {t}</title>\
          <style>body{{font-family:sans-serif;max-width:1340px;margin:1em auto;color:#222}}\
          .charts{{display:flex;flex-wrap:wrap;gap:12px}}svg{{border:1px solid #ddd;background:#fff}}\
          pre{{background:#f6f6f6;padding:8px;overflow:auto}}</style></head><body>\
-         <h1>singyeong-loadtest: {s} against {t:?}</h1><div class=\"charts\">",
-        s = report.scenario.name(),
-        t = report.target
+         <h1>singyeong-loadtest: {t}</h1><div class=\"charts\">",
+        t = escape(&p.title)
     );
     for c in &charts {
         html.push_str(c);
@@ -324,7 +354,7 @@ pub fn render(report: &Report, json: &str) -> String {
     let _ = writeln!(
         html,
         "</div><h2>Summary</h2><pre>{}</pre><h2>Result (JSON)</h2><pre id=\"result\">{}</pre></body></html>",
-        escape(&report.summary()),
+        escape(&p.summary),
         escape(json)
     );
     html

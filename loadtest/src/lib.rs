@@ -10,7 +10,8 @@
 //!   (`connect`, `targeted`, `group`, `broadcast`, `churn`); `queue`
 //!   (QUEUE producers, QUEUE_REQUEST/QUEUE_ACK consumers) and `proxy` (HTTP
 //!   `POST /api/v1/proxy` to a built-in upstream) run their own phases and
-//!   reports.
+//!   reports, on connections driven by hand (`scenario::conn`) and with the
+//!   server sampled around them as for the others (`scenario::observe`).
 //! - [`fleet`]: opening the population with bounded concurrency over several
 //!   source addresses, and the connect-phase statistics.
 //! - [`session`]: one connection from TCP connect to ready.
@@ -18,7 +19,8 @@
 //!   deliveries, and a sender's window of outstanding messages.
 //! - [`wire`]: the packets, encoded and decoded.
 //! - [`identity`]: application ids, client ids and generated metadata.
-//! - [`tally`]: the shared counters and latency histogram.
+//! - [`tally`]: the shared counters and latency histogram; [`timeline`]: the
+//!   per-second record of traffic, and its merge over worker processes.
 //! - [`procstat`] / [`fdlimit`]: /proc sampling and the open-file limit.
 //! - [`report`]: the JSON result and its human summary; [`html`]: the same
 //!   as a self-contained page with inline SVG plots; [`plan`]: the capacity
@@ -27,7 +29,8 @@
 //!   written for the target (singyeong SEND/BROADCAST, or NATS PUB); [`nats`]:
 //!   the NATS protocol over websocket.
 //! - [`metrics`]: the server's RSS and CPU from its Prometheus `/metrics`.
-//! - [`processes`]: `--processes`, the worker processes and their merge.
+//! - [`processes`]: `--processes`, the worker processes, the coordinator's
+//!   server samples, and the merge of the workers' results.
 //! - [`stop`]: telling every connection to close, and waiting (bounded) for it.
 //! - [`clock`]: the process-wide monotonic clock behind send timestamps.
 
@@ -48,5 +51,6 @@ pub mod scenario;
 pub mod session;
 pub mod stop;
 pub mod tally;
+pub mod timeline;
 pub mod traffic;
 pub mod wire;

@@ -57,9 +57,17 @@ fn main() -> ExitCode {
             eprintln!("warning: some connections did not close within {CLOSE_GRACE:?}");
         }
         match outcome {
-            Outcome::Done(Ok(Output::Full(report))) => emit(&args, &report),
-            Outcome::Done(Ok(Output::Queue(report))) => emit_own(&args, &*report, report.summary()),
-            Outcome::Done(Ok(Output::Proxy(report))) => emit_own(&args, &*report, report.summary()),
+            Outcome::Done(Ok(Output::Full(report))) => {
+                emit(&args, &*report, report.summary(), |json| {
+                    html::render(&report, json)
+                })
+            }
+            Outcome::Done(Ok(Output::Queue(report))) => {
+                emit(&args, &*report, report.summary(), |json| report.html(json))
+            }
+            Outcome::Done(Ok(Output::Proxy(report))) => {
+                emit(&args, &*report, report.summary(), |json| report.html(json))
+            }
             Outcome::Done(Err(e)) => {
                 eprintln!("error: {e}");
                 1
@@ -85,26 +93,28 @@ async fn run(
     workers: usize,
     switch: &StopSwitch,
 ) -> Result<Output, scenario::RunError> {
-    if args.scenario == Scenario::Queue {
-        scenario::queue::run(args, gateway)
-            .await
-            .map(|r| Output::Queue(Box::new(r)))
-    } else if args.scenario == Scenario::Proxy {
-        scenario::proxy::run(args, gateway)
-            .await
-            .map(|r| Output::Proxy(Box::new(r)))
-    } else if args.processes > 1 && args.worker.is_none() {
-        processes::coordinate(args)
-            .await
-            .map(|r| Output::Full(Box::new(r)))
-    } else {
-        scenario::run(args, gateway, workers, switch)
-            .await
-            .map(|r| Output::Full(Box::new(r)))
-    }
+    let coordinating = args.processes > 1 && args.worker.is_none();
+    Ok(match (args.scenario, coordinating) {
+        (Scenario::Queue, true) => {
+            Output::Queue(Box::new(processes::coordinate_queue(args).await?))
+        }
+        (Scenario::Queue, false) => Output::Queue(Box::new(
+            scenario::queue::run(args, gateway, workers).await?,
+        )),
+        (Scenario::Proxy, true) => {
+            Output::Proxy(Box::new(processes::coordinate_proxy(args).await?))
+        }
+        (Scenario::Proxy, false) => Output::Proxy(Box::new(
+            scenario::proxy::run(args, gateway, workers).await?,
+        )),
+        (_, true) => Output::Full(Box::new(processes::coordinate(args).await?)),
+        (_, false) => Output::Full(Box::new(
+            scenario::run(args, gateway, workers, switch).await?,
+        )),
+    })
 }
 
-/// What a run produced: the common report, or a queue run's own.
+/// What a run produced: the common report, or a queue or proxy run's own.
 enum Output {
     Full(Box<Report>),
     Queue(Box<QueueRunReport>),
@@ -117,9 +127,15 @@ enum Outcome {
     Interrupted,
 }
 
-/// Prints the summary and the JSON; returns the exit status. A worker
-/// prints only its result line for the coordinator.
-fn emit(args: &Args, report: &Report) -> u8 {
+/// Prints the summary and the JSON, and writes the HTML page `html` makes
+/// of the JSON; returns the exit status. A worker prints only its result
+/// line for the coordinator.
+fn emit<R: serde::Serialize>(
+    args: &Args,
+    report: &R,
+    summary: String,
+    html: impl FnOnce(&str) -> String,
+) -> u8 {
     if args.worker.is_some() {
         return match processes::result_line(report) {
             Ok(line) => {
@@ -132,25 +148,16 @@ fn emit(args: &Args, report: &Report) -> u8 {
             }
         };
     }
-    let Some(json) = print_and_save(args, report, report.summary()) else {
+    let Some(json) = print_and_save(args, report, summary) else {
         return 1;
     };
     if let Some(path) = &args.html
-        && let Err(e) = std::fs::write(path, html::render(report, &json))
+        && let Err(e) = std::fs::write(path, html(&json))
     {
         eprintln!("error: cannot write {}: {e}", path.display());
         return 1;
     }
     0
-}
-
-/// A queue or proxy run's summary and JSON (no HTML: their reports are
-/// their own).
-fn emit_own(args: &Args, report: &impl serde::Serialize, summary: String) -> u8 {
-    match print_and_save(args, report, summary) {
-        Some(_) => 0,
-        None => 1,
-    }
 }
 
 /// Prints the summary (stderr) and the JSON (stdout, and `--json`);

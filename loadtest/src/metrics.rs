@@ -30,6 +30,8 @@ pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub path: String,
+    /// `--auth`: the server guards /metrics with its password when it has one.
+    pub auth: Option<String>,
 }
 
 impl Endpoint {
@@ -56,6 +58,7 @@ impl Endpoint {
             host: host.to_string(),
             port,
             path: path.to_string(),
+            auth: None,
         })
     }
 
@@ -86,8 +89,12 @@ impl Endpoint {
         let mut stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| e.to_string())?;
+        let authorization = self
+            .auth
+            .as_ref()
+            .map_or_else(String::new, |a| format!("Authorization: {a}\r\n"));
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}:{}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: {}:{}\r\nAccept: text/plain\r\n{authorization}Connection: close\r\n\r\n",
             self.path, self.host, self.port
         );
         stream

@@ -4,49 +4,82 @@
 //!
 //! Each worker is its own slice of the population: receivers and senders
 //! under its own applications (`<app-prefix>-w<i>`), its own client ids
-//! (`<run>-w<i>`) and its own source addresses, so traffic never crosses
-//! workers and every worker's delivered/expected counts stay exact.
+//! (`<run>-w<i>`) and its own source addresses, so SEND and BROADCAST
+//! traffic never crosses workers and every worker's delivered/expected
+//! counts stay exact (README.md says why it cannot cross them yet).
 //!
-//! The coordinator and a worker speak lines: the worker prints `READY <n>`
-//! on stdout once its connections are identified and idle, waits for `GO`
-//! on stdin, runs its traffic and prints `RESULT <json>` (its report with
-//! the raw histograms). The coordinator samples the server before any
-//! worker starts, when all are ready, and at the end, so RSS per connection
-//! and CPU per message cover every worker.
+//! `queue` and `proxy` are the exceptions that span workers: queue workers
+//! QUEUE into one queue (each worker's producers target its own consumers'
+//! application, so every count stays exact per worker), and proxy workers'
+//! receivers share one application, so a request from any worker may be
+//! relayed through any worker's receiver (counted by the sender that made
+//! it).
+//!
+//! The coordinator and a worker speak lines: the worker prints `PROGRESS
+//! <n>` while connecting and `READY <n>` on stdout once its connections are
+//! identified and idle, waits for `GO` on stdin, runs its traffic and prints
+//! `RESULT <json>` (its report with the raw histograms, per second too). A
+//! proxy worker prints `SENT` when its requests are done and keeps its
+//! receivers and upstream up until `FINISH`, which the coordinator sends
+//! once every worker has sent, so no request is left relayed to a closed
+//! receiver. The coordinator samples the server before any worker starts,
+//! when all are ready, every second of traffic and at the end, so RSS per
+//! connection, CPU per message and CPU over time cover every worker.
 
-use std::collections::BTreeMap;
 use std::process::Stdio;
 
 use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::args::Args;
+use crate::args::{Args, Scenario};
+use crate::procstat::Sample;
 use crate::report::{
     ChurnReport, ClientReport, ConnectReport, ErrorsReport, Percentiles, Raw, Report, RssPoint,
     SpectrumPoint, TimelinePoint, TrafficReport,
 };
+use crate::scenario::proxy::ProxyRunReport;
+use crate::scenario::queue::QueueRunReport;
 use crate::scenario::{self, Probe, RunError};
 use crate::tally;
+use crate::timeline::{self, Timeline};
 
 /// How often the server's RSS is sampled while the workers connect.
 const RSS_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Worker side: say ready, wait for the go.
 pub async fn ready_and_wait(identified: u64) -> Result<(), RunError> {
+    say_and_wait(&format!("READY {identified}"), "GO").await
+}
+
+/// Worker side (proxy): say this worker's requests are done, wait until
+/// every worker's are.
+pub async fn sent_and_wait() -> Result<(), RunError> {
+    say_and_wait("SENT", "FINISH").await
+}
+
+/// Prints `line`, then reads one line from the coordinator, which must be
+/// `expect`. The coordinator writes a line only after the one before was
+/// answered, so a fresh reader each time loses nothing.
+async fn say_and_wait(line: &str, expect: &str) -> Result<(), RunError> {
     let mut out = tokio::io::stdout();
     let lost = |e: std::io::Error| RunError::Worker(format!("coordinator gone: {e}"));
-    out.write_all(format!("READY {identified}\n").as_bytes())
+    out.write_all(format!("{line}\n").as_bytes())
         .await
         .map_err(lost)?;
     out.flush().await.map_err(lost)?;
-    let mut line = String::new();
+    let mut answer = String::new();
     BufReader::new(tokio::io::stdin())
-        .read_line(&mut line)
+        .read_line(&mut answer)
         .await
         .map_err(lost)?;
-    if line.trim() != "GO" {
-        return Err(RunError::Worker("the coordinator did not say GO".into()));
+    if answer.trim() != expect {
+        return Err(RunError::Worker(format!(
+            "the coordinator said {:?} where {expect} was due",
+            answer.trim()
+        )));
     }
     Ok(())
 }
@@ -60,7 +93,7 @@ pub fn progress(identified: u64) {
 }
 
 /// Worker side: the result line.
-pub fn result_line(report: &Report) -> Result<String, serde_json::Error> {
+pub fn result_line(report: &impl Serialize) -> Result<String, serde_json::Error> {
     Ok(format!("RESULT {}", serde_json::to_string(report)?))
 }
 
@@ -99,7 +132,28 @@ fn worker_args(args: &Args, run: &str, i: u32) -> Vec<String> {
             (rate * f64::from(senders) / f64::from(args.senders.max(1))).to_string(),
         ]);
     }
+    // The names queue and proxy workers share, as one process would name them.
+    match args.scenario {
+        Scenario::Queue => v.extend(["--queue-name".into(), queue_name(args, run)]),
+        Scenario::Proxy => v.extend(["--proxy-app".into(), proxy_app(args, run)]),
+        _ => {}
+    }
     v
+}
+
+/// The queue a queue run uses: `--queue-name`, or one named for the run.
+pub fn queue_name(args: &Args, run: &str) -> String {
+    args.queue_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{run}-queue", args.app_prefix))
+}
+
+/// The application a proxy run's receivers identify under: `--proxy-app`,
+/// or one named for the run.
+pub fn proxy_app(args: &Args, run: &str) -> String {
+    args.proxy_app
+        .clone()
+        .unwrap_or_else(|| format!("{}-{run}-upstream", args.app_prefix))
 }
 
 struct Worker {
@@ -152,8 +206,40 @@ impl Worker {
     }
 }
 
+/// What the coordinator gathered: the workers' results, and its own
+/// samples of the server around them.
+pub(crate) struct Gathered<T> {
+    pub parts: Vec<T>,
+    pub probe: Probe,
+    /// Before any worker started, with every worker ready, and at the end.
+    pub samples: [Option<Sample>; 3],
+    pub rss_by_connections: Vec<RssPoint>,
+    /// Connections the workers identified, in total.
+    pub identified: u64,
+    /// One point per second of traffic with the server's RSS and CPU (the
+    /// traffic fields are the workers', merged by [`timeline::merge`]).
+    pub server_seconds: Vec<TimelinePoint>,
+}
+
 /// Coordinator side: runs the workers and merges their reports.
 pub async fn coordinate(args: &Args) -> Result<Report, RunError> {
+    Ok(merge(args, gather::<Report>(args).await?))
+}
+
+/// Coordinator side of a queue run.
+pub async fn coordinate_queue(args: &Args) -> Result<QueueRunReport, RunError> {
+    Ok(QueueRunReport::merge(args, gather(args).await?))
+}
+
+/// Coordinator side of a proxy run.
+pub async fn coordinate_proxy(args: &Args) -> Result<ProxyRunReport, RunError> {
+    Ok(ProxyRunReport::merge(args, gather(args).await?))
+}
+
+/// Coordinator side: starts the workers, samples the server while they
+/// connect, lets them go together, samples the server every second until
+/// their results are in, and reads those results as `T`.
+async fn gather<T: DeserializeOwned>(args: &Args) -> Result<Gathered<T>, RunError> {
     let exe = std::env::current_exe()
         .map_err(|e| RunError::Worker(format!("cannot find this program: {e}")))?;
     let run = args.run_id.clone().unwrap_or_else(scenario::run_id);
@@ -226,62 +312,92 @@ pub async fn coordinate(args: &Args) -> Result<Report, RunError> {
         );
     }
     let idle = probe.sample().await?;
-    for w in &mut workers {
-        let _ = w.stdin.write_all(b"GO\n").await;
-        let _ = w.stdin.flush().await;
-    }
-    let mut parts = Vec::new();
-    for w in &mut workers {
-        let json = w.expect("RESULT").await?;
-        let part: Report = serde_json::from_str(&json)
-            .map_err(|e| RunError::Worker(format!("worker {}: unreadable result: {e}", w.index)))?;
-        parts.push(part);
-        let _ = w.child.wait().await;
-    }
-    let end = probe.sample().await?;
     if let Some(s) = &idle {
         rss_by_connections.push(RssPoint {
             connections: identified,
             rss_bytes: s.rss_bytes,
         });
     }
-    Ok(merge(
-        args,
+    let mut seconds = Timeline::start(&probe, tokio::time::Instant::now(), false).await;
+    for w in &mut workers {
+        let _ = w.stdin.write_all(b"GO\n").await;
+        let _ = w.stdin.flush().await;
+    }
+    let barrier = args.scenario == Scenario::Proxy;
+    let results = async {
+        if barrier {
+            for w in &mut workers {
+                w.expect("SENT").await?;
+            }
+            for w in &mut workers {
+                let _ = w.stdin.write_all(b"FINISH\n").await;
+                let _ = w.stdin.flush().await;
+            }
+        }
+        let mut parts = Vec::new();
+        for w in &mut workers {
+            let json = w.expect("RESULT").await?;
+            let part: T = serde_json::from_str(&json).map_err(|e| {
+                RunError::Worker(format!("worker {}: unreadable result: {e}", w.index))
+            })?;
+            parts.push(part);
+            let _ = w.child.wait().await;
+        }
+        Ok::<_, RunError>(parts)
+    };
+    tokio::pin!(results);
+    let mut tick = seconds.ticks();
+    let parts = loop {
+        tokio::select! {
+            parts = &mut results => break parts?,
+            _ = tick.tick(), if before.is_some() => {
+                seconds.tick(&probe, 0, 0, crate::tally::histogram()).await;
+            }
+        }
+    };
+    let histogram = crate::tally::histogram();
+    seconds.finish(&probe, 0, 0, histogram).await;
+    let end = probe.sample().await?;
+    Ok(Gathered {
         parts,
-        &probe,
-        [before, idle, end],
+        probe,
+        samples: [before, idle, end],
         rss_by_connections,
-    ))
+        identified,
+        server_seconds: seconds.points,
+    })
 }
 
 fn histogram(parts: &[Report], pick: impl Fn(&Raw) -> &Vec<(u64, u64)>) -> Histogram<u64> {
-    let mut h = tally::histogram();
-    for raw in parts.iter().filter_map(|p| p.raw.as_ref()) {
-        Raw::add(&mut h, pick(raw));
-    }
-    h
+    Raw::merged(parts.iter().filter_map(|p| p.raw.as_ref()), pick)
 }
 
-fn merged_counts<'a>(
-    lists: impl Iterator<Item = &'a Vec<tally::ErrorCount>>,
-) -> Vec<tally::ErrorCount> {
-    let mut map = BTreeMap::new();
-    for e in lists.flatten() {
-        *map.entry(e.text.clone()).or_default() += e.count;
-    }
-    tally::counts(&map)
+/// The workers' timelines merged, with the coordinator's server samples.
+pub(crate) fn merged_timeline<'a>(
+    parts: impl Iterator<Item = (&'a [TimelinePoint], Option<&'a Raw>)>,
+    server_seconds: &[TimelinePoint],
+) -> Vec<TimelinePoint> {
+    let parts: Vec<timeline::Part<'_>> = parts
+        .map(|(points, raw)| timeline::Part {
+            points,
+            histograms: raw.map_or(&[][..], |r| &r.timeline_latency),
+        })
+        .collect();
+    timeline::merge(&parts, server_seconds)
 }
 
-/// One report from the workers' reports: counts add up, percentiles come
-/// from the merged histograms; per-second timeline points add rates and take
-/// the highest per-worker p50/p99 (an upper bound, not a merged percentile).
-fn merge(
-    args: &Args,
-    parts: Vec<Report>,
-    probe: &Probe,
-    samples: [Option<crate::procstat::Sample>; 3],
-    rss_by_connections: Vec<RssPoint>,
-) -> Report {
+/// One report from the workers' reports: counts add up, percentiles (per
+/// second too) come from the merged histograms.
+fn merge(args: &Args, gathered: Gathered<Report>) -> Report {
+    let Gathered {
+        parts,
+        probe,
+        samples,
+        rss_by_connections,
+        server_seconds,
+        ..
+    } = gathered;
+    let probe = &probe;
     let sum = |f: &dyn Fn(&Report) -> u64| parts.iter().map(f).sum::<u64>();
     let connect_latency = histogram(&parts, |r| &r.connect_latency);
     let identified = sum(&|p| p.connect.identified);
@@ -294,7 +410,7 @@ fn merge(
         seconds: connect_seconds,
         per_second: identified as f64 / connect_seconds.max(1e-9),
         latency_us: Percentiles::of(&connect_latency),
-        errors: merged_counts(parts.iter().map(|p| &p.connect.errors)),
+        errors: tally::merge_counts(parts.iter().map(|p| &p.connect.errors)),
     };
     let traffic = if parts.iter().any(|p| p.traffic.is_some()) {
         let ts: Vec<&TrafficReport> = parts.iter().filter_map(|p| p.traffic.as_ref()).collect();
@@ -344,21 +460,10 @@ fn merge(
     } else {
         None
     };
-    let mut timeline: Vec<TimelinePoint> = Vec::new();
-    for p in &parts {
-        for (i, point) in p.timeline.iter().enumerate() {
-            match timeline.get_mut(i) {
-                Some(m) => {
-                    m.t = m.t.max(point.t);
-                    m.sent_per_second += point.sent_per_second;
-                    m.delivered_per_second += point.delivered_per_second;
-                    m.p50_us = m.p50_us.max(point.p50_us);
-                    m.p99_us = m.p99_us.max(point.p99_us);
-                }
-                None => timeline.push(point.clone()),
-            }
-        }
-    }
+    let timeline = merged_timeline(
+        parts.iter().map(|p| (&p.timeline[..], p.raw.as_ref())),
+        &server_seconds,
+    );
     let server = scenario::server_report(
         probe,
         args.server_pid,
@@ -366,10 +471,6 @@ fn merge(
         identified,
         traffic.as_ref().map(|t| t.delivered),
     );
-    let client_cpu: Vec<f64> = parts
-        .iter()
-        .filter_map(|p| p.client.cpu_traffic_seconds)
-        .collect();
     Report {
         tool: env!("CARGO_PKG_NAME").into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -377,22 +478,14 @@ fn merge(
         target: args.target,
         params: args.clone(),
         connect,
-        client: ClientReport {
-            workers: parts.iter().map(|p| p.client.workers).sum(),
-            rss_bytes: sum(&|p| p.client.rss_bytes),
-            cpu_traffic_seconds: (!client_cpu.is_empty()).then(|| client_cpu.iter().sum()),
-        },
+        client: ClientReport::merged(parts.iter().map(|p| &p.client)),
         plan: crate::plan::Plan::of(args, server.as_ref(), traffic.as_ref()),
         server,
         traffic,
         churn,
         rss_by_connections,
         timeline,
-        errors: ErrorsReport {
-            count: sum(&|p| p.errors.count),
-            disconnects: sum(&|p| p.errors.disconnects),
-            texts: merged_counts(parts.iter().map(|p| &p.errors.texts)),
-        },
+        errors: ErrorsReport::merged(parts.iter().map(|p| &p.errors)),
         processes: args.processes,
         raw: None,
     }

@@ -43,13 +43,24 @@ pub struct Report {
     pub raw: Option<Raw>,
 }
 
-/// Histograms as (value, count) pairs.
+/// Histograms as (value, count) pairs, from a worker to its coordinator;
+/// each report fills the ones it has.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Raw {
+    #[serde(default)]
     pub connect_latency: Vec<(u64, u64)>,
+    #[serde(default)]
     pub traffic_latency: Vec<(u64, u64)>,
+    #[serde(default)]
     pub schedule_lag: Vec<(u64, u64)>,
+    #[serde(default)]
     pub reconnect_latency: Vec<(u64, u64)>,
+    /// Queue: QUEUE to QUEUE_CONFIRM.
+    #[serde(default)]
+    pub confirm_latency: Vec<(u64, u64)>,
+    /// One histogram per timeline point: the latency of that second.
+    #[serde(default)]
+    pub timeline_latency: Vec<Vec<(u64, u64)>>,
 }
 
 impl Raw {
@@ -64,6 +75,18 @@ impl Raw {
         for &(value, count) in pairs {
             let _ = h.record_n(value.max(1), count);
         }
+    }
+
+    /// The histogram of every part's `pick`.
+    pub fn merged<'a>(
+        parts: impl IntoIterator<Item = &'a Raw>,
+        pick: impl Fn(&Raw) -> &Vec<(u64, u64)>,
+    ) -> Histogram<u64> {
+        let mut h = crate::tally::histogram();
+        for raw in parts {
+            Raw::add(&mut h, pick(raw));
+        }
+        h
     }
 }
 
@@ -97,6 +120,37 @@ pub struct ServerReport {
     pub cpu_us_per_delivery: Option<f64>,
 }
 
+impl ServerReport {
+    /// The server's lines of a human summary; `per` names what the CPU per
+    /// message is counted per ("delivery", "request").
+    pub fn write_summary(&self, s: &mut String, per: &str) {
+        let who = self
+            .pid
+            .map_or_else(|| "(metrics)".to_string(), |p| format!("pid {p}"));
+        let _ = writeln!(
+            s,
+            "server {}: RSS {:.1} MiB before, {:.1} MiB connected, {:.1} MiB at end; {:.0} bytes per connection",
+            who,
+            mib(self.rss_before_bytes),
+            mib(self.rss_connected_bytes),
+            mib(self.rss_end_bytes),
+            self.rss_per_connection_bytes
+        );
+        let _ = write!(
+            s,
+            "server CPU: {:.2} s connecting",
+            self.cpu_connect_seconds
+        );
+        if let Some(t) = self.cpu_traffic_seconds {
+            let _ = write!(s, ", {t:.2} s during traffic");
+        }
+        if let Some(us) = self.cpu_us_per_delivery {
+            let _ = write!(s, " ({us:.2} µs per {per})");
+        }
+        let _ = writeln!(s);
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ClientReport {
     pub workers: usize,
@@ -104,6 +158,36 @@ pub struct ClientReport {
     /// This tool's own CPU time during traffic: near `workers × seconds`
     /// means the load generator, not the server, was the limit.
     pub cpu_traffic_seconds: Option<f64>,
+}
+
+impl ClientReport {
+    /// Worker processes' sections as one: threads, RSS and CPU added up.
+    pub fn merged<'a>(parts: impl Iterator<Item = &'a ClientReport>) -> ClientReport {
+        let mut merged = ClientReport {
+            workers: 0,
+            rss_bytes: 0,
+            cpu_traffic_seconds: None,
+        };
+        for c in parts {
+            merged.workers += c.workers;
+            merged.rss_bytes += c.rss_bytes;
+            if let Some(cpu) = c.cpu_traffic_seconds {
+                *merged.cpu_traffic_seconds.get_or_insert(0.0) += cpu;
+            }
+        }
+        merged
+    }
+
+    /// The load generator's line of a human summary, when its CPU is known.
+    pub fn write_summary(&self, s: &mut String) {
+        if let Some(cpu) = self.cpu_traffic_seconds {
+            let _ = writeln!(
+                s,
+                "load generator CPU: {cpu:.2} s on {} worker thread(s)",
+                self.workers
+            );
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -216,6 +300,15 @@ pub struct ErrorsReport {
 }
 
 impl ErrorsReport {
+    /// Worker processes' errors as one.
+    pub fn merged<'a>(parts: impl Iterator<Item = &'a ErrorsReport> + Clone) -> ErrorsReport {
+        ErrorsReport {
+            count: parts.clone().map(|e| e.count).sum(),
+            disconnects: parts.clone().map(|e| e.disconnects).sum(),
+            texts: crate::tally::merge_counts(parts.map(|e| &e.texts)),
+        }
+    }
+
     /// The errors part of every scenario's human summary.
     pub fn write_summary(&self, s: &mut String) {
         let _ = writeln!(
@@ -312,26 +405,7 @@ impl Report {
             let _ = writeln!(s, "  connect error x{}: {}", e.count, e.text);
         }
         if let Some(v) = &self.server {
-            let who = v
-                .pid
-                .map_or_else(|| "(metrics)".to_string(), |p| format!("pid {p}"));
-            let _ = writeln!(
-                s,
-                "server {}: RSS {:.1} MiB before, {:.1} MiB connected, {:.1} MiB at end; {:.0} bytes per connection",
-                who,
-                mib(v.rss_before_bytes),
-                mib(v.rss_connected_bytes),
-                mib(v.rss_end_bytes),
-                v.rss_per_connection_bytes
-            );
-            let _ = write!(s, "server CPU: {:.2} s connecting", v.cpu_connect_seconds);
-            if let Some(t) = v.cpu_traffic_seconds {
-                let _ = write!(s, ", {t:.2} s during traffic");
-            }
-            if let Some(per) = v.cpu_us_per_delivery {
-                let _ = write!(s, " ({per:.2} µs per delivery)");
-            }
-            let _ = writeln!(s);
+            v.write_summary(&mut s, "delivery");
         }
         if let Some(t) = &self.traffic {
             let _ = writeln!(

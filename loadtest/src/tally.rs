@@ -135,6 +135,16 @@ pub fn counts(map: &BTreeMap<String, u64>) -> Vec<ErrorCount> {
     v
 }
 
+/// Several lists of counts as one: counts of the same text added up, most
+/// frequent first (the merge of worker processes' errors).
+pub fn merge_counts<'a>(lists: impl IntoIterator<Item = &'a Vec<ErrorCount>>) -> Vec<ErrorCount> {
+    let mut map = BTreeMap::new();
+    for e in lists.into_iter().flatten() {
+        *map.entry(e.text.clone()).or_default() += e.count;
+    }
+    counts(&map)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

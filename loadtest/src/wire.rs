@@ -24,17 +24,28 @@ pub const OP_GOODBYE: u8 = 7;
 pub const OP_ERROR: u8 = 8;
 
 /// `op 1`: identify with generated metadata (already a JSON object of typed
-/// values, see [`crate::identity`]).
-pub fn identify(client_id: &str, application_id: &str, metadata: Value) -> String {
-    json!({
-        "op": OP_IDENTIFY,
-        "d": {
-            "client_id": client_id,
-            "application_id": application_id,
-            "metadata": metadata,
-        }
-    })
-    .to_string()
+/// values, see [`crate::identity`]), the server's password when it has one
+/// (without it a client is restricted and may not send), and the `ip` the
+/// proxy scenario's receivers name as their HTTP upstream.
+pub fn identify(
+    client_id: &str,
+    application_id: &str,
+    auth: Option<&str>,
+    ip: Option<&str>,
+    metadata: Value,
+) -> String {
+    let mut d = json!({
+        "client_id": client_id,
+        "application_id": application_id,
+        "metadata": metadata,
+    });
+    if let Some(auth) = auth {
+        d["auth"] = json!(auth);
+    }
+    if let Some(ip) = ip {
+        d["ip"] = json!(ip);
+    }
+    json!({"op": OP_IDENTIFY, "d": d}).to_string()
 }
 
 /// `op 5`.

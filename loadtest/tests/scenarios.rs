@@ -249,6 +249,209 @@ fn proxy_counts_upstream_failures_as_errors() {
     assert!(stderr.contains("status 502"), "{stderr}");
 }
 
+/// A file under the temp directory for one test's output, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str) -> TempFile {
+        TempFile(
+            std::env::temp_dir().join(format!("singyeong-loadtest-{}-{name}", std::process::id())),
+        )
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    fn read(&self) -> String {
+        std::fs::read_to_string(&self.0)
+            .unwrap_or_else(|e| panic!("{} was not written: {e}", self.0.display()))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The server section of a run that sampled the server (`source` "proc" or
+/// "metrics"): RSS before, connected and at the end, CPU for both phases
+/// and per message; and the per-second timeline with server CPU in it.
+fn assert_server_sampled(v: &common::Value, source: &str) {
+    assert_eq!(v["server"]["source"], source, "{v:#}");
+    for p in [
+        "/server/rss_before_bytes",
+        "/server/rss_connected_bytes",
+        "/server/rss_end_bytes",
+    ] {
+        assert!(u(v, p) > 1_000_000, "{p} in {v:#}");
+    }
+    for p in [
+        "/server/rss_per_connection_bytes",
+        "/server/cpu_connect_seconds",
+        "/server/cpu_traffic_seconds",
+        "/server/cpu_us_per_delivery",
+        "/client/cpu_traffic_seconds",
+    ] {
+        assert!(
+            v.pointer(p).is_some_and(common::Value::is_number),
+            "{p} missing or not a number in {v:#}"
+        );
+    }
+    let curve = v["rss_by_connections"].as_array().unwrap();
+    assert!(curve.len() >= 2, "{v:#}");
+    assert_eq!(curve[0]["connections"], 0);
+    assert_eq!(
+        curve.last().unwrap()["connections"],
+        v["connect"]["identified"]
+    );
+    let timeline = v["timeline"].as_array().unwrap();
+    assert!(!timeline.is_empty(), "{v:#}");
+    assert!(
+        timeline[0]["server_cpu_percent"].is_number(),
+        "the first second has the server's CPU: {v:#}"
+    );
+    for point in timeline {
+        for k in [
+            "t",
+            "sent_per_second",
+            "delivered_per_second",
+            "p50_us",
+            "p99_us",
+        ] {
+            assert!(point[k].is_number(), "timeline {k} in {v:#}");
+        }
+    }
+    assert!(
+        v.get("raw").is_none(),
+        "raw histograms stay between workers"
+    );
+}
+
+/// A report page with the plots a queue or proxy run has.
+fn assert_traffic_html(html: &str, spectrum_title: &str) {
+    common::assert_self_contained_html(html);
+    for title in [
+        spectrum_title,
+        "Throughput over time",
+        "Latency over time",
+        "Server CPU over time",
+        "Server RSS against connections",
+    ] {
+        assert!(html.contains(title), "no {title:?} plot in the report");
+    }
+    assert!(html.contains("id=\"result\""), "the JSON is in the report");
+}
+
+#[test]
+fn queue_over_processes_shares_one_queue_and_samples_the_server() {
+    let server = Server::start(&["--shards", "2", "--no-durable", "--auth", "qpass"]);
+    let pid = server.pid().to_string();
+    let html = TempFile::new("queue.html");
+    // 2 workers: 1 producer and 3 consumers each, in one queue; with the
+    // password, or the server would refuse every QUEUE of a restricted client.
+    let v = queue_run(
+        &server,
+        &[
+            "--window",
+            "16",
+            "--processes",
+            "2",
+            "--auth",
+            "qpass",
+            "--server-pid",
+            &pid,
+            "--html",
+            html.arg(),
+        ],
+    );
+    assert_eq!(u(&v, "/processes"), 2);
+    assert_eq!(u(&v, "/server/pid"), u64::from(server.pid()));
+    assert_server_sampled(&v, "proc");
+    let queue = v["queue"].as_str().unwrap();
+    assert!(
+        !queue.contains("-w0") && !queue.contains("-w1"),
+        "one queue for the run, not one per worker: {queue}"
+    );
+    assert!(
+        v["params"].get("auth").is_none(),
+        "the password is not echoed"
+    );
+    assert!(v["traffic"]["latency_spectrum"].is_array());
+    assert!(v["traffic"]["confirm_latency_spectrum"].is_array());
+    let html = html.read();
+    assert_traffic_html(&html, "Queue latency by percentile");
+    assert!(!html.contains("qpass"), "the password is not in the report");
+}
+
+#[test]
+fn proxy_over_processes_with_auth_samples_the_server_from_its_metrics() {
+    let server = Server::start(&["--shards", "2", "--auth", "ppass"]);
+    let metrics = format!("http://{}/metrics", server.addr);
+    let html = TempFile::new("proxy.html");
+    let (v, stderr) = proxy_run(
+        &server,
+        &[
+            "--rate",
+            "300",
+            "--processes",
+            "2",
+            "--auth",
+            "ppass",
+            "--metrics-url",
+            &metrics,
+            "--html",
+            html.arg(),
+        ],
+    );
+    assert_eq!(u(&v, "/processes"), 2);
+    let requests = u(&v, "/traffic/requests");
+    assert!(requests >= 200, "{v:#}");
+    assert_eq!(u(&v, "/traffic/ok"), requests, "{stderr}");
+    assert_eq!(u(&v, "/traffic/statuses/200"), requests);
+    // Any worker's request may be relayed to any worker's upstream.
+    assert_eq!(u(&v, "/upstream_served"), requests);
+    assert_eq!(u(&v, "/traffic/receivers"), 3);
+    assert_eq!(u(&v, "/errors/count"), 0, "{stderr}");
+    assert!(v["server"]["pid"].is_null());
+    assert_server_sampled(&v, "metrics");
+    let html = html.read();
+    assert_traffic_html(&html, "Request latency by percentile");
+    assert!(!html.contains("ppass"), "the password is not in the report");
+    assert!(!stderr.contains("ppass"));
+}
+
+#[test]
+fn proxy_without_auth_is_refused_by_a_server_with_a_password() {
+    let server = Server::start(&["--shards", "2", "--auth", "ppass"]);
+    let url = server.url();
+    let run = loadtest(&[
+        "--scenario",
+        "proxy",
+        "--url",
+        &url,
+        "-n",
+        "2",
+        "--senders",
+        "1",
+        "--rate",
+        "50",
+        "--duration",
+        "0.5",
+        "--idle",
+        "0.2",
+        "--timeout",
+        "30",
+    ]);
+    let v = run.assert_success();
+    let requests = u(&v, "/traffic/requests");
+    assert!(requests > 0, "{}", run.stderr);
+    assert_eq!(u(&v, "/traffic/ok"), 0);
+    assert_eq!(u(&v, "/traffic/statuses/401"), requests, "{v:#}");
+    assert!(run.stderr.contains("status 401"), "{}", run.stderr);
+}
+
 #[test]
 fn broadcast_reaches_every_receiver_of_the_app() {
     let server = Server::start(&["--shards", "2"]);
@@ -617,6 +820,12 @@ fn processes_split_the_population_and_merge_the_results() {
         "raw histograms stay between workers"
     );
     assert!(u(&v, "/server/rss_connected_bytes") > 0);
+    // The merged timeline: the workers' seconds, the coordinator's server
+    // samples beside them.
+    let timeline = v["timeline"].as_array().unwrap();
+    assert!(!timeline.is_empty(), "{v:#}");
+    assert!(timeline[0]["server_cpu_percent"].is_number(), "{v:#}");
+    assert!(timeline[0]["p99_us"].as_u64().unwrap() > 0, "{v:#}");
 }
 
 #[test]
@@ -699,12 +908,45 @@ fn bad_arguments_are_refused_clearly() {
         ),
         (&["--scenario", "targeted", "--rate", "0"], "--rate"),
         (
-            &["--scenario", "queue", "--processes", "2", "--senders", "2"],
-            "runs in one process",
+            &["--scenario", "queue", "--target", "nats"],
+            "--target nats cannot run it",
         ),
         (
-            &["--scenario", "proxy", "--html", "/tmp/x.html"],
-            "runs in one process",
+            &[
+                "--scenario",
+                "proxy",
+                "--plan-cores",
+                "2",
+                "--plan-memory-gib",
+                "1",
+            ],
+            "the capacity plan is drawn from the SEND/BROADCAST scenarios",
+        ),
+        (
+            &["--scenario", "queue", "--processes", "3", "--senders", "2"],
+            "--processes 3 needs at least one sender per process",
+        ),
+        (
+            &[
+                "--scenario",
+                "proxy",
+                "--processes",
+                "3",
+                "-n",
+                "2",
+                "--senders",
+                "3",
+            ],
+            "--processes 3 needs at least one receiver per process",
+        ),
+        (&["--scenario", "proxy", "--auth", ""], "--auth"),
+        (
+            &["--scenario", "targeted", "--target", "nats", "--auth", "x"],
+            "--target nats does not take it",
+        ),
+        (
+            &["--scenario", "queue", "--queue-name", "a b"],
+            "--queue-name",
         ),
         (&["--scenario", "queue", "--credits", "0"], "--credits"),
         (

@@ -12,12 +12,16 @@
 //! adds the churner that runs beside the traffic. `queue` and `proxy` are
 //! the exceptions: their clients speak QUEUE/QUEUE_REQUEST/QUEUE_ACK or
 //! HTTP, so they run their own phases and reports ([`queue::run`],
-//! [`proxy::run`]).
+//! [`proxy::run`]). The server is sampled the same way in all of them
+//! (`observe`), and traffic is recorded per second the same way
+//! ([`crate::timeline`]).
 
 pub mod broadcast;
 pub mod churn;
+mod conn;
 pub mod connect;
 pub mod group;
+mod observe;
 pub mod proxy;
 pub mod queue;
 pub mod targeted;
@@ -39,14 +43,13 @@ use crate::identity::{Names, Shape};
 use crate::metrics::{Endpoint, MetricsError};
 use crate::procstat::{self, ProcError, Sample};
 use crate::report::{
-    ChurnReport, ClientReport, ConnectReport, ErrorsReport, Percentiles, Raw, Report, RssPoint,
-    ServerReport, SpectrumPoint, TimelinePoint, TrafficReport,
+    ChurnReport, ConnectReport, ErrorsReport, Percentiles, Raw, Report, ServerReport,
+    SpectrumPoint, TrafficReport,
 };
 use crate::stop::StopSwitch;
+use crate::timeline::Timeline;
 use crate::traffic::{Churn, Plan, Shared, Workload};
-
-/// How often the server's RSS is sampled while connections are opened.
-const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(250);
+use observe::Observer;
 
 /// Descriptors the tool needs besides its connections (runtime, stdio, ...).
 const SPARE_FDS: u64 = 64;
@@ -120,7 +123,10 @@ impl Probe {
         }
         match (args.server_pid, &args.metrics_url) {
             (Some(pid), _) => Probe::Proc(pid),
-            (None, Some(url)) => Probe::Metrics(Endpoint::parse(url).expect("validated")),
+            (None, Some(url)) => Probe::Metrics(Endpoint {
+                auth: args.auth.clone(),
+                ..Endpoint::parse(url).expect("validated")
+            }),
             (None, None) => Probe::None,
         }
     }
@@ -140,10 +146,6 @@ impl Probe {
             Probe::Metrics(endpoint) => Some(endpoint.sample().await?),
         })
     }
-}
-
-fn self_sample() -> Option<Sample> {
-    procstat::sample("self").ok()
 }
 
 pub(crate) fn secs(d: Duration) -> f64 {
@@ -186,62 +188,24 @@ pub async fn run(
         shape: Shape::from_args(args),
         names: names.clone(),
         target: args.target,
+        auth: args.auth.clone(),
     });
     let (go, go_rx) = watch::channel(None::<Arc<Plan>>);
     let churn = (args.scenario == Scenario::Churn).then(|| Churn::new(args.connections));
     let shared = Arc::new(Shared::new(workers * 4, senders, args.groups, churn, go_rx));
-    let probe = Probe::of(args);
 
     // 1-3: connect and idle.
-    let before = probe.sample().await?;
-    let mut rss_by_connections: Vec<RssPoint> = before
-        .iter()
-        .map(|b| RssPoint {
-            connections: 0,
-            rss_bytes: b.rss_bytes,
-        })
-        .collect();
+    let mut observer = Observer::start(args).await?;
     let connecting = fleet::connect(dialer, args.connections, senders, &shared, switch, progress);
-    tokio::pin!(connecting);
-    let mut every = tokio::time::interval(RSS_SAMPLE_EVERY);
-    let connected = loop {
-        tokio::select! {
-            connected = &mut connecting => break connected,
-            _ = every.tick(), if before.is_some() || args.worker.is_some() => {
-                if args.worker.is_some() {
-                    // The coordinator samples the server against the sum.
-                    crate::processes::progress(shared.tally.identified.load(Relaxed));
-                }
-                // A failed sample mid-run is skipped; the ones that matter
-                // (before, idle, end) are checked.
-                if let Ok(Some(s)) = probe.sample().await {
-                    rss_by_connections.push(RssPoint {
-                        connections: shared.tally.identified.load(Relaxed),
-                        rss_bytes: s.rss_bytes,
-                    });
-                }
-            }
-        }
-    };
-    if args.worker.is_some() {
-        crate::processes::progress(connected.identified);
-    }
+    let connected = observer
+        .connecting(&shared.tally.identified, connecting)
+        .await;
     if connected.identified == 0 {
         return Err(RunError::no_connections(&connected.errors));
     }
     tokio::time::sleep(args.idle()).await;
-    let idle = probe.sample().await?;
-    if let Some(s) = &idle {
-        rss_by_connections.push(RssPoint {
-            connections: connected.identified,
-            rss_bytes: s.rss_bytes,
-        });
-    }
-    let client_idle = self_sample();
-    if args.worker.is_some() {
-        crate::processes::ready_and_wait(connected.identified).await?;
-    }
-    let mut timeline = Vec::new();
+    observer.ready(connected.identified).await?;
+    let mut timeline = None;
 
     // 4: traffic.
     let shape = Shape::from_args(args);
@@ -270,42 +234,29 @@ pub async fn run(
     };
     let traffic = match workload {
         Some(workload) => {
-            let mut t = drive_traffic(
+            let (mut t, record) = drive_traffic(
                 args,
                 workload,
                 encoder,
                 &connected,
                 &shared,
                 &go,
-                (&probe, progress),
-                &mut timeline,
+                (&observer.probe, progress),
             )
             .await;
             t.group_members = group_members;
+            timeline = Some(record);
             Some(t)
         }
         None => None,
     };
-    let end = probe.sample().await?;
-    let client_end = self_sample();
 
     // 5: report.
     let tally = &shared.tally;
-    let server_report = server_report(
-        &probe,
-        args.server_pid,
-        [before, idle, end],
-        connected.identified,
-        traffic.as_ref().map(|_| tally.delivered.load(Relaxed)),
-    );
-    let client = ClientReport {
-        workers,
-        rss_bytes: client_end.map_or(0, |s| s.rss_bytes),
-        cpu_traffic_seconds: match (&traffic, client_idle, client_end) {
-            (Some(_), Some(a), Some(b)) => Some(secs(b.cpu.saturating_sub(a.cpu))),
-            _ => None,
-        },
-    };
+    let delivered = traffic.as_ref().map(|_| tally.delivered.load(Relaxed));
+    let observed = observer
+        .finish(connected.identified, delivered, workers)
+        .await?;
     let connect = ConnectReport {
         requested: connected.requested,
         identified: connected.identified,
@@ -330,13 +281,16 @@ pub async fn run(
         target: args.target,
         params: args.clone(),
         connect,
-        client,
-        plan: crate::plan::Plan::of(args, server_report.as_ref(), traffic.as_ref()),
-        server: server_report,
+        client: observed.client,
+        plan: crate::plan::Plan::of(args, observed.server.as_ref(), traffic.as_ref()),
+        server: observed.server,
         traffic,
         churn,
-        rss_by_connections,
-        timeline,
+        rss_by_connections: observed.rss_by_connections,
+        timeline: timeline
+            .as_ref()
+            .map(|t| t.points.clone())
+            .unwrap_or_default(),
         errors: ErrorsReport {
             count: tally.error_count.load(Relaxed),
             disconnects: tally.disconnects.load(Relaxed),
@@ -352,6 +306,8 @@ pub async fn run(
                 .as_ref()
                 .map(|c| Raw::pairs(&c.reconnect_latency.lock().unwrap()))
                 .unwrap_or_default(),
+            confirm_latency: Vec::new(),
+            timeline_latency: timeline.map(|t| t.histograms).unwrap_or_default(),
         }),
     })
 }
@@ -395,8 +351,7 @@ async fn drive_traffic(
     shared: &Shared,
     go: &watch::Sender<Option<Arc<Plan>>>,
     (probe, progress): (&Probe, bool),
-    timeline: &mut Vec<TimelinePoint>,
-) -> TrafficReport {
+) -> (TrafficReport, Timeline) {
     let tally = &shared.tally;
     let started = Instant::now();
     let deadline = started + args.duration();
@@ -419,39 +374,15 @@ async fn drive_traffic(
         }
     };
     tokio::pin!(churner);
-    let mut tick =
-        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
-    let (mut last_sent, mut last_delivered) = (0, 0);
-    let mut last_latency = crate::tally::histogram();
-    let mut last_server = probe.sample().await.ok().flatten();
-    let mut last_at = Instant::now();
+    let mut timeline = Timeline::start(probe, started, args.worker.is_some()).await;
+    let mut tick = timeline.ticks();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             _ = &mut churner => {}
             _ = tick.tick() => {
                 let (sent, delivered) = (tally.sent.load(Relaxed), tally.delivered.load(Relaxed));
-                let seconds = last_at.elapsed().as_secs_f64().max(1e-3);
-                last_at = Instant::now();
-                let latency = tally.latency();
-                let mut recent = latency.clone();
-                let _ = recent.subtract(&last_latency);
-                last_latency = latency;
-                let server = probe.sample().await.ok().flatten();
-                let cpu = match (&last_server, &server) {
-                    (Some(a), Some(b)) => Some(b.cpu.saturating_sub(a.cpu).as_secs_f64() * 100.0 / seconds),
-                    _ => None,
-                };
-                let point = TimelinePoint {
-                    t: started.elapsed().as_secs_f64(),
-                    sent_per_second: (sent - last_sent) as f64 / seconds,
-                    delivered_per_second: (delivered - last_delivered) as f64 / seconds,
-                    p50_us: if recent.is_empty() { 0 } else { recent.value_at_quantile(0.5) },
-                    p99_us: if recent.is_empty() { 0 } else { recent.value_at_quantile(0.99) },
-                    server_rss_bytes: server.map(|s| s.rss_bytes),
-                    server_cpu_percent: cpu,
-                };
-                last_server = server;
+                let point = timeline.tick(probe, sent, delivered, tally.latency()).await;
                 if progress {
                     eprintln!(
                         "traffic {:>5.1}s: sent {sent} ({:.0}/s), delivered {delivered} ({:.0}/s), p99 {:.2} ms, errors {}",
@@ -459,11 +390,13 @@ async fn drive_traffic(
                         point.p99_us as f64 / 1000.0, tally.error_count.load(Relaxed)
                     );
                 }
-                timeline.push(point);
-                (last_sent, last_delivered) = (sent, delivered);
             },
         }
     }
+    let (sent, delivered) = (tally.sent.load(Relaxed), tally.delivered.load(Relaxed));
+    timeline
+        .finish(probe, sent, delivered, tally.latency())
+        .await;
     // Every sender notices the deadline within one loop turn; bound the wait anyway.
     let stragglers = Instant::now() + Duration::from_secs(2);
     while shared.senders_done.load(Acquire) < connected.senders && Instant::now() < stragglers {
@@ -484,7 +417,7 @@ async fn drive_traffic(
     let expected = tally.expected.load(Relaxed);
     let delivered = tally.delivered.load(Relaxed);
     let latency = tally.latency();
-    TrafficReport {
+    let report = TrafficReport {
         senders: connected.senders,
         receivers: connected.receivers.len() as u64,
         seconds: secs(sent_for),
@@ -508,5 +441,6 @@ async fn drive_traffic(
         offered_rate: args.rate,
         schedule_lag_us: args.rate.map(|_| Percentiles::of(&tally.lag())),
         group_members: None,
-    }
+    };
+    (report, timeline)
 }

@@ -8,22 +8,29 @@
 //! POSTing `{"method":"GET","route":"/","query":{"application":<app>}}` with
 //! one request in flight (closed loop; `--window` does not apply), or on a
 //! fixed schedule at `--rate` / senders per second (open loop, latency from
-//! the scheduled time). Any status but 200 is an error.
+//! the scheduled time). Any status but 200 is an error. With `--auth` the
+//! receivers identify with the password and every request carries it as
+//! its `Authorization` header.
+//!
+//! With `--processes` the workers' receivers share one application
+//! (`--proxy-app`), each naming its own worker's upstream, so a request
+//! from any worker may be relayed through any worker's receiver; requests
+//! are counted by the sender that made them, so the counts stay exact.
+//! The HTTP itself is in [`http`], the result in [`report`].
+
+mod http;
+mod report;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::SinkExt;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -31,85 +38,24 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::{Args, Gateway, Scenario};
 use crate::clock;
-use crate::report::{ErrorsReport, Percentiles};
+use crate::report::{ErrorsReport, Percentiles, Raw, SpectrumPoint};
 use crate::session::Session;
 use crate::tally::{counts, histogram};
+use crate::timeline::Timeline;
 use crate::traffic::scheduled_ns;
+use crate::wire;
 
-use super::queue::{QueueConnect, Read, close, heartbeat_timer, open_all, read, tick};
+pub use self::http::UPSTREAM_BODY;
+use self::http::{HttpConn, upstream_server};
+pub use self::report::{ProxyRunReport, ProxyTraffic};
+use super::conn::{Opener, Read, close, heartbeat_timer, open_all, read, tick};
+use super::observe::Observer;
+use super::queue::QueueConnect;
 use super::{RunError, run_id, secs};
 
-/// What the built-in upstream answers.
-pub const UPSTREAM_BODY: &str = "singyeong-loadtest upstream\n";
 /// A proxied request that takes longer is an error (the server's own
 /// default proxy timeout is 30 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(35);
-/// The most bytes of response head or chunk line accepted.
-const MAX_HEAD: usize = 64 << 10;
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ProxyRunReport {
-    pub tool: String,
-    pub version: String,
-    pub scenario: Scenario,
-    pub params: Args,
-    /// The `ip` the receivers identified with.
-    pub upstream: String,
-    /// Requests the built-in upstream answered (absent with --upstream).
-    pub upstream_served: Option<u64>,
-    pub connect: QueueConnect,
-    pub traffic: ProxyTraffic,
-    pub errors: ErrorsReport,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ProxyTraffic {
-    pub senders: u64,
-    pub receivers: u64,
-    /// "closed" (one request in flight per sender) or "open" (--rate).
-    pub mode: String,
-    pub offered_rate: Option<f64>,
-    pub seconds: f64,
-    /// Requests written.
-    pub requests: u64,
-    /// Requests answered with any status.
-    pub completed: u64,
-    /// Requests answered 200.
-    pub ok: u64,
-    /// Answers by status code.
-    pub statuses: BTreeMap<String, u64>,
-    pub requests_per_second: f64,
-    pub ok_per_second: f64,
-    /// Request written (open loop: scheduled) to response fully read, for
-    /// every answered request.
-    pub latency_us: Percentiles,
-}
-
-impl ProxyRunReport {
-    pub fn summary(&self) -> String {
-        let t = &self.traffic;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "proxy to {}: {}/{} identified ({} senders, {} receivers)",
-            self.upstream, self.connect.identified, self.connect.requested, t.senders, t.receivers
-        );
-        let _ = writeln!(
-            s,
-            "requests {} completed {} ok {} in {:.2} s ({:.0}/s, ok {:.0}/s); statuses {:?}",
-            t.requests,
-            t.completed,
-            t.ok,
-            t.seconds,
-            t.requests_per_second,
-            t.ok_per_second,
-            t.statuses
-        );
-        let _ = writeln!(s, "latency: {}", t.latency_us.line());
-        self.errors.write_summary(&mut s);
-        s
-    }
-}
 
 struct ProxyTally {
     requests: AtomicU64,
@@ -130,13 +76,18 @@ impl ProxyTally {
 }
 
 /// Runs the proxy scenario; every connection is closed before it returns.
-pub async fn run(args: &Args, gateway: &Gateway) -> Result<ProxyRunReport, RunError> {
+pub async fn run(
+    args: &Args,
+    gateway: &Gateway,
+    workers: usize,
+) -> Result<ProxyRunReport, RunError> {
     let server = super::resolve(gateway).await?;
     crate::fdlimit::ensure(args.total_connections() + 64)?;
     let run = args.run_id.clone().unwrap_or_else(run_id);
-    let app = format!("{}-{run}-upstream", args.app_prefix);
+    let app = crate::processes::proxy_app(args, &run);
     let progress = !args.quiet;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut observer = Observer::start(args).await?;
 
     let served = Arc::new(AtomicU64::new(0));
     let upstream = match &args.upstream {
@@ -154,34 +105,29 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<ProxyRunReport, RunEr
     };
 
     let connect_started = Instant::now();
-    let sources: Vec<Option<std::net::IpAddr>> = if server.is_ipv4() {
-        args.sources().into_iter().map(Some).collect()
-    } else {
-        vec![None]
-    };
+    let identified_so_far = Arc::new(AtomicU64::new(0));
+    let opener = Opener::new(args, server, &gateway.url, identified_so_far.clone());
     let shape = crate::identity::Shape::from_args(args);
     let mut open_errors = BTreeMap::new();
-    let receivers = open_all(
-        server,
-        &gateway.url,
-        &sources,
-        args,
-        (0..args.connections)
-            .map(|i| {
-                let client = format!("{run}-u{i}");
-                let identify = json!({"op": crate::wire::OP_IDENTIFY, "d": {
-                    "client_id": client,
-                    "application_id": app,
-                    "ip": upstream,
-                    "metadata": shape.metadata(u64::from(i)),
-                }})
-                .to_string();
-                (client, identify)
-            })
-            .collect(),
-        &mut open_errors,
-    )
-    .await;
+    let clients = (0..args.connections)
+        .map(|i| {
+            let client = format!("{run}-u{i}");
+            let identify = wire::identify(
+                &client,
+                &app,
+                args.auth.as_deref(),
+                Some(&upstream),
+                shape.metadata(u64::from(i)),
+            );
+            (client, identify)
+        })
+        .collect();
+    let receivers = observer
+        .connecting(
+            &identified_so_far,
+            open_all(&opener, args, clients, &mut open_errors),
+        )
+        .await;
     let connect_seconds = secs(connect_started.elapsed());
     let requested = u64::from(args.connections);
     let identified = receivers.len() as u64;
@@ -209,14 +155,10 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<ProxyRunReport, RunEr
         }));
     }
     tokio::time::sleep(args.idle()).await;
+    observer.ready(identified).await?;
 
     // Traffic: each sender runs until the deadline and finishes its request.
-    let body = json!({"method": "GET", "route": "/", "query": {"application": app}}).to_string();
-    let host = format!("{}:{}", gateway.host, gateway.port);
-    let request = Arc::new(format!(
-        "POST /api/v1/proxy HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
+    let request = Arc::new(proxy_request(gateway, &app, args.auth.as_deref()));
     let started = Instant::now();
     let started_ns = clock::now_ns();
     let deadline = started + args.duration();
@@ -228,8 +170,8 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<ProxyRunReport, RunEr
             send_loop(server, &request, rate, started_ns, deadline, &tally).await;
         }));
     }
-    let mut tick =
-        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+    let mut timeline = Timeline::start(&observer.probe, started, args.worker.is_some()).await;
+    let mut tick = timeline.ticks();
     let all_done = async {
         for s in senders {
             let _ = s.await;
@@ -239,18 +181,34 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<ProxyRunReport, RunEr
     loop {
         tokio::select! {
             _ = &mut all_done => break,
-            _ = tick.tick() => if progress {
-                eprintln!(
-                    "traffic {:>5.1}s: requests {}, ok {}, errors {}",
-                    started.elapsed().as_secs_f64(),
-                    tally.requests.load(Relaxed),
-                    tally.ok.load(Relaxed),
-                    tally.error_count.load(Relaxed),
-                );
+            _ = tick.tick() => {
+                let (requests, completed) = (tally.requests.load(Relaxed), tally.completed.load(Relaxed));
+                let latency = tally.latency.lock().unwrap().clone();
+                let point = timeline.tick(&observer.probe, requests, completed, latency).await;
+                if progress {
+                    eprintln!(
+                        "traffic {:>5.1}s: requests {requests}, answered {completed} ({:.0}/s), ok {}, p99 {:.2} ms, errors {}",
+                        point.t,
+                        point.delivered_per_second,
+                        tally.ok.load(Relaxed),
+                        point.p99_us as f64 / 1000.0,
+                        tally.error_count.load(Relaxed),
+                    );
+                }
             },
         }
     }
     let sent_for = started.elapsed();
+    let latency = tally.latency.lock().unwrap().clone();
+    let (requests, completed) = (tally.requests.load(Relaxed), tally.completed.load(Relaxed));
+    timeline
+        .finish(&observer.probe, requests, completed, latency)
+        .await;
+    if args.worker.is_some() {
+        // Other workers' requests may still be relayed through this
+        // worker's receivers and upstream: keep them up until all are done.
+        crate::processes::sent_and_wait().await?;
+    }
     let _ = stop_tx.send(true);
     for task in idle {
         let _ = tokio::time::timeout(Duration::from_secs(4), task).await;
@@ -258,12 +216,17 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<ProxyRunReport, RunEr
 
     let t = &tally;
     let (completed, ok) = (t.completed.load(Relaxed), t.ok.load(Relaxed));
+    let observed = observer
+        .finish(identified, Some(completed), workers)
+        .await?;
     let seconds = secs(sent_for).max(1e-9);
+    let latency = t.latency.lock().unwrap().clone();
     Ok(ProxyRunReport {
         tool: env!("CARGO_PKG_NAME").into(),
         version: env!("CARGO_PKG_VERSION").into(),
         scenario: Scenario::Proxy,
         params: args.clone(),
+        app,
         upstream_served: args.upstream.is_none().then(|| served.load(Relaxed)),
         upstream,
         connect: QueueConnect {
@@ -273,6 +236,8 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<ProxyRunReport, RunEr
             seconds: connect_seconds,
             errors: counts(&open_errors),
         },
+        server: observed.server,
+        client: observed.client,
         traffic: ProxyTraffic {
             senders: u64::from(args.senders),
             receivers: identified,
@@ -291,14 +256,37 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<ProxyRunReport, RunEr
                 .collect(),
             requests_per_second: completed as f64 / seconds,
             ok_per_second: ok as f64 / seconds,
-            latency_us: Percentiles::of(&t.latency.lock().unwrap()),
+            latency_us: Percentiles::of(&latency),
+            latency_spectrum: SpectrumPoint::spectrum(&latency),
         },
+        rss_by_connections: observed.rss_by_connections,
         errors: ErrorsReport {
             count: t.error_count.load(Relaxed),
             disconnects: t.disconnects.load(Relaxed),
             texts: counts(&t.errors.lock().unwrap()),
         },
+        processes: 1,
+        raw: args.worker.map(|_| Raw {
+            traffic_latency: Raw::pairs(&latency),
+            timeline_latency: timeline.histograms.clone(),
+            ..Raw::default()
+        }),
+        timeline: timeline.points,
     })
+}
+
+/// The request every sender repeats: `POST /api/v1/proxy` for `GET /` on
+/// one client of `app`, with the server's password (contract §9) when the
+/// run has one.
+fn proxy_request(gateway: &Gateway, app: &str, auth: Option<&str>) -> String {
+    let body = json!({"method": "GET", "route": "/", "query": {"application": app}}).to_string();
+    let authorization = auth.map_or_else(String::new, |a| format!("Authorization: {a}\r\n"));
+    format!(
+        "POST /api/v1/proxy HTTP/1.1\r\nHost: {}:{}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        gateway.host,
+        gateway.port,
+        body.len()
+    )
 }
 
 /// A receiver: heartbeats, and reads (and ignores) what it gets, until stopped.
@@ -405,263 +393,5 @@ async fn send_loop(
                 conn = None;
             }
         }
-    }
-}
-
-/// One HTTP/1.1 keep-alive connection, and what has been read past the
-/// last message.
-struct HttpConn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-/// The parts of a message head this tool needs.
-#[derive(Debug, PartialEq, Eq)]
-struct Head {
-    /// The status code of a response (0 for a request).
-    status: u16,
-    content_length: Option<usize>,
-    chunked: bool,
-    close: bool,
-}
-
-fn find(buf: &[u8], what: &[u8]) -> Option<usize> {
-    buf.windows(what.len()).position(|w| w == what)
-}
-
-/// Parses a head (start line and headers, without the blank line).
-fn parse_head(head: &str) -> Result<Head, String> {
-    let mut lines = head.split("\r\n");
-    let start = lines.next().unwrap_or_default();
-    let status = if start.starts_with("HTTP/") {
-        start
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad status line {start:?}"))?
-    } else {
-        0
-    };
-    let mut h = Head {
-        status,
-        content_length: None,
-        chunked: false,
-        close: start.starts_with("HTTP/1.0"),
-    };
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            h.content_length = Some(value.parse().map_err(|_| "bad content-length")?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            h.chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
-            h.close = value.eq_ignore_ascii_case("close");
-        }
-    }
-    Ok(h)
-}
-
-impl HttpConn {
-    async fn fill(&mut self) -> Result<(), String> {
-        let mut chunk = [0u8; 16 << 10];
-        match self.stream.read(&mut chunk).await {
-            Ok(0) => Err("closed by the server mid-response".into()),
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
-            Err(e) => Err(format!("http read: {e}")),
-        }
-    }
-
-    /// Reads up to and including the next `\r\n`; returns the line without it.
-    async fn line(&mut self) -> Result<String, String> {
-        loop {
-            if let Some(p) = find(&self.buf, b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[..p]).into_owned();
-                self.buf.drain(..p + 2);
-                return Ok(line);
-            }
-            if self.buf.len() > MAX_HEAD {
-                return Err("line too long".into());
-            }
-            self.fill().await?;
-        }
-    }
-
-    async fn skip(&mut self, n: usize) -> Result<(), String> {
-        while self.buf.len() < n {
-            self.fill().await?;
-        }
-        self.buf.drain(..n);
-        Ok(())
-    }
-
-    /// Writes `request`, reads the whole response: (status, keep-alive).
-    async fn exchange(&mut self, request: &[u8]) -> Result<(u16, bool), String> {
-        self.stream
-            .write_all(request)
-            .await
-            .map_err(|e| format!("http write: {e}"))?;
-        let end = loop {
-            if let Some(p) = find(&self.buf, b"\r\n\r\n") {
-                break p;
-            }
-            if self.buf.len() > MAX_HEAD {
-                return Err("response head too long".into());
-            }
-            self.fill().await?;
-        };
-        let head = parse_head(&String::from_utf8_lossy(&self.buf[..end]))?;
-        self.buf.drain(..end + 4);
-        if head.chunked {
-            loop {
-                let line = self.line().await?;
-                let size = line.split(';').next().unwrap_or_default().trim();
-                let size =
-                    usize::from_str_radix(size, 16).map_err(|_| format!("bad chunk {line:?}"))?;
-                if size == 0 {
-                    while !self.line().await?.is_empty() {}
-                    break;
-                }
-                self.skip(size + 2).await?;
-            }
-        } else if let Some(n) = head.content_length {
-            self.skip(n).await?;
-        } else if !(head.status == 204 || head.status == 304 || head.status < 200) {
-            // Delimited by the end of the connection.
-            loop {
-                self.buf.clear();
-                let mut chunk = [0u8; 16 << 10];
-                match self.stream.read(&mut chunk).await {
-                    Ok(0) => return Ok((head.status, false)),
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("http read: {e}")),
-                }
-            }
-        }
-        Ok((head.status, !head.close))
-    }
-}
-
-/// The built-in upstream: answers every request 200 with [`UPSTREAM_BODY`].
-async fn upstream_server(
-    listener: TcpListener,
-    served: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let served = served.clone();
-                tokio::spawn(async move {
-                    let _ = upstream_connection(stream, &served).await;
-                });
-            }
-        }
-    }
-}
-
-async fn upstream_connection(stream: TcpStream, served: &AtomicU64) -> Result<(), String> {
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{UPSTREAM_BODY}",
-        UPSTREAM_BODY.len()
-    );
-    let mut conn = HttpConn {
-        stream,
-        buf: Vec::new(),
-    };
-    loop {
-        let end = loop {
-            if let Some(p) = find(&conn.buf, b"\r\n\r\n") {
-                break p;
-            }
-            if conn.buf.len() > MAX_HEAD {
-                return Err("request head too long".into());
-            }
-            conn.fill().await?;
-        };
-        let head = parse_head(&String::from_utf8_lossy(&conn.buf[..end]))?;
-        conn.buf.drain(..end + 4);
-        conn.skip(head.content_length.unwrap_or(0)).await?;
-        conn.stream
-            .write_all(response.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        served.fetch_add(1, Relaxed);
-        if head.close {
-            return Ok(());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heads() {
-        let h = parse_head("HTTP/1.1 502 Bad Gateway\r\ncontent-length: 12\r\nConnection: close")
-            .unwrap();
-        assert_eq!(
-            h,
-            Head {
-                status: 502,
-                content_length: Some(12),
-                chunked: false,
-                close: true
-            }
-        );
-        let h = parse_head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked").unwrap();
-        assert!(h.chunked && !h.close && h.status == 200);
-        let h = parse_head("GET / HTTP/1.1\r\nHost: x").unwrap();
-        assert_eq!(h.status, 0);
-        assert!(parse_head("HTTP/1.1 abc").is_err());
-    }
-
-    #[tokio::test]
-    async fn upstream_answers_keep_alive_and_chunked_is_read() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let served = Arc::new(AtomicU64::new(0));
-        let (_stop, stop_rx) = watch::channel(false);
-        tokio::spawn(upstream_server(listener, served.clone(), stop_rx));
-        let mut c = HttpConn {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        };
-        for _ in 0..3 {
-            let r = c.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-            assert_eq!(r, Ok((200, true)));
-        }
-        assert_eq!(served.load(Relaxed), 3);
-
-        // A chunked response, then a keep-alive one on the same connection.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut b = [0u8; 1024];
-            let _ = s.read(&mut b).await.unwrap();
-            s.write_all(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n0\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno",
-            )
-            .await
-            .unwrap();
-            let _ = s.read(&mut b).await;
-        });
-        let mut c = HttpConn {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        };
-        assert_eq!(c.exchange(b"x").await, Ok((200, true)));
-        assert_eq!(c.exchange(b"").await, Ok((404, true)));
-        assert!(c.buf.is_empty());
     }
 }

@@ -12,12 +12,18 @@
 //! counted as a duplicate; a confirmed id never delivered by the end of the
 //! drain is lost.
 //!
-//! The scenario runs on its own (no shared sender loop, no `--processes`):
-//! its connections, phases and [`QueueRunReport`] live here.
+//! The scenario runs on its own (no shared sender loop): its connections
+//! and phases live here, its result in [`report`]. With `--processes` every
+//! worker QUEUEs into the same queue (`--queue-name`), each worker's
+//! producers targeting its own consumers' application, so the server holds
+//! one queue and each worker's counts stay exact.
+
+mod report;
+
+pub use report::{QueueConnect, QueueRunReport, QueueTraffic};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -25,25 +31,28 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::{Args, Gateway, Scenario};
 use crate::clock;
-use crate::report::{ErrorsReport, Percentiles};
-use crate::session::{self, Handshake, Session, Ws};
-use crate::tally::{ErrorCount, counts, histogram};
+use crate::report::{ErrorsReport, Percentiles, Raw, SpectrumPoint};
+use crate::session::Session;
+use crate::tally::{counts, histogram};
+use crate::timeline::Timeline;
 use crate::traffic::{due, scheduled_ns};
 use crate::wire::{self, Inbound};
 
+use super::conn::{Opener, Read, close, heartbeat_timer, open_all, read, sleep_until, tick};
+use super::observe::Observer;
 use super::{RunError, run_id, secs};
 
 /// The most QUEUEs one producer writes before it reads again.
 const MAX_BATCH: u64 = 1024;
-/// How long a connection gets to close politely at the end.
+/// How long the connection tasks get to close politely at the end.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Bits of [`Ids`]: what has been seen of one message id.
@@ -147,152 +156,48 @@ struct Plan {
     deadline: Instant,
 }
 
-/// The queue scenario's result: the JSON on stdout.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct QueueRunReport {
-    pub tool: String,
-    pub version: String,
-    pub scenario: Scenario,
-    pub params: Args,
-    /// The queue's name (unique per run).
-    pub queue: String,
-    pub connect: QueueConnect,
-    pub traffic: QueueTraffic,
-    pub errors: ErrorsReport,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct QueueConnect {
-    pub requested: u64,
-    pub identified: u64,
-    pub failed: u64,
-    pub seconds: f64,
-    pub errors: Vec<ErrorCount>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct QueueTraffic {
-    pub producers: u64,
-    pub consumers: u64,
-    pub credits: u32,
-    /// "closed" (--window unconfirmed QUEUEs per producer) or "open" (--rate).
-    pub mode: String,
-    pub offered_rate: Option<f64>,
-    pub seconds: f64,
-    pub drain_seconds: f64,
-    /// QUEUEs sent.
-    pub sent: u64,
-    /// QUEUEs confirmed (QUEUE_CONFIRM received): the messages queued.
-    pub queued: u64,
-    /// QUEUEs the server refused (op 3).
-    pub refused: u64,
-    /// Sent, neither confirmed nor refused by the end.
-    pub unconfirmed: u64,
-    /// Deliveries read, duplicates included.
-    pub delivered: u64,
-    /// Distinct message ids delivered.
-    pub delivered_distinct: u64,
-    /// Deliveries of an id already delivered (allowed: at least once).
-    pub duplicates: u64,
-    /// Confirmed ids never delivered by the end of the drain.
-    pub lost: u64,
-    pub undecodable: u64,
-    pub queued_per_second: f64,
-    pub delivered_per_second: f64,
-    /// QUEUE to QUEUE_CONFIRM.
-    pub confirm_latency_us: Percentiles,
-    /// QUEUE to its first delivery.
-    pub latency_us: Percentiles,
-}
-
-impl QueueRunReport {
-    /// The human summary, for stderr.
-    pub fn summary(&self) -> String {
-        let t = &self.traffic;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "queue {}: {}/{} identified in {:.2} s ({} producers, {} consumers x {} credits)",
-            self.queue,
-            self.connect.identified,
-            self.connect.requested,
-            self.connect.seconds,
-            t.producers,
-            t.consumers,
-            t.credits
-        );
-        let _ = writeln!(
-            s,
-            "sent {} queued {} refused {} unconfirmed {} in {:.2} s ({:.0}/s); delivered {} ({} distinct, {} duplicates, {:.0}/s), lost {}",
-            t.sent,
-            t.queued,
-            t.refused,
-            t.unconfirmed,
-            t.seconds,
-            t.queued_per_second,
-            t.delivered,
-            t.delivered_distinct,
-            t.duplicates,
-            t.delivered_per_second,
-            t.lost
-        );
-        for (name, p) in [
-            ("confirm", &t.confirm_latency_us),
-            ("end to end", &t.latency_us),
-        ] {
-            let _ = writeln!(s, "{name} latency: {}", p.line());
-        }
-        self.errors.write_summary(&mut s);
-        s
-    }
-}
-
 /// Runs the queue scenario; every connection is closed before it returns.
-pub async fn run(args: &Args, gateway: &Gateway) -> Result<QueueRunReport, RunError> {
+pub async fn run(
+    args: &Args,
+    gateway: &Gateway,
+    workers: usize,
+) -> Result<QueueRunReport, RunError> {
     let server = super::resolve(gateway).await?;
     crate::fdlimit::ensure(args.total_connections() + 64)?;
     let run = args.run_id.clone().unwrap_or_else(run_id);
-    let queue = format!("{}-{run}-queue", args.app_prefix);
+    let queue = crate::processes::queue_name(args, &run);
+    // Per run (per worker): a worker's producers reach only its own
+    // consumers, so its counts stay exact in a queue that workers share.
     let consumer_app = format!("{}-{run}-consumers", args.app_prefix);
     let producer_app = format!("{}-{run}-producers", args.app_prefix);
     let progress = !args.quiet;
     let tally = Arc::new(QueueTally::new());
+    let mut observer = Observer::start(args).await?;
 
     // Connect: consumers, then producers.
     let connect_started = Instant::now();
-    let sources: Vec<Option<std::net::IpAddr>> = if server.is_ipv4() {
-        args.sources().into_iter().map(Some).collect()
-    } else {
-        vec![None]
-    };
+    let identified_so_far = Arc::new(AtomicU64::new(0));
+    let opener = Opener::new(args, server, &gateway.url, identified_so_far.clone());
     let mut open_errors = BTreeMap::new();
     let shape = crate::identity::Shape::from_args(args);
+    let auth = args.auth.as_deref();
     let identify = |client: String, app: &str, i: u32| {
-        let packet = wire::identify(&client, app, shape.metadata(u64::from(i)));
+        let packet = wire::identify(&client, app, auth, None, shape.metadata(u64::from(i)));
         (client, packet)
     };
-    let consumers = open_all(
-        server,
-        &gateway.url,
-        &sources,
-        args,
-        (0..args.connections)
-            .map(|i| identify(format!("{run}-c{i}"), &consumer_app, i))
-            .collect(),
-        &mut open_errors,
-    )
-    .await;
-    let producers = open_all(
-        server,
-        &gateway.url,
-        &sources,
-        args,
-        (0..args.senders)
-            .map(|i| identify(format!("{run}-p{i}"), &producer_app, i))
-            .collect(),
-        &mut open_errors,
-    )
-    .await;
+    let consumer_clients = (0..args.connections)
+        .map(|i| identify(format!("{run}-c{i}"), &consumer_app, i))
+        .collect();
+    let producer_clients = (0..args.senders)
+        .map(|i| identify(format!("{run}-p{i}"), &producer_app, i))
+        .collect();
+    let (consumers, producers) = observer
+        .connecting(&identified_so_far, async {
+            let consumers = open_all(&opener, args, consumer_clients, &mut open_errors).await;
+            let producers = open_all(&opener, args, producer_clients, &mut open_errors).await;
+            (consumers, producers)
+        })
+        .await;
     let connect_seconds = secs(connect_started.elapsed());
     let requested = u64::from(args.connections) + u64::from(args.senders);
     let identified = (consumers.len() + producers.len()) as u64;
@@ -315,6 +220,7 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<QueueRunReport, RunEr
         }));
     }
     tokio::time::sleep(args.idle()).await;
+    observer.ready(identified).await?;
 
     // Traffic.
     let started = Instant::now();
@@ -333,25 +239,35 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<QueueRunReport, RunEr
             produce(session, &plan, &tally, stop).await;
         }));
     }
-    let mut tick =
-        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+    let mut timeline = Timeline::start(&observer.probe, started, args.worker.is_some()).await;
+    let mut tick = timeline.ticks();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(plan.deadline) => break,
-            _ = tick.tick() => if progress {
-                eprintln!(
-                    "traffic {:>5.1}s: sent {}, queued {}, delivered {}, duplicates {}, errors {}",
-                    started.elapsed().as_secs_f64(),
-                    tally.sent.load(Relaxed),
-                    tally.confirmed.load(Relaxed),
-                    tally.delivered.load(Relaxed),
-                    tally.duplicates.load(Relaxed),
-                    tally.error_count.load(Relaxed),
-                );
+            _ = tick.tick() => {
+                let (sent, delivered) = (tally.sent.load(Relaxed), tally.delivered.load(Relaxed));
+                let latency = tally.latency.lock().unwrap().clone();
+                let point = timeline.tick(&observer.probe, sent, delivered, latency).await;
+                if progress {
+                    eprintln!(
+                        "traffic {:>5.1}s: sent {sent}, queued {}, delivered {delivered} ({:.0}/s), duplicates {}, p99 {:.2} ms, errors {}",
+                        point.t,
+                        tally.confirmed.load(Relaxed),
+                        point.delivered_per_second,
+                        tally.duplicates.load(Relaxed),
+                        point.p99_us as f64 / 1000.0,
+                        tally.error_count.load(Relaxed),
+                    );
+                }
             },
         }
     }
     let sent_for = started.elapsed();
+    let latency = tally.latency.lock().unwrap().clone();
+    let (sent, delivered) = (tally.sent.load(Relaxed), tally.delivered.load(Relaxed));
+    timeline
+        .finish(&observer.probe, sent, delivered, latency)
+        .await;
 
     // Drain: every QUEUE confirmed (or refused) and every confirmed id delivered.
     let drain_started = Instant::now();
@@ -369,6 +285,11 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<QueueRunReport, RunEr
     let (sent, queued) = (t.sent.load(Relaxed), t.confirmed.load(Relaxed));
     let delivered = t.delivered.load(Relaxed);
     let duplicates = t.duplicates.load(Relaxed);
+    let observed = observer
+        .finish(identified, Some(delivered), workers)
+        .await?;
+    let confirm_latency = t.confirm_latency.lock().unwrap().clone();
+    let latency = t.latency.lock().unwrap().clone();
     let traffic = QueueTraffic {
         producers: n_producers,
         consumers: n_consumers,
@@ -393,8 +314,10 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<QueueRunReport, RunEr
         undecodable: t.undecodable.load(Relaxed),
         queued_per_second: queued as f64 / secs(sent_for).max(1e-9),
         delivered_per_second: delivered as f64 / secs(sent_for + drained_for).max(1e-9),
-        confirm_latency_us: Percentiles::of(&t.confirm_latency.lock().unwrap()),
-        latency_us: Percentiles::of(&t.latency.lock().unwrap()),
+        confirm_latency_us: Percentiles::of(&confirm_latency),
+        latency_us: Percentiles::of(&latency),
+        latency_spectrum: SpectrumPoint::spectrum(&latency),
+        confirm_latency_spectrum: SpectrumPoint::spectrum(&confirm_latency),
     };
     Ok(QueueRunReport {
         tool: env!("CARGO_PKG_NAME").into(),
@@ -409,117 +332,24 @@ pub async fn run(args: &Args, gateway: &Gateway) -> Result<QueueRunReport, RunEr
             seconds: connect_seconds,
             errors: counts(&open_errors),
         },
+        server: observed.server,
+        client: observed.client,
         traffic,
+        rss_by_connections: observed.rss_by_connections,
         errors: ErrorsReport {
             count: t.error_count.load(Relaxed),
             disconnects: t.disconnects.load(Relaxed),
             texts: counts(&t.errors.lock().unwrap()),
         },
+        processes: 1,
+        raw: args.worker.map(|_| Raw {
+            traffic_latency: Raw::pairs(&latency),
+            confirm_latency: Raw::pairs(&confirm_latency),
+            timeline_latency: timeline.histograms.clone(),
+            ..Raw::default()
+        }),
+        timeline: timeline.points,
     })
-}
-
-/// Opens one identified connection per (client id, identify packet), at
-/// most `--connect-concurrency` at a time; failures are counted in `errors`.
-pub(super) async fn open_all(
-    server: SocketAddr,
-    url: &str,
-    sources: &[Option<std::net::IpAddr>],
-    args: &Args,
-    clients: Vec<(String, String)>,
-    errors: &mut BTreeMap<String, u64>,
-) -> Vec<Session> {
-    let limit = Arc::new(Semaphore::new(args.connect_concurrency.max(1) as usize));
-    let timeout = args.connect_timeout();
-    let handles: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, (client_id, identify))| {
-            let (limit, url) = (limit.clone(), url.to_string());
-            let source = sources[i % sources.len()];
-            tokio::spawn(async move {
-                let _permit = limit.acquire_owned().await.expect("never closed");
-                let handshake = Handshake::Singyeong {
-                    client_id,
-                    identify,
-                };
-                match tokio::time::timeout(timeout, session::open(server, &url, source, handshake))
-                    .await
-                {
-                    Ok(Ok(s)) => Ok(s),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(session::OpenError::Timeout.to_string()),
-                }
-            })
-        })
-        .collect();
-    let mut sessions = Vec::new();
-    for handle in handles {
-        match handle.await {
-            Ok(Ok(s)) => sessions.push(s),
-            Ok(Err(e)) => *errors.entry(e).or_insert(0) += 1,
-            Err(e) => *errors.entry(format!("connect task: {e}")).or_insert(0) += 1,
-        }
-    }
-    sessions
-}
-
-pub(super) fn heartbeat_timer(session: &Session) -> Option<tokio::time::Interval> {
-    session.keepalive.as_ref().map(|k| {
-        let first = k.interval.mul_f64(0.25 + 0.75 * fastrand::f64());
-        let mut timer = tokio::time::interval_at(Instant::now() + first, k.interval);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        timer
-    })
-}
-
-pub(super) async fn tick(timer: Option<&mut tokio::time::Interval>) {
-    match timer {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-pub(super) async fn close(mut ws: Ws) {
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        let _ = ws.close(None).await;
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-}
-
-/// What one inbound frame means to a producer or a consumer.
-pub(super) enum Read {
-    Packet(String),
-    Ignore,
-    End(String),
-}
-
-pub(super) fn read(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Read {
-    match msg {
-        Some(Ok(Message::Text(text))) => Read::Packet(text.as_str().to_string()),
-        Some(Ok(Message::Close(frame))) => Read::End(frame.map_or_else(
-            || "closed by the server (no close frame)".to_string(),
-            |f| {
-                format!(
-                    "closed by the server (code {} {:?})",
-                    f.code,
-                    f.reason.as_str()
-                )
-            },
-        )),
-        Some(Ok(_)) => Read::Ignore,
-        Some(Err(e)) => Read::End(format!("websocket: {e}")),
-        None => Read::End("connection closed".into()),
-    }
 }
 
 /// Handles the packets every connection may get; `Some(end)` for a packet
