@@ -809,3 +809,285 @@ fn every_fsync_policy_confirms_and_survives_sigkill() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Idle queues and log failures
+// ---------------------------------------------------------------------------
+
+/// The names of the queues `GET /api/v1/queues` lists.
+fn queue_names(server: &Server) -> BTreeSet<String> {
+    let r = server.http("GET", "/api/v1/queues", &[], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["queue"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls until no listed queue name starts with `prefix` (bounded).
+fn wait_forgotten(server: &Server, prefix: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left: Vec<String> = queue_names(server)
+            .into_iter()
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never forgotten: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn idle_queues_are_forgotten_and_busy_ones_kept() {
+    // Idle period: the longer of the ack timeout and the dead-letter time.
+    let s = server(&["--shards", "2"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    // A reply queue per request, as an RPC client would use them.
+    for i in 0..40 {
+        let name = format!("reply-{i}");
+        request(&mut c, &name);
+        let id = push(&mut p, &name, to_app("app"), json!(i), json!(i));
+        assert_eq!(delivered(&mut c, &name).0, id);
+        ack(&mut c, &name, &id);
+    }
+    c.sync();
+    // Drained queues stay listed for the idle period, with their counters.
+    let st = queue_stats(&s, "reply-39");
+    assert_eq!(st["acked"], json!(1), "{st}");
+    // Queues that are not idle: a waiting credit, a message nobody
+    // connected matches (dead-lettered, back, dead-lettered again), a
+    // message delivered and never acked (redelivered on timeout).
+    request(&mut c, "waiting");
+    push(&mut p, "held", to_app("nobody"), json!(0), json!(0));
+    let mut slow = Client::ready(&s, Encoding::Json, "slow", "slow");
+    request(&mut slow, "unacked");
+    push(&mut p, "unacked", to_app("slow"), json!(0), json!(0));
+    delivered(&mut slow, "unacked");
+    c.sync();
+    wait_forgotten(
+        &s,
+        "reply-",
+        Duration::from_millis(ACK_MS.max(DLQ_MS)) + STEP,
+    );
+    let metrics = s.http("GET", "/metrics", &[], None).text();
+    assert!(!metrics.contains("queue=\"reply-"), "{metrics}");
+    // Several idle periods later the busy ones are still there.
+    std::thread::sleep(Duration::from_millis(3 * ACK_MS.max(DLQ_MS)));
+    let names = queue_names(&s);
+    for busy in ["waiting", "held", "unacked"] {
+        assert!(names.contains(busy), "{busy} forgotten: {names:?}");
+    }
+    assert!(metrics_has_queue(&s, "held"));
+    // The waiting credit still works.
+    let id = push(&mut p, "waiting", to_app("app"), json!(1), json!(1));
+    assert_eq!(delivered(&mut c, "waiting").0, id);
+    ack(&mut c, "waiting", &id);
+    request(&mut c, "waiting");
+    // A forgotten name is simply a new queue.
+    request(&mut c, "reply-0");
+    let id = push(&mut p, "reply-0", to_app("app"), json!(2), json!(2));
+    assert_eq!(delivered(&mut c, "reply-0").0, id);
+    let st = queue_stats(&s, "reply-0");
+    assert_eq!(st["enqueued"], json!(1), "counters start afresh: {st}");
+    ack(&mut c, "reply-0", &id);
+    // Once the waiting credit is withdrawn, nothing holds it either.
+    c.dispatch("QUEUE_REQUEST_CANCEL", json!({"queue": "waiting"}));
+    c.sync();
+    wait_forgotten(
+        &s,
+        "waiting",
+        Duration::from_millis(ACK_MS.max(DLQ_MS)) + STEP,
+    );
+    wait_forgotten(
+        &s,
+        "reply-",
+        Duration::from_millis(ACK_MS.max(DLQ_MS)) + STEP,
+    );
+    assert!(queue_names(&s).contains("held"));
+}
+
+fn metrics_has_queue(server: &Server, queue: &str) -> bool {
+    server
+        .http("GET", "/metrics", &[], None)
+        .text()
+        .contains(&format!("queue=\"{queue}\""))
+}
+
+#[test]
+fn a_forgotten_queue_does_not_come_back_after_a_restart() {
+    let dir = TempDir::new("forget");
+    let args = [
+        "--data-dir",
+        dir.path(),
+        "--shards",
+        "2",
+        "--ack-timeout",
+        "300",
+        "--dlq-time",
+        "300",
+    ];
+    let mut s = Server::start(&args);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    for i in 0..5 {
+        let id = push(&mut p, "done", to_app("app"), json!(i), json!(i));
+        request(&mut c, "done");
+        assert_eq!(delivered(&mut c, "done").0, id);
+        ack(&mut c, "done", &id);
+    }
+    let kept = push(&mut p, "kept", to_app("app"), json!("k"), json!("k"));
+    c.sync();
+    wait_forgotten(&s, "done", STEP);
+    s.signal("KILL");
+    s.wait_exit(STEP).expect("killed");
+    drop((p, c));
+    let s = Server::start(&args);
+    let names = queue_names(&s);
+    assert!(!names.contains("done"), "{names:?}");
+    assert!(names.contains("kept"), "{names:?}");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    request(&mut c, "done");
+    c.expect_quiet();
+    request(&mut c, "kept");
+    assert_eq!(delivered(&mut c, "kept").0, kept);
+}
+
+/// What the server answered one QUEUE with.
+enum Outcome {
+    Confirmed(String),
+    /// `queue storage failed` with an id: queued, not confirmed.
+    FailedQueued(String),
+    /// `queue storage failed` without an id: not queued.
+    Refused,
+}
+
+fn try_push(c: &mut Client, queue: &str, nonce: u64, payload: &Value) -> Outcome {
+    c.dispatch(
+        "QUEUE",
+        json!({"queue": queue, "target": to_app("app"), "nonce": nonce, "payload": payload}),
+    );
+    let pk = c.recv_within(STEP);
+    if pk["op"] == json!(3) {
+        assert_eq!(pk["d"]["error"], json!("queue storage failed"), "{pk}");
+        let extra = &pk["d"]["extra_info"];
+        assert_eq!(extra["queue"], json!(queue), "{pk}");
+        assert_eq!(extra["nonce"], json!(nonce), "{pk}");
+        assert!(extra["error"].is_string(), "the cause is given: {pk}");
+        return match extra["id"].as_str() {
+            Some(id) => Outcome::FailedQueued(id.to_string()),
+            None => Outcome::Refused,
+        };
+    }
+    assert_eq!(pk["t"], json!("QUEUE_CONFIRM"), "{pk}");
+    assert_eq!(pk["d"]["nonce"], json!(nonce), "{pk}");
+    Outcome::Confirmed(pk["d"]["id"].as_str().unwrap().to_string())
+}
+
+fn log_stats(server: &Server) -> Value {
+    let st = server.http("GET", "/api/v1/queues", &[], None).json();
+    st["log"][0].clone()
+}
+
+#[test]
+fn a_log_that_cannot_be_written_refuses_queue_then_recovers() {
+    let dir = TempDir::new("walfail");
+    let moved = PathBuf::from(format!("{}-moved", dir.path()));
+    let _ = std::fs::remove_dir_all(&moved);
+    let args = ["--shards", "1", "--queue-segment-bytes", "4096"];
+    let mut s = durable(&dir, &args);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let payload = json!("z".repeat(500));
+    // Nonce -> id of what must survive, and of what may.
+    let mut confirmed = std::collections::BTreeMap::new();
+    let mut queued = std::collections::BTreeMap::new();
+    let mut nonce = 0u64;
+    let Outcome::Confirmed(id) = try_push(&mut p, "wf", nonce, &payload) else {
+        panic!("the first QUEUE is confirmed");
+    };
+    confirmed.insert(nonce, id);
+    // The directory goes away: the open segment still takes writes, the
+    // next one cannot be created.
+    std::fs::rename(&dir.0, &moved).unwrap();
+    let mut refused = 0;
+    while refused == 0 {
+        nonce += 1;
+        assert!(nonce < 100, "the log never failed: {}", log_stats(&s));
+        match try_push(&mut p, "wf", nonce, &payload) {
+            Outcome::Confirmed(id) => {
+                confirmed.insert(nonce, id);
+            }
+            Outcome::FailedQueued(id) => {
+                queued.insert(nonce, id);
+            }
+            Outcome::Refused => refused += 1,
+        }
+    }
+    assert!(!queued.is_empty(), "the failed write's QUEUE was answered");
+    let log = log_stats(&s);
+    assert_eq!(log["failed"], json!(true), "{log}");
+    assert!(log["write_errors"].as_u64().unwrap() >= 2, "{log}");
+    // Still refused while it cannot be written.
+    nonce += 1;
+    assert!(matches!(
+        try_push(&mut p, "wf", nonce, &payload),
+        Outcome::Refused
+    ));
+    // Back: the writer's next retry (every second) succeeds.
+    std::fs::rename(&moved, &dir.0).unwrap();
+    let deadline = Instant::now() + STEP * 2;
+    loop {
+        nonce += 1;
+        match try_push(&mut p, "wf", nonce, &payload) {
+            Outcome::Confirmed(id) => {
+                confirmed.insert(nonce, id);
+                break;
+            }
+            Outcome::Refused => {}
+            Outcome::FailedQueued(id) => panic!("{id} failed after the log was back"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recovered: {}",
+            log_stats(&s)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(log_stats(&s)["failed"], json!(false));
+    for _ in 0..10 {
+        nonce += 1;
+        let Outcome::Confirmed(id) = try_push(&mut p, "wf", nonce, &payload) else {
+            panic!("refused after recovery");
+        };
+        confirmed.insert(nonce, id);
+    }
+    // Everything confirmed, and everything queued before the failure, is
+    // on disk; nothing refused is.
+    s.signal("KILL");
+    s.wait_exit(STEP).expect("killed");
+    drop(p);
+    let s = durable(&dir, &args);
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    let mut got = std::collections::BTreeMap::new();
+    loop {
+        request(&mut c, "wf");
+        match c.next_event(QUIET) {
+            Event::Packet(pk) if pk["t"] == json!("QUEUE") => {
+                let id = pk["d"]["payload"]["id"].as_str().unwrap().to_string();
+                got.insert(pk["d"]["nonce"].as_u64().unwrap(), id.clone());
+                ack(&mut c, "wf", &id);
+            }
+            Event::Timeout => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut want = confirmed.clone();
+    want.extend(queued);
+    assert_eq!(got, want);
+    let _ = std::fs::remove_dir_all(&moved);
+}

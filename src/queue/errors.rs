@@ -12,5 +12,9 @@ pub const TOO_MANY_CREDITS: &str = "too many queue requests";
 pub const UNKNOWN_MESSAGE: &str = "unknown queue message";
 /// QUEUE_ACK of a message delivered to another client.
 pub const NOT_YOUR_MESSAGE: &str = "queue message delivered to another client";
-/// QUEUE that could not be written to the log; it was not queued.
+/// QUEUE that will not be confirmed because the log cannot be written.
+/// `extra_info` has the queue, the nonce and the cause; with an `id` the
+/// message was queued before the write failed (it stays queued and is
+/// written once the log recovers, so it may still be delivered), without
+/// one it was refused and not queued.
 pub const STORAGE_FAILED: &str = "queue storage failed";

@@ -6,9 +6,12 @@
 //!   in flight, dead letters); `now` is passed in, actions come out.
 //! - [`owner`]: the queue side of a shard: the queues it owns (by a hash of
 //!   the name), the credits its own clients hold, the mesh handlers, and the
-//!   task that runs timers and dead-letter checks.
+//!   task that runs timers and dead-letter checks and forgets idle queues.
 //! - [`wal`]: the write-ahead log (direct I/O, checksummed records, group
-//!   commit, segments) and recovery at start.
+//!   commit, segments, recovery from write failures) and recovery at
+//!   start.
+//! - [`client`]: what a client's own shard remembers of its queues
+//!   (credits, unacked deliveries), so that owners hear when it goes.
 //! - [`msg`]: what queues send between shards.
 //! - [`errors`]: the wire text of queue errors.
 //!
@@ -35,6 +38,7 @@
 //! again. Messages recovered at start are not checked (their consumers may
 //! not have reconnected yet).
 
+pub mod client;
 pub mod errors;
 pub mod msg;
 pub mod owner;

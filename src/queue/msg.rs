@@ -46,12 +46,23 @@ pub enum QueueMsg {
         queues: Vec<Arc<str>>,
         conn: ConnRef,
     },
-    /// To the consumer's shard: deliver one message, using a credit.
+    /// To the consumer's shard: deliver message `id`, using a credit.
     Deliver {
         to: ConnRef,
         queue: Arc<str>,
+        id: MsgId,
         packet: Arc<Dispatch>,
     },
+    /// To the consumer's shard: the delivery of `id` timed out and the
+    /// owner took it back (sent before any redelivery to the same client).
+    Revoked {
+        to: ConnRef,
+        queue: Arc<str>,
+        id: MsgId,
+    },
+    /// To the client's shard: its QUEUE_REQUEST_CANCEL was applied; every
+    /// delivery made before it was sent ahead of this.
+    Cancelled { to: ConnRef, queue: Arc<str> },
     /// To a client's shard: invalid (op 3) for that client.
     Invalid {
         to: ConnRef,

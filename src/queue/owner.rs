@@ -1,10 +1,25 @@
 //! The queue side of one shard: the queues it owns (their state machines,
 //! ids and log) and, for its own clients, the credits they hold on queues
-//! anywhere. Mesh messages arrive in [`handle`] and [`answer`]; timers and
-//! dead-letter checks run in [`run`], one task per shard.
+//! anywhere. Mesh messages arrive in [`handle`] and [`answer`]; timers,
+//! dead-letter checks and forgetting idle queues run in [`run`], one task
+//! per shard.
+//!
+//! # Idle queues
+//!
+//! A queue is created by its first QUEUE or QUEUE_REQUEST and forgotten
+//! (state, `GET /api/v1/queues` row, `/metrics` series) once it has been
+//! idle, with nothing pending, in flight or dead-lettered and nobody
+//! waiting, for the longer of `--ack-timeout` and `--dlq-time`, and every
+//! log record about it is written. The idle period keeps a drained
+//! queue's counters visible for a while (a queue emptied between two
+//! scrapes still shows what it did) and spares a queue that empties and
+//! fills again at once from being dropped and rebuilt per message; the
+//! log condition makes sure that what a restart would recover of a
+//! forgotten queue is nothing (its acks are on disk). Messages sent to a
+//! forgotten name simply create the queue afresh (counters from zero).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::client::ClientQueues;
 use super::errors;
 use super::msg::{QueueAsk, QueueMsg, QueueReply};
 use super::state::{AckError, Action, Consumer, Message, MsgId, Queue};
@@ -30,16 +46,18 @@ pub fn owner(name: &str, shards: usize) -> usize {
     (h.finish() % shards as u64) as usize
 }
 
-/// A client's queue state on its own shard.
-#[derive(Debug, Default)]
-struct ClientQueues {
-    /// The connection these credits belong to (slots are reused).
-    conn: u64,
-    /// Credits per queue; a queue with none left stays listed so that the
-    /// owner hears when the client goes (it may still hold messages).
-    credits: HashMap<Arc<str>, u32>,
-    /// The snapshot last sent to owners; rebuilt after a metadata update.
-    snapshot: Option<Arc<Consumer>>,
+/// How often idle queues are looked for.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// A queue this shard owns.
+#[derive(Debug)]
+struct Owned {
+    queue: Queue,
+    /// When it last changed.
+    touched: Instant,
+    /// The number of the last log record about it (0: none); it is not
+    /// forgotten before that record is durable.
+    last_record: u64,
 }
 
 /// One queue's figures ([`ShardQueues::rows`]), for the API and metrics.
@@ -61,7 +79,13 @@ pub struct ShardQueues {
     ack_timeout: Duration,
     dlq_time: Duration,
     max_len: usize,
-    owned: RefCell<HashMap<Arc<str>, Queue>>,
+    /// How long a queue stays idle before it is forgotten.
+    idle_time: Duration,
+    owned: RefCell<HashMap<Arc<str>, Owned>>,
+    /// Queues that were idle after their last change: the candidates for
+    /// forgetting (each is checked again before it goes).
+    idle: RefCell<HashSet<Arc<str>>>,
+    next_sweep: Cell<Instant>,
     next_id: Cell<u64>,
     /// Messages waiting for a "does anyone connected match?" answer.
     checks: RefCell<Vec<Check>>,
@@ -82,7 +106,10 @@ impl ShardQueues {
             ack_timeout: config.ack_timeout,
             dlq_time: config.dlq_time,
             max_len: config.max_queue_length,
+            idle_time: config.ack_timeout.max(config.dlq_time),
             owned: RefCell::default(),
+            idle: RefCell::default(),
+            next_sweep: Cell::new(Instant::now()),
             next_id: Cell::new(base),
             checks: RefCell::default(),
             woken: Cell::new(false),
@@ -129,17 +156,10 @@ impl ShardQueues {
     /// `<client>` object.
     pub fn waiting_on(&self, idx: ClientIdx, conn: u64) -> Vec<String> {
         let clients = self.clients.borrow();
-        let Some(c) = clients.get(&idx).filter(|c| c.conn == conn) else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = c
-            .credits
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(q, _)| q.to_string())
-            .collect();
-        names.sort();
-        names
+        clients
+            .get(&idx)
+            .filter(|c| c.conn == conn)
+            .map_or_else(Vec::new, ClientQueues::waiting_on)
     }
 
     /// The figures of every queue this shard owns.
@@ -147,6 +167,7 @@ impl ShardQueues {
         self.owned
             .borrow()
             .iter()
+            .map(|(name, o)| (name, &o.queue))
             .map(|(name, q)| QueueRow {
                 name: name.to_string(),
                 depth: q.depth(),
@@ -162,8 +183,29 @@ impl ShardQueues {
         self.owned
             .borrow()
             .values()
-            .filter_map(Queue::next_deadline)
+            .filter_map(|o| o.queue.next_deadline())
             .min()
+    }
+
+    /// Forgets the queues idle for `idle_time` whose log records are all
+    /// durable (`durable_through`: `None` without a log).
+    fn forget_idle(&self, now: Instant, durable_through: Option<u64>) {
+        let mut owned = self.owned.borrow_mut();
+        self.idle.borrow_mut().retain(|name| {
+            let Some(o) = owned.get(name) else {
+                return false;
+            };
+            if !o.queue.is_idle() {
+                return false; // busy again; listed anew when idle
+            }
+            let quiet = now.saturating_duration_since(o.touched) >= self.idle_time;
+            let written = durable_through.is_none_or(|d| d >= o.last_record);
+            if quiet && written {
+                owned.remove(name);
+                return false;
+            }
+            true
+        });
     }
 }
 
@@ -234,21 +276,18 @@ pub fn client_push(
 pub fn client_request(shard: &Shard, me: ConnRef, queue: Arc<str>) -> Result<(), (String, Value)> {
     {
         let mut clients = shard.queues.clients.borrow_mut();
-        let c = clients.entry(me.client).or_default();
+        let c = clients
+            .entry(me.client)
+            .or_insert_with(|| ClientQueues::new(me.conn));
         if c.conn != me.conn {
-            *c = ClientQueues {
-                conn: me.conn,
-                ..ClientQueues::default()
-            };
+            *c = ClientQueues::new(me.conn);
         }
-        let credits = c.credits.entry(queue.clone()).or_default();
-        if *credits as usize >= shard.queues.max_len {
+        if !c.request(&queue, shard.queues.max_len) {
             return Err((
                 errors::TOO_MANY_CREDITS.into(),
                 json!({"queue": &*queue, "max_queue_length": shard.queues.max_len}),
             ));
         }
-        *credits += 1;
     }
     if let Some(consumer) = snapshot(shard, me) {
         to_owner(shard, &queue.clone(), QueueMsg::Request { queue, consumer });
@@ -256,18 +295,23 @@ pub fn client_request(shard: &Shard, me: ConnRef, queue: Arc<str>) -> Result<(),
     Ok(())
 }
 
-/// QUEUE_REQUEST_CANCEL: every credit on that queue.
+/// The client's queue bookkeeping, if `me` is still its connection.
+fn with_client<R>(shard: &Shard, me: ConnRef, f: impl FnOnce(&mut ClientQueues) -> R) -> Option<R> {
+    let mut clients = shard.queues.clients.borrow_mut();
+    let c = clients.get_mut(&me.client).filter(|c| c.conn == me.conn)?;
+    Some(f(c))
+}
+
+/// QUEUE_REQUEST_CANCEL: every credit on that queue. Without credits or
+/// messages there, the owner holds nothing of this client to withdraw.
 pub fn client_cancel(shard: &Shard, me: ConnRef, queue: Arc<str>) {
-    if let Some(c) = shard.queues.clients.borrow_mut().get_mut(&me.client)
-        && c.conn == me.conn
-        && let Some(n) = c.credits.get_mut(&queue)
-    {
-        *n = 0;
+    if with_client(shard, me, |c| c.cancel(&queue)) == Some(true) {
+        to_owner(shard, &queue.clone(), QueueMsg::Cancel { queue, conn: me });
     }
-    to_owner(shard, &queue.clone(), QueueMsg::Cancel { queue, conn: me });
 }
 
 pub fn client_ack(shard: &Shard, me: ConnRef, queue: Arc<str>, id: MsgId) {
+    with_client(shard, me, |c| c.acked(&queue, id));
     to_owner(
         shard,
         &queue.clone(),
@@ -282,17 +326,11 @@ pub fn client_ack(shard: &Shard, me: ConnRef, queue: Arc<str>, id: MsgId) {
 /// After a metadata update: owners holding credits of this client get the
 /// new snapshot, so the update counts for messages queued from now on.
 pub fn client_updated(shard: &Shard, me: ConnRef) {
-    let queues: Vec<Arc<str>> = {
-        let mut clients = shard.queues.clients.borrow_mut();
-        let Some(c) = clients.get_mut(&me.client).filter(|c| c.conn == me.conn) else {
-            return;
-        };
+    let Some(queues) = with_client(shard, me, |c| {
         c.snapshot = None;
-        c.credits
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(q, _)| q.clone())
-            .collect()
+        c.requesting()
+    }) else {
+        return;
     };
     if queues.is_empty() {
         return;
@@ -321,7 +359,7 @@ pub fn client_gone(shard: &Shard, me: ConnRef) {
             _ => return,
         }
         let c = clients.remove(&me.client).expect("just seen");
-        c.credits.into_keys().collect()
+        c.tracked()
     };
     for (to, queues) in by_owner(shard, queues) {
         shard.on_shard(to, ShardMsg::Queue(QueueMsg::Gone { queues, conn: me }));
@@ -352,22 +390,25 @@ pub fn handle(shard: &Shard, msg: QueueMsg) {
             payload,
         } => push(shard, from, queue, target, target_json, nonce, payload, now),
         QueueMsg::Request { queue, consumer } => {
-            with_queue(shard, &queue, |q, out| q.request(consumer, now, out));
+            with_queue(shard, &queue, now, |q, out| q.request(consumer, now, out));
         }
         QueueMsg::Cancel { queue, conn } => {
-            if let Some(q) = shard.queues.owned.borrow_mut().get_mut(&queue) {
-                q.cancel(conn);
-            }
+            with_existing(shard, &queue, now, |q, _| q.cancel(conn));
+            shard.on_shard(
+                conn.shard,
+                ShardMsg::Queue(QueueMsg::Cancelled { to: conn, queue }),
+            );
         }
         QueueMsg::Ack { queue, conn, id } => {
-            let result = shard
-                .queues
-                .owned
-                .borrow_mut()
-                .get_mut(&queue)
-                .map_or(Err(AckError::Unknown), |q| q.ack(conn, id));
+            let result = with_existing(shard, &queue, now, |q, _| q.ack(conn, id))
+                .unwrap_or(Err(AckError::Unknown));
             match result {
-                Ok(_) => log(shard, Record::Ack { id }),
+                Ok(_) => {
+                    let n = log(shard, Record::Ack { id });
+                    if let Some(o) = shard.queues.owned.borrow_mut().get_mut(&queue) {
+                        o.last_record = o.last_record.max(n);
+                    }
+                }
                 Err(e) => {
                     let error = match e {
                         AckError::Unknown => errors::UNKNOWN_MESSAGE,
@@ -385,22 +426,29 @@ pub fn handle(shard: &Shard, msg: QueueMsg) {
         QueueMsg::Update { queues, consumer } => {
             for queue in queues {
                 let c = consumer.clone();
-                with_queue(shard, &queue, |q, out| q.update(c, now, out));
+                with_existing(shard, &queue, now, |q, out| q.update(c, now, out));
             }
         }
         QueueMsg::Gone { queues, conn } => {
             for queue in queues {
-                with_queue(shard, &queue, |q, out| q.gone(conn, now, out));
+                with_existing(shard, &queue, now, |q, out| q.gone(conn, now, out));
             }
         }
-        QueueMsg::Deliver { to, queue, packet } => {
-            if let Some(c) = shard.queues.clients.borrow_mut().get_mut(&to.client)
-                && c.conn == to.conn
-                && let Some(n) = c.credits.get_mut(&queue)
-            {
-                *n = n.saturating_sub(1);
+        QueueMsg::Deliver {
+            to,
+            queue,
+            id,
+            packet,
+        } => {
+            if with_client(shard, to, |c| c.delivered(&queue, id)).is_some() {
+                shard.deliver(to, &packet);
             }
-            shard.deliver(to, &packet);
+        }
+        QueueMsg::Revoked { to, queue, id } => {
+            with_client(shard, to, |c| c.revoked(&queue, id));
+        }
+        QueueMsg::Cancelled { to, queue } => {
+            with_client(shard, to, |c| c.cancelled(&queue));
         }
         QueueMsg::Invalid { to, error, extra } => shard.invalid_to(to, error, extra),
     }
@@ -472,13 +520,28 @@ fn push(
         .owned
         .borrow()
         .get(&queue)
-        .map_or(0, Queue::len);
+        .map_or(0, |o| o.queue.len());
     if len >= shard.queues.max_len {
         invalid(
             shard,
             from,
             errors::QUEUE_FULL,
             json!({"queue": &*queue, "max_queue_length": shard.queues.max_len}),
+        );
+        return;
+    }
+    let failed = shard
+        .queues
+        .wal
+        .borrow()
+        .as_ref()
+        .is_some_and(Wal::is_failed);
+    if failed {
+        invalid(
+            shard,
+            from,
+            errors::STORAGE_FAILED,
+            json!({"queue": &*queue, "nonce": nonce, "error": LOG_FAILED}),
         );
         return;
     }
@@ -497,6 +560,7 @@ fn push(
         packet: Arc::new(Dispatch { t: "QUEUE", d }),
     });
     let durable = shard.queues.wal.borrow().is_some();
+    let mut record_no = 0;
     if durable {
         let record = Record::Enqueue {
             id,
@@ -504,21 +568,24 @@ fn push(
             target: target_json,
             d: msg.packet.d.clone(),
         };
-        let accepted = shard
+        let appended = shard
             .queues
             .wal
             .borrow_mut()
             .as_mut()
-            .map(|w| w.append(&record, Some((from, confirm.clone()))));
-        if accepted != Some(true) {
+            .and_then(|w| w.append(&record, Some((from, confirm.clone()))));
+        let Some(n) = appended else {
+            // Refused by the log (checked above, so not expected): not
+            // queued, so no id.
             invalid(
                 shard,
                 from,
                 errors::STORAGE_FAILED,
-                json!({"queue": &*queue}),
+                json!({"queue": &*queue, "nonce": confirm.d["nonce"].clone(), "error": LOG_FAILED}),
             );
             return;
-        }
+        };
+        record_no = n;
     } else {
         shard.on_shard(
             from.shard,
@@ -528,14 +595,21 @@ fn push(
             },
         );
     }
-    with_queue(shard, &queue, |q, out| q.push(msg, now, out));
+    with_queue(shard, &queue, now, |q, out| q.push(msg, now, out));
+    if let Some(o) = shard.queues.owned.borrow_mut().get_mut(&queue) {
+        o.last_record = o.last_record.max(record_no);
+    }
 }
+
+/// The `error` in `extra_info` of a QUEUE refused because the log is
+/// failed.
+const LOG_FAILED: &str = "the queue log cannot be written; new messages are refused until it can";
 
 /// Restores a message recovered from the log (at start, before clients).
 pub(super) fn restore(shard: &Shard, queue: Arc<str>, msg: Arc<Message>) {
     shard.queues.seen_id(msg.id);
     let now = Instant::now();
-    with_queue(shard, &queue, |q, out| q.restore(msg, now, out));
+    with_queue(shard, &queue, now, |q, out| q.restore(msg, now, out));
 }
 
 fn invalid(shard: &Shard, to: ConnRef, error: &'static str, extra: Value) {
@@ -545,24 +619,64 @@ fn invalid(shard: &Shard, to: ConnRef, error: &'static str, extra: Value) {
     );
 }
 
-fn log(shard: &Shard, record: Record) {
-    if let Some(w) = shard.queues.wal.borrow_mut().as_mut() {
-        w.append(&record, None);
-    }
+/// Appends a record without a confirm (an ack: never refused); returns its
+/// number (0 without a log).
+fn log(shard: &Shard, record: Record) -> u64 {
+    shard
+        .queues
+        .wal
+        .borrow_mut()
+        .as_mut()
+        .and_then(|w| w.append(&record, None))
+        .unwrap_or(0)
 }
 
 /// Applies `f` to queue `name` (created on first use) and carries out what
 /// it asks for.
-fn with_queue(shard: &Shard, name: &Arc<str>, f: impl FnOnce(&mut Queue, &mut Vec<Action>)) {
-    let mut out = Vec::new();
+fn with_queue<R>(
+    shard: &Shard,
+    name: &Arc<str>,
+    now: Instant,
+    f: impl FnOnce(&mut Queue, &mut Vec<Action>) -> R,
+) -> R {
     {
         let mut owned = shard.queues.owned.borrow_mut();
-        let q = owned
-            .entry(name.clone())
-            .or_insert_with(|| Queue::new(shard.queues.ack_timeout, shard.queues.dlq_time));
-        f(q, &mut out);
+        if !owned.contains_key(name) {
+            owned.insert(
+                name.clone(),
+                Owned {
+                    queue: Queue::new(shard.queues.ack_timeout, shard.queues.dlq_time),
+                    touched: now,
+                    last_record: 0,
+                },
+            );
+        }
     }
+    with_existing(shard, name, now, f).expect("inserted above")
+}
+
+/// Applies `f` to queue `name` if this shard has it (an idle queue may have
+/// been forgotten: there is nothing to update, cancel or redeliver then),
+/// carries out what it asks for, and notes whether the queue is idle now.
+fn with_existing<R>(
+    shard: &Shard,
+    name: &Arc<str>,
+    now: Instant,
+    f: impl FnOnce(&mut Queue, &mut Vec<Action>) -> R,
+) -> Option<R> {
+    let mut out = Vec::new();
+    let result = {
+        let mut owned = shard.queues.owned.borrow_mut();
+        let o = owned.get_mut(name)?;
+        let result = f(&mut o.queue, &mut out);
+        o.touched = now;
+        if o.queue.is_idle() {
+            shard.queues.idle.borrow_mut().insert(name.clone());
+        }
+        result
+    };
     perform(shard, name, out);
+    Some(result)
 }
 
 fn perform(shard: &Shard, queue: &Arc<str>, actions: Vec<Action>) {
@@ -570,14 +684,26 @@ fn perform(shard: &Shard, queue: &Arc<str>, actions: Vec<Action>) {
     for action in actions {
         match action {
             Action::Deliver { to, msg } => {
+                // Not logged: nothing recovery restores depends on it (see
+                // `wal`, Records).
                 deadlines = true;
-                log(shard, Record::Deliver { id: msg.id });
                 shard.on_shard(
                     to.shard,
                     ShardMsg::Queue(QueueMsg::Deliver {
                         to,
                         queue: queue.clone(),
+                        id: msg.id,
                         packet: msg.packet.clone(),
+                    }),
+                );
+            }
+            Action::Revoke { from, id } => {
+                shard.on_shard(
+                    from.shard,
+                    ShardMsg::Queue(QueueMsg::Revoked {
+                        to: from,
+                        queue: queue.clone(),
+                        id,
                     }),
                 );
             }
@@ -620,11 +746,16 @@ pub async fn run(shard: Rc<Shard>) {
             .owned
             .borrow()
             .iter()
-            .filter(|(_, q)| q.next_deadline().is_some_and(|d| d <= now))
+            .filter(|(_, o)| o.queue.next_deadline().is_some_and(|d| d <= now))
             .map(|(name, _)| name.clone())
             .collect();
         for name in due {
-            with_queue(&shard, &name, |q, out| q.tick(now, out));
+            with_existing(&shard, &name, now, |q, out| q.tick(now, out));
+        }
+        if now >= shard.queues.next_sweep.get() {
+            shard.queues.next_sweep.set(now + SWEEP_EVERY);
+            let durable_through = shard.queues.wal.borrow().as_ref().map(Wal::durable_through);
+            shard.queues.forget_idle(now, durable_through);
         }
         let checks = std::mem::take(&mut *shard.queues.checks.borrow_mut());
         if !checks.is_empty() {
@@ -654,7 +785,7 @@ async fn check(shard: Rc<Shard>, checks: Vec<Check>) {
     }
     let now = Instant::now();
     for ((queue, id, _), (strict, relaxed)) in checks.into_iter().zip(sums) {
-        with_queue(&shard, &queue, |q, out| {
+        with_existing(&shard, &queue, now, |q, out| {
             q.checked(id, strict, relaxed, now, out)
         });
     }

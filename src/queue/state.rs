@@ -50,6 +50,10 @@ pub enum Action {
     /// Find out whether any connected client matches the target of message
     /// `id`, then call [`Queue::checked`] with the counts.
     Check { id: MsgId, target: Arc<Query> },
+    /// The delivery of `id` to `from` timed out and was taken back: tell
+    /// the consumer's shard it no longer holds it. Always comes before a
+    /// [`Action::Deliver`] of the same message in the same batch.
+    Revoke { from: ConnRef, id: MsgId },
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -171,7 +175,9 @@ impl Queue {
         self.waiting.len()
     }
 
-    /// Nothing held, nobody waiting: the queue may be forgotten.
+    /// Nothing held (pending, in flight or dead-lettered) and nobody
+    /// waiting (so no timer is set either): forgetting the queue loses
+    /// nothing but its counters.
     pub fn is_idle(&self) -> bool {
         self.is_empty() && self.waiting.is_empty()
     }
@@ -254,7 +260,7 @@ impl Queue {
             .map(|(id, _)| *id)
             .collect();
         for id in mine {
-            self.redeliver(id, now, out);
+            self.redeliver(id, false, now, out);
         }
     }
 
@@ -306,7 +312,7 @@ impl Queue {
             if at > now {
                 break;
             }
-            self.redeliver(id, now, out);
+            self.redeliver(id, true, now, out);
         }
         while let Some(&(at, id)) = self.returns.first() {
             if at > now {
@@ -364,12 +370,20 @@ impl Queue {
         self.waiting.iter().copied()
     }
 
-    fn redeliver(&mut self, id: MsgId, now: Instant, out: &mut Vec<Action>) {
+    /// Takes an in-flight message back and puts it in line again; `revoke`
+    /// tells its consumer (which is still connected) first.
+    fn redeliver(&mut self, id: MsgId, revoke: bool, now: Instant, out: &mut Vec<Action>) {
         let Some(f) = self.inflight.remove(&id) else {
             return;
         };
         self.timeouts.remove(&(f.deadline, id));
         self.stats.redelivered += 1;
+        if revoke {
+            out.push(Action::Revoke {
+                from: f.consumer,
+                id,
+            });
+        }
         self.make_pending(f.msg, f.relaxed, now, out);
     }
 

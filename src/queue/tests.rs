@@ -60,6 +60,15 @@ fn delivered(out: &[Action]) -> Vec<(u32, MsgId)> {
         .collect()
 }
 
+fn revoked(out: &[Action]) -> Vec<(u32, MsgId)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Revoke { from, id } => Some((from.client, *id)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn checks(out: &[Action]) -> Vec<MsgId> {
     out.iter()
         .filter_map(|a| match a {
@@ -105,10 +114,14 @@ fn ack_rules_and_timeout_redelivery() {
     q.push(msg(1, None), t, &mut out);
     assert_eq!(q.ack(conn(2), 1).unwrap_err(), AckError::NotYours);
     assert_eq!(q.ack(conn(1), 99).unwrap_err(), AckError::Unknown);
-    // Not acked in time: back in line, to the next credit.
+    // Not acked in time: taken back (its consumer is told), back in line,
+    // to the next credit.
     out.clear();
+    q.tick(t + ACK - Duration::from_millis(1), &mut out);
+    assert!(out.is_empty());
     q.tick(t + ACK, &mut out);
     assert!(delivered(&out).is_empty());
+    assert_eq!(revoked(&out), vec![(1, 1)]);
     assert_eq!(q.depth(), 1);
     q.request(consumer(2, "red"), t + ACK, &mut out);
     assert_eq!(delivered(&out), vec![(2, 1)]);
@@ -131,7 +144,51 @@ fn disconnect_redelivers_at_once_and_drops_credits() {
     out.clear();
     q.gone(conn(1), t, &mut out);
     assert_eq!(delivered(&out), vec![(2, 1)]);
+    assert!(revoked(&out).is_empty(), "nobody left to tell");
     assert_eq!(q.credits(), 0);
+}
+
+#[test]
+fn a_timed_out_message_is_revoked_before_it_is_redelivered_to_the_same_client() {
+    let t = Instant::now();
+    let mut q = Queue::new(ACK, DLQ);
+    let mut out = Vec::new();
+    q.request(consumer(1, "red"), t, &mut out);
+    q.request(consumer(1, "red"), t, &mut out);
+    q.push(msg(1, None), t, &mut out);
+    out.clear();
+    q.tick(t + ACK, &mut out);
+    // The consumer's shard must drop 1 before it counts 1 as held again.
+    assert!(matches!(
+        out.as_slice(),
+        [Action::Revoke { from, id: 1 }, Action::Deliver { to, msg }]
+            if from.client == 1 && to.client == 1 && msg.id == 1
+    ));
+}
+
+#[test]
+fn idle_only_when_nothing_is_held_and_nobody_waits() {
+    let t = Instant::now();
+    let mut q = Queue::new(ACK, DLQ);
+    let mut out = Vec::new();
+    assert!(q.is_idle());
+    q.request(consumer(1, "red"), t, &mut out);
+    assert!(!q.is_idle(), "a credit waits");
+    q.cancel(conn(1));
+    assert!(q.is_idle());
+    q.push(msg(1, Some("blue")), t, &mut out);
+    assert!(!q.is_idle(), "pending");
+    q.checked(1, 0, 0, t, &mut out);
+    assert_eq!(q.dead_letters(), 1);
+    assert!(!q.is_idle(), "dead-lettered");
+    out.clear();
+    q.request(consumer(2, "blue"), t, &mut out);
+    q.tick(t + DLQ, &mut out);
+    assert_eq!(delivered(&out), vec![(2, 1)]);
+    assert!(!q.is_idle(), "in flight");
+    q.ack(conn(2), 1).unwrap();
+    assert!(q.is_idle());
+    assert_eq!(q.next_deadline(), None);
 }
 
 #[test]
@@ -242,6 +299,10 @@ proptest! {
                 }
             }
             let (pending, inflight, dead) = q.ids();
+            // Revocations name the consumer the message was delivered to.
+            for (c, id) in revoked(&out) {
+                prop_assert_eq!(inflight_of.get(&id), Some(&c));
+            }
             // Deliveries reported match the in-flight set.
             inflight_of.retain(|id, _| inflight.contains(id));
             for (c, id) in delivered(&out) {

@@ -5,9 +5,19 @@
 //! `[len: u32 LE][crc32(body): u32 LE][body: len bytes]`, body =
 //! `kind: u8` then for `Enqueue` (1): `id: u64`, queue (u16 length + UTF-8),
 //! target JSON (u32 length + bytes), the consumer's `d` JSON (u32 length +
-//! bytes); for `Deliver` (2) and `Ack` (3): `id: u64`. Ids are unique for
-//! the life of the data directory, so an ack needs no queue name and
-//! recovery is "every enqueue without an ack", whatever the file order.
+//! bytes); for `Ack` (3): `id: u64`. Ids are unique for the life of the
+//! data directory, so an ack needs no queue name and recovery is "every
+//! enqueue without an ack", whatever the file order (which also makes
+//! writing a record twice harmless).
+//!
+//! `Deliver` (2, `id: u64`) records are no longer written, and recovery
+//! reads and ignores the ones older logs hold. Nothing a restart restores
+//! depends on deliveries: the contract (§7) has no delivery-attempt limit
+//! (a message is redelivered until acked, and dead-lettered only when no
+//! connected client matches its target), every message in flight at a
+//! crash is redelivered anyway (its consumer's connection is gone), and
+//! the per-queue counters start afresh with the process. Writing one
+//! record per delivery would only cost log bandwidth.
 //!
 //! # Files
 //!
@@ -31,6 +41,20 @@
 //!   cut or a drive with a volatile write cache may lose confirmed
 //!   messages.
 //!
+//! # Write failures
+//!
+//! A confirm is sent only after the write (and sync) covering its record
+//! succeeded. When a write fails, the segment it went to is abandoned
+//! (never written again; recovery reads it up to its last good record)
+//! and the whole batch is written again, in a fresh segment, at once. If
+//! that fails too, the log is *failed*: the producers still waiting get
+//! `queue storage failed` (with the message's id: it stays queued and is
+//! written when the log recovers, so it may still arrive; at least once),
+//! new QUEUEs are refused with the same error (without an id: not queued),
+//! and every second the writer tries again in a fresh segment. The first
+//! write that succeeds ends the failed state. Acks are never refused: they
+//! wait in memory and are written on recovery.
+//!
 //! # Recovery
 //!
 //! At start, before any shard runs, every segment is read with plain
@@ -48,6 +72,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder};
 use serde_json::Value;
@@ -76,6 +101,8 @@ pub enum Record {
         target: Value,
         d: Value,
     },
+    /// Read from logs of earlier versions, never written (module
+    /// documentation, Records).
     Deliver {
         id: MsgId,
     },
@@ -344,6 +371,8 @@ pub fn recover(config: &Config) -> Result<Recovered, WalError> {
                 Record::Ack { id } => {
                     acked.insert(id);
                 }
+                // Written by earlier versions; nothing to restore from it
+                // (see the module documentation).
                 Record::Deliver { .. } => {}
             }
         }
@@ -409,33 +438,57 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 // The running log of one shard
 // ---------------------------------------------------------------------------
 
+/// A record appended and not yet written.
 struct Pending {
+    /// The segment it goes to.
     seg: u64,
+    /// The message it enqueues, if it is an enqueue.
+    enqueue: Option<MsgId>,
     bytes: Vec<u8>,
-    confirm: Option<(ConnRef, Arc<Dispatch>)>,
+    /// The QUEUE_CONFIRM to send once it is durable, and to whom.
+    confirm: Option<Confirm>,
 }
 
+type Confirm = (ConnRef, Arc<Dispatch>);
+
+/// Consecutive failed writes after which QUEUE is refused: the first
+/// failure is retried at once in a fresh segment (the confirms wait), the
+/// second puts the log in the failed state.
+const GIVE_UP_AFTER: u32 = 2;
+/// How often a failed log tries again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
 /// The shard's log as the owner code sees it: [`Wal::append`] is
-/// synchronous; [`write_loop`] does the I/O.
+/// synchronous; [`write_loop`] does the I/O. Everything here is
+/// bookkeeping without I/O, so the failure handling is unit-tested.
 pub struct Wal {
     policy: FsyncPolicy,
     segment_bytes: u64,
     pending: Vec<Pending>,
     waker: Option<Waker>,
-    failed: bool,
+    /// Consecutive failed writes (0: the last write succeeded).
+    failures: u32,
     /// The segment new records go to, and how full it is.
     seg: u64,
     seg_bytes: u64,
-    /// Unacked enqueues per segment.
+    /// Unacked enqueues per segment; every segment this boot may have
+    /// created has an entry (possibly 0) until it is deleted.
     live: BTreeMap<u64, u64>,
+    /// The segment holding each unacked message: where its enqueue was last
+    /// written, or where it is queued to be if it never was.
     msg_seg: HashMap<MsgId, u64>,
     /// Counters for `GET /api/v1/queues`.
     records: u64,
-    /// Records written (and synced, per the policy).
+    /// Records written (and synced, per the policy). Records are written
+    /// in append order, so record number `n` (see [`Wal::append`]) is
+    /// durable once `written >= n`.
     written: u64,
     bytes: u64,
     syncs: u64,
     confirms: u64,
+    write_errors: u64,
+    /// QUEUE confirms turned into `queue storage failed`.
+    refused: u64,
 }
 
 impl Wal {
@@ -453,7 +506,7 @@ impl Wal {
             segment_bytes,
             pending: Vec::new(),
             waker: None,
-            failed: false,
+            failures: 0,
             seg: 1,
             seg_bytes: 0,
             live,
@@ -463,6 +516,8 @@ impl Wal {
             bytes: 0,
             syncs: 0,
             confirms: 0,
+            write_errors: 0,
+            refused: 0,
         }
     }
 
@@ -476,24 +531,42 @@ impl Wal {
             "syncs": self.syncs,
             "confirms": self.confirms,
             "segments": self.live.len(),
-            "failed": self.failed,
+            "failed": self.is_failed(),
+            "write_errors": self.write_errors,
+            "refused": self.refused,
         })
     }
 
-    /// Queues a record (and the confirm to send once it is durable).
-    /// False if the log has failed: the caller must not confirm.
-    pub fn append(&mut self, record: &Record, confirm: Option<(ConnRef, Arc<Dispatch>)>) -> bool {
-        if self.failed {
-            return false;
+    /// The log cannot be written: new messages are refused until a retry
+    /// succeeds.
+    pub fn is_failed(&self) -> bool {
+        self.failures >= GIVE_UP_AFTER
+    }
+
+    /// How many records are durable: record number `n` is once this is at
+    /// least `n`.
+    pub fn durable_through(&self) -> u64 {
+        self.written
+    }
+
+    /// Queues a record (and the confirm to send once it is durable) and
+    /// returns its number. An enqueue is refused (`None`) while the log is
+    /// failed: the caller must not queue or confirm it. Acks are always
+    /// taken: they are written once the log recovers.
+    pub fn append(&mut self, record: &Record, confirm: Option<Confirm>) -> Option<u64> {
+        if self.is_failed() && matches!(record, Record::Enqueue { .. }) {
+            return None;
         }
         if self.seg_bytes >= self.segment_bytes {
-            self.seg += 1;
-            self.seg_bytes = 0;
+            self.roll();
         }
+        let live = self.live.entry(self.seg).or_insert(0);
+        let mut enqueue = None;
         match record {
             Record::Enqueue { id, .. } => {
-                *self.live.entry(self.seg).or_default() += 1;
+                *live += 1;
                 self.msg_seg.insert(*id, self.seg);
+                enqueue = Some(*id);
             }
             Record::Ack { id } => {
                 if let Some(seg) = self.msg_seg.remove(id)
@@ -511,23 +584,123 @@ impl Wal {
         self.bytes += bytes.len() as u64;
         self.pending.push(Pending {
             seg: self.seg,
+            enqueue,
             bytes,
             confirm,
         });
         if let Some(w) = self.waker.take() {
             w.wake();
         }
-        true
+        Some(self.records)
+    }
+
+    /// Starts a fresh segment for what is appended from now on.
+    fn roll(&mut self) {
+        self.seg += 1;
+        self.seg_bytes = 0;
+        self.live.entry(self.seg).or_insert(0);
+    }
+
+    /// The next records to write (in append order): everything appended,
+    /// or with `--fsync each` up to the next one carrying a confirm.
+    fn take_batch(&mut self) -> Vec<Pending> {
+        let n = match self.policy {
+            FsyncPolicy::Each => self
+                .pending
+                .iter()
+                .position(|p| p.confirm.is_some())
+                .map_or(self.pending.len(), |i| i + 1),
+            FsyncPolicy::Group | FsyncPolicy::None => self.pending.len(),
+        };
+        self.pending.drain(..n).collect()
+    }
+
+    /// `batch` is durable: returns the confirms to send.
+    fn batch_written(&mut self, batch: Vec<Pending>) -> Vec<Confirm> {
+        self.failures = 0;
+        self.syncs += u64::from(self.policy != FsyncPolicy::None);
+        self.written += batch.len() as u64;
+        let mut confirms = Vec::new();
+        for p in batch {
+            // A message rewritten after a failure now lives in the segment
+            // it was rewritten to.
+            if let Some(id) = p.enqueue
+                && let Some(seg) = self.msg_seg.get_mut(&id)
+                && *seg != p.seg
+            {
+                if let Some(n) = self.live.get_mut(seg) {
+                    *n = n.saturating_sub(1);
+                }
+                *seg = p.seg;
+                *self.live.entry(p.seg).or_insert(0) += 1;
+            }
+            confirms.extend(p.confirm);
+        }
+        self.confirms += confirms.len() as u64;
+        confirms
+    }
+
+    /// Writing `batch` failed: nothing in it counts as durable. It goes
+    /// back in front of what was appended since, all of it bound for a
+    /// fresh segment (the one that failed is never written again). Once
+    /// the log is failed, returns the confirms that will not be sent: the
+    /// callers get `queue storage failed` instead of waiting. Their
+    /// messages stay queued and are written when the log recovers.
+    fn batch_failed(&mut self, mut batch: Vec<Pending>) -> Vec<Confirm> {
+        self.failures += 1;
+        self.write_errors += 1;
+        self.roll();
+        batch.append(&mut self.pending);
+        for p in &mut batch {
+            p.seg = self.seg;
+            self.seg_bytes += p.bytes.len() as u64;
+        }
+        self.pending = batch;
+        if !self.is_failed() {
+            return Vec::new();
+        }
+        let refused: Vec<Confirm> = self
+            .pending
+            .iter_mut()
+            .filter_map(|p| p.confirm.take())
+            .collect();
+        self.refused += refused.len() as u64;
+        refused
+    }
+
+    /// The oldest segment that may be deleted now: all its messages acked,
+    /// every older one gone, and older than `current` (the one open) and
+    /// the one new records go to.
+    fn deletable(&mut self, current: Option<u64>) -> Option<u64> {
+        let (&seg, &live) = self.live.first_key_value()?;
+        if live > 0 || Some(seg) >= current || seg >= self.seg {
+            return None;
+        }
+        self.live.pop_first();
+        Some(seg)
     }
 }
 
 /// Writes what [`Wal::append`] queued, syncing per the policy, and sends
-/// the confirms the sync covers. Runs for the life of the shard.
+/// the confirms the sync covers. A failed write is retried at once in a
+/// fresh segment; if that fails too, the log is failed: waiting confirms
+/// become `queue storage failed`, new QUEUEs are refused, and the writer
+/// tries again every [`RETRY_EVERY`] (each time in a fresh segment) until a
+/// write succeeds. Runs for the life of the shard.
 pub async fn write_loop(shard: Rc<Shard>, boot: u64) {
     let dir = shard.config.data_dir.clone();
     // Segment 0 of this boot holds what recovery rewrote (if anything).
     let mut open: Option<(u64, DmaStreamWriter)> = None;
     loop {
+        let failed = shard
+            .queues
+            .wal
+            .borrow()
+            .as_ref()
+            .is_some_and(Wal::is_failed);
+        if failed {
+            glommio::timer::sleep(RETRY_EVERY).await;
+        }
         let batch = std::future::poll_fn(|cx| {
             let mut wal = shard.queues.wal.borrow_mut();
             let Some(wal) = wal.as_mut() else {
@@ -537,19 +710,7 @@ pub async fn write_loop(shard: Rc<Shard>, boot: u64) {
                 wal.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            let take = match wal.policy {
-                FsyncPolicy::Each => {
-                    // Up to and including the first record with a confirm.
-                    let n = wal
-                        .pending
-                        .iter()
-                        .position(|p| p.confirm.is_some())
-                        .map_or(wal.pending.len(), |i| i + 1);
-                    wal.pending.drain(..n).collect()
-                }
-                _ => std::mem::take(&mut wal.pending),
-            };
-            Poll::Ready(Some((take, wal.policy)))
+            Poll::Ready(Some((wal.take_batch(), wal.policy)))
         })
         .await;
         let Some((batch, policy)) = batch else {
@@ -557,43 +718,62 @@ pub async fn write_loop(shard: Rc<Shard>, boot: u64) {
         };
         match write_batch(&shard, &dir, boot, &mut open, &batch, policy).await {
             Ok(()) => {
-                if let Some(w) = shard.queues.wal.borrow_mut().as_mut() {
-                    w.syncs += u64::from(policy != FsyncPolicy::None);
-                    w.written += batch.len() as u64;
-                    w.confirms += batch.iter().filter(|p| p.confirm.is_some()).count() as u64;
-                }
-                for p in batch {
-                    if let Some((to, confirm)) = p.confirm {
-                        shard.on_shard(
-                            to.shard,
-                            ShardMsg::Deliver {
-                                target: to,
-                                packet: confirm,
-                            },
-                        );
+                let confirms = {
+                    let mut wal = shard.queues.wal.borrow_mut();
+                    let Some(wal) = wal.as_mut() else { return };
+                    if wal.is_failed() {
+                        tracing::info!(shard = shard.id, dir = %dir.display(),
+                            "queue log writable again; QUEUE is accepted again");
                     }
+                    wal.batch_written(batch)
+                };
+                for (to, confirm) in confirms {
+                    shard.on_shard(
+                        to.shard,
+                        ShardMsg::Deliver {
+                            target: to,
+                            packet: confirm,
+                        },
+                    );
                 }
                 delete_done(&shard, &dir, boot, open.as_ref().map(|o| o.0)).await;
             }
             Err(e) => {
-                tracing::error!(shard = shard.id, error = %e, dir = %dir.display(),
-                    "queue log write failed; QUEUE is refused from now on");
-                if let Some(w) = shard.queues.wal.borrow_mut().as_mut() {
-                    w.failed = true;
+                // Whatever reached the segment is not trusted: it is never
+                // written again, and the batch goes to a fresh one.
+                open = None;
+                let (refused, was_failed, failed) = {
+                    let mut wal = shard.queues.wal.borrow_mut();
+                    let Some(wal) = wal.as_mut() else { return };
+                    let was_failed = wal.is_failed();
+                    let refused = wal.batch_failed(batch);
+                    (refused, was_failed, wal.is_failed())
+                };
+                if !failed {
+                    tracing::warn!(shard = shard.id, error = %e, dir = %dir.display(),
+                        "queue log write failed; retrying in a fresh segment");
+                } else if !was_failed {
+                    tracing::error!(shard = shard.id, error = %e, dir = %dir.display(),
+                        retry_ms = RETRY_EVERY.as_millis() as u64,
+                        "queue log cannot be written; QUEUE is refused until a retry succeeds");
+                } else {
+                    tracing::debug!(shard = shard.id, error = %e, "queue log retry failed");
                 }
-                for p in batch {
-                    if let Some((to, _)) = p.confirm {
-                        shard.on_shard(
-                            to.shard,
-                            ShardMsg::Queue(super::msg::QueueMsg::Invalid {
-                                to,
-                                error: errors::STORAGE_FAILED,
-                                extra: Value::String(e.to_string()),
-                            }),
-                        );
+                let error = e.to_string();
+                for (to, confirm) in refused {
+                    let mut extra = confirm.d.clone();
+                    if let Some(o) = extra.as_object_mut() {
+                        o.insert("error".into(), Value::String(error.clone()));
                     }
+                    shard.on_shard(
+                        to.shard,
+                        ShardMsg::Queue(super::msg::QueueMsg::Invalid {
+                            to,
+                            error: errors::STORAGE_FAILED,
+                            extra,
+                        }),
+                    );
                 }
-                return;
             }
         }
     }
@@ -615,7 +795,9 @@ async fn write_batch(
             }
             lock_dir(dir, true)?;
             let path = dir.join(segment_name(boot, shard.id, p.seg));
-            let file = DmaFile::create(&path).await?;
+            let file = DmaFile::create(&path).await.map_err(|e| {
+                std::io::Error::other(format!("cannot create {}: {e}", path.display()))
+            })?;
             sync_dir(dir)?;
             let writer = DmaStreamWriterBuilder::new(file)
                 .with_buffer_size(WRITE_BUFFER)
@@ -640,17 +822,14 @@ async fn write_batch(
 /// Deletes the oldest segments whose messages are all acked.
 async fn delete_done(shard: &Shard, dir: &Path, boot: u64, current: Option<u64>) {
     loop {
-        let seg = {
-            let mut wal = shard.queues.wal.borrow_mut();
-            let Some(wal) = wal.as_mut() else { return };
-            let Some((&seg, &live)) = wal.live.first_key_value() else {
-                return;
-            };
-            if live > 0 || Some(seg) >= current || seg >= wal.seg {
-                return;
-            }
-            wal.live.pop_first();
-            seg
+        let Some(seg) = shard
+            .queues
+            .wal
+            .borrow_mut()
+            .as_mut()
+            .and_then(|w| w.deletable(current))
+        else {
+            return;
         };
         let path = dir.join(segment_name(boot, shard.id, seg));
         if let Err(e) = std::fs::remove_file(&path)
@@ -715,6 +894,213 @@ mod tests {
         let mut bad = buf.clone();
         bad[first.len() + 9] ^= 0x40;
         assert_eq!(Record::decode_all(&bad).0.len(), 1);
+    }
+
+    fn enqueue(id: MsgId) -> Record {
+        Record::Enqueue {
+            id,
+            queue: "jobs".into(),
+            target: json!({"application": "a"}),
+            d: json!({"nonce": id, "payload": {"queue": "jobs", "id": id.to_string(), "payload": "x"}}),
+        }
+    }
+
+    fn confirm(id: MsgId) -> Option<Confirm> {
+        let to = ConnRef {
+            shard: 0,
+            client: 1,
+            conn: 1,
+        };
+        let d = json!({"queue": "jobs", "id": id.to_string(), "nonce": id});
+        Some((
+            to,
+            Arc::new(Dispatch {
+                t: "QUEUE_CONFIRM",
+                d,
+            }),
+        ))
+    }
+
+    fn confirmed(confirms: &[Confirm]) -> Vec<String> {
+        confirms
+            .iter()
+            .map(|(_, c)| c.d["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn confirms_only_what_was_written() {
+        let mut wal = Wal::new(FsyncPolicy::Group, 1 << 20, &[]);
+        assert_eq!(wal.append(&enqueue(1), confirm(1)), Some(1));
+        assert_eq!(wal.append(&enqueue(2), confirm(2)), Some(2));
+        let batch = wal.take_batch();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(wal.append(&Record::Ack { id: 1 }, None), Some(3));
+        assert_eq!(wal.durable_through(), 0);
+        assert_eq!(confirmed(&wal.batch_written(batch)), ["1", "2"]);
+        assert_eq!(wal.durable_through(), 2, "the ack is not written yet");
+        let batch = wal.take_batch();
+        assert!(wal.batch_written(batch).is_empty());
+        assert_eq!(wal.durable_through(), 3);
+    }
+
+    #[test]
+    fn each_policy_takes_one_confirm_per_batch() {
+        let mut wal = Wal::new(FsyncPolicy::Each, 1 << 20, &[]);
+        wal.append(&Record::Ack { id: 9 }, None);
+        wal.append(&enqueue(1), confirm(1));
+        wal.append(&enqueue(2), confirm(2));
+        assert_eq!(wal.take_batch().len(), 2);
+        assert_eq!(wal.take_batch().len(), 1);
+        assert!(wal.take_batch().is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_in_a_fresh_segment_then_refuses_until_it_recovers() {
+        let mut wal = Wal::new(FsyncPolicy::Group, 1 << 20, &[]);
+        wal.append(&enqueue(1), confirm(1));
+        wal.append(&enqueue(2), confirm(2));
+        let batch = wal.take_batch();
+        let first_seg = batch[0].seg;
+        wal.append(&enqueue(3), confirm(3));
+
+        // First failure: retried at once, in a fresh segment, confirms kept.
+        assert!(wal.batch_failed(batch).is_empty());
+        assert!(!wal.is_failed());
+        assert_eq!(wal.write_errors, 1);
+        let retry = wal.take_batch();
+        let ids: Vec<_> = retry.iter().map(|p| p.enqueue).collect();
+        assert_eq!(ids, [Some(1), Some(2), Some(3)], "in append order");
+        assert!(retry.iter().all(|p| p.seg > first_seg));
+        assert!(retry.iter().all(|p| p.confirm.is_some()));
+        let second_seg = retry[0].seg;
+
+        // Second failure in a row: failed; every waiting confirm is refused.
+        assert_eq!(confirmed(&wal.batch_failed(retry)), ["1", "2", "3"]);
+        assert!(wal.is_failed());
+        assert_eq!(wal.append(&enqueue(4), confirm(4)), None, "QUEUE refused");
+        assert_eq!(
+            wal.append(&Record::Ack { id: 1 }, None),
+            Some(4),
+            "acks are kept for later"
+        );
+        assert_eq!(wal.durable_through(), 0);
+        assert_eq!(wal.stats(0)["failed"], json!(true));
+        assert_eq!(wal.stats(0)["refused"], json!(3));
+
+        // A retry that fails again changes nothing but the segment.
+        let batch = wal.take_batch();
+        assert_eq!(batch.len(), 4);
+        assert!(wal.batch_failed(batch).is_empty());
+        assert!(wal.is_failed());
+
+        // The retry that works: the messages are durable (unconfirmed: their
+        // producers were told), the log takes new messages again.
+        let batch = wal.take_batch();
+        let third_seg = batch[0].seg;
+        assert!(third_seg > second_seg);
+        assert!(
+            batch
+                .iter()
+                .all(|p| p.seg == third_seg && p.confirm.is_none())
+        );
+        assert!(wal.batch_written(batch).is_empty());
+        assert!(!wal.is_failed());
+        assert_eq!(wal.durable_through(), 4);
+        assert_eq!(wal.append(&enqueue(5), confirm(5)), Some(5));
+        assert_eq!(wal.stats(0)["failed"], json!(false));
+
+        // The abandoned segments hold nothing live: they go, the one the
+        // rewritten messages are in stays.
+        assert_eq!(wal.msg_seg[&2], third_seg);
+        assert_eq!(wal.live[&third_seg], 3, "2, 3 and 5; 1 is acked");
+        let mut deleted = Vec::new();
+        while let Some(seg) = wal.deletable(Some(third_seg)) {
+            deleted.push(seg);
+        }
+        assert!(deleted.contains(&first_seg) && deleted.contains(&second_seg));
+        assert!(deleted.iter().all(|s| *s < third_seg), "{deleted:?}");
+    }
+
+    #[test]
+    fn a_segment_is_kept_while_its_messages_wait_to_be_rewritten() {
+        let mut wal = Wal::new(FsyncPolicy::Group, 1 << 20, &[]);
+        wal.append(&enqueue(1), confirm(1));
+        let batch = wal.take_batch();
+        let seg = batch[0].seg;
+        assert_eq!(confirmed(&wal.batch_written(batch)), ["1"]);
+        // 2 goes to the same segment, whose next write fails.
+        wal.append(&enqueue(2), confirm(2));
+        let batch = wal.take_batch();
+        wal.batch_failed(batch);
+        wal.append(&Record::Ack { id: 1 }, None);
+        // 1 is acked, but 2 is not written anywhere yet: `seg` may hold
+        // its only copy, so it stays even once a later segment is open.
+        assert_eq!(wal.deletable(Some(seg + 5)), None);
+        let batch = wal.take_batch();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(confirmed(&wal.batch_written(batch)), ["2"]);
+        assert_eq!(wal.deletable(Some(seg + 1)), Some(seg));
+    }
+
+    #[test]
+    fn acked_segments_are_deleted_oldest_first_even_without_enqueues() {
+        // Every record fills a segment.
+        let mut wal = Wal::new(FsyncPolicy::Group, 16, &[]);
+        wal.append(&enqueue(1), None);
+        wal.append(&Record::Ack { id: 1 }, None); // acks only
+        wal.append(&Record::Ack { id: 1 }, None); // acks only
+        wal.append(&enqueue(3), None);
+        let batch = wal.take_batch();
+        wal.batch_written(batch);
+        let current = wal.seg;
+        assert_eq!(current, 4);
+        let mut deleted = Vec::new();
+        while let Some(seg) = wal.deletable(Some(current)) {
+            deleted.push(seg);
+        }
+        assert_eq!(deleted, (1..current).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn recovery_ignores_deliver_records_of_older_logs() {
+        let dir = std::env::temp_dir().join(format!("singyeong-wal-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut buf = Vec::new();
+        for r in [
+            enqueue(1 << 8),
+            Record::Deliver { id: 1 << 8 },
+            enqueue(2 << 8),
+            Record::Deliver { id: 2 << 8 },
+            Record::Ack { id: 1 << 8 },
+            Record::Deliver { id: 2 << 8 },
+            enqueue(3 << 8),
+        ] {
+            r.encode(&mut buf);
+        }
+        std::fs::write(dir.join(segment_name(1, 0, 1)), &buf).unwrap();
+        let flags = <crate::config::Flags as clap::Parser>::parse_from([
+            "singyeong",
+            "--shards",
+            "1",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ]);
+        let config = Config::from_flags(flags).unwrap();
+        let recovered = recover(&config).unwrap();
+        let ids: Vec<MsgId> = recovered.shards[0].iter().map(|r| r.msg.id).collect();
+        assert_eq!(ids, [2 << 8, 3 << 8]);
+        // Rewritten into one fresh segment without them.
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let (records, _) = Record::decode_all(&std::fs::read(&files[0]).unwrap());
+        assert_eq!(records, [enqueue(2 << 8), enqueue(3 << 8)]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
