@@ -47,6 +47,9 @@ pub struct Config {
     pub max_http_body: usize,
     /// How long an idle shard spins before parking (0: park at once).
     pub spin_before_park: Duration,
+    /// Longest a broadcast frame is held back to share a write with the
+    /// next ones (0: each is written at once); see `gateway::flush_loop`.
+    pub broadcast_linger: Duration,
     pub log: String,
     /// This node's name, shown as `node` in client objects.
     pub node_name: String,
@@ -84,6 +87,7 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
 pub const DEFAULT_MAX_METADATA_SIZE: usize = 64 << 10;
 pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 8 << 20;
 pub const DEFAULT_MAX_HTTP_BODY: usize = 1 << 20;
+pub const DEFAULT_BROADCAST_LINGER_US: u64 = 10_000;
 pub const DEFAULT_PROXY_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_PROXY_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_PROXY_MAX_BODY: usize = 64 << 20;
@@ -138,6 +142,9 @@ pub struct Flags {
     /// Microseconds an idle shard spins before it sleeps: lower cross-shard latency for a busy core; 0 sleeps at once [default: 0]
     #[arg(long, env = "SPIN_BEFORE_PARK")]
     spin_before_park: Option<u64>,
+    /// Longest time, in microseconds, broadcast frames are held back so that a stream of broadcasts reaches each recipient in fewer, larger writes; holds happen only while the server is more than half busy writing broadcasts, and anything that is not a broadcast goes at once; 0 writes every broadcast at once [default: 10000]
+    #[arg(long, env = "BROADCAST_LINGER")]
+    broadcast_linger: Option<u64>,
     /// Log filter (tracing EnvFilter syntax, e.g. "info" or "singyeong=debug") [default: info]
     #[arg(long, env = "LOG")]
     log: Option<String>,
@@ -203,6 +210,7 @@ struct FileConfig {
     max_outbound_bytes: Option<usize>,
     max_http_body: Option<usize>,
     spin_before_park: Option<u64>,
+    broadcast_linger: Option<u64>,
     log: Option<String>,
     node_name: Option<String>,
     proxy_connect_timeout: Option<u64>,
@@ -284,6 +292,12 @@ impl Config {
                     .spin_before_park
                     .or(file.spin_before_park)
                     .unwrap_or(0),
+            ),
+            broadcast_linger: Duration::from_micros(
+                flags
+                    .broadcast_linger
+                    .or(file.broadcast_linger)
+                    .unwrap_or(DEFAULT_BROADCAST_LINGER_US),
             ),
             log: flags.log.or(file.log).unwrap_or_else(|| "info".into()),
             node_name: flags.node_name.or(file.node_name).unwrap_or_else(host_name),

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 
 use crate::config::Config;
 use crate::http::serve::serve;
@@ -182,6 +182,14 @@ async fn run_shard(
     tracing::debug!(shard = id, %bound, "listening");
 
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+    let flush_queue =
+        glommio::executor().create_task_queue(Shares::default(), Latency::NotImportant, "flush");
+    let flusher = glommio::spawn_local_into(
+        crate::gateway::flush_loop(shard.flush.clone(), shard.config.broadcast_linger),
+        flush_queue,
+    )
+    .expect("the task queue was just created")
+    .detach();
     let reaper = glommio::spawn_local(reap_loop(shard.clone())).detach();
     let queue_task =
         glommio::spawn_local(crate::queue::run(shard.clone(), queues.0, queues.1)).detach();
@@ -220,6 +228,7 @@ async fn run_shard(
     }
     reaper.cancel();
     queue_task.cancel();
+    flusher.cancel();
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {

@@ -37,6 +37,7 @@ both!(
     query_nodes_lists_exactly_the_matches,
     nonces_and_payloads_of_every_kind_arrive_unchanged,
     a_broadcast_reaches_hundreds_of_clients_exactly_once,
+    held_broadcasts_and_sends_arrive_complete_and_in_order,
 );
 
 fn start(shards: usize, extra: &[&str]) -> Server {
@@ -695,6 +696,52 @@ fn a_broadcast_reaches_hundreds_of_clients_exactly_once(shards: usize) {
         }
     }
     let mut refs: Vec<&mut Client> = many.iter_mut().collect();
+    expect_all_quiet(&mut refs, QUIET);
+}
+
+/// Broadcasts that follow each other closely are held and written in
+/// rounds (see `--broadcast-linger`), while a SEND is written at once,
+/// taking the held broadcasts queued before it along: every client still gets every
+/// broadcast once and in order, and the SEND's target gets the SENDs
+/// between them exactly where they were sent.
+fn held_broadcasts_and_sends_arrive_complete_and_in_order(shards: usize) {
+    let server = start(shards, &["--broadcast-linger", "200000"]);
+    let mut s = Client::ready(&server, Json, "senders", "s");
+    let special = json!({"metadata": {"special": {"type": "boolean", "value": true}}});
+    let mut target = Client::ready_with(&server, Msgpack, "fans", "special", special);
+    let mut fans: Vec<Client> = (0..120)
+        .map(|i| Client::ready(&server, ALL_ENCODINGS[i % 3], "fans", &format!("f{i}")))
+        .collect();
+    assert_eq!(s.query_ids(query("fans")).len(), 121);
+    const ROUNDS: usize = 40;
+    for round in 0..ROUNDS {
+        s.broadcast(query("fans"), json!(format!("b{round}")), json!(round));
+        s.send_to(
+            query_ops("fans", json!([op("/special", "$eq", json!(true))])),
+            json!(format!("s{round}")),
+            json!(round),
+        );
+        // Paced by a round trip, the next broadcast comes while the
+        // flusher is still in the round that wrote this one: it is held.
+        s.sync();
+    }
+    for round in 0..ROUNDS {
+        assert_eq!(
+            target.expect_dispatch("BROADCAST")["nonce"],
+            json!(format!("b{round}"))
+        );
+        assert_eq!(
+            target.expect_dispatch("SEND")["nonce"],
+            json!(format!("s{round}"))
+        );
+    }
+    for c in fans.iter_mut() {
+        for round in 0..ROUNDS {
+            let d = c.expect_dispatch("BROADCAST");
+            assert_eq!(d["nonce"], json!(format!("b{round}")), "{}", c.label());
+        }
+    }
+    let mut refs: Vec<&mut Client> = fans.iter_mut().chain([&mut target]).collect();
     expect_all_quiet(&mut refs, QUIET);
 }
 

@@ -3,6 +3,8 @@
 
 pub mod connection;
 pub mod session;
+mod writer;
 
 pub use connection::run;
 pub use session::Session;
+pub use writer::flush_loop;

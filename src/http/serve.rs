@@ -60,7 +60,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                     // The connection continues as a task of its own, so its
                     // long idle life carries only websocket state, not this
                     // HTTP future's.
-                    let ws = gateway::run(shard, stream, std::mem::take(&mut buf), session);
+                    let max_frame_size = shard.config.max_frame_size;
+                    let ws =
+                        gateway::run(max_frame_size, stream, std::mem::take(&mut buf), session);
                     glommio::spawn_local(ws).detach();
                 }
                 Err(response) => {

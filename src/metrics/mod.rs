@@ -42,6 +42,7 @@ pub struct ShardMetrics {
     routing_sum: Cell<f64>,
     outbound_drops: Cell<u64>,
     slow_consumers: Cell<u64>,
+    socket_writes: Cell<u64>,
 }
 
 fn bump(cell: &Cell<u64>, by: u64) {
@@ -95,6 +96,11 @@ impl ShardMetrics {
         bump(&self.slow_consumers, 1);
     }
 
+    /// One write of coalesced data frames to a websocket's socket.
+    pub fn socket_write(&self) {
+        bump(&self.socket_writes, 1);
+    }
+
     /// A copy of every counter, with the gauges the shard reads at the time.
     pub fn snapshot(&self, shard: usize, gauges: Gauges, queues: Vec<QueueRow>) -> Snapshot {
         let read = |cells: &[Cell<u64>]| cells.iter().map(Cell::get).collect();
@@ -111,6 +117,7 @@ impl ShardMetrics {
             routing_sum: self.routing_sum.get(),
             outbound_drops: self.outbound_drops.get(),
             slow_consumers: self.slow_consumers.get(),
+            socket_writes: self.socket_writes.get(),
             queues,
         }
     }
@@ -142,6 +149,7 @@ pub struct Snapshot {
     pub routing_sum: f64,
     pub outbound_drops: u64,
     pub slow_consumers: u64,
+    pub socket_writes: u64,
     /// The queues the shard owns.
     pub queues: Vec<QueueRow>,
 }

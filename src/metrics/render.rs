@@ -213,6 +213,11 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         "Connections closed because their outbound queue passed its limit",
         |s| s.slow_consumers,
     );
+    counter(
+        "socket_writes",
+        "Writes of data frames to websocket sockets (frames queued for one connection go out in one write: packets_out over this is the coalescing)",
+        |s| s.socket_writes,
+    );
     queue_families(&mut registry, snapshots);
     registry.register_with_unit(
         "routing_latency",

@@ -4,6 +4,7 @@
 //! [`Shard::scatter`] to ask every shard and gather their replies.
 
 pub mod conn;
+pub mod flush;
 pub mod mesh;
 pub mod message;
 
@@ -25,7 +26,7 @@ use crate::metrics::{Gauges, ShardMetrics};
 use crate::protocol::{self, Encoding, op};
 use crate::query::Query;
 use crate::routing::{local_pick, matching};
-pub use conn::{ConnHandle, now_ms};
+pub use conn::{ConnHandle, Flushing, now_ms};
 pub use mesh::Mesh;
 pub use message::{ConnRef, Dispatch, Reply, ReplyTo, ShardMsg};
 
@@ -49,6 +50,8 @@ pub struct Shard {
     pub rng: RefCell<fastrand::Rng>,
     shutting_down: Cell<bool>,
     pub metrics: Rc<ShardMetrics>,
+    /// Connections with frames for the shard's flusher to write.
+    pub flush: Rc<flush::FlushList>,
     /// The queues this shard owns and its clients' credits (src/queue).
     pub queues: crate::queue::ShardQueues,
 }
@@ -81,6 +84,7 @@ impl Shard {
             rng: RefCell::new(fastrand::Rng::new()),
             shutting_down: Cell::new(false),
             metrics: Rc::default(),
+            flush: Rc::default(),
             queues,
         }
     }
@@ -284,7 +288,7 @@ impl Shard {
         let mut frames = EncodedOnce::new(packet);
         let mut count = 0;
         for conn in matching(&store, query).filter_map(|idx| clients.get(&idx)) {
-            conn.push(op::DISPATCH, frames.get(conn.encoding));
+            conn.push_broadcast(op::DISPATCH, frames.get(conn.encoding));
             count += 1;
         }
         count
@@ -408,6 +412,7 @@ impl Shard {
             encoding,
             peer,
             self.metrics.clone(),
+            self.flush.clone(),
             self.config.max_outbound_bytes,
             std::time::Instant::now(),
         ));
