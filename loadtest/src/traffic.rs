@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
@@ -51,6 +51,10 @@ pub struct Plan {
 /// The most messages one sender writes before it yields to read (an open-loop
 /// sender far behind its schedule catches up in slices).
 const MAX_BATCH: u64 = 1024;
+
+/// The most frames a connection reads in a row without looking at its
+/// timers and signals.
+const DRAIN: usize = 64;
 
 /// Where receivers credit deliveries back to one sender.
 #[derive(Default)]
@@ -414,25 +418,22 @@ pub async fn drive(
             biased;
             _ = stop.wait() => break End::Asked,
             _ = notified(kick) => break End::Kicked,
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(end) = reader.frame(text.as_bytes(), &mut inbox, sending.as_ref()) {
-                        break end;
+            msg = ws.next() => {
+                // Read whatever else has already arrived before going round
+                // the select again: building and dropping its futures costs
+                // more than handling a frame.
+                let mut end = reader.message(msg, &mut inbox, sending.as_ref());
+                for _ in 0..DRAIN {
+                    if end.is_some() {
+                        break;
                     }
+                    let Some(msg) = ws.next().now_or_never() else { break };
+                    end = reader.message(msg, &mut inbox, sending.as_ref());
                 }
-                Some(Ok(Message::Binary(data))) => {
-                    if let Some(end) = reader.frame(&data, &mut inbox, sending.as_ref()) {
-                        break end;
-                    }
+                if let Some(end) = end {
+                    break end;
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    let why = frame.map_or_else(|| "no close frame".to_string(), |f| format!("code {} {:?}", f.code, f.reason.as_str()));
-                    break End::Lost(format!("closed by the server ({why})"));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break End::Lost(format!("websocket: {e}")),
-                None => break End::Lost("connection closed".into()),
-            },
+            }
             _ = tick(beat.as_mut()) => {
                 let packet = keepalive.as_ref().expect("timer only with keepalive").packet.clone();
                 if let Err(e) = ws.send(Message::Text(packet)).await {
@@ -497,6 +498,29 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     /// Handles one frame; returns `Some` when the server is ending the connection.
+    /// Handles what the websocket gave: a frame, a close, an error or its end.
+    fn message(
+        &mut self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        inbox: &mut Inbox,
+        sending: Option<&Sending>,
+    ) -> Option<End> {
+        match msg {
+            Some(Ok(Message::Text(text))) => self.frame(text.as_bytes(), inbox, sending),
+            Some(Ok(Message::Binary(data))) => self.frame(&data, inbox, sending),
+            Some(Ok(Message::Close(frame))) => {
+                let why = frame.map_or_else(
+                    || "no close frame".to_string(),
+                    |f| format!("code {} {:?}", f.code, f.reason.as_str()),
+                );
+                Some(End::Lost(format!("closed by the server ({why})")))
+            }
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some(End::Lost(format!("websocket: {e}"))),
+            None => Some(End::Lost("connection closed".into())),
+        }
+    }
+
     fn frame(&mut self, data: &[u8], inbox: &mut Inbox, sending: Option<&Sending>) -> Option<End> {
         match inbox {
             Inbox::Singyeong => match std::str::from_utf8(data) {
@@ -557,6 +581,11 @@ impl Reader<'_> {
 
     /// Handles one singyeong packet.
     fn packet(&self, text: &str, sending: Option<&Sending>) -> Option<End> {
+        // Nearly every packet is a delivery: read it in one pass.
+        if let Some(stamp) = wire::delivery(text) {
+            self.delivery(stamp);
+            return None;
+        }
         let (tally, shared) = (&self.shared.tally, self.shared);
         let packet = match Inbound::parse(text) {
             Ok(p) => p,

@@ -155,6 +155,26 @@ pub struct Inbound<'a> {
     pub d: Option<&'a RawValue>,
 }
 
+/// The stamp of a SEND or BROADCAST delivery, read in one pass; `None` for
+/// any other packet, or a delivery whose payload is not a stamp (the
+/// caller then reads it with [`Inbound`] and tells which).
+pub fn delivery(text: &str) -> Option<Stamp> {
+    #[derive(Deserialize)]
+    struct Delivery<'a> {
+        op: u8,
+        #[serde(borrow)]
+        t: Cow<'a, str>,
+        d: Payload,
+    }
+    #[derive(Deserialize)]
+    struct Payload {
+        payload: Stamp,
+    }
+    let packet: Delivery = serde_json::from_str(text).ok()?;
+    (packet.op == OP_DISPATCH && matches!(&*packet.t, "SEND" | "BROADCAST"))
+        .then_some(packet.d.payload)
+}
+
 impl<'a> Inbound<'a> {
     pub fn parse(text: &'a str) -> Result<Inbound<'a>, serde_json::Error> {
         serde_json::from_str(text)
@@ -210,6 +230,30 @@ impl<'a> Inbound<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deliveries_are_read_in_one_pass_and_nothing_else_is() {
+        let stamp = r#"{"t":5,"s":1,"a":0,"r":3,"pad":"xx"}"#;
+        let packet = |op: u8, t: &str, payload: &str| {
+            format!(r#"{{"op":{op},"t":"{t}","d":{{"nonce":null,"payload":{payload}}},"ts":1}}"#)
+        };
+        let want = Stamp {
+            t: 5,
+            s: 1,
+            a: 0,
+            r: 3,
+            g: -1,
+        };
+        assert_eq!(delivery(&packet(4, "SEND", stamp)), Some(want));
+        assert_eq!(delivery(&packet(4, "BROADCAST", stamp)), Some(want));
+        assert_eq!(delivery(&packet(4, "QUERY_NODES", stamp)), None);
+        assert_eq!(delivery(&packet(3, "SEND", stamp)), None);
+        assert_eq!(delivery(&packet(4, "SEND", r#"{"t":"late"}"#)), None);
+        assert_eq!(
+            delivery(r#"{"op":0,"d":{"heartbeat_interval":45000}}"#),
+            None
+        );
+    }
 
     #[test]
     fn dispatch_round_trips_through_a_delivery() {
