@@ -100,6 +100,22 @@ fn counters_move_with_traffic_on_every_shard() {
         ),
         6.0
     );
+    // Every packet went out in some write, and no write was empty.
+    let packets_out: f64 = (0..=8)
+        .map(|op| {
+            total(
+                &after,
+                "singyeong_packets_out_total",
+                &format!("op=\"{op}\""),
+                shards,
+            )
+        })
+        .sum();
+    let writes = total(&after, "singyeong_socket_writes_total", "", shards);
+    assert!(
+        writes > 0.0 && writes <= packets_out,
+        "{writes} writes for {packets_out} packets"
+    );
     assert!(after.ends_with("# EOF\n"));
 }
 
