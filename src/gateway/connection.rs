@@ -1,14 +1,16 @@
-//! One websocket connection's I/O: tungstenite's protocol state driven over
-//! a glommio socket. This file owns framing and buffering and nothing else;
-//! what a packet means is the session's business.
+//! One websocket connection's task: tungstenite's protocol state driven
+//! over a glommio socket. This file owns reading and the connection's own
+//! writes (pongs, the close handshake, a write the socket took only part
+//! of); what a packet means is the session's business, and queued frames
+//! are usually written by the shard's flusher (see `gateway::writer`).
 //!
 //! tungstenite is sans-async: it reads from and writes to a `std::io`
-//! stream. [`Io`] is that stream, built for the duration of one poll: a read
+//! stream. `Io` is that stream, built for the duration of one poll: a read
 //! or write the socket cannot do now returns `WouldBlock` and leaves the
 //! task's waker registered with glommio's reactor, so the connection task
-//! sleeps until the socket or its outbound queue has work for it. One task
-//! per connection both reads and writes; nothing is cancelled and no read is
-//! pending in the kernel with a buffer attached while the client is idle.
+//! sleeps until the socket or its outbound queue has work for it. Nothing is
+//! cancelled and no read is pending in the kernel with a buffer attached
+//! while the client is idle.
 
 use std::future::poll_fn;
 use std::io;
@@ -104,8 +106,9 @@ impl Connection {
                 Event::End => break,
             }
         }
-        // The flusher must not touch the socket once it is closed (and its
-        // descriptor possibly reused).
+        // Close the socket now, not when the last handle to the connection
+        // goes (a delivery in flight may hold one); the flusher finds it
+        // gone.
         conn.set_direct(false);
         drop(conn.stream.take());
         self.session.end();

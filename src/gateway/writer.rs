@@ -79,13 +79,16 @@ pub(super) fn write_batch(conn: &ConnHandle, io: &mut impl Write) -> Step {
             let Some(frame) = conn.pop() else { break };
             push_frame(batch, binary, &frame);
         }
-        conn.wrote();
         let step = match io.write(batch) {
             Ok(n) if n < batch.len() => {
+                conn.wrote();
                 conn.set_tail(Bytes::copy_from_slice(&batch[n..]));
                 Step::Blocked
             }
-            Ok(_) => Step::Wrote,
+            Ok(_) => {
+                conn.wrote();
+                Step::Wrote
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 conn.set_tail(Bytes::copy_from_slice(batch));
                 Step::Blocked

@@ -1,16 +1,16 @@
 //! The shard's list of connections with frames to write. A frame queued on
 //! a connection whose own task has nothing of its own to write (no
 //! unfinished tail, no pong or close of tungstenite's) does not wake that
-//! task: the connection goes on this list, and the shard's flusher writes
-//! it out from a task queue of lower priority than the readers.
+//! task: the connection goes on this list, and the shard's flusher
+//! (`gateway::flush_loop`) writes it.
 //!
-//! Why: waking a task per recipient costs a task poll each, and writing as
-//! soon as a frame is queued means one `send` per frame when messages
-//! arrive one at a time. The flusher gives way to readers (its task queue
-//! is preempted as soon as a socket is readable), so under load several
-//! messages queue per connection before it is written, and they go out in
-//! one `send`; idle, it runs as soon as the readers are done, so latency
-//! does not grow.
+//! Why: waking a task per recipient costs a task poll each, and the
+//! flusher runs in a task queue of its own: glommio runs the ready tasks of
+//! each queue in turn, so the frames routed by every reader that was ready
+//! are queued before the flusher writes them (several per write when
+//! messages come in faster than they go out), and a busy flusher shares the
+//! core with the readers instead of holding them up. A connection busy
+//! awaiting another shard is written meanwhile, too.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
