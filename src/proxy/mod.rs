@@ -14,7 +14,8 @@
 //!
 //! The target is chosen exactly as SEND chooses ([`router::pick_one`]: same
 //! query engine, shards and `key` hashing), with restricted clients left
-//! out; its address comes from its shard ([`ShardMsg::Describe`]).
+//! out; its address comes back with the chosen shard's pick
+//! ([`router::pick_described`]).
 
 pub mod error;
 pub mod headers;
@@ -35,7 +36,7 @@ use hyper::header::{HOST, HeaderName, HeaderValue};
 
 use crate::config::Config;
 use crate::routing::router;
-use crate::shard::{Reply, Shard, ShardMsg};
+use crate::shard::Shard;
 pub use error::{ProxyError, SpecError};
 use pool::{Sender, until};
 use relay::Limits;
@@ -108,20 +109,12 @@ async fn pick_target(
     mut query: crate::query::Query,
 ) -> Result<(String, String, Target), ProxyError> {
     query.restricted = false;
-    let client = router::pick_one(shard, Arc::new(query))
+    // The chosen client's shard describes it along with its pick, so its
+    // address comes back without another round trip.
+    let (_, node) = router::pick_described(shard, Arc::new(query), true)
         .await
         .ok_or(ProxyError::NoRoute)?;
-    let reply = shard
-        .ask(client.shard, |reply_to| ShardMsg::Describe {
-            reply_to,
-            client,
-        })
-        .await;
-    // Gone between the pick and the question: as if it had not matched.
-    let Reply::Nodes(nodes) = reply else {
-        return Err(ProxyError::NoRoute);
-    };
-    let node = nodes.first().ok_or(ProxyError::NoRoute)?;
+    let node = node.ok_or(ProxyError::NoRoute)?;
     let id = node["client_id"].as_str().unwrap_or_default().to_string();
     let ip = node["metadata"]["ip"]
         .as_str()

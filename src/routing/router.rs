@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::query::Query;
 use crate::routing::pick::{Pick, choose, global_average};
-use crate::shard::{ConnRef, Dispatch, Reply, Shard, ShardMsg};
+use crate::shard::{ConnRef, Dispatch, Picked, Reply, Shard, ShardMsg};
 
 /// SEND: delivers `packet` to one matching client. Returns false when no
 /// client matches (the caller answers `no_route` unless droppable).
@@ -60,7 +60,7 @@ pub async fn nodes(shard: &Shard, query: Arc<Query>) -> Vec<Value> {
             optional: false,
             ..(*query).clone()
         });
-        let Some(target) = pick_one(shard, strict).await else {
+        let Some((_, node)) = pick_described(shard, strict, true).await else {
             // `optional` drops the selector with the ops: every client of
             // the application.
             return match query.optional {
@@ -68,16 +68,7 @@ pub async fn nodes(shard: &Shard, query: Arc<Query>) -> Vec<Value> {
                 false => Vec::new(),
             };
         };
-        let reply = shard
-            .ask(target.shard, |reply_to| ShardMsg::Describe {
-                reply_to,
-                client: target,
-            })
-            .await;
-        return match reply {
-            Reply::Nodes(nodes) => nodes,
-            _ => Vec::new(),
-        };
+        return node.into_iter().collect();
     }
     let mut found = nodes_round(shard, &query).await;
     if found.is_empty() && query.optional {
@@ -103,11 +94,21 @@ async fn nodes_round(shard: &Shard, query: &Arc<Query>) -> Vec<Value> {
 
 /// Chooses the one client a SEND goes to, over every shard.
 pub async fn pick_one(shard: &Shard, query: Arc<Query>) -> Option<ConnRef> {
+    pick_described(shard, query, false).await.map(|(c, _)| c)
+}
+
+/// Like [`pick_one`], with the chosen client's `<client>` object when
+/// `describe` asks for it (`None` if it left while being chosen).
+pub async fn pick_described(
+    shard: &Shard,
+    query: Arc<Query>,
+    describe: bool,
+) -> Option<(ConnRef, Option<Value>)> {
     let mut query = query;
-    let mut picks = pick_round(shard, &query, None).await;
+    let mut picks = pick_round(shard, &query, None, describe).await;
     if total(&picks) == 0 && query.optional {
         query = Arc::new(relaxed(&query));
-        picks = pick_round(shard, &query, None).await;
+        picks = pick_round(shard, &query, None, describe).await;
     }
     if query
         .selector
@@ -115,35 +116,42 @@ pub async fn pick_one(shard: &Shard, query: Arc<Query>) -> Option<ConnRef> {
         .is_some_and(|s| s.kind == crate::query::SelectorKind::Avg)
     {
         let avg = global_average(picks.iter().map(|(p, _)| p))?;
-        picks = pick_round(shard, &query, Some(avg)).await;
+        picks = pick_round(shard, &query, Some(avg), describe).await;
     }
     let only_picks: Vec<Pick> = picks.iter().map(|(p, _)| p.clone()).collect();
     let (target_shard, client) = choose(&query, &only_picks, &mut shard.rng.borrow_mut())?;
-    let conn = picks[target_shard]
+    let picked = picks[target_shard]
         .1
         .iter()
-        .find(|(idx, _)| *idx == client)
-        .map(|(_, conn)| *conn)?;
-    Some(ConnRef {
+        .find(|p| p.idx == client)?
+        .clone();
+    let target = ConnRef {
         shard: target_shard,
         client,
-        conn,
-    })
+        conn: picked.conn,
+    };
+    Some((target, picked.node))
 }
 
-type ShardPick = (Pick, Vec<(crate::metadata::ClientIdx, u64)>);
+type ShardPick = (Pick, Vec<Picked>);
 
-async fn pick_round(shard: &Shard, query: &Arc<Query>, avg: Option<f64>) -> Vec<ShardPick> {
+async fn pick_round(
+    shard: &Shard,
+    query: &Arc<Query>,
+    avg: Option<f64>,
+    describe: bool,
+) -> Vec<ShardPick> {
     shard
         .scatter(|reply_to| ShardMsg::Pick {
             reply_to,
             query: query.clone(),
             avg,
+            describe,
         })
         .await
         .into_iter()
         .map(|r| match r {
-            Reply::Pick(pick, conns) => (pick, conns),
+            Reply::Pick(pick, named) => (pick, named),
             _ => (Pick::default(), Vec::new()),
         })
         .collect()

@@ -42,6 +42,10 @@ pub enum ShardMsg {
         reply_to: ReplyTo,
         query: Arc<Query>,
         avg: Option<f64>,
+        /// Also describe each client named (the `<client>` object), so an
+        /// origin that needs it (the proxy, a selector in QUERY_NODES) saves
+        /// a round trip to the chosen client's shard.
+        describe: bool,
     },
     /// SEND, last round: deliver to one client of this shard.
     Deliver {
@@ -59,11 +63,6 @@ pub enum ShardMsg {
     Nodes {
         reply_to: ReplyTo,
         query: Arc<Query>,
-    },
-    /// Reply with the `<client>` object of one client (a selector's pick).
-    Describe {
-        reply_to: ReplyTo,
-        client: ConnRef,
     },
     /// Claim the name (app, client) for a connection; this shard owns the
     /// name's registry entry. Replies `Claimed`.
@@ -103,10 +102,21 @@ pub enum ShardMsg {
     },
 }
 
+/// A client a shard's [`Pick`] names.
+#[derive(Debug, Clone)]
+pub struct Picked {
+    pub idx: ClientIdx,
+    /// Its connection id: the origin delivers to this connection only, so a
+    /// slot reused in between is never mistaken for it.
+    pub conn: u64,
+    /// Its `<client>` object, when asked for.
+    pub node: Option<Value>,
+}
+
 #[derive(Debug)]
 pub enum Reply {
-    /// A shard's pick, with the connection id of each client it names.
-    Pick(Pick, Vec<(ClientIdx, u64)>),
+    /// A shard's pick, with the connection of each client it names.
+    Pick(Pick, Vec<Picked>),
     Delivered(u64),
     Nodes(Vec<Value>),
     Claimed(bool),

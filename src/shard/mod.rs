@@ -28,7 +28,7 @@ use crate::query::Query;
 use crate::routing::{local_pick, matching};
 pub use conn::{ConnHandle, Flushing, now_ms};
 pub use mesh::Mesh;
-pub use message::{ConnRef, Dispatch, Reply, ReplyTo, ShardMsg};
+pub use message::{ConnRef, Dispatch, Picked, Reply, ReplyTo, ShardMsg};
 
 pub struct Shard {
     pub id: usize,
@@ -192,7 +192,6 @@ impl Shard {
                     ShardMsg::Pick { reply_to, .. }
                     | ShardMsg::Broadcast { reply_to, .. }
                     | ShardMsg::Nodes { reply_to, .. }
-                    | ShardMsg::Describe { reply_to, .. }
                     | ShardMsg::Metrics { reply_to }
                     | ShardMsg::Claim { reply_to, .. }
                     | ShardMsg::QueueAsk { reply_to, .. } => *reply_to,
@@ -215,26 +214,29 @@ impl Shard {
     /// Answers a request locally.
     fn answer(&self, msg: ShardMsg) -> Option<Reply> {
         Some(match msg {
-            ShardMsg::Pick { query, avg, .. } => {
-                let pick = local_pick(
-                    &self.store.borrow(),
-                    &query,
-                    avg,
-                    &mut self.rng.borrow_mut(),
-                );
-                // The origin names the connection it delivers to, not just the
-                // slot, so a slot reused in between is never mistaken for it.
+            ShardMsg::Pick {
+                query,
+                avg,
+                describe,
+                ..
+            } => {
+                let store = self.store.borrow();
+                let pick = local_pick(&store, &query, avg, &mut self.rng.borrow_mut());
                 let clients = self.clients.borrow();
-                let conns = [
+                let named = [
                     pick.random,
                     pick.keyed.map(|k| k.1),
                     pick.selected.map(|s| s.1),
                 ]
                 .into_iter()
                 .flatten()
-                .filter_map(|idx| clients.get(&idx).map(|c| (idx, c.id)))
+                .filter_map(|idx| {
+                    let conn = clients.get(&idx)?.id;
+                    let node = describe.then(|| self.describe_slot(&store, idx)).flatten();
+                    Some(Picked { idx, conn, node })
+                })
                 .collect();
-                Reply::Pick(pick, conns)
+                Reply::Pick(pick, named)
             }
             ShardMsg::Broadcast { query, packet, .. } => {
                 Reply::Delivered(self.broadcast_local(&query, &packet))
@@ -249,9 +251,6 @@ impl Shard {
                 },
                 self.queues.rows(),
             ))),
-            ShardMsg::Describe { client, .. } => {
-                Reply::Nodes(self.describe(client).into_iter().collect())
-            }
             ShardMsg::Claim {
                 app, client, owner, ..
             } => {
@@ -299,18 +298,6 @@ impl Shard {
         matching(&store, query)
             .filter_map(|idx| self.describe_slot(&store, idx))
             .collect()
-    }
-
-    /// The `<client>` object of one local client, if it is still the
-    /// connection meant.
-    fn describe(&self, target: ConnRef) -> Option<Value> {
-        let live = self
-            .clients
-            .borrow()
-            .get(&target.client)
-            .is_some_and(|c| c.id == target.conn);
-        live.then(|| self.describe_slot(&self.store.borrow(), target.client))
-            .flatten()
     }
 
     fn describe_slot(&self, store: &ClientStore, idx: ClientIdx) -> Option<Value> {
