@@ -100,6 +100,38 @@ impl Timeline {
 }
 
 impl Timeline {
+    /// Keeps the timeline of a run from `started` until `until` completes:
+    /// a point a second, then one for the part second at the end. `totals`
+    /// reads the running totals (sent, delivered, the latency histogram so
+    /// far); `each` sees every point with them as it is made (the live
+    /// progress line). Returns the timeline and when `until` completed.
+    pub(crate) async fn record(
+        probe: &Probe,
+        started: Instant,
+        keep_histograms: bool,
+        until: impl Future<Output = ()>,
+        totals: impl Fn() -> (u64, u64, Histogram<u64>),
+        mut each: impl FnMut(&TimelinePoint, u64, u64),
+    ) -> (Timeline, Instant) {
+        let mut timeline = Timeline::start(probe, started, keep_histograms).await;
+        let mut tick = timeline.ticks();
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                () = &mut until => break,
+                _ = tick.tick() => {
+                    let (sent, delivered, latency) = totals();
+                    let point = timeline.tick(probe, sent, delivered, latency).await;
+                    each(point, sent, delivered);
+                }
+            }
+        }
+        let ended = Instant::now();
+        let (sent, delivered, latency) = totals();
+        timeline.finish(probe, sent, delivered, latency).await;
+        (timeline, ended)
+    }
+
     /// Adds a point for the part second since the last tick, when it is
     /// long enough to say something (a run of 1.5 s gets two points, not
     /// one; a run of 1 s whose last tick raced its end gets one, not none).

@@ -162,6 +162,11 @@ impl ShardQueues {
             .map_or_else(Vec::new, ClientQueues::waiting_on)
     }
 
+    /// Whether the queue log has failed (see `wal`): QUEUE is refused.
+    pub(super) fn log_failed(&self) -> bool {
+        self.wal.borrow().as_ref().is_some_and(Wal::is_failed)
+    }
+
     /// The figures of every queue this shard owns.
     pub fn rows(&self) -> Vec<QueueRow> {
         self.owned
@@ -530,13 +535,7 @@ fn push(
         );
         return;
     }
-    let failed = shard
-        .queues
-        .wal
-        .borrow()
-        .as_ref()
-        .is_some_and(Wal::is_failed);
-    if failed {
+    if shard.queues.log_failed() {
         invalid(
             shard,
             from,

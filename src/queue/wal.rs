@@ -692,13 +692,7 @@ pub async fn write_loop(shard: Rc<Shard>, boot: u64) {
     // Segment 0 of this boot holds what recovery rewrote (if anything).
     let mut open: Option<(u64, DmaStreamWriter)> = None;
     loop {
-        let failed = shard
-            .queues
-            .wal
-            .borrow()
-            .as_ref()
-            .is_some_and(Wal::is_failed);
-        if failed {
+        if shard.queues.log_failed() {
             glommio::timer::sleep(RETRY_EVERY).await;
         }
         let batch = std::future::poll_fn(|cx| {

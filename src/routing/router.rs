@@ -120,11 +120,12 @@ pub async fn pick_described(
     }
     let only_picks: Vec<Pick> = picks.iter().map(|(p, _)| p.clone()).collect();
     let (target_shard, client) = choose(&query, &only_picks, &mut shard.rng.borrow_mut())?;
-    let picked = picks[target_shard]
+    let picked = picks
+        .into_iter()
+        .nth(target_shard)?
         .1
-        .iter()
-        .find(|p| p.idx == client)?
-        .clone();
+        .into_iter()
+        .find(|p| p.idx == client)?;
     let target = ConnRef {
         shard: target_shard,
         client,

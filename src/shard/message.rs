@@ -103,7 +103,7 @@ pub enum ShardMsg {
 }
 
 /// A client a shard's [`Pick`] names.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Picked {
     pub idx: ClientIdx,
     /// Its connection id: the origin delivers to this connection only, so a

@@ -367,36 +367,37 @@ async fn drive_traffic(
 
     // Sending: progress once a second until the deadline; the churner, if
     // any, beside it.
+    // The churner, if any, runs beside the traffic until the deadline (it
+    // may finish before it: it then waits).
     let churner = async {
-        match &shared.churn {
-            Some(c) => churn::churner(c, &connected.receivers, args.churn_rate, deadline).await,
-            None => std::future::pending().await,
+        if let Some(c) = &shared.churn {
+            churn::churner(c, &connected.receivers, args.churn_rate, deadline).await;
+        }
+        std::future::pending::<()>().await
+    };
+    let until = async {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = churner => {}
         }
     };
-    tokio::pin!(churner);
-    let mut timeline = Timeline::start(probe, started, args.worker.is_some()).await;
-    let mut tick = timeline.ticks();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = &mut churner => {}
-            _ = tick.tick() => {
-                let (sent, delivered) = (tally.sent.load(Relaxed), tally.delivered.load(Relaxed));
-                let point = timeline.tick(probe, sent, delivered, tally.latency()).await;
-                if progress {
-                    eprintln!(
-                        "traffic {:>5.1}s: sent {sent} ({:.0}/s), delivered {delivered} ({:.0}/s), p99 {:.2} ms, errors {}",
-                        point.t, point.sent_per_second, point.delivered_per_second,
-                        point.p99_us as f64 / 1000.0, tally.error_count.load(Relaxed)
-                    );
-                }
-            },
-        }
-    }
-    let (sent, delivered) = (tally.sent.load(Relaxed), tally.delivered.load(Relaxed));
-    timeline
-        .finish(probe, sent, delivered, tally.latency())
-        .await;
+    let (timeline, _) = Timeline::record(
+        probe,
+        started,
+        args.worker.is_some(),
+        until,
+        || (tally.sent.load(Relaxed), tally.delivered.load(Relaxed), tally.latency()),
+        |point, sent, delivered| {
+            if progress {
+                eprintln!(
+                    "traffic {:>5.1}s: sent {sent} ({:.0}/s), delivered {delivered} ({:.0}/s), p99 {:.2} ms, errors {}",
+                    point.t, point.sent_per_second, point.delivered_per_second,
+                    point.p99_us as f64 / 1000.0, tally.error_count.load(Relaxed)
+                );
+            }
+        },
+    )
+    .await;
     // Every sender notices the deadline within one loop turn; bound the wait anyway.
     let stragglers = Instant::now() + Duration::from_secs(2);
     while shared.senders_done.load(Acquire) < connected.senders && Instant::now() < stragglers {

@@ -170,40 +170,35 @@ pub async fn run(
             send_loop(server, &request, rate, started_ns, deadline, &tally).await;
         }));
     }
-    let mut timeline = Timeline::start(&observer.probe, started, args.worker.is_some()).await;
-    let mut tick = timeline.ticks();
     let all_done = async {
         for s in senders {
             let _ = s.await;
         }
     };
-    tokio::pin!(all_done);
-    loop {
-        tokio::select! {
-            _ = &mut all_done => break,
-            _ = tick.tick() => {
-                let (requests, completed) = (tally.requests.load(Relaxed), tally.completed.load(Relaxed));
-                let latency = tally.latency.lock().unwrap().clone();
-                let point = timeline.tick(&observer.probe, requests, completed, latency).await;
-                if progress {
-                    eprintln!(
-                        "traffic {:>5.1}s: requests {requests}, answered {completed} ({:.0}/s), ok {}, p99 {:.2} ms, errors {}",
-                        point.t,
-                        point.delivered_per_second,
-                        tally.ok.load(Relaxed),
-                        point.p99_us as f64 / 1000.0,
-                        tally.error_count.load(Relaxed),
-                    );
-                }
-            },
-        }
-    }
-    let sent_for = started.elapsed();
-    let latency = tally.latency.lock().unwrap().clone();
-    let (requests, completed) = (tally.requests.load(Relaxed), tally.completed.load(Relaxed));
-    timeline
-        .finish(&observer.probe, requests, completed, latency)
-        .await;
+    let (timeline, ended) = Timeline::record(
+        &observer.probe,
+        started,
+        args.worker.is_some(),
+        all_done,
+        || {
+            let latency = tally.latency.lock().unwrap().clone();
+            (tally.requests.load(Relaxed), tally.completed.load(Relaxed), latency)
+        },
+        |point, requests, completed| {
+            if progress {
+                eprintln!(
+                    "traffic {:>5.1}s: requests {requests}, answered {completed} ({:.0}/s), ok {}, p99 {:.2} ms, errors {}",
+                    point.t,
+                    point.delivered_per_second,
+                    tally.ok.load(Relaxed),
+                    point.p99_us as f64 / 1000.0,
+                    tally.error_count.load(Relaxed),
+                );
+            }
+        },
+    )
+    .await;
+    let sent_for = ended - started;
     if args.worker.is_some() {
         // Other workers' requests may still be relayed through this
         // worker's receivers and upstream: keep them up until all are done.

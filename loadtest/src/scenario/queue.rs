@@ -239,35 +239,31 @@ pub async fn run(
             produce(session, &plan, &tally, stop).await;
         }));
     }
-    let mut timeline = Timeline::start(&observer.probe, started, args.worker.is_some()).await;
-    let mut tick = timeline.ticks();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(plan.deadline) => break,
-            _ = tick.tick() => {
-                let (sent, delivered) = (tally.sent.load(Relaxed), tally.delivered.load(Relaxed));
-                let latency = tally.latency.lock().unwrap().clone();
-                let point = timeline.tick(&observer.probe, sent, delivered, latency).await;
-                if progress {
-                    eprintln!(
-                        "traffic {:>5.1}s: sent {sent}, queued {}, delivered {delivered} ({:.0}/s), duplicates {}, p99 {:.2} ms, errors {}",
-                        point.t,
-                        tally.confirmed.load(Relaxed),
-                        point.delivered_per_second,
-                        tally.duplicates.load(Relaxed),
-                        point.p99_us as f64 / 1000.0,
-                        tally.error_count.load(Relaxed),
-                    );
-                }
-            },
-        }
-    }
-    let sent_for = started.elapsed();
-    let latency = tally.latency.lock().unwrap().clone();
-    let (sent, delivered) = (tally.sent.load(Relaxed), tally.delivered.load(Relaxed));
-    timeline
-        .finish(&observer.probe, sent, delivered, latency)
-        .await;
+    let (timeline, ended) = Timeline::record(
+        &observer.probe,
+        started,
+        args.worker.is_some(),
+        tokio::time::sleep_until(plan.deadline),
+        || {
+            let latency = tally.latency.lock().unwrap().clone();
+            (tally.sent.load(Relaxed), tally.delivered.load(Relaxed), latency)
+        },
+        |point, sent, delivered| {
+            if progress {
+                eprintln!(
+                    "traffic {:>5.1}s: sent {sent}, queued {}, delivered {delivered} ({:.0}/s), duplicates {}, p99 {:.2} ms, errors {}",
+                    point.t,
+                    tally.confirmed.load(Relaxed),
+                    point.delivered_per_second,
+                    tally.duplicates.load(Relaxed),
+                    point.p99_us as f64 / 1000.0,
+                    tally.error_count.load(Relaxed),
+                );
+            }
+        },
+    )
+    .await;
+    let sent_for = ended - started;
 
     // Drain: every QUEUE confirmed (or refused) and every confirmed id delivered.
     let drain_started = Instant::now();
