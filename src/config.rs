@@ -79,6 +79,16 @@ pub struct Config {
     pub max_queue_message_size: usize,
     /// A queue log segment is closed and a new one started past this size.
     pub queue_segment_bytes: u64,
+    /// Queues with series of their own in /metrics; the rest are summed.
+    pub metrics_max_queues: usize,
+    /// Longest an HTTP request head (request line and headers) may take to
+    /// arrive, from the connection's start or the request's first byte.
+    pub http_head_timeout: Duration,
+    /// Longest an HTTP request body may take to arrive, after its head.
+    pub http_body_timeout: Duration,
+    /// Most header fields in an HTTP request head, and trailer fields after
+    /// a chunked body.
+    pub http_max_headers: usize,
 }
 
 pub const DEFAULT_PORT: u16 = 4567;
@@ -98,6 +108,13 @@ pub const DEFAULT_DLQ_TIME_MS: u64 = 15_000;
 pub const DEFAULT_MAX_QUEUE_LENGTH: usize = 100_000;
 pub const DEFAULT_MAX_QUEUE_MESSAGE_SIZE: usize = 256 << 10;
 pub const DEFAULT_QUEUE_SEGMENT_BYTES: u64 = 64 << 20;
+pub const DEFAULT_METRICS_MAX_QUEUES: usize = 100;
+pub const DEFAULT_HTTP_HEAD_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_HTTP_BODY_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_HTTP_MAX_HEADERS: usize = 64;
+/// Upper bound of `http_max_headers`: the parser's header array is
+/// allocated at this size for every request.
+pub const MAX_HTTP_MAX_HEADERS: usize = 1024;
 
 /// Command-line flags. Every flag can also come from the environment
 /// variable named beside it, and from the `--config` TOML file under its
@@ -190,6 +207,18 @@ pub struct Flags {
     /// Queues: size in bytes past which a log segment is closed and a new one started; a segment is deleted once all its messages are acked [default: 67108864]
     #[arg(long, env = "QUEUE_SEGMENT_BYTES")]
     queue_segment_bytes: Option<u64>,
+    /// Queues with series of their own in /metrics (those that enqueued the most); the others are summed per shard into one series labelled queue="_other", so clients creating queues cannot blow up a Prometheus server's cardinality; 0 sums them all [default: 100]
+    #[arg(long, env = "METRICS_MAX_QUEUES")]
+    metrics_max_queues: Option<usize>,
+    /// Milliseconds an HTTP request head (request line and headers, the websocket upgrade included) may take to arrive, counted from the connection's start (first request) or the request's first byte (later ones); past it the server answers 408 and closes [default: 10000]
+    #[arg(long, env = "HTTP_HEAD_TIMEOUT")]
+    http_head_timeout: Option<u64>,
+    /// Milliseconds an HTTP request body (chunked trailers included) may take to arrive in full after its head; past it the server answers 408 and closes [default: 30000]
+    #[arg(long, env = "HTTP_BODY_TIMEOUT")]
+    http_body_timeout: Option<u64>,
+    /// Most header fields in an HTTP request, and most trailer fields after a chunked body; more get 431 and a close (at most 1024) [default: 64]
+    #[arg(long, env = "HTTP_MAX_HEADERS")]
+    http_max_headers: Option<usize>,
     /// TOML file with any of the settings above as snake_case keys
     #[arg(long, env = "CONFIG")]
     config: Option<PathBuf>,
@@ -226,6 +255,10 @@ struct FileConfig {
     max_queue_length: Option<usize>,
     max_queue_message_size: Option<usize>,
     queue_segment_bytes: Option<u64>,
+    metrics_max_queues: Option<usize>,
+    http_head_timeout: Option<u64>,
+    http_body_timeout: Option<u64>,
+    http_max_headers: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -352,6 +385,26 @@ impl Config {
                 .queue_segment_bytes
                 .or(file.queue_segment_bytes)
                 .unwrap_or(DEFAULT_QUEUE_SEGMENT_BYTES),
+            metrics_max_queues: flags
+                .metrics_max_queues
+                .or(file.metrics_max_queues)
+                .unwrap_or(DEFAULT_METRICS_MAX_QUEUES),
+            http_head_timeout: Duration::from_millis(
+                flags
+                    .http_head_timeout
+                    .or(file.http_head_timeout)
+                    .unwrap_or(DEFAULT_HTTP_HEAD_TIMEOUT_MS),
+            ),
+            http_body_timeout: Duration::from_millis(
+                flags
+                    .http_body_timeout
+                    .or(file.http_body_timeout)
+                    .unwrap_or(DEFAULT_HTTP_BODY_TIMEOUT_MS),
+            ),
+            http_max_headers: flags
+                .http_max_headers
+                .or(file.http_max_headers)
+                .unwrap_or(DEFAULT_HTTP_MAX_HEADERS),
         };
         config.validate()?;
         Ok(config)
@@ -401,6 +454,15 @@ impl Config {
         }
         if self.queue_segment_bytes < 4096 {
             return invalid("queue_segment_bytes", "must be at least 4096 bytes");
+        }
+        if self.http_head_timeout.is_zero() {
+            return invalid("http_head_timeout", "must be at least 1 ms");
+        }
+        if self.http_body_timeout.is_zero() {
+            return invalid("http_body_timeout", "must be at least 1 ms");
+        }
+        if self.http_max_headers == 0 || self.http_max_headers > MAX_HTTP_MAX_HEADERS {
+            return invalid("http_max_headers", "must be between 1 and 1024");
         }
         Ok(())
     }
@@ -557,6 +619,52 @@ mod tests {
         assert_eq!(config.queue_segment_bytes, 8192);
         let err = Config::from_flags(parse(&["--ack-timeout", "0"])).unwrap_err();
         assert!(err.to_string().contains("ack_timeout"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn metrics_and_http_settings_from_file_and_flags() {
+        let config = Config::from_flags(parse(&[])).unwrap();
+        assert_eq!(config.metrics_max_queues, DEFAULT_METRICS_MAX_QUEUES);
+        assert_eq!(
+            config.http_head_timeout,
+            Duration::from_millis(DEFAULT_HTTP_HEAD_TIMEOUT_MS)
+        );
+        assert_eq!(
+            config.http_body_timeout,
+            Duration::from_millis(DEFAULT_HTTP_BODY_TIMEOUT_MS)
+        );
+        assert_eq!(config.http_max_headers, DEFAULT_HTTP_MAX_HEADERS);
+        let dir = std::env::temp_dir().join(format!("sg-config-http-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "metrics_max_queues = 0\nhttp_head_timeout = 250\nhttp_body_timeout = 500\n\
+             http_max_headers = 8\n",
+        )
+        .unwrap();
+        let config = Config::from_flags(parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--http-max-headers",
+            "16",
+        ]))
+        .unwrap();
+        assert_eq!(config.metrics_max_queues, 0);
+        assert_eq!(config.http_head_timeout, Duration::from_millis(250));
+        assert_eq!(config.http_body_timeout, Duration::from_millis(500));
+        assert_eq!(config.http_max_headers, 16);
+        for bad in [
+            ["--http-head-timeout", "0"],
+            ["--http-body-timeout", "0"],
+            ["--http-max-headers", "0"],
+            ["--http-max-headers", "1025"],
+        ] {
+            let err = Config::from_flags(parse(&bad)).unwrap_err();
+            let name = bad[0].trim_start_matches("--").replace('-', "_");
+            assert!(err.to_string().contains(&name), "{err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

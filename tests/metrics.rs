@@ -172,3 +172,155 @@ fn for_queue(text: &str, family: &str, queue: &str) -> f64 {
     assert_eq!(found.len(), 1, "one {family} row for {queue} in:\n{text}");
     found[0]
 }
+
+/// Queues one message to `queue` and waits for its confirm.
+fn enqueue(p: &mut Client, queue: &str, nonce: usize) {
+    p.dispatch(
+        "QUEUE",
+        json!({"queue": queue, "target": query("workers"), "nonce": nonce, "payload": nonce}),
+    );
+    p.expect_dispatch("QUEUE_CONFIRM");
+}
+
+/// One parsed sample: family, sample name, labels (a JSON object).
+type Parsed = (String, String, Value);
+
+/// What prometheus_client's Prometheus text parser and its OpenMetrics
+/// parser (tests/python/parse_metrics.py) read in a scrape: for each parser,
+/// the samples as (family, sample name, labels).
+fn parse_with_python(text: &str) -> Vec<(String, Vec<Parsed>)> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::python::venv_python())
+        .arg(common::python::scripts_dir().join("parse_metrics.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run parse_metrics.py");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\nscrape:\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    ["text", "openmetrics"]
+        .iter()
+        .map(|parser| {
+            let samples = parsed[parser]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    (
+                        s[0].as_str().unwrap().to_string(),
+                        s[1].as_str().unwrap().to_string(),
+                        s[2].clone(),
+                    )
+                })
+                .collect();
+            (parser.to_string(), samples)
+        })
+        .collect()
+}
+
+#[test]
+fn hostile_queue_names_cannot_forge_series() {
+    let hostile = [
+        "evil\"} 1\nfake_metric{a=\"",
+        "back\\slash\\\" and \\n spelled out",
+        "line\nbreak\n# TYPE fake_total counter\nfake_total 1",
+        "신경 큐 ☃ {} = , \t tab",
+    ];
+    let server = Server::start(&["--no-durable", "--shards", "2"]);
+    let mut p = Client::ready(&server, Json, "producers", "p");
+    enqueue(&mut p, "plain", 0);
+    let baseline = parse_with_python(&scrape(&server, None));
+    for (i, name) in hostile.iter().enumerate() {
+        enqueue(&mut p, name, i + 1);
+    }
+    let text = scrape(&server, None);
+    assert!(
+        !text.lines().any(|l| l.starts_with("fake")),
+        "a forged line in:\n{text}"
+    );
+    let parsed = parse_with_python(&text);
+    for ((parser, before), (_, after)) in baseline.iter().zip(&parsed) {
+        let families = |samples: &[Parsed]| {
+            samples
+                .iter()
+                .map(|(family, _, _)| family.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(families(before), families(after), "{parser} parser");
+        let queue_samples: Vec<_> = after
+            .iter()
+            .filter(|(family, _, _)| family.starts_with("singyeong_queue_"))
+            .collect();
+        let queue_families = families(before)
+            .into_iter()
+            .filter(|f| f.starts_with("singyeong_queue_"))
+            .count();
+        assert_eq!(queue_families, 9, "{parser} parser: {before:?}");
+        for (family, name, labels) in &queue_samples {
+            let keys: Vec<&String> = labels.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["queue", "shard"], "{parser}: {name} {labels}");
+            let queue = labels["queue"].as_str().unwrap();
+            assert!(
+                queue == "plain" || hostile.contains(&queue),
+                "{parser}: {family} has queue label {queue:?}"
+            );
+        }
+        // Every queue has exactly one sample per family, its name intact.
+        for name in hostile.iter().chain(["plain"].iter()) {
+            let own = queue_samples
+                .iter()
+                .filter(|(_, _, labels)| labels["queue"] == *name)
+                .count();
+            assert_eq!(own, queue_families, "{parser}: samples of {name:?}");
+        }
+    }
+}
+
+#[test]
+fn queues_past_the_cap_are_summed_into_one_series() {
+    let server = Server::start(&["--no-durable", "--shards", "1", "--metrics-max-queues", "3"]);
+    let mut p = Client::ready(&server, Json, "producers", "p");
+    for i in 0..3 {
+        enqueue(&mut p, "busy", i);
+    }
+    for i in 0..6 {
+        enqueue(&mut p, &format!("q{i}"), i);
+    }
+    // A client's queue named like the aggregate is summed into it.
+    enqueue(&mut p, "_other", 0);
+    let text = scrape(&server, None);
+    let depth_rows = text
+        .lines()
+        .filter(|l| l.starts_with("singyeong_queue_depth{"))
+        .count();
+    assert_eq!(depth_rows, 4, "3 queues and _other in:\n{text}");
+    // The busiest queue keeps its series, then the first by name.
+    for (queue, messages) in [("busy", 3.0), ("q0", 1.0), ("q1", 1.0), ("_other", 5.0)] {
+        assert_eq!(
+            for_queue(&text, "singyeong_queue_depth", queue)
+                + for_queue(&text, "singyeong_queue_dead_letter", queue),
+            messages,
+            "{queue} in:\n{text}"
+        );
+        assert_eq!(
+            for_queue(&text, "singyeong_queue_enqueued_total", queue),
+            messages
+        );
+    }
+    assert_eq!(sample(&text, "singyeong_queues_folded"), 5.0);
+    // What the cap leaves is still a scrape both parsers accept.
+    parse_with_python(&text);
+}

@@ -107,7 +107,7 @@ async fn metrics(shard: &Rc<Shard>) -> Response {
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8".into(),
         )],
-        body: crate::metrics::render(&snapshots).into_bytes(),
+        body: crate::metrics::render(&snapshots, shard.config.metrics_max_queues).into_bytes(),
     }
 }
 

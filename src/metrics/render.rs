@@ -1,7 +1,11 @@
 //! The Prometheus text rendering of every shard's snapshot, plus the
 //! process's own memory and CPU.
 
-use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use std::fmt::Write;
+
+use prometheus_client::encoding::{
+    EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
@@ -10,7 +14,9 @@ use prometheus_client::registry::{Registry, Unit};
 use super::{LATENCY_BUCKETS, Snapshot};
 use crate::queue::owner::QueueRow;
 
-/// Labelled values of one metric, encoded as one family.
+/// Labelled values of one metric, encoded as one family. Label values are
+/// escaped when encoded (see [`Escaped`]), so a family may carry any text a
+/// client chose (a queue name) without a way to forge other series.
 #[derive(Debug)]
 struct Labeled<M> {
     rows: Vec<(Vec<(String, String)>, M)>,
@@ -19,7 +25,11 @@ struct Labeled<M> {
 impl<M: EncodeMetric> EncodeMetric for Labeled<M> {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         for (labels, metric) in &self.rows {
-            metric.encode(encoder.encode_family(labels)?)?;
+            let labels: Vec<(&str, Escaped)> = labels
+                .iter()
+                .map(|(key, value)| (key.as_str(), Escaped(value)))
+                .collect();
+            metric.encode(encoder.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -29,6 +39,33 @@ impl<M: EncodeMetric> EncodeMetric for Labeled<M> {
             .first()
             .map_or(MetricType::Unknown, |(_, m)| m.metric_type())
     }
+}
+
+/// A label value written as the text exposition formats (Prometheus 0.0.4
+/// and OpenMetrics 1.0) require: backslash, double quote and line feed
+/// escaped. `prometheus-client` writes label values verbatim, and some come
+/// from clients: unescaped, a queue named `a"} 1\nfake{b="` would close the
+/// label set and start a series of the client's choosing.
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        escape_label_value(self.0, encoder)
+    }
+}
+
+fn escape_label_value(value: &str, out: &mut impl Write) -> std::fmt::Result {
+    let mut rest = value;
+    while let Some(i) = rest.find(['\\', '"', '\n']) {
+        out.write_str(&rest[..i])?;
+        out.write_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        })?;
+        rest = &rest[i + 1..];
+    }
+    out.write_str(rest)
 }
 
 /// A histogram read from counters (per-bucket counts, not cumulative).
@@ -93,20 +130,72 @@ fn by_op(
 /// A metric family read from each queue's row: name, help, value.
 type Family<T> = (&'static str, &'static str, fn(&QueueRow) -> T);
 
-/// Per-queue gauges and counters, labelled by queue (a queue lives on one
-/// shard, whose label it also carries).
-fn queue_families(registry: &mut Registry, snapshots: &[Snapshot]) {
-    let rows = || {
-        snapshots.iter().flat_map(|s| {
-            s.queues.iter().map(move |q| {
-                let labels = vec![
-                    ("shard".to_string(), s.shard.to_string()),
-                    ("queue".to_string(), q.name.clone()),
-                ];
-                (labels, q)
-            })
-        })
+/// The `queue` label of the series that sums the queues past the cap. A
+/// queue a client named so is summed there too, so no two series share a
+/// label set.
+pub const OTHER_QUEUES: &str = "_other";
+
+/// One per-queue series: its labels and the queues it sums (one, or every
+/// folded queue of a shard).
+type QueueSeries<'a> = (Vec<(String, String)>, Vec<&'a QueueRow>);
+
+/// Chooses which queues get series of their own: at most `max_queues`, the
+/// ones that enqueued the most (ties by name), so that a client creating
+/// many fresh queues cannot push busy ones out; the rest are summed, per
+/// shard, into a `queue="_other"` series. Queue names come from clients:
+/// without the cap, each new name would be a new series in every family, and
+/// a Prometheus server scraping this one would store them all. Returns the
+/// series and how many queues were folded.
+fn queue_series(snapshots: &[Snapshot], max_queues: usize) -> (Vec<QueueSeries<'_>>, usize) {
+    let mut all: Vec<(usize, &QueueRow)> = snapshots
+        .iter()
+        .flat_map(|s| s.queues.iter().map(move |q| (s.shard, q)))
+        .collect();
+    all.sort_by(|(_, a), (_, b)| {
+        (a.name == OTHER_QUEUES)
+            .cmp(&(b.name == OTHER_QUEUES))
+            .then(b.stats.enqueued.cmp(&a.stats.enqueued))
+            .then(a.name.cmp(&b.name))
+    });
+    let labels = |shard: usize, queue: &str| {
+        vec![
+            ("shard".to_string(), shard.to_string()),
+            ("queue".to_string(), queue.to_string()),
+        ]
     };
+    let mut series = Vec::new();
+    let mut folded: Vec<(usize, Vec<&QueueRow>)> = Vec::new();
+    let mut folded_count = 0;
+    for (i, (shard, q)) in all.into_iter().enumerate() {
+        if i < max_queues && q.name != OTHER_QUEUES {
+            series.push((labels(shard, &q.name), vec![q]));
+            continue;
+        }
+        folded_count += 1;
+        match folded.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, rows)) => rows.push(q),
+            None => folded.push((shard, vec![q])),
+        }
+    }
+    folded.sort_by_key(|(shard, _)| *shard);
+    series.extend(
+        folded
+            .into_iter()
+            .map(|(shard, rows)| (labels(shard, OTHER_QUEUES), rows)),
+    );
+    (series, folded_count)
+}
+
+/// Per-queue gauges and counters, labelled by queue (a queue lives on one
+/// shard, whose label it also carries), capped at `max_queues` series per
+/// family (see [`queue_series`]).
+fn queue_families(registry: &mut Registry, snapshots: &[Snapshot], max_queues: usize) {
+    let (series, folded) = queue_series(snapshots, max_queues);
+    registry.register(
+        "queues_folded",
+        "Queues past --metrics-max-queues, whose figures are summed into the queue=\"_other\" series",
+        ConstGauge::new(folded as i64),
+    );
     let gauges: [Family<usize>; 4] = [
         ("queue_depth", "Messages waiting in a queue", |q| q.depth),
         (
@@ -124,8 +213,12 @@ fn queue_families(registry: &mut Registry, snapshots: &[Snapshot]) {
         }),
     ];
     for (name, help, value) in gauges {
-        let rows = rows()
-            .map(|(l, q)| (l, ConstGauge::new(value(q) as i64)))
+        let rows = series
+            .iter()
+            .map(|(l, qs)| {
+                let sum: usize = qs.iter().map(|q| value(q)).sum();
+                (l.clone(), ConstGauge::new(sum as i64))
+            })
             .collect();
         registry.register(name, help, Labeled { rows });
     }
@@ -145,15 +238,20 @@ fn queue_families(registry: &mut Registry, snapshots: &[Snapshot]) {
         ),
     ];
     for (name, help, value) in counters {
-        let rows = rows()
-            .map(|(l, q)| (l, ConstCounter::new(value(q))))
+        let rows = series
+            .iter()
+            .map(|(l, qs)| {
+                let sum: u64 = qs.iter().map(|q| value(q)).sum();
+                (l.clone(), ConstCounter::new(sum))
+            })
             .collect();
         registry.register(name, help, Labeled { rows });
     }
 }
 
-/// Renders every shard's snapshot (and the process's RSS and CPU time).
-pub fn render(snapshots: &[Snapshot]) -> String {
+/// Renders every shard's snapshot (and the process's RSS and CPU time), with
+/// per-queue series for at most `max_queues` queues.
+pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
     let mut registry = Registry::with_prefix("singyeong");
     registry.register(
         "connections",
@@ -218,7 +316,7 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         "Writes of data frames to websocket sockets (frames queued for one connection go out in one write: packets_out over this is the coalescing)",
         |s| s.socket_writes,
     );
-    queue_families(&mut registry, snapshots);
+    queue_families(&mut registry, snapshots, max_queues);
     registry.register_with_unit(
         "routing_latency",
         "Time to route a SEND or BROADCAST, from decoding to handing it to the recipients' shards",
@@ -303,7 +401,7 @@ mod tests {
             ),
             ShardMetrics::default().snapshot(1, Gauges::default(), vec![queue_row()]),
         ];
-        let text = render(&snapshots);
+        let text = render(&snapshots, 100);
         assert!(
             text.contains("singyeong_connections{shard=\"0\"} 3"),
             "{text}"
@@ -335,6 +433,77 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        escape_label_value("plain", &mut out).unwrap();
+        escape_label_value(" a\\b\"c\nd\r\té", &mut out).unwrap();
+        assert_eq!(out, "plain a\\\\b\\\"c\\nd\r\té");
+
+        let mut row = queue_row();
+        row.name = "evil\"} 1\nfake_metric{a=\"".into();
+        let snapshot = ShardMetrics::default().snapshot(0, Gauges::default(), vec![row]);
+        let text = render(&[snapshot], 100);
+        assert!(
+            !text.lines().any(|l| l.starts_with("fake_metric")),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "singyeong_queue_depth{shard=\"0\",queue=\"evil\\\"} 1\\nfake_metric{a=\\\"\"} 3"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn queues_past_the_cap_are_summed_per_shard() {
+        let named = |name: &str, enqueued: u64| {
+            let mut q = queue_row();
+            q.name = name.into();
+            q.stats.enqueued = enqueued;
+            q
+        };
+        let snapshots = vec![
+            ShardMetrics::default().snapshot(
+                0,
+                Gauges::default(),
+                vec![named("busy", 50), named("b", 1), named(OTHER_QUEUES, 99)],
+            ),
+            ShardMetrics::default().snapshot(
+                1,
+                Gauges::default(),
+                vec![named("a", 1), named("c", 1), named("d", 0)],
+            ),
+        ];
+        let text = render(&snapshots, 2);
+        let depth: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("singyeong_queue_depth{"))
+            .collect();
+        // The busiest queue and the first by name among the ties keep their
+        // series; a queue named "_other" never gets one of its own.
+        assert_eq!(
+            depth,
+            [
+                "singyeong_queue_depth{shard=\"0\",queue=\"busy\"} 3",
+                "singyeong_queue_depth{shard=\"1\",queue=\"a\"} 3",
+                "singyeong_queue_depth{shard=\"0\",queue=\"_other\"} 6",
+                "singyeong_queue_depth{shard=\"1\",queue=\"_other\"} 6",
+            ],
+            "{text}"
+        );
+        assert!(
+            text.contains("singyeong_queue_enqueued_total{shard=\"0\",queue=\"_other\"} 100"),
+            "{text}"
+        );
+        assert!(text.contains("singyeong_queues_folded 4"), "{text}");
+
+        let text = render(&snapshots, 0);
+        assert!(text.contains("singyeong_queues_folded 6"), "{text}");
+        assert!(!text.contains("queue=\"busy\""), "{text}");
     }
 
     fn queue_row() -> QueueRow {

@@ -23,6 +23,8 @@
 
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
