@@ -134,24 +134,73 @@ impl Server {
 /// Fails when another process already listens on `addr`. The shards'
 /// listeners use SO_REUSEPORT, which would otherwise let a second server
 /// (or a stale one) silently share the port and split the connections.
-/// A plain bind, without SO_REUSEPORT, is refused while any socket holds
-/// the port; it is dropped before the shards bind.
+///
+/// A plain bind, without SO_REUSEPORT, is refused while a listener holds the
+/// port, but also while the closed connections of a server that just
+/// stopped wait out TIME_WAIT: the server closes its connections itself on
+/// shutdown, so its side of each one lingers for a minute, and a restart
+/// (systemd's `Restart=`, a deploy) would be refused all that time. So a
+/// refused bind is checked against the kernel's table of listening sockets:
+/// only a listener on the port refuses the start. The shards then bind with
+/// SO_REUSEPORT, which the kernel allows beside TIME_WAIT sockets of the
+/// same port (they inherited the option from the old server's listener).
+/// The probe socket is dropped before the shards bind.
 fn port_is_free(addr: SocketAddr) -> Result<(), StartError> {
     if addr.port() == 0 {
         return Ok(());
     }
+    let refused = |reason: String| StartError::Listen {
+        shard: 0,
+        addr,
+        reason,
+    };
+    let in_use = || refused("the port is already in use (is another server running?)".into());
     match std::net::TcpListener::bind(addr) {
         Ok(_) => Ok(()),
-        Err(e) => Err(StartError::Listen {
-            shard: 0,
-            addr,
-            reason: if e.kind() == std::io::ErrorKind::AddrInUse {
-                "the port is already in use (is another server running?)".into()
-            } else {
-                e.to_string()
-            },
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match listening(addr.port()) {
+            Some(false) => {
+                tracing::info!(
+                    port = addr.port(),
+                    "the port is held only by closed connections (TIME_WAIT), not by a listener: starting"
+                );
+                Ok(())
+            }
+            // A listener holds it, or the tables cannot be read: refuse,
+            // as the bind did.
+            Some(true) | None => Err(in_use()),
+        },
+        Err(e) => Err(refused(e.to_string())),
     }
+}
+
+/// Whether any socket listens on TCP `port`, IPv4 or IPv6, on any address
+/// (an overlap of addresses is not worked out: when the bind was refused, a
+/// listener on the port is taken as the reason). `None` when neither of the
+/// kernel's tables can be read.
+fn listening(port: u16) -> Option<bool> {
+    let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .collect();
+    if tables.is_empty() {
+        return None;
+    }
+    Some(tables.iter().any(|table| table_listens_on(table, port)))
+}
+
+/// Whether a `/proc/net/tcp`-format table has a socket in state LISTEN
+/// (`0A`) whose local port (hex, after the address) is `port`.
+fn table_listens_on(table: &str, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1);
+        let state = fields.nth(1);
+        let local_port = local
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        local_port == Some(port) && state == Some(LISTEN)
+    })
 }
 
 fn stop_all(mesh: &Mesh<ShardMsg>, started: usize) {
@@ -256,5 +305,36 @@ async fn reap_loop(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(period).await;
         shard.reap(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines in the kernel's format: a listener on 0.0.0.0:4567 (0x11D7),
+    /// a TIME_WAIT connection from 127.0.0.1:8080 (0x1F90).
+    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:11D7 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 06 00000000:00000000 03:00000DA4 00000000     0        0 0 3 0000000000000000
+";
+
+    #[test]
+    fn only_a_listening_socket_counts() {
+        assert!(table_listens_on(TABLE, 4567));
+        assert!(!table_listens_on(TABLE, 8080));
+        assert!(!table_listens_on(TABLE, 50000));
+        assert!(!table_listens_on("", 4567));
+    }
+
+    #[test]
+    fn a_port_another_socket_listens_on_is_refused() {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = other.local_addr().unwrap();
+        assert_eq!(listening(addr.port()), Some(true));
+        let err = port_is_free(addr).unwrap_err();
+        assert!(err.to_string().contains("already in use"), "{err}");
+        drop(other);
+        assert!(port_is_free(addr).is_ok());
     }
 }

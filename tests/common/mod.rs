@@ -117,6 +117,15 @@ impl Server {
     /// environment is cleared first so that `PORT`, `AUTH`, ... of the machine
     /// running the tests cannot leak into the server.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn(args, env, 0)
+    }
+
+    /// Like [`Server::start`], on a chosen port instead of an ephemeral one.
+    pub fn start_on_port(port: u16, args: &[&str]) -> Server {
+        Server::spawn(args, &[], port)
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], port: u16) -> Server {
         let seq = SERVER_SEQ.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join("singyeong-tests");
         std::fs::create_dir_all(&dir).expect("create log dir");
@@ -133,7 +142,7 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.args(["--bind", "127.0.0.1", "--port", "0"])
+        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
