@@ -1,11 +1,21 @@
 //! Reading one HTTP/1.1 request off a socket: the head parsed by httparse,
-//! the body by Content-Length or chunked transfer coding, both bounded.
+//! the body by Content-Length or chunked transfer coding, both bounded in
+//! size and in number of fields. Time is bounded by the caller, which reads
+//! the head and the body each against a deadline (see `serve`).
 
 use futures_lite::{AsyncRead, AsyncReadExt};
 
-/// Largest request head (request line and headers) accepted.
+/// Largest request head (request line and headers) accepted; also the
+/// largest trailer section after a chunked body.
 pub const MAX_HEAD: usize = 16 * 1024;
-const MAX_HEADERS: usize = 64;
+
+/// What one request may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body: usize,
+    /// Header fields in the head; also trailer fields after a chunked body.
+    pub max_headers: usize,
+}
 
 #[derive(Debug)]
 pub struct Request {
@@ -62,20 +72,38 @@ pub enum ReadError {
     Malformed(String),
     #[error("request head larger than {MAX_HEAD} bytes")]
     HeadTooLarge,
+    #[error("more than {0} header fields")]
+    TooManyHeaders(usize),
+    #[error("more than {0} trailer fields")]
+    TooManyTrailers(usize),
+    #[error("trailer section larger than {MAX_HEAD} bytes")]
+    TrailersTooLarge,
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(usize),
 }
 
-/// Reads one request. `buf` holds bytes already read from the socket and,
-/// on return, whatever followed the request (a pipelined request, or the
-/// first websocket frames after an upgrade).
+/// Reads one request, head then body. `buf` holds bytes already read from
+/// the socket and, on return, whatever followed the request (a pipelined
+/// request, or the first websocket frames after an upgrade).
 pub async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
-    max_body: usize,
+    limits: Limits,
 ) -> Result<Request, ReadError> {
-    let (mut request, head_len, body) = loop {
-        if let Some(parsed) = parse_head(buf)? {
+    let (mut request, body) = read_head(stream, buf, limits.max_headers).await?;
+    request.body = read_body(stream, buf, body, limits).await?;
+    Ok(request)
+}
+
+/// Reads a request's head; its body, if any, is still to be read with
+/// [`read_body`] and the returned [`BodyKind`].
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    max_headers: usize,
+) -> Result<(Request, BodyKind), ReadError> {
+    let (request, head_len, body) = loop {
+        if let Some(parsed) = parse_head(buf, max_headers)? {
             break parsed;
         }
         if buf.len() >= MAX_HEAD {
@@ -90,11 +118,21 @@ pub async fn read_request<S: AsyncRead + Unpin>(
         }
     };
     buf.drain(..head_len);
-    request.body = match body {
+    Ok((request, body))
+}
+
+/// Reads the body a head announced.
+pub async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    body: BodyKind,
+    limits: Limits,
+) -> Result<Vec<u8>, ReadError> {
+    Ok(match body {
         BodyKind::None => Vec::new(),
         BodyKind::Length(len) => {
-            if len > max_body {
-                return Err(ReadError::BodyTooLarge(max_body));
+            if len > limits.max_body {
+                return Err(ReadError::BodyTooLarge(limits.max_body));
             }
             while buf.len() < len {
                 if read_more(stream, buf).await? == 0 {
@@ -105,23 +143,30 @@ pub async fn read_request<S: AsyncRead + Unpin>(
             }
             buf.drain(..len).collect()
         }
-        BodyKind::Chunked => read_chunked(stream, buf, max_body).await?,
-    };
-    Ok(request)
+        BodyKind::Chunked => read_chunked(stream, buf, limits).await?,
+    })
 }
 
-enum BodyKind {
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
     None,
     Length(usize),
     Chunked,
 }
 
-fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, BodyKind)>, ReadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+fn parse_head(
+    buf: &[u8],
+    max_headers: usize,
+) -> Result<Option<(Request, usize, BodyKind)>, ReadError> {
+    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ReadError::TooManyHeaders(max_headers));
+        }
         Err(e) => return Err(ReadError::Malformed(e.to_string())),
     };
     let method = req.method.unwrap_or_default().to_string();
@@ -189,8 +234,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, BodyKind)>, ReadErro
 async fn read_chunked<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
-    max_body: usize,
+    limits: Limits,
 ) -> Result<Vec<u8>, ReadError> {
+    let max_body = limits.max_body;
     let mut body = Vec::new();
     loop {
         // Chunk size line.
@@ -217,18 +263,29 @@ async fn read_chunked<S: AsyncRead + Unpin>(
         }
         // Chunk data plus its CRLF (the last chunk: optional trailers, CRLF).
         if size == 0 {
+            // Trailers are skipped, but counted and measured like headers:
+            // otherwise a client could stream trailer lines forever.
+            let mut trailers = 0;
+            let mut trailer_bytes = 0;
             loop {
                 if let Some(end) = find(buf, b"\r\n") {
                     if end == 0 {
                         buf.drain(..2);
                         return Ok(body);
                     }
-                    // A trailer line: skip it.
+                    trailers += 1;
+                    trailer_bytes += end + 2;
+                    if trailers > limits.max_headers {
+                        return Err(ReadError::TooManyTrailers(limits.max_headers));
+                    }
+                    if trailer_bytes > MAX_HEAD {
+                        return Err(ReadError::TrailersTooLarge);
+                    }
                     buf.drain(..end + 2);
                     continue;
                 }
-                if buf.len() > MAX_HEAD {
-                    return Err(ReadError::HeadTooLarge);
+                if trailer_bytes + buf.len() > MAX_HEAD {
+                    return Err(ReadError::TrailersTooLarge);
                 }
                 if read_more(stream, buf).await? == 0 {
                     return Err(ReadError::Malformed("connection closed in trailers".into()));
@@ -254,7 +311,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-async fn read_more<S: AsyncRead + Unpin>(
+/// Reads what the socket has (at most 4 KiB) onto `buf`; 0 at the end.
+pub async fn read_more<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
@@ -269,9 +327,19 @@ mod tests {
     use super::*;
 
     fn read(input: &[u8], max_body: usize) -> (Result<Request, ReadError>, Vec<u8>) {
+        read_with(
+            input,
+            Limits {
+                max_body,
+                max_headers: 64,
+            },
+        )
+    }
+
+    fn read_with(input: &[u8], limits: Limits) -> (Result<Request, ReadError>, Vec<u8>) {
         let mut stream = futures_lite::io::Cursor::new(input.to_vec());
         let mut buf = Vec::new();
-        let r = futures_lite::future::block_on(read_request(&mut stream, &mut buf, max_body));
+        let r = futures_lite::future::block_on(read_request(&mut stream, &mut buf, limits));
         (r, buf)
     }
 
@@ -347,5 +415,69 @@ mod tests {
         let (r, _) = read(b"GET / HTTP/1.0\r\n\r\n", 10);
         let r = r.unwrap();
         assert!(!r.keep_alive && r.http10);
+    }
+}
+
+#[cfg(test)]
+mod field_limits {
+    use super::*;
+
+    fn read(input: &[u8], max_headers: usize) -> Result<Request, ReadError> {
+        let mut stream = futures_lite::io::Cursor::new(input.to_vec());
+        let limits = Limits {
+            max_body: 1 << 20,
+            max_headers,
+        };
+        futures_lite::future::block_on(read_request(&mut stream, &mut Vec::new(), limits))
+    }
+
+    fn head_with(headers: usize) -> Vec<u8> {
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..headers {
+            head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        head
+    }
+
+    fn chunked_with(trailers: usize, trailer_len: usize) -> Vec<u8> {
+        let mut req =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n".to_vec();
+        for i in 0..trailers {
+            req.extend_from_slice(format!("T-{i}: {}\r\n", "v".repeat(trailer_len)).as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        req
+    }
+
+    #[test]
+    fn header_fields_are_counted() {
+        assert!(read(&head_with(8), 8).is_ok());
+        assert!(matches!(
+            read(&head_with(9), 8),
+            Err(ReadError::TooManyHeaders(8))
+        ));
+    }
+
+    #[test]
+    fn trailer_fields_are_counted_and_measured() {
+        assert_eq!(read(&chunked_with(8, 1), 8).unwrap().body, b"a");
+        assert!(matches!(
+            read(&chunked_with(9, 1), 8),
+            Err(ReadError::TooManyTrailers(8))
+        ));
+        // Few fields, but more bytes than a head may have.
+        assert!(matches!(
+            read(&chunked_with(4, MAX_HEAD / 3), 8),
+            Err(ReadError::TrailersTooLarge)
+        ));
+        // One endless trailer line.
+        let mut endless = chunked_with(0, 0);
+        endless.truncate(endless.len() - 2);
+        endless.extend_from_slice(&vec![b'x'; MAX_HEAD + 10]);
+        assert!(matches!(
+            read(&endless, 8),
+            Err(ReadError::TrailersTooLarge)
+        ));
     }
 }

@@ -1,51 +1,76 @@
 //! One accepted TCP connection: HTTP requests until it either upgrades to
 //! the websocket gateway or ends.
+//!
+//! Time is bounded per request, not per read: a request's head (the
+//! websocket upgrade's included) must arrive within `http_head_timeout` of
+//! the connection's start (first request) or of its first byte (later
+//! requests), and its body within `http_body_timeout` of the head. A client
+//! trickling bytes (slowloris) gets 408 and a close at the deadline; one
+//! that sent nothing at all is just closed. Between requests a kept-alive
+//! connection may sit idle for [`HTTP_IDLE`]; a response that cannot be
+//! written for that long ends the connection.
 
+use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use serde_json::json;
 
+use crate::config::Config;
 use crate::gateway::{self, Session};
 use crate::http::api::{self, Answer};
-use crate::http::request::{ReadError, Request, read_request};
+use crate::http::request::{Limits, ReadError, Request, read_body, read_head, read_more};
 use crate::http::response::Response;
 use crate::protocol::Encoding;
 use crate::shard::Shard;
 
-/// How long an HTTP connection may sit between or inside requests. A
-/// websocket connection is timed by heartbeats instead.
+/// How long a kept-alive HTTP connection may wait for its next request, and
+/// how long a response write may stall. A websocket connection is timed by
+/// heartbeats instead.
 const HTTP_IDLE: Duration = Duration::from_secs(30);
+
+/// How long, and how many bytes, [`close_gently`] reads and drops.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 << 10;
 
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(HTTP_IDLE));
+    let _ = stream.set_write_timeout(Some(HTTP_IDLE));
     let mut buf = Vec::new();
+    let mut first = true;
     loop {
+        // A later request's head deadline starts at its first byte; the
+        // wait for that byte is the idle timeout.
+        if !first && buf.is_empty() {
+            let idle = Instant::now() + HTTP_IDLE;
+            match read_more(&mut Deadline::new(&mut stream, idle), &mut buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
+        first = false;
         // Boxed, like the API handler below: the task of a websocket
         // connection lives on after the HTTP phase, and an unboxed HTTP
         // future would make every idle connection carry its size.
-        let read = Box::pin(read_request(
-            &mut stream,
-            &mut buf,
-            shard.config.max_http_body,
-        ));
+        let read = Box::pin(read_timed(&mut stream, &mut buf, &shard.config));
         let req = match read.await {
             Ok(req) => req,
-            Err(ReadError::Closed | ReadError::Io(_)) => return,
-            Err(e) => {
-                let status = match e {
-                    ReadError::HeadTooLarge => 431,
-                    ReadError::BodyTooLarge(_) => 413,
-                    _ => 400,
-                };
-                let response = Response::json(status, &json!({"errors": [e.to_string()]}));
-                let _ = stream.write_all(&response.to_bytes(false)).await;
+            Err(Failed::Silent) => return,
+            Err(Failed::Answer(status, why)) => {
+                if status == 408 {
+                    shard.metrics.http_timeout();
+                }
+                let response = Response::json(status, &json!({"errors": [why]}));
+                if stream.write_all(&response.to_bytes(false)).await.is_ok() {
+                    close_gently(&mut stream).await;
+                }
                 return;
             }
         };
@@ -56,6 +81,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                         return;
                     }
                     let _ = stream.set_read_timeout(None);
+                    let _ = stream.set_write_timeout(None);
                     let session = Session::new(shard.clone(), encoding, peer);
                     // The connection continues as a task of its own, so its
                     // long idle life carries only websocket state, not this
@@ -88,6 +114,119 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         if !matches!(reusable, Ok(true)) {
             return;
         }
+    }
+}
+
+/// Closes after an error answer sent while the request may still be
+/// arriving (a body past the limit, a head past its deadline). Closing with
+/// unread bytes makes the kernel send a reset, which can destroy the answer
+/// before the client reads it; so the write side is shut first and what the
+/// client still sends is read and dropped, for at most [`LINGER`] and
+/// [`LINGER_BYTES`].
+async fn close_gently(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let until = Instant::now() + LINGER;
+    let mut drained = 0;
+    let mut sink = Vec::new();
+    while drained < LINGER_BYTES {
+        sink.clear();
+        match read_more(&mut Deadline::new(stream, until), &mut sink).await {
+            Ok(n) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
+}
+
+/// Why no request came: nothing to answer, or an error status and message.
+enum Failed {
+    Silent,
+    Answer(u16, String),
+}
+
+/// Reads one request, its head and its body each within their deadline.
+async fn read_timed(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    config: &Config,
+) -> Result<Request, Failed> {
+    let limits = Limits {
+        max_body: config.max_http_body,
+        max_headers: config.http_max_headers,
+    };
+    let head_deadline = Instant::now() + config.http_head_timeout;
+    let head = read_head(
+        &mut Deadline::new(stream, head_deadline),
+        buf,
+        limits.max_headers,
+    )
+    .await;
+    let (mut req, body) = match head {
+        Ok(head) => head,
+        // Nothing at all arrived in time: no request to answer.
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut && buf.is_empty() => {
+            return Err(Failed::Silent);
+        }
+        Err(e) => return Err(failed(e, "head", config.http_head_timeout)),
+    };
+    let body_deadline = Instant::now() + config.http_body_timeout;
+    req.body = read_body(&mut Deadline::new(stream, body_deadline), buf, body, limits)
+        .await
+        .map_err(|e| failed(e, "body", config.http_body_timeout))?;
+    Ok(req)
+}
+
+fn failed(e: ReadError, part: &str, timeout: Duration) -> Failed {
+    let status = match &e {
+        ReadError::Closed => return Failed::Silent,
+        ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+            return Failed::Answer(
+                408,
+                format!(
+                    "request {part} not received within {} ms",
+                    timeout.as_millis()
+                ),
+            );
+        }
+        ReadError::Io(_) => return Failed::Silent,
+        ReadError::HeadTooLarge
+        | ReadError::TooManyHeaders(_)
+        | ReadError::TooManyTrailers(_)
+        | ReadError::TrailersTooLarge => 431,
+        ReadError::BodyTooLarge(_) => 413,
+        ReadError::Malformed(_) => 400,
+    };
+    Failed::Answer(status, e.to_string())
+}
+
+/// The socket read against a deadline: each read gets the time left as its
+/// timeout, so the deadline bounds the whole part of the request read
+/// through it, however the client spreads its bytes.
+struct Deadline<'a> {
+    stream: &'a mut TcpStream,
+    at: Instant,
+}
+
+impl<'a> Deadline<'a> {
+    fn new(stream: &'a mut TcpStream, at: Instant) -> Self {
+        Deadline { stream, at }
+    }
+}
+
+impl AsyncRead for Deadline<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let left = this.at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        // glommio arms a read's timer when the read first waits, with the
+        // timeout set then; a read already waiting keeps its timer.
+        this.stream.set_read_timeout(Some(left))?;
+        Pin::new(&mut *this.stream).poll_read(cx, out)
     }
 }
 

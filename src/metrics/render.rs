@@ -316,6 +316,11 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
         "Writes of data frames to websocket sockets (frames queued for one connection go out in one write: packets_out over this is the coalescing)",
         |s| s.socket_writes,
     );
+    counter(
+        "http_request_timeouts",
+        "HTTP requests answered 408 because their head or body missed its deadline (--http-head-timeout, --http-body-timeout)",
+        |s| s.http_timeouts,
+    );
     queue_families(&mut registry, snapshots, max_queues);
     registry.register_with_unit(
         "routing_latency",
