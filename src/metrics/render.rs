@@ -193,7 +193,7 @@ fn queue_families(registry: &mut Registry, snapshots: &[Snapshot], max_queues: u
     let (series, folded) = queue_series(snapshots, max_queues);
     registry.register(
         "queues_folded",
-        "Queues past --metrics-max-queues, whose figures are summed into the queue=\"_other\" series",
+        "Queues past --metrics-max-queues, whose figures are summed into the series labelled queue _other",
         ConstGauge::new(folded as i64),
     );
     let gauges: [Family<usize>; 4] = [
