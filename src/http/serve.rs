@@ -47,10 +47,11 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let mut first = true;
     loop {
         // A later request's head deadline starts at its first byte; the
-        // wait for that byte is the idle timeout.
+        // wait for that byte is the idle timeout. (Reads are boxed for the
+        // reason given below.)
         if !first && buf.is_empty() {
             let idle = Instant::now() + HTTP_IDLE;
-            match read_more(&mut Deadline::new(&mut stream, idle), &mut buf).await {
+            match Box::pin(read_more(&mut Deadline::new(&mut stream, idle), &mut buf)).await {
                 Ok(n) if n > 0 => {}
                 _ => return,
             }
@@ -69,7 +70,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 }
                 let response = Response::json(status, &json!({"errors": [why]}));
                 if stream.write_all(&response.to_bytes(false)).await.is_ok() {
-                    close_gently(&mut stream).await;
+                    Box::pin(close_gently(&mut stream)).await;
                 }
                 return;
             }
