@@ -79,6 +79,18 @@ pub struct Config {
     pub max_queue_message_size: usize,
     /// A queue log segment is closed and a new one started past this size.
     pub queue_segment_bytes: u64,
+    /// Longest queue name, in bytes (QUEUE, QUEUE_REQUEST, ..._CANCEL, _ACK).
+    pub max_queue_name_length: usize,
+    /// Live queues the whole server may hold (a queue lives while it holds
+    /// messages or waiting credits, and a while after).
+    pub max_queues: usize,
+    /// Bytes one queue may hold: the footprint of every message it holds
+    /// (see `queue::state::footprint`).
+    pub max_queue_bytes: usize,
+    /// Bytes every queue of the server together may hold.
+    pub max_total_queue_bytes: usize,
+    /// Most clients in one QUERY_NODES or `POST /api/v1/query` answer.
+    pub max_query_results: usize,
 }
 
 pub const DEFAULT_PORT: u16 = 4567;
@@ -98,6 +110,11 @@ pub const DEFAULT_DLQ_TIME_MS: u64 = 15_000;
 pub const DEFAULT_MAX_QUEUE_LENGTH: usize = 100_000;
 pub const DEFAULT_MAX_QUEUE_MESSAGE_SIZE: usize = 256 << 10;
 pub const DEFAULT_QUEUE_SEGMENT_BYTES: u64 = 64 << 20;
+pub const DEFAULT_MAX_QUEUE_NAME_LENGTH: usize = 255;
+pub const DEFAULT_MAX_QUEUES: usize = 100_000;
+pub const DEFAULT_MAX_QUEUE_BYTES: usize = 256 << 20;
+pub const DEFAULT_MAX_TOTAL_QUEUE_BYTES: usize = 1 << 30;
+pub const DEFAULT_MAX_QUERY_RESULTS: usize = 1000;
 
 /// Command-line flags. Every flag can also come from the environment
 /// variable named beside it, and from the `--config` TOML file under its
@@ -190,6 +207,21 @@ pub struct Flags {
     /// Queues: size in bytes past which a log segment is closed and a new one started; a segment is deleted once all its messages are acked [default: 67108864]
     #[arg(long, env = "QUEUE_SEGMENT_BYTES")]
     queue_segment_bytes: Option<u64>,
+    /// Queues: longest queue name in bytes (UTF-8) for QUEUE, QUEUE_REQUEST, QUEUE_REQUEST_CANCEL and QUEUE_ACK; longer ones are invalid (at most 65535) [default: 255]
+    #[arg(long, env = "MAX_QUEUE_NAME_LENGTH")]
+    max_queue_name_length: Option<usize>,
+    /// Queues: live queues the whole server may hold (a queue lives while it holds messages or waiting QUEUE_REQUEST credits, and a while after); a QUEUE or QUEUE_REQUEST that would create one more is invalid [default: 100000]
+    #[arg(long, env = "MAX_QUEUES")]
+    max_queues: Option<usize>,
+    /// Queues: bytes one queue may hold, counting each message's JSON payload, nonce, target and queue name plus a fixed overhead; QUEUE past it is invalid [default: 268435456]
+    #[arg(long, env = "MAX_QUEUE_BYTES")]
+    max_queue_bytes: Option<usize>,
+    /// Queues: bytes all queues of the server together may hold (counted like --max-queue-bytes); QUEUE past it is invalid [default: 1073741824]
+    #[arg(long, env = "MAX_TOTAL_QUEUE_BYTES")]
+    max_total_queue_bytes: Option<usize>,
+    /// Most clients in one QUERY_NODES or POST /api/v1/query answer; answers are also cut to half of --max-outbound-bytes (estimated); a cut answer says so (QUERY_NODES: "truncated": true; HTTP: X-Singyeong-Truncated header) [default: 1000]
+    #[arg(long, env = "MAX_QUERY_RESULTS")]
+    max_query_results: Option<usize>,
     /// TOML file with any of the settings above as snake_case keys
     #[arg(long, env = "CONFIG")]
     config: Option<PathBuf>,
@@ -226,6 +258,11 @@ struct FileConfig {
     max_queue_length: Option<usize>,
     max_queue_message_size: Option<usize>,
     queue_segment_bytes: Option<u64>,
+    max_queue_name_length: Option<usize>,
+    max_queues: Option<usize>,
+    max_queue_bytes: Option<usize>,
+    max_total_queue_bytes: Option<usize>,
+    max_query_results: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -352,6 +389,26 @@ impl Config {
                 .queue_segment_bytes
                 .or(file.queue_segment_bytes)
                 .unwrap_or(DEFAULT_QUEUE_SEGMENT_BYTES),
+            max_queue_name_length: flags
+                .max_queue_name_length
+                .or(file.max_queue_name_length)
+                .unwrap_or(DEFAULT_MAX_QUEUE_NAME_LENGTH),
+            max_queues: flags
+                .max_queues
+                .or(file.max_queues)
+                .unwrap_or(DEFAULT_MAX_QUEUES),
+            max_queue_bytes: flags
+                .max_queue_bytes
+                .or(file.max_queue_bytes)
+                .unwrap_or(DEFAULT_MAX_QUEUE_BYTES),
+            max_total_queue_bytes: flags
+                .max_total_queue_bytes
+                .or(file.max_total_queue_bytes)
+                .unwrap_or(DEFAULT_MAX_TOTAL_QUEUE_BYTES),
+            max_query_results: flags
+                .max_query_results
+                .or(file.max_query_results)
+                .unwrap_or(DEFAULT_MAX_QUERY_RESULTS),
         };
         config.validate()?;
         Ok(config)
@@ -402,7 +459,30 @@ impl Config {
         if self.queue_segment_bytes < 4096 {
             return invalid("queue_segment_bytes", "must be at least 4096 bytes");
         }
+        // The queue log stores a name's length in 16 bits.
+        if self.max_queue_name_length == 0 || self.max_queue_name_length > u16::MAX as usize {
+            return invalid("max_queue_name_length", "must be between 1 and 65535");
+        }
+        if self.max_queues == 0 {
+            return invalid("max_queues", "must be at least 1");
+        }
+        if self.max_queue_bytes < 1024 {
+            return invalid("max_queue_bytes", "must be at least 1024 bytes");
+        }
+        if self.max_total_queue_bytes < 1024 {
+            return invalid("max_total_queue_bytes", "must be at least 1024 bytes");
+        }
+        if self.max_query_results == 0 {
+            return invalid("max_query_results", "must be at least 1");
+        }
         Ok(())
+    }
+
+    /// The most bytes (estimated as JSON) of client objects one QUERY_NODES
+    /// or HTTP query answer carries: half the outbound bound, so an answer
+    /// never closes its asker as a slow consumer.
+    pub fn max_query_answer_bytes(&self) -> usize {
+        self.max_outbound_bytes / 2
     }
 
     /// A client silent for this long is reaped (contract §8: 1.5 × interval).
@@ -557,6 +637,49 @@ mod tests {
         assert_eq!(config.queue_segment_bytes, 8192);
         let err = Config::from_flags(parse(&["--ack-timeout", "0"])).unwrap_err();
         assert!(err.to_string().contains("ack_timeout"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resource_limits_from_file_and_flags() {
+        let config = Config::from_flags(parse(&[])).unwrap();
+        assert_eq!(config.max_queue_name_length, DEFAULT_MAX_QUEUE_NAME_LENGTH);
+        assert_eq!(config.max_queues, DEFAULT_MAX_QUEUES);
+        assert_eq!(config.max_queue_bytes, DEFAULT_MAX_QUEUE_BYTES);
+        assert_eq!(config.max_total_queue_bytes, DEFAULT_MAX_TOTAL_QUEUE_BYTES);
+        assert_eq!(config.max_query_results, DEFAULT_MAX_QUERY_RESULTS);
+        let dir = std::env::temp_dir().join(format!("sg-config-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "max_queue_name_length = 16\nmax_queues = 7\nmax_queue_bytes = 2048\n\
+             max_total_queue_bytes = 4096\nmax_query_results = 5\n",
+        )
+        .unwrap();
+        let config = Config::from_flags(parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--max-queues",
+            "9",
+        ]))
+        .unwrap();
+        assert_eq!(config.max_queue_name_length, 16);
+        assert_eq!(config.max_queues, 9);
+        assert_eq!(config.max_queue_bytes, 2048);
+        assert_eq!(config.max_total_queue_bytes, 4096);
+        assert_eq!(config.max_query_results, 5);
+        for (flag, value, name) in [
+            ("--max-queue-name-length", "0", "max_queue_name_length"),
+            ("--max-queue-name-length", "70000", "max_queue_name_length"),
+            ("--max-queues", "0", "max_queues"),
+            ("--max-queue-bytes", "10", "max_queue_bytes"),
+            ("--max-total-queue-bytes", "10", "max_total_queue_bytes"),
+            ("--max-query-results", "0", "max_query_results"),
+        ] {
+            let err = Config::from_flags(parse(&[flag, value])).unwrap_err();
+            assert!(err.to_string().contains(name), "{flag}: {err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

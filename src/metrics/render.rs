@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{LATENCY_BUCKETS, Snapshot};
+use super::{LATENCY_BUCKETS, Limit, Snapshot};
 use crate::queue::owner::QueueRow;
 
 /// Labelled values of one metric, encoded as one family.
@@ -107,7 +107,7 @@ fn queue_families(registry: &mut Registry, snapshots: &[Snapshot]) {
             })
         })
     };
-    let gauges: [Family<usize>; 4] = [
+    let gauges: [Family<usize>; 5] = [
         ("queue_depth", "Messages waiting in a queue", |q| q.depth),
         (
             "queue_in_flight",
@@ -122,6 +122,11 @@ fn queue_families(registry: &mut Registry, snapshots: &[Snapshot]) {
         ("queue_waiting", "Outstanding QUEUE_REQUEST credits", |q| {
             q.waiting
         }),
+        (
+            "queue_bytes",
+            "Bytes a queue holds: each message's payload, nonce, target and queue name plus a fixed overhead (bounded by --max-queue-bytes)",
+            |q| q.bytes,
+        ),
     ];
     for (name, help, value) in gauges {
         let rows = rows()
@@ -150,6 +155,38 @@ fn queue_families(registry: &mut Registry, snapshots: &[Snapshot]) {
             .collect();
         registry.register(name, help, Labeled { rows });
     }
+}
+
+/// What the server-wide limits (src/config.rs) see: live queues, the bytes
+/// they hold, and refusals per limit.
+fn limit_families(registry: &mut Registry, snapshots: &[Snapshot]) {
+    registry.register(
+        "queues",
+        "Live queues a shard owns (bounded by --max-queues, server-wide)",
+        per_shard(snapshots, |s| ConstGauge::new(s.gauges.queues as i64)),
+    );
+    registry.register(
+        "queued_bytes",
+        "Bytes a shard's queues hold: each message's payload, nonce, target and queue name plus a fixed overhead (bounded by --max-total-queue-bytes, server-wide)",
+        per_shard(snapshots, |s| ConstGauge::new(s.gauges.queue_bytes as i64)),
+    );
+    let rows = snapshots
+        .iter()
+        .flat_map(|s| {
+            Limit::ALL.iter().zip(&s.limit_refusals).map(|(limit, &n)| {
+                let labels = vec![
+                    ("shard".to_string(), s.shard.to_string()),
+                    ("limit".to_string(), limit.label().to_string()),
+                ];
+                (labels, ConstCounter::new(n))
+            })
+        })
+        .collect();
+    registry.register(
+        "limit_refusals",
+        "Requests refused because of a configured limit, by limit (query_results: answers cut short)",
+        Labeled { rows },
+    );
 }
 
 /// Renders every shard's snapshot (and the process's RSS and CPU time).
@@ -219,6 +256,7 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         |s| s.socket_writes,
     );
     queue_families(&mut registry, snapshots);
+    limit_families(&mut registry, snapshots);
     registry.register_with_unit(
         "routing_latency",
         "Time to route a SEND or BROADCAST, from decoding to handing it to the recipients' shards",
@@ -298,6 +336,7 @@ mod tests {
                     connections: 3,
                     clients: 2,
                     mesh_depth: 0,
+                    ..Gauges::default()
                 },
                 Vec::new(),
             ),
@@ -334,6 +373,18 @@ mod tests {
             text.contains("singyeong_queue_acked_total{shard=\"1\",queue=\"jobs\"} 7"),
             "{text}"
         );
+        assert!(
+            text.contains("singyeong_queue_bytes{shard=\"1\",queue=\"jobs\"} 900"),
+            "{text}"
+        );
+        assert!(
+            text.contains("singyeong_limit_refusals_total{shard=\"0\",limit=\"queues\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("singyeong_queued_bytes{shard=\"1\"} 0"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
@@ -344,6 +395,7 @@ mod tests {
             in_flight: 1,
             dead_letter: 0,
             waiting: 2,
+            bytes: 900,
             stats: crate::queue::state::Stats {
                 enqueued: 11,
                 delivered: 8,

@@ -64,6 +64,12 @@ impl ClientQueues {
         true
     }
 
+    /// The owner refused a QUEUE_REQUEST (no room for a new queue): the
+    /// credit it added is taken back.
+    pub fn refused(&mut self, queue: &str) {
+        self.change(queue, |h| h.credits = h.credits.saturating_sub(1));
+    }
+
     /// QUEUE_REQUEST_CANCEL: drops the credits. True when the owner must be
     /// told (it may hold credits of this connection); its answer comes back
     /// through [`ClientQueues::cancelled`].
@@ -204,6 +210,22 @@ mod tests {
         assert_eq!(c.tracked_names(), vec!["b".to_string()]);
         c.cancelled("b");
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_refused_request_is_taken_back() {
+        let mut c = ClientQueues::new(1);
+        c.request(&q("a"), 5);
+        c.refused("a");
+        assert!(
+            c.is_empty(),
+            "nothing is owed for a queue that was never made"
+        );
+        c.request(&q("b"), 5);
+        c.request(&q("b"), 5);
+        c.refused("b");
+        assert_eq!(c.waiting_on(), vec!["b".to_string()]);
+        c.refused("zzz");
     }
 
     #[test]
