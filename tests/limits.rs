@@ -369,3 +369,29 @@ fn a_large_query_answer_is_cut_not_a_slow_consumer() {
     assert_eq!(r.header("x-singyeong-truncated"), Some("true"));
     clients.iter_mut().for_each(Client::heartbeat);
 }
+
+/// The new limits are read like every other setting: from the environment
+/// and from the config file.
+#[test]
+fn the_new_limits_come_from_the_environment_and_the_config_file() {
+    let dir = std::env::temp_dir().join("singyeong-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}-limits.toml", std::process::id()));
+    std::fs::write(&file, "max_queue_name_length = 8\nno_durable = true\n").unwrap();
+    let server = Server::start_with_env(
+        &["--config", file.to_str().unwrap()],
+        &[("MAX_QUERY_RESULTS", "2")],
+    );
+    let _others: Vec<Client> = (0..3)
+        .map(|n| Client::ready(&server, Json, "env", &format!("e{n}")))
+        .collect();
+    let mut asker = Client::ready(&server, Json, "obs", "asker");
+    asker.dispatch("QUERY_NODES", query("env"));
+    let d = asker.expect_dispatch("QUERY_NODES");
+    assert_eq!(d["nodes"].as_array().unwrap().len(), 2, "{d}");
+    assert_eq!((&d["truncated"], &d["total"]), (&json!(true), &json!(3)));
+    asker.dispatch("QUEUE_REQUEST", json!({"queue": "123456789"}));
+    let extra = asker.expect_invalid("queue name too long");
+    assert_eq!(extra["max_queue_name_length"], json!(8));
+    let _ = std::fs::remove_file(file);
+}

@@ -1172,7 +1172,10 @@ fn a_queue_name_past_the_limit_is_invalid_and_loses_nothing() {
     drop((p, other));
 
     let s = durable(&dir, &["--shards", "1"]);
-    assert_eq!(queue_names(&s), BTreeSet::from(["a".to_string(), edge.clone()]));
+    assert_eq!(
+        queue_names(&s),
+        BTreeSet::from(["a".to_string(), edge.clone()])
+    );
     let mut c = Client::ready(&s, Encoding::Json, "app", "c");
     assert_eq!(drain_all(&mut c, "a", &want), want);
     request(&mut c, &edge);
@@ -1239,7 +1242,13 @@ fn queues_past_the_server_limit_are_refused_and_create_nothing() {
     wait_forgotten(&s, "w", Duration::from_millis(ACK_MS.max(DLQ_MS)) + STEP);
     wait_forgotten(&s, "m1", STEP);
     for i in 0..3 {
-        push(&mut p, &format!("fresh-{i}"), to_app("app"), json!(i), json!(i));
+        push(
+            &mut p,
+            &format!("fresh-{i}"),
+            to_app("app"),
+            json!(i),
+            json!(i),
+        );
     }
     p.dispatch(
         "QUEUE",
@@ -1270,9 +1279,16 @@ fn queue_bytes_count_the_whole_message_and_refuse_past_the_limit() {
     assert_eq!(extra["nonce"], nonce(3));
     let held = extra["queue_bytes"].as_u64().unwrap();
     let size = extra["message_bytes"].as_u64().unwrap();
-    assert!(size > 1500 && held >= 2 * 1500 && held + size > 4096, "{extra}");
+    assert!(
+        size > 1500 && held >= 2 * 1500 && held + size > 4096,
+        "{extra}"
+    );
     let st = queue_stats(&s, "big-nonce");
-    assert_eq!(st["depth"], json!(2), "the refused message is not queued: {st}");
+    assert_eq!(
+        st["depth"],
+        json!(2),
+        "the refused message is not queued: {st}"
+    );
     assert_eq!(
         metric_sum(&s, "singyeong_queue_bytes", "queue=\"big-nonce\""),
         held as f64
@@ -1303,7 +1319,11 @@ fn queue_bytes_count_the_whole_message_and_refuse_past_the_limit() {
     p.expect_invalid("queue full");
     assert!(queue_stats(&s, "huge").is_null(), "no queue made for it");
     assert_eq!(
-        metric_sum(&s, "singyeong_limit_refusals_total", "limit=\"queue_bytes\""),
+        metric_sum(
+            &s,
+            "singyeong_limit_refusals_total",
+            "limit=\"queue_bytes\""
+        ),
         3.0
     );
 }
