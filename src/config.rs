@@ -91,6 +91,9 @@ pub struct Config {
     pub max_total_queue_bytes: usize,
     /// Most clients in one QUERY_NODES or `POST /api/v1/query` answer.
     pub max_query_results: usize,
+    /// Waiting QUEUE_REQUEST credits one connection may hold on every
+    /// queue together.
+    pub max_queue_requests: usize,
 }
 
 pub const DEFAULT_PORT: u16 = 4567;
@@ -115,6 +118,7 @@ pub const DEFAULT_MAX_QUEUES: usize = 100_000;
 pub const DEFAULT_MAX_QUEUE_BYTES: usize = 256 << 20;
 pub const DEFAULT_MAX_TOTAL_QUEUE_BYTES: usize = 1 << 30;
 pub const DEFAULT_MAX_QUERY_RESULTS: usize = 1000;
+pub const DEFAULT_MAX_QUEUE_REQUESTS: usize = 10_000;
 
 /// Command-line flags. Every flag can also come from the environment
 /// variable named beside it, and from the `--config` TOML file under its
@@ -222,6 +226,9 @@ pub struct Flags {
     /// Most clients in one QUERY_NODES or POST /api/v1/query answer; answers are also cut to half of --max-outbound-bytes (estimated); a cut answer says so (QUERY_NODES: "truncated": true; HTTP: X-Singyeong-Truncated header) [default: 1000]
     #[arg(long, env = "MAX_QUERY_RESULTS")]
     max_query_results: Option<usize>,
+    /// Queues: waiting QUEUE_REQUEST credits one connection may hold on every queue together (each queue also allows at most --max-queue-length); QUEUE_REQUEST past it is invalid [default: 10000]
+    #[arg(long, env = "MAX_QUEUE_REQUESTS")]
+    max_queue_requests: Option<usize>,
     /// TOML file with any of the settings above as snake_case keys
     #[arg(long, env = "CONFIG")]
     config: Option<PathBuf>,
@@ -263,6 +270,7 @@ struct FileConfig {
     max_queue_bytes: Option<usize>,
     max_total_queue_bytes: Option<usize>,
     max_query_results: Option<usize>,
+    max_queue_requests: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +417,10 @@ impl Config {
                 .max_query_results
                 .or(file.max_query_results)
                 .unwrap_or(DEFAULT_MAX_QUERY_RESULTS),
+            max_queue_requests: flags
+                .max_queue_requests
+                .or(file.max_queue_requests)
+                .unwrap_or(DEFAULT_MAX_QUEUE_REQUESTS),
         };
         config.validate()?;
         Ok(config)
@@ -474,6 +486,9 @@ impl Config {
         }
         if self.max_query_results == 0 {
             return invalid("max_query_results", "must be at least 1");
+        }
+        if self.max_queue_requests == 0 {
+            return invalid("max_queue_requests", "must be at least 1");
         }
         Ok(())
     }
@@ -648,13 +663,14 @@ mod tests {
         assert_eq!(config.max_queue_bytes, DEFAULT_MAX_QUEUE_BYTES);
         assert_eq!(config.max_total_queue_bytes, DEFAULT_MAX_TOTAL_QUEUE_BYTES);
         assert_eq!(config.max_query_results, DEFAULT_MAX_QUERY_RESULTS);
+        assert_eq!(config.max_queue_requests, DEFAULT_MAX_QUEUE_REQUESTS);
         let dir = std::env::temp_dir().join(format!("sg-config-limits-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(
             &path,
             "max_queue_name_length = 16\nmax_queues = 7\nmax_queue_bytes = 2048\n\
-             max_total_queue_bytes = 4096\nmax_query_results = 5\n",
+             max_total_queue_bytes = 4096\nmax_query_results = 5\nmax_queue_requests = 6\n",
         )
         .unwrap();
         let config = Config::from_flags(parse(&[
@@ -669,6 +685,7 @@ mod tests {
         assert_eq!(config.max_queue_bytes, 2048);
         assert_eq!(config.max_total_queue_bytes, 4096);
         assert_eq!(config.max_query_results, 5);
+        assert_eq!(config.max_queue_requests, 6);
         for (flag, value, name) in [
             ("--max-queue-name-length", "0", "max_queue_name_length"),
             ("--max-queue-name-length", "70000", "max_queue_name_length"),
@@ -676,6 +693,7 @@ mod tests {
             ("--max-queue-bytes", "10", "max_queue_bytes"),
             ("--max-total-queue-bytes", "10", "max_total_queue_bytes"),
             ("--max-query-results", "0", "max_query_results"),
+            ("--max-queue-requests", "0", "max_queue_requests"),
         ] {
             let err = Config::from_flags(parse(&[flag, value])).unwrap_err();
             assert!(err.to_string().contains(name), "{flag}: {err}");

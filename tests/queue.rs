@@ -1383,3 +1383,47 @@ fn the_server_wide_queue_bytes_are_bounded() {
         assert_eq!(&delivered(&mut c, queue).0, id);
     }
 }
+
+/// Credits are bounded per queue (`--max-queue-length`) and, on every
+/// queue together, per connection (`--max-queue-requests`): otherwise one
+/// client could line up credits on each of `--max-queues` queues.
+#[test]
+fn a_connections_credits_on_every_queue_together_are_bounded() {
+    let s = server(&["--shards", "2", "--max-queue-requests", "3"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    request(&mut c, "r1");
+    request(&mut c, "r1");
+    request(&mut c, "r2");
+    request(&mut c, "r3");
+    let extra = c.expect_invalid("too many queue requests");
+    assert_eq!(extra, json!({"queue": "r3", "max_queue_requests": 3}));
+    // Another connection has its own.
+    let mut d = Client::ready(&s, Encoding::Json, "other", "d");
+    for q in ["r3", "r4", "r5"] {
+        request(&mut d, q);
+    }
+    d.sync();
+    let nodes = p.query_nodes(query("app"));
+    assert_eq!(node_of(&nodes, "c")["queues"], json!(["r1", "r2"]));
+    // A delivery uses a credit: room for one more.
+    let id = push(&mut p, "r2", to_app("app"), json!(1), json!(1));
+    assert_eq!(delivered(&mut c, "r2").0, id);
+    request(&mut c, "r3");
+    c.sync();
+    // A cancel gives its queue's credits back.
+    c.dispatch("QUEUE_REQUEST_CANCEL", json!({"queue": "r1"}));
+    request(&mut c, "r4");
+    request(&mut c, "r5");
+    c.sync();
+    request(&mut c, "r6");
+    c.expect_invalid("too many queue requests");
+    assert_eq!(
+        metric_sum(
+            &s,
+            "singyeong_limit_refusals_total",
+            "limit=\"queue_requests\""
+        ),
+        2.0
+    );
+}

@@ -47,10 +47,13 @@ pub enum Limit {
     QueueMessageSize,
     /// `--max-query-results` (and the answer's byte budget): answers cut.
     QueryResults,
+    /// `--max-queue-requests` per connection, and `--max-queue-length`
+    /// credits per queue: QUEUE_REQUESTs refused.
+    QueueRequests,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 8] = [
         Limit::QueueNameLength,
         Limit::Queues,
         Limit::QueueLength,
@@ -58,6 +61,7 @@ impl Limit {
         Limit::TotalQueueBytes,
         Limit::QueueMessageSize,
         Limit::QueryResults,
+        Limit::QueueRequests,
     ];
 
     /// The `limit` label.
@@ -70,6 +74,7 @@ impl Limit {
             Limit::TotalQueueBytes => "total_queue_bytes",
             Limit::QueueMessageSize => "queue_message_size",
             Limit::QueryResults => "query_results",
+            Limit::QueueRequests => "queue_requests",
         }
     }
 }

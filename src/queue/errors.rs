@@ -16,7 +16,8 @@ pub const QUEUE_NAME_TOO_LONG: &str = "queue name too long";
 /// QUEUE whose payload is larger than `max_queue_message_size`.
 pub const MESSAGE_TOO_LARGE: &str = "queue message too large";
 /// QUEUE_REQUEST from a client already holding `max_queue_length`
-/// credits on that queue (it could never use more).
+/// credits on that queue (it could never use more), or
+/// `max_queue_requests` on every queue together.
 pub const TOO_MANY_CREDITS: &str = "too many queue requests";
 /// QUEUE_ACK of an id that is not delivered and unacked.
 pub const UNKNOWN_MESSAGE: &str = "unknown queue message";

@@ -307,9 +307,12 @@ pub fn client_push(
 }
 
 /// QUEUE_REQUEST: one more credit. Credits per queue are bounded like the
-/// queue itself, so a client cannot grow the owner's line without limit.
+/// queue itself, and a connection's credits on every queue together by
+/// `--max-queue-requests`, so a client cannot grow owners' lines without
+/// limit.
 pub fn client_request(shard: &Shard, me: ConnRef, queue: Arc<str>) -> Result<(), (String, Value)> {
     {
+        let max_total = shard.config.max_queue_requests;
         let mut clients = shard.queues.clients.borrow_mut();
         let c = clients
             .entry(me.client)
@@ -317,7 +320,15 @@ pub fn client_request(shard: &Shard, me: ConnRef, queue: Arc<str>) -> Result<(),
         if c.conn != me.conn {
             *c = ClientQueues::new(me.conn);
         }
+        if c.credits() >= max_total {
+            shard.metrics.limit_refused(Limit::QueueRequests);
+            return Err((
+                errors::TOO_MANY_CREDITS.into(),
+                json!({"queue": &*queue, "max_queue_requests": max_total}),
+            ));
+        }
         if !c.request(&queue, shard.queues.max_len) {
+            shard.metrics.limit_refused(Limit::QueueRequests);
             return Err((
                 errors::TOO_MANY_CREDITS.into(),
                 json!({"queue": &*queue, "max_queue_length": shard.queues.max_len}),
