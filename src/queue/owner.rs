@@ -272,7 +272,8 @@ fn to_owner(shard: &Shard, queue: &str, msg: QueueMsg) {
     shard.on_shard(owner(queue, shard.shards()), ShardMsg::Queue(msg));
 }
 
-/// QUEUE: checks the size limit here, the length limit on the owner.
+/// QUEUE: checks the payload size limit here; the owner checks the others
+/// (length, bytes per queue and per server, number of queues).
 pub fn client_push(
     shard: &Shard,
     me: ConnRef,
