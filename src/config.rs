@@ -89,6 +89,21 @@ pub struct Config {
     /// Most header fields in an HTTP request head, and trailer fields after
     /// a chunked body.
     pub http_max_headers: usize,
+    /// Longest queue name, in bytes (QUEUE, QUEUE_REQUEST, ..._CANCEL, _ACK).
+    pub max_queue_name_length: usize,
+    /// Live queues the whole server may hold (a queue lives while it holds
+    /// messages or waiting credits, and a while after).
+    pub max_queues: usize,
+    /// Bytes one queue may hold: the footprint of every message it holds
+    /// (see `queue::state::footprint`).
+    pub max_queue_bytes: usize,
+    /// Bytes every queue of the server together may hold.
+    pub max_total_queue_bytes: usize,
+    /// Most clients in one QUERY_NODES or `POST /api/v1/query` answer.
+    pub max_query_results: usize,
+    /// Waiting QUEUE_REQUEST credits one connection may hold on every
+    /// queue together.
+    pub max_queue_requests: usize,
 }
 
 pub const DEFAULT_PORT: u16 = 4567;
@@ -115,6 +130,12 @@ pub const DEFAULT_HTTP_MAX_HEADERS: usize = 64;
 /// Upper bound of `http_max_headers`: the parser's header array is
 /// allocated at this size for every request.
 pub const MAX_HTTP_MAX_HEADERS: usize = 1024;
+pub const DEFAULT_MAX_QUEUE_NAME_LENGTH: usize = 255;
+pub const DEFAULT_MAX_QUEUES: usize = 100_000;
+pub const DEFAULT_MAX_QUEUE_BYTES: usize = 256 << 20;
+pub const DEFAULT_MAX_TOTAL_QUEUE_BYTES: usize = 1 << 30;
+pub const DEFAULT_MAX_QUERY_RESULTS: usize = 1000;
+pub const DEFAULT_MAX_QUEUE_REQUESTS: usize = 10_000;
 
 /// Command-line flags. Every flag can also come from the environment
 /// variable named beside it, and from the `--config` TOML file under its
@@ -219,6 +240,24 @@ pub struct Flags {
     /// Most header fields in an HTTP request, and most trailer fields after a chunked body; more get 431 and a close (at most 1024) [default: 64]
     #[arg(long, env = "HTTP_MAX_HEADERS")]
     http_max_headers: Option<usize>,
+    /// Queues: longest queue name in bytes (UTF-8) for QUEUE, QUEUE_REQUEST, QUEUE_REQUEST_CANCEL and QUEUE_ACK; longer ones are invalid (at most 65535) [default: 255]
+    #[arg(long, env = "MAX_QUEUE_NAME_LENGTH")]
+    max_queue_name_length: Option<usize>,
+    /// Queues: live queues the whole server may hold (a queue lives while it holds messages or waiting QUEUE_REQUEST credits, and a while after); a QUEUE or QUEUE_REQUEST that would create one more is invalid [default: 100000]
+    #[arg(long, env = "MAX_QUEUES")]
+    max_queues: Option<usize>,
+    /// Queues: bytes one queue may hold, counting each message's JSON payload, nonce, target and queue name plus a fixed overhead; QUEUE past it is invalid [default: 268435456]
+    #[arg(long, env = "MAX_QUEUE_BYTES")]
+    max_queue_bytes: Option<usize>,
+    /// Queues: bytes all queues of the server together may hold (counted like --max-queue-bytes); QUEUE past it is invalid [default: 1073741824]
+    #[arg(long, env = "MAX_TOTAL_QUEUE_BYTES")]
+    max_total_queue_bytes: Option<usize>,
+    /// Most clients in one QUERY_NODES or POST /api/v1/query answer; answers are also cut to half of --max-outbound-bytes (estimated); a cut answer says so (QUERY_NODES: "truncated": true; HTTP: X-Singyeong-Truncated header) [default: 1000]
+    #[arg(long, env = "MAX_QUERY_RESULTS")]
+    max_query_results: Option<usize>,
+    /// Queues: waiting QUEUE_REQUEST credits one connection may hold on every queue together (each queue also allows at most --max-queue-length); QUEUE_REQUEST past it is invalid [default: 10000]
+    #[arg(long, env = "MAX_QUEUE_REQUESTS")]
+    max_queue_requests: Option<usize>,
     /// TOML file with any of the settings above as snake_case keys
     #[arg(long, env = "CONFIG")]
     config: Option<PathBuf>,
@@ -259,6 +298,12 @@ struct FileConfig {
     http_head_timeout: Option<u64>,
     http_body_timeout: Option<u64>,
     http_max_headers: Option<usize>,
+    max_queue_name_length: Option<usize>,
+    max_queues: Option<usize>,
+    max_queue_bytes: Option<usize>,
+    max_total_queue_bytes: Option<usize>,
+    max_query_results: Option<usize>,
+    max_queue_requests: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -405,6 +450,30 @@ impl Config {
                 .http_max_headers
                 .or(file.http_max_headers)
                 .unwrap_or(DEFAULT_HTTP_MAX_HEADERS),
+            max_queue_name_length: flags
+                .max_queue_name_length
+                .or(file.max_queue_name_length)
+                .unwrap_or(DEFAULT_MAX_QUEUE_NAME_LENGTH),
+            max_queues: flags
+                .max_queues
+                .or(file.max_queues)
+                .unwrap_or(DEFAULT_MAX_QUEUES),
+            max_queue_bytes: flags
+                .max_queue_bytes
+                .or(file.max_queue_bytes)
+                .unwrap_or(DEFAULT_MAX_QUEUE_BYTES),
+            max_total_queue_bytes: flags
+                .max_total_queue_bytes
+                .or(file.max_total_queue_bytes)
+                .unwrap_or(DEFAULT_MAX_TOTAL_QUEUE_BYTES),
+            max_query_results: flags
+                .max_query_results
+                .or(file.max_query_results)
+                .unwrap_or(DEFAULT_MAX_QUERY_RESULTS),
+            max_queue_requests: flags
+                .max_queue_requests
+                .or(file.max_queue_requests)
+                .unwrap_or(DEFAULT_MAX_QUEUE_REQUESTS),
         };
         config.validate()?;
         Ok(config)
@@ -464,7 +533,33 @@ impl Config {
         if self.http_max_headers == 0 || self.http_max_headers > MAX_HTTP_MAX_HEADERS {
             return invalid("http_max_headers", "must be between 1 and 1024");
         }
+        // The queue log stores a name's length in 16 bits.
+        if self.max_queue_name_length == 0 || self.max_queue_name_length > u16::MAX as usize {
+            return invalid("max_queue_name_length", "must be between 1 and 65535");
+        }
+        if self.max_queues == 0 {
+            return invalid("max_queues", "must be at least 1");
+        }
+        if self.max_queue_bytes < 1024 {
+            return invalid("max_queue_bytes", "must be at least 1024 bytes");
+        }
+        if self.max_total_queue_bytes < 1024 {
+            return invalid("max_total_queue_bytes", "must be at least 1024 bytes");
+        }
+        if self.max_query_results == 0 {
+            return invalid("max_query_results", "must be at least 1");
+        }
+        if self.max_queue_requests == 0 {
+            return invalid("max_queue_requests", "must be at least 1");
+        }
         Ok(())
+    }
+
+    /// The most bytes (estimated as JSON) of client objects one QUERY_NODES
+    /// or HTTP query answer carries: half the outbound bound, so an answer
+    /// never closes its asker as a slow consumer.
+    pub fn max_query_answer_bytes(&self) -> usize {
+        self.max_outbound_bytes / 2
     }
 
     /// A client silent for this long is reaped (contract §8: 1.5 × interval).
@@ -664,6 +759,52 @@ mod tests {
             let err = Config::from_flags(parse(&bad)).unwrap_err();
             let name = bad[0].trim_start_matches("--").replace('-', "_");
             assert!(err.to_string().contains(&name), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resource_limits_from_file_and_flags() {
+        let config = Config::from_flags(parse(&[])).unwrap();
+        assert_eq!(config.max_queue_name_length, DEFAULT_MAX_QUEUE_NAME_LENGTH);
+        assert_eq!(config.max_queues, DEFAULT_MAX_QUEUES);
+        assert_eq!(config.max_queue_bytes, DEFAULT_MAX_QUEUE_BYTES);
+        assert_eq!(config.max_total_queue_bytes, DEFAULT_MAX_TOTAL_QUEUE_BYTES);
+        assert_eq!(config.max_query_results, DEFAULT_MAX_QUERY_RESULTS);
+        assert_eq!(config.max_queue_requests, DEFAULT_MAX_QUEUE_REQUESTS);
+        let dir = std::env::temp_dir().join(format!("sg-config-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "max_queue_name_length = 16\nmax_queues = 7\nmax_queue_bytes = 2048\n\
+             max_total_queue_bytes = 4096\nmax_query_results = 5\nmax_queue_requests = 6\n",
+        )
+        .unwrap();
+        let config = Config::from_flags(parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--max-queues",
+            "9",
+        ]))
+        .unwrap();
+        assert_eq!(config.max_queue_name_length, 16);
+        assert_eq!(config.max_queues, 9);
+        assert_eq!(config.max_queue_bytes, 2048);
+        assert_eq!(config.max_total_queue_bytes, 4096);
+        assert_eq!(config.max_query_results, 5);
+        assert_eq!(config.max_queue_requests, 6);
+        for (flag, value, name) in [
+            ("--max-queue-name-length", "0", "max_queue_name_length"),
+            ("--max-queue-name-length", "70000", "max_queue_name_length"),
+            ("--max-queues", "0", "max_queues"),
+            ("--max-queue-bytes", "10", "max_queue_bytes"),
+            ("--max-total-queue-bytes", "10", "max_total_queue_bytes"),
+            ("--max-query-results", "0", "max_query_results"),
+            ("--max-queue-requests", "0", "max_queue_requests"),
+        ] {
+            let err = Config::from_flags(parse(&[flag, value])).unwrap_err();
+            assert!(err.to_string().contains(name), "{flag}: {err}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

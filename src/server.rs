@@ -61,6 +61,8 @@ impl Server {
         let mesh = Mesh::new(config.shards);
         // Shards whose connections have not yet finished on shutdown.
         let draining = Arc::new(AtomicUsize::new(config.shards));
+        // Live queues and queued bytes, counted across shards.
+        let queue_budget = Arc::new(crate::queue::Budget::new(&config));
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut threads = Vec::new();
         let mut addr = SocketAddr::new(config.bind, config.port);
@@ -77,6 +79,7 @@ impl Server {
             let shard_mesh = mesh.clone();
             let shard_queues = recovered.next().unwrap_or_default();
             let shard_draining = draining.clone();
+            let shard_budget = queue_budget.clone();
             let mut builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
             if !config.spin_before_park.is_zero() {
                 builder = builder.spin_before_park(config.spin_before_park);
@@ -89,7 +92,7 @@ impl Server {
                         shard_mesh,
                         addr,
                         ready_tx,
-                        (shard_queues, boot),
+                        (shard_queues, boot, shard_budget),
                         shard_draining,
                     )
                 })
@@ -215,7 +218,12 @@ async fn run_shard(
     mesh: Mesh<ShardMsg>,
     addr: SocketAddr,
     ready: mpsc::Sender<Result<SocketAddr, String>>,
-    queues: (Vec<crate::queue::RecoveredMsg>, u64),
+    // Recovered messages, the boot number, and the server-wide queue budget.
+    queues: (
+        Vec<crate::queue::RecoveredMsg>,
+        u64,
+        Arc<crate::queue::Budget>,
+    ),
     draining: Arc<AtomicUsize>,
 ) {
     let listener = match TcpListener::bind(addr) {
@@ -226,7 +234,8 @@ async fn run_shard(
         }
     };
     let bound = listener.local_addr().unwrap_or(addr);
-    let shard = Rc::new(Shard::new(id, config, mesh.clone()));
+    let (recovered, boot, queue_budget) = queues;
+    let shard = Rc::new(Shard::new(id, config, mesh.clone(), queue_budget));
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "listening");
 
@@ -241,7 +250,7 @@ async fn run_shard(
     .detach();
     let reaper = glommio::spawn_local(reap_loop(shard.clone())).detach();
     let queue_task =
-        glommio::spawn_local(crate::queue::run(shard.clone(), queues.0, queues.1)).detach();
+        glommio::spawn_local(crate::queue::run(shard.clone(), recovered, boot)).detach();
 
     let mut batch = Vec::with_capacity(MESH_BATCH);
     while !shard.is_shutting_down() {

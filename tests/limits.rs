@@ -276,3 +276,122 @@ fn a_slow_consumer_is_cut_off_and_others_keep_receiving() {
     assert_eq!(ids, set(&["reader"]));
     reader.heartbeat();
 }
+
+/// QUERY_NODES and `POST /api/v1/query` describe at most
+/// `--max-query-results` clients. An answer within the cap keeps the
+/// contract's shape exactly; a cut one says so: QUERY_NODES adds
+/// `"truncated": true` and the `total` matched, HTTP keeps its array body
+/// and adds `X-Singyeong-Truncated: true` and `X-Singyeong-Total`.
+#[test]
+fn query_answers_are_capped_and_say_so() {
+    let server = Server::start(&["--shards", "3", "--max-query-results", "5"]);
+    let mut clients: Vec<Client> = (0..12)
+        .map(|n| {
+            let extra = json!({"metadata": {"n": meta("integer", json!(n))}});
+            Client::ready_with(&server, Json, "many", &format!("c{n}"), extra)
+        })
+        .collect();
+    for enc in ALL_ENCODINGS {
+        let mut asker = Client::ready(&server, enc, "obs", &format!("asker-{}", enc.name()));
+        // Under and at the cap: exactly the contract's answer.
+        for (below, want) in [(3, 3), (5, 5)] {
+            let q = query_ops("many", json!([op("/n", "$lt", json!(below))]));
+            asker.dispatch("QUERY_NODES", q);
+            let d = asker.expect_dispatch("QUERY_NODES");
+            let keys: Vec<&String> = d.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["nodes"], "{d}");
+            assert_eq!(d["nodes"].as_array().unwrap().len(), want, "{d}");
+        }
+        // Past it: five clients, and the answer says it was cut.
+        asker.dispatch("QUERY_NODES", query("many"));
+        let d = asker.expect_dispatch("QUERY_NODES");
+        assert_eq!(d["truncated"], json!(true), "{d}");
+        assert_eq!(d["total"], json!(12), "{d}");
+        let nodes = d["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 5, "{d}");
+        for n in nodes {
+            check_client_object(n);
+        }
+        assert_eq!(ids(nodes).len(), 5, "five different clients");
+        asker.heartbeat();
+    }
+
+    let r = server.http_query(&query_ops("many", json!([op("/n", "$lt", json!(4))])), None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().as_array().unwrap().len(), 4);
+    assert_eq!(r.header("x-singyeong-truncated"), None);
+    assert_eq!(r.header("x-singyeong-total"), None);
+    let r = server.http_query(&query("many"), None);
+    assert_eq!(r.status, 200);
+    let nodes = r.json().as_array().unwrap().clone();
+    assert_eq!(nodes.len(), 5);
+    nodes.iter().for_each(check_client_object);
+    assert_eq!(r.header("x-singyeong-truncated"), Some("true"));
+    assert_eq!(r.header("x-singyeong-total"), Some("12"));
+
+    let metrics = server.http("GET", "/metrics", &[], None).text();
+    let cut: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("singyeong_limit_refusals_total{") && l.contains("query_results"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(cut, 4, "three QUERY_NODES and one HTTP answer were cut");
+    clients.iter_mut().for_each(Client::heartbeat);
+}
+
+/// A QUERY_NODES answer larger than the asker's outbound bound used to
+/// close the asker as a "slow consumer". The answer is now cut to half of
+/// `--max-outbound-bytes` (and says so), and the asker stays connected.
+#[test]
+fn a_large_query_answer_is_cut_not_a_slow_consumer() {
+    let server = Server::start(&["--shards", "2", "--max-outbound-bytes", "65536"]);
+    let mut clients: Vec<Client> = (0..10)
+        .map(|n| {
+            let extra = json!({"metadata": {"blob": meta("string", json!(big(16 * 1024)))}});
+            Client::ready_with(&server, Json, "fat", &format!("f{n}"), extra)
+        })
+        .collect();
+    for enc in ALL_ENCODINGS {
+        let mut asker = Client::ready(&server, enc, "obs", &format!("asker-{}", enc.name()));
+        asker.dispatch("QUERY_NODES", query("fat"));
+        let d = asker.expect_dispatch("QUERY_NODES");
+        assert_eq!(d["truncated"], json!(true), "{}", d["total"]);
+        assert_eq!(d["total"], json!(10));
+        let nodes = d["nodes"].as_array().unwrap();
+        // 32 KiB of answer: one 16 KiB client fits, three never do.
+        assert!(!nodes.is_empty() && nodes.len() < 3, "{}", nodes.len());
+        asker.heartbeat();
+    }
+    // HTTP answers stay within the same budget.
+    let r = server.http_query(&query("fat"), None);
+    assert_eq!(r.status, 200);
+    assert!(r.json().as_array().unwrap().len() < 3);
+    assert_eq!(r.header("x-singyeong-truncated"), Some("true"));
+    clients.iter_mut().for_each(Client::heartbeat);
+}
+
+/// The new limits are read like every other setting: from the environment
+/// and from the config file.
+#[test]
+fn the_new_limits_come_from_the_environment_and_the_config_file() {
+    let dir = std::env::temp_dir().join("singyeong-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}-limits.toml", std::process::id()));
+    std::fs::write(&file, "max_queue_name_length = 8\nno_durable = true\n").unwrap();
+    let server = Server::start_with_env(
+        &["--config", file.to_str().unwrap()],
+        &[("MAX_QUERY_RESULTS", "2")],
+    );
+    let _others: Vec<Client> = (0..3)
+        .map(|n| Client::ready(&server, Json, "env", &format!("e{n}")))
+        .collect();
+    let mut asker = Client::ready(&server, Json, "obs", "asker");
+    asker.dispatch("QUERY_NODES", query("env"));
+    let d = asker.expect_dispatch("QUERY_NODES");
+    assert_eq!(d["nodes"].as_array().unwrap().len(), 2, "{d}");
+    assert_eq!((&d["truncated"], &d["total"]), (&json!(true), &json!(3)));
+    asker.dispatch("QUEUE_REQUEST", json!({"queue": "123456789"}));
+    let extra = asker.expect_invalid("queue name too long");
+    assert_eq!(extra["max_queue_name_length"], json!(8));
+    let _ = std::fs::remove_file(file);
+}

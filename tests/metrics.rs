@@ -268,7 +268,7 @@ fn hostile_queue_names_cannot_forge_series() {
             .into_iter()
             .filter(|f| f.starts_with("singyeong_queue_"))
             .count();
-        assert_eq!(queue_families, 9, "{parser} parser: {before:?}");
+        assert_eq!(queue_families, 10, "{parser} parser: {before:?}");
         for (family, name, labels) in &queue_samples {
             let keys: Vec<&String> = labels.as_object().unwrap().keys().collect();
             assert_eq!(keys, ["queue", "shard"], "{parser}: {name} {labels}");

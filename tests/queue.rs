@@ -1091,3 +1091,339 @@ fn a_log_that_cannot_be_written_refuses_queue_then_recovers() {
     assert_eq!(got, want);
     let _ = std::fs::remove_dir_all(&moved);
 }
+
+// ---------------------------------------------------------------------------
+// Limits on what clients make the server hold (issue 13)
+// ---------------------------------------------------------------------------
+
+/// The sum of every sample of `family` in a `/metrics` scrape whose labels
+/// contain `label` (e.g. `limit="queues"`; empty: every sample).
+fn metric_sum(server: &Server, family: &str, label: &str) -> f64 {
+    let text = server.http("GET", "/metrics", &[], None).text();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// A producer sends a name of 70,000 bytes: every queue dispatch naming it
+/// is invalid, nothing is queued or logged, the connection stays open, and
+/// the messages other producers queued before and after all survive a
+/// `kill -9` (the log once could not parse such a record and dropped
+/// everything after it).
+#[test]
+fn a_queue_name_past_the_limit_is_invalid_and_loses_nothing() {
+    let dir = TempDir::new("longname");
+    let mut s = durable(&dir, &["--shards", "1"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut other = Client::ready(&s, Encoding::Msgpack, "app", "other");
+    let mut want = BTreeSet::new();
+    for i in 0..10 {
+        want.insert(push(&mut other, "a", to_app("app"), json!(i), json!(i)));
+    }
+    let long = "q".repeat(70_000);
+    let dispatches = |name: &str| {
+        [
+            (
+                "QUEUE",
+                json!({"queue": name, "target": to_app("app"), "nonce": 1, "payload": 1}),
+            ),
+            ("QUEUE_REQUEST", json!({"queue": name})),
+            ("QUEUE_REQUEST_CANCEL", json!({"queue": name})),
+            ("QUEUE_ACK", json!({"queue": name, "id": "1"})),
+        ]
+    };
+    for (t, d) in dispatches(&long) {
+        p.dispatch(t, d);
+        let extra = p.expect_invalid("queue name too long");
+        assert_eq!(
+            extra,
+            json!({"length": 70_000, "max_queue_name_length": 255}),
+            "{t}"
+        );
+    }
+    for (t, d) in dispatches("") {
+        p.dispatch(t, d);
+        p.expect_invalid("invalid dispatch payload");
+    }
+    // The limit is in bytes: 255 bytes of two-byte characters pass, 256 not.
+    let edge = format!("{}x", "é".repeat(127));
+    assert_eq!(edge.len(), 255);
+    let edge_id = push(&mut p, &edge, to_app("app"), json!("e"), json!("e"));
+    let over = "é".repeat(128);
+    for (t, d) in dispatches(&over) {
+        p.dispatch(t, d);
+        let extra = p.expect_invalid("queue name too long");
+        assert_eq!(extra["length"], json!(256), "{t}");
+    }
+    for i in 10..20 {
+        want.insert(push(&mut other, "a", to_app("app"), json!(i), json!(i)));
+    }
+    assert_eq!(
+        metric_sum(
+            &s,
+            "singyeong_limit_refusals_total",
+            "limit=\"queue_name_length\""
+        ),
+        8.0
+    );
+    s.signal("KILL");
+    s.wait_exit(STEP).expect("killed");
+    drop((p, other));
+
+    let s = durable(&dir, &["--shards", "1"]);
+    assert_eq!(
+        queue_names(&s),
+        BTreeSet::from(["a".to_string(), edge.clone()])
+    );
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    assert_eq!(drain_all(&mut c, "a", &want), want);
+    request(&mut c, &edge);
+    assert_eq!(delivered(&mut c, &edge).0, edge_id);
+}
+
+/// `--max-queues` counts live queues server-wide, whichever shard owns
+/// them; a waiting credit keeps a queue alive, so QUEUE_REQUEST counts
+/// like QUEUE. Past it both are invalid and create nothing; once queues
+/// are forgotten there is room again.
+#[test]
+fn queues_past_the_server_limit_are_refused_and_create_nothing() {
+    let s = server(&["--shards", "3", "--max-queues", "3"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    request(&mut c, "w1");
+    request(&mut c, "w2");
+    let m1 = push(&mut p, "m1", to_app("nobody"), json!(0), json!(0));
+    c.sync();
+    // Names hash to every shard; each is one too many.
+    for i in 0..6 {
+        let name = format!("more-{i}");
+        p.dispatch(
+            "QUEUE",
+            json!({"queue": name, "target": to_app("app"), "nonce": i, "payload": i}),
+        );
+        let extra = p.expect_invalid("too many queues");
+        assert_eq!(
+            extra,
+            json!({"queue": name, "nonce": i, "max_queues": 3}),
+            "{extra}"
+        );
+        request(&mut c, &name);
+        let extra = c.expect_invalid("too many queues");
+        assert_eq!(extra, json!({"queue": name, "max_queues": 3}), "{extra}");
+    }
+    let names = queue_names(&s);
+    assert_eq!(
+        names,
+        ["m1", "w1", "w2"].map(String::from).into(),
+        "nothing was created"
+    );
+    // The refused credits were taken back: only the real ones are listed.
+    let nodes = p.query_nodes(query("app"));
+    assert_eq!(node_of(&nodes, "c")["queues"], json!(["w1", "w2"]));
+    assert_eq!(
+        metric_sum(&s, "singyeong_limit_refusals_total", "limit=\"queues\""),
+        12.0
+    );
+    assert_eq!(metric_sum(&s, "singyeong_queues", ""), 3.0);
+    // Existing queues keep working.
+    let id = push(&mut p, "w1", to_app("app"), json!("w"), json!("w"));
+    assert_eq!(delivered(&mut c, "w1").0, id);
+    ack(&mut c, "w1", &id);
+    // Empty the rest: cancel the credit, drop the unroutable message's
+    // queue by consuming it.
+    c.dispatch("QUEUE_REQUEST_CANCEL", json!({"queue": "w2"}));
+    let mut m = Client::ready(&s, Encoding::Json, "nobody", "m");
+    request(&mut m, "m1");
+    assert_eq!(delivered(&mut m, "m1").0, m1);
+    ack(&mut m, "m1", &m1);
+    m.sync();
+    c.sync();
+    wait_forgotten(&s, "w", Duration::from_millis(ACK_MS.max(DLQ_MS)) + STEP);
+    wait_forgotten(&s, "m1", STEP);
+    for i in 0..3 {
+        push(
+            &mut p,
+            &format!("fresh-{i}"),
+            to_app("app"),
+            json!(i),
+            json!(i),
+        );
+    }
+    p.dispatch(
+        "QUEUE",
+        json!({"queue": "fresh-3", "target": to_app("app"), "nonce": 3, "payload": 3}),
+    );
+    p.expect_invalid("too many queues");
+}
+
+/// `--max-queue-bytes` counts each message's whole footprint (payload,
+/// nonce, target, queue name and an overhead), not only its payload: a
+/// queue of tiny payloads with large nonces or targets fills up too. Past
+/// it QUEUE is invalid, not confirmed and not queued; an ack makes room.
+#[test]
+fn queue_bytes_count_the_whole_message_and_refuse_past_the_limit() {
+    let s = server(&["--max-queue-bytes", "4096"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    // Large nonces, payload 1: about 1.8 KB each.
+    let nonce = |i: u64| json!(format!("{i}{}", "n".repeat(1500)));
+    let first = push(&mut p, "big-nonce", to_app("app"), nonce(1), json!(1));
+    push(&mut p, "big-nonce", to_app("app"), nonce(2), json!(1));
+    p.dispatch(
+        "QUEUE",
+        json!({"queue": "big-nonce", "target": to_app("app"), "nonce": nonce(3), "payload": 1}),
+    );
+    let extra = p.expect_invalid("queue full");
+    assert_eq!(extra["max_queue_bytes"], json!(4096), "{extra}");
+    assert_eq!(extra["nonce"], nonce(3));
+    let held = extra["queue_bytes"].as_u64().unwrap();
+    let size = extra["message_bytes"].as_u64().unwrap();
+    assert!(
+        size > 1500 && held >= 2 * 1500 && held + size > 4096,
+        "{extra}"
+    );
+    let st = queue_stats(&s, "big-nonce");
+    assert_eq!(
+        st["depth"],
+        json!(2),
+        "the refused message is not queued: {st}"
+    );
+    assert_eq!(
+        metric_sum(&s, "singyeong_queue_bytes", "queue=\"big-nonce\""),
+        held as f64
+    );
+    // Acking one makes room for another.
+    request(&mut c, "big-nonce");
+    let (id, _) = delivered(&mut c, "big-nonce");
+    assert_eq!(id, first);
+    ack(&mut c, "big-nonce", &id);
+    c.sync();
+    push(&mut p, "big-nonce", to_app("app"), nonce(4), json!(1));
+
+    // A large target counts the same way (2.6 KB of `$in` values).
+    let list: Vec<String> = (0..200).map(|i| format!("value-{i:04}")).collect();
+    let target = query_ops("app", json!([op("/k", "$in", json!(list))]));
+    push(&mut p, "big-target", target.clone(), json!(1), json!(1));
+    p.dispatch(
+        "QUEUE",
+        json!({"queue": "big-target", "target": target, "nonce": 2, "payload": 1}),
+    );
+    let extra = p.expect_invalid("queue full");
+    assert_eq!(extra["max_queue_bytes"], json!(4096), "{extra}");
+    // So does one message larger than the whole limit, on an empty queue.
+    p.dispatch(
+        "QUEUE",
+        json!({"queue": "huge", "target": to_app("app"), "nonce": 1, "payload": "x".repeat(5000)}),
+    );
+    p.expect_invalid("queue full");
+    assert!(queue_stats(&s, "huge").is_null(), "no queue made for it");
+    assert_eq!(
+        metric_sum(
+            &s,
+            "singyeong_limit_refusals_total",
+            "limit=\"queue_bytes\""
+        ),
+        3.0
+    );
+}
+
+/// `--max-total-queue-bytes` bounds every queue together, whichever shard
+/// owns each; past it QUEUE is invalid and not queued, and an ack on any
+/// queue makes room on every other.
+#[test]
+fn the_server_wide_queue_bytes_are_bounded() {
+    let s = server(&["--shards", "3", "--max-total-queue-bytes", "8192"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    let payload = json!("p".repeat(1500));
+    let mut confirmed = Vec::new();
+    let refused = loop {
+        let queue = format!("q{}", confirmed.len());
+        let n = confirmed.len();
+        p.dispatch(
+            "QUEUE",
+            json!({"queue": queue, "target": to_app("app"), "nonce": n, "payload": payload}),
+        );
+        let pk = p.recv_within(STEP);
+        if pk["op"] == json!(OP_INVALID) {
+            break pk;
+        }
+        assert_eq!(pk["t"], json!("QUEUE_CONFIRM"), "{pk}");
+        confirmed.push((queue, pk["d"]["id"].as_str().unwrap().to_string()));
+        assert!(confirmed.len() < 10, "never refused");
+    };
+    // About 1.8 KB each: four fit in 8 KiB, never five.
+    assert_eq!(confirmed.len(), 4, "{refused}");
+    assert_eq!(refused["d"]["error"], json!("server queue memory full"));
+    let extra = &refused["d"]["extra_info"];
+    assert_eq!(extra["max_total_queue_bytes"], json!(8192), "{extra}");
+    assert_eq!(extra["queue"], json!("q4"), "{extra}");
+    assert!(queue_stats(&s, "q4").is_null(), "not queued: no queue made");
+    let held = metric_sum(&s, "singyeong_queued_bytes", "");
+    assert!(held > 4.0 * 1500.0 && held <= 8192.0, "{held}");
+    assert_eq!(
+        metric_sum(
+            &s,
+            "singyeong_limit_refusals_total",
+            "limit=\"total_queue_bytes\""
+        ),
+        1.0
+    );
+    // An ack on one queue frees room for another.
+    let (queue, id) = &confirmed[0];
+    request(&mut c, queue);
+    assert_eq!(&delivered(&mut c, queue).0, id);
+    ack(&mut c, queue, id);
+    c.sync();
+    push(&mut p, "q4", to_app("app"), json!(4), payload.clone());
+    // Everything confirmed is still there.
+    for (queue, id) in &confirmed[1..] {
+        request(&mut c, queue);
+        assert_eq!(&delivered(&mut c, queue).0, id);
+    }
+}
+
+/// Credits are bounded per queue (`--max-queue-length`) and, on every
+/// queue together, per connection (`--max-queue-requests`): otherwise one
+/// client could line up credits on each of `--max-queues` queues.
+#[test]
+fn a_connections_credits_on_every_queue_together_are_bounded() {
+    let s = server(&["--shards", "2", "--max-queue-requests", "3"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    request(&mut c, "r1");
+    request(&mut c, "r1");
+    request(&mut c, "r2");
+    request(&mut c, "r3");
+    let extra = c.expect_invalid("too many queue requests");
+    assert_eq!(extra, json!({"queue": "r3", "max_queue_requests": 3}));
+    // Another connection has its own.
+    let mut d = Client::ready(&s, Encoding::Json, "other", "d");
+    for q in ["r3", "r4", "r5"] {
+        request(&mut d, q);
+    }
+    d.sync();
+    let nodes = p.query_nodes(query("app"));
+    assert_eq!(node_of(&nodes, "c")["queues"], json!(["r1", "r2"]));
+    // A delivery uses a credit: room for one more.
+    let id = push(&mut p, "r2", to_app("app"), json!(1), json!(1));
+    assert_eq!(delivered(&mut c, "r2").0, id);
+    request(&mut c, "r3");
+    c.sync();
+    // A cancel gives its queue's credits back.
+    c.dispatch("QUEUE_REQUEST_CANCEL", json!({"queue": "r1"}));
+    request(&mut c, "r4");
+    request(&mut c, "r5");
+    c.sync();
+    request(&mut c, "r6");
+    c.expect_invalid("too many queue requests");
+    assert_eq!(
+        metric_sum(
+            &s,
+            "singyeong_limit_refusals_total",
+            "limit=\"queue_requests\""
+        ),
+        2.0
+    );
+}

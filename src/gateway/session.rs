@@ -14,6 +14,7 @@ use crate::config::UpdateMode;
 use crate::metadata::{
     ClientIdx, MetaValue, Metadata, UpdateError, estimated_entry_size, estimated_size, parse_update,
 };
+use crate::metrics::Limit;
 use crate::protocol::{self, Encoding, InboundPacket, errors, op};
 use crate::query::Query;
 use crate::queue;
@@ -303,7 +304,19 @@ impl Session {
             return Err(bad("d must be an object with a queue"));
         };
         let name: Arc<str> = match d.get("queue") {
-            Some(Value::String(s)) if !s.is_empty() => s.as_str().into(),
+            Some(Value::String(s)) if !s.is_empty() => {
+                // Checked here, before the name travels anywhere: the log,
+                // metrics and API all carry it.
+                let max = self.shard.config.max_queue_name_length;
+                if s.len() > max {
+                    self.shard.metrics.limit_refused(Limit::QueueNameLength);
+                    return Err((
+                        queue::errors::QUEUE_NAME_TOO_LONG.into(),
+                        json!({"length": s.len(), "max_queue_name_length": max}),
+                    ));
+                }
+                s.as_str().into()
+            }
             _ => return Err(bad("queue must be a non-empty string")),
         };
         let me = identity.conn_ref;
@@ -414,9 +427,17 @@ impl Session {
                 return;
             }
         };
-        let nodes = router::nodes(&self.shard, Arc::new(query)).await;
-        self.conn
-            .send_packet(op::DISPATCH, Some("QUERY_NODES"), &json!({"nodes": nodes}));
+        let cap = crate::shard::NodesCap::new(&self.shard.config);
+        let found = router::nodes(&self.shard, Arc::new(query), cap).await;
+        // Answers within the cap keep the contract's shape exactly; a cut
+        // one says so, and how many matched.
+        let d = if found.truncated() {
+            self.shard.metrics.limit_refused(Limit::QueryResults);
+            json!({"nodes": found.nodes, "truncated": true, "total": found.matched})
+        } else {
+            json!({"nodes": found.nodes})
+        };
+        self.conn.send_packet(op::DISPATCH, Some("QUERY_NODES"), &d);
     }
 
     /// Cleans up after the connection ends: the client leaves the store and

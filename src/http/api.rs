@@ -9,10 +9,11 @@ use subtle::ConstantTimeEq;
 
 use crate::http::request::Request;
 use crate::http::response::Response;
+use crate::metrics::Limit;
 use crate::proxy;
 use crate::query::Query;
 use crate::routing::router;
-use crate::shard::{Reply, Shard, ShardMsg};
+use crate::shard::{NodesCap, Reply, Shard, ShardMsg};
 
 /// What the API answers: a response built in memory, or an upstream's
 /// answer relayed as it arrives (the proxy, whose bodies may be large).
@@ -118,11 +119,27 @@ async fn query(shard: &Rc<Shard>, req: &Request) -> Response {
             return Response::json(400, &json!({"errors": [format!("invalid JSON body: {e}")]}));
         }
     };
-    match Query::parse(&body) {
-        Ok(query) => Response::json(
-            200,
-            &Value::Array(router::nodes(shard, Arc::new(query)).await),
-        ),
-        Err(e) => Response::json(400, &json!({"errors": [format!("invalid query: {e}")]})),
+    let query = match Query::parse(&body) {
+        Ok(query) => query,
+        Err(e) => {
+            return Response::json(400, &json!({"errors": [format!("invalid query: {e}")]}));
+        }
+    };
+    let found = router::nodes(shard, Arc::new(query), NodesCap::new(&shard.config)).await;
+    let truncated = found.truncated();
+    let response = Response::json(200, &Value::Array(found.nodes));
+    if !truncated {
+        return response;
     }
+    // The body stays the contract's array; the cut is said in headers.
+    shard.metrics.limit_refused(Limit::QueryResults);
+    response
+        .with_header(TRUNCATED_HEADER, "true")
+        .with_header(TOTAL_HEADER, found.matched.to_string())
 }
+
+/// On a `POST /api/v1/query` answer cut by `--max-query-results` (or the
+/// answer's byte budget): `true`.
+pub const TRUNCATED_HEADER: &str = "x-singyeong-truncated";
+/// With [`TRUNCATED_HEADER`]: how many clients matched in all.
+pub const TOTAL_HEADER: &str = "x-singyeong-total";

@@ -27,6 +27,7 @@ pub use probe::{IndexPlan, Probe};
 pub use scalar::ScalarKey;
 pub use store::{ClientEntry, ClientIdx, ClientStore};
 pub use validate::{
-    ENTRY_OVERHEAD, RESERVED_KEYS, UpdateError, estimated_entry_size, estimated_size, parse_update,
+    ENTRY_OVERHEAD, RESERVED_KEYS, UpdateError, estimated_entry_size, estimated_size, json_len,
+    parse_update,
 };
 pub use value::{MetaType, MetaValue, Metadata};

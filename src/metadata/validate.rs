@@ -181,7 +181,8 @@ pub fn estimated_entry_size(key: &str, value: &MetaValue) -> usize {
     ENTRY_OVERHEAD + key.len() + json_len(&value.value)
 }
 
-fn json_len(value: &Value) -> usize {
+/// The length of `value` written as JSON, without building the text.
+pub fn json_len(value: &Value) -> usize {
     struct Count(usize);
     impl io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -29,6 +29,56 @@ pub const LATENCY_BUCKETS: [f64; 21] = {
 /// Opcodes 0..=8 get their own counter; anything else is counted as "other".
 const OPS: usize = 10;
 
+/// A limit on what clients make the server hold; each refusal (or, for
+/// query answers, each cut answer) is counted under its label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `--max-queue-name-length`
+    QueueNameLength,
+    /// `--max-queues`
+    Queues,
+    /// `--max-queue-length`
+    QueueLength,
+    /// `--max-queue-bytes`
+    QueueBytes,
+    /// `--max-total-queue-bytes`
+    TotalQueueBytes,
+    /// `--max-queue-message-size`
+    QueueMessageSize,
+    /// `--max-query-results` (and the answer's byte budget): answers cut.
+    QueryResults,
+    /// `--max-queue-requests` per connection, and `--max-queue-length`
+    /// credits per queue: QUEUE_REQUESTs refused.
+    QueueRequests,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 8] = [
+        Limit::QueueNameLength,
+        Limit::Queues,
+        Limit::QueueLength,
+        Limit::QueueBytes,
+        Limit::TotalQueueBytes,
+        Limit::QueueMessageSize,
+        Limit::QueryResults,
+        Limit::QueueRequests,
+    ];
+
+    /// The `limit` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::QueueNameLength => "queue_name_length",
+            Limit::Queues => "queues",
+            Limit::QueueLength => "queue_length",
+            Limit::QueueBytes => "queue_bytes",
+            Limit::TotalQueueBytes => "total_queue_bytes",
+            Limit::QueueMessageSize => "queue_message_size",
+            Limit::QueryResults => "query_results",
+            Limit::QueueRequests => "queue_requests",
+        }
+    }
+}
+
 /// One shard's counters.
 #[derive(Default)]
 pub struct ShardMetrics {
@@ -44,6 +94,7 @@ pub struct ShardMetrics {
     slow_consumers: Cell<u64>,
     socket_writes: Cell<u64>,
     http_timeouts: Cell<u64>,
+    limit_refusals: [Cell<u64>; Limit::ALL.len()],
 }
 
 fn bump(cell: &Cell<u64>, by: u64) {
@@ -107,6 +158,11 @@ impl ShardMetrics {
         bump(&self.http_timeouts, 1);
     }
 
+    /// One refusal (or cut answer) because of `limit`.
+    pub fn limit_refused(&self, limit: Limit) {
+        bump(&self.limit_refusals[limit as usize], 1);
+    }
+
     /// A copy of every counter, with the gauges the shard reads at the time.
     pub fn snapshot(&self, shard: usize, gauges: Gauges, queues: Vec<QueueRow>) -> Snapshot {
         let read = |cells: &[Cell<u64>]| cells.iter().map(Cell::get).collect();
@@ -125,6 +181,7 @@ impl ShardMetrics {
             slow_consumers: self.slow_consumers.get(),
             socket_writes: self.socket_writes.get(),
             http_timeouts: self.http_timeouts.get(),
+            limit_refusals: read(&self.limit_refusals),
             queues,
         }
     }
@@ -139,6 +196,10 @@ pub struct Gauges {
     pub clients: u64,
     /// Messages waiting in the shard's mesh inbox.
     pub mesh_depth: u64,
+    /// Queues this shard owns.
+    pub queues: u64,
+    /// Bytes its queues hold (see `queue::state::footprint`).
+    pub queue_bytes: u64,
 }
 
 /// One shard's metrics at one moment; sent across the mesh on a scrape.
@@ -158,6 +219,8 @@ pub struct Snapshot {
     pub slow_consumers: u64,
     pub socket_writes: u64,
     pub http_timeouts: u64,
+    /// Refusals per limit, in [`Limit::ALL`] order.
+    pub limit_refusals: Vec<u64>,
     /// The queues the shard owns.
     pub queues: Vec<QueueRow>,
 }
@@ -185,5 +248,25 @@ mod tests {
         // 3 µs falls in the 4 µs bucket; 10 s overflows into +Inf.
         assert_eq!(s.routing_buckets[2], 1);
         assert_eq!(s.routing_buckets[LATENCY_BUCKETS.len()], 1);
+    }
+
+    #[test]
+    fn limit_refusals_are_counted_per_limit() {
+        let m = ShardMetrics::default();
+        m.limit_refused(Limit::Queues);
+        m.limit_refused(Limit::Queues);
+        m.limit_refused(Limit::QueryResults);
+        let s = m.snapshot(0, Gauges::default(), Vec::new());
+        for (limit, n) in Limit::ALL.iter().zip(&s.limit_refusals) {
+            let want = match limit {
+                Limit::Queues => 2,
+                Limit::QueryResults => 1,
+                _ => 0,
+            };
+            assert_eq!(*n, want, "{}", limit.label());
+        }
+        for (i, limit) in Limit::ALL.iter().enumerate() {
+            assert_eq!(*limit as usize, i, "ALL is in declaration order");
+        }
     }
 }

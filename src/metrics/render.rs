@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{LATENCY_BUCKETS, Snapshot};
+use super::{LATENCY_BUCKETS, Limit, Snapshot};
 use crate::queue::owner::QueueRow;
 
 /// Labelled values of one metric, encoded as one family. Label values are
@@ -196,7 +196,7 @@ fn queue_families(registry: &mut Registry, snapshots: &[Snapshot], max_queues: u
         "Queues past --metrics-max-queues, whose figures are summed into the series labelled queue _other",
         ConstGauge::new(folded as i64),
     );
-    let gauges: [Family<usize>; 4] = [
+    let gauges: [Family<usize>; 5] = [
         ("queue_depth", "Messages waiting in a queue", |q| q.depth),
         (
             "queue_in_flight",
@@ -211,6 +211,11 @@ fn queue_families(registry: &mut Registry, snapshots: &[Snapshot], max_queues: u
         ("queue_waiting", "Outstanding QUEUE_REQUEST credits", |q| {
             q.waiting
         }),
+        (
+            "queue_bytes",
+            "Bytes a queue holds: each message's payload, nonce, target and queue name plus a fixed overhead (bounded by --max-queue-bytes)",
+            |q| q.bytes,
+        ),
     ];
     for (name, help, value) in gauges {
         let rows = series
@@ -247,6 +252,38 @@ fn queue_families(registry: &mut Registry, snapshots: &[Snapshot], max_queues: u
             .collect();
         registry.register(name, help, Labeled { rows });
     }
+}
+
+/// What the server-wide limits (src/config.rs) see: live queues, the bytes
+/// they hold, and refusals per limit.
+fn limit_families(registry: &mut Registry, snapshots: &[Snapshot]) {
+    registry.register(
+        "queues",
+        "Live queues a shard owns (bounded by --max-queues, server-wide)",
+        per_shard(snapshots, |s| ConstGauge::new(s.gauges.queues as i64)),
+    );
+    registry.register(
+        "queued_bytes",
+        "Bytes a shard's queues hold: each message's payload, nonce, target and queue name plus a fixed overhead (bounded by --max-total-queue-bytes, server-wide)",
+        per_shard(snapshots, |s| ConstGauge::new(s.gauges.queue_bytes as i64)),
+    );
+    let rows = snapshots
+        .iter()
+        .flat_map(|s| {
+            Limit::ALL.iter().zip(&s.limit_refusals).map(|(limit, &n)| {
+                let labels = vec![
+                    ("shard".to_string(), s.shard.to_string()),
+                    ("limit".to_string(), limit.label().to_string()),
+                ];
+                (labels, ConstCounter::new(n))
+            })
+        })
+        .collect();
+    registry.register(
+        "limit_refusals",
+        "Requests refused because of a configured limit, by limit (query_results: answers cut short)",
+        Labeled { rows },
+    );
 }
 
 /// Renders every shard's snapshot (and the process's RSS and CPU time), with
@@ -322,6 +359,7 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
         |s| s.http_timeouts,
     );
     queue_families(&mut registry, snapshots, max_queues);
+    limit_families(&mut registry, snapshots);
     registry.register_with_unit(
         "routing_latency",
         "Time to route a SEND or BROADCAST, from decoding to handing it to the recipients' shards",
@@ -401,6 +439,7 @@ mod tests {
                     connections: 3,
                     clients: 2,
                     mesh_depth: 0,
+                    ..Gauges::default()
                 },
                 Vec::new(),
             ),
@@ -435,6 +474,18 @@ mod tests {
         );
         assert!(
             text.contains("singyeong_queue_acked_total{shard=\"1\",queue=\"jobs\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("singyeong_queue_bytes{shard=\"1\",queue=\"jobs\"} 900"),
+            "{text}"
+        );
+        assert!(
+            text.contains("singyeong_limit_refusals_total{shard=\"0\",limit=\"queues\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("singyeong_queued_bytes{shard=\"1\"} 0"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
@@ -518,6 +569,7 @@ mod tests {
             in_flight: 1,
             dead_letter: 0,
             waiting: 2,
+            bytes: 900,
             stats: crate::queue::state::Stats {
                 enqueued: 11,
                 delivered: 8,

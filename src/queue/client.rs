@@ -24,6 +24,9 @@ pub struct ClientQueues {
     /// The connection this belongs to (client slots are reused).
     pub conn: u64,
     queues: HashMap<Arc<str>, Holding>,
+    /// Waiting credits on every queue together (each is an entry in an
+    /// owner's line, so they are bounded per connection too).
+    credits: usize,
     /// The snapshot last sent to owners; rebuilt after a metadata update.
     pub snapshot: Option<Arc<Consumer>>,
 }
@@ -61,7 +64,24 @@ impl ClientQueues {
             return false;
         }
         h.credits += 1;
+        self.credits += 1;
         true
+    }
+
+    /// Waiting credits on every queue together.
+    pub fn credits(&self) -> usize {
+        self.credits
+    }
+
+    /// The owner refused a QUEUE_REQUEST (no room for a new queue): the
+    /// credit it added is taken back.
+    pub fn refused(&mut self, queue: &str) {
+        let mut taken = 0;
+        self.change(queue, |h| {
+            taken = h.credits.min(1);
+            h.credits -= taken;
+        });
+        self.credits -= taken as usize;
     }
 
     /// QUEUE_REQUEST_CANCEL: drops the credits. True when the owner must be
@@ -71,6 +91,7 @@ impl ClientQueues {
         let Some(h) = self.queues.get_mut(queue) else {
             return false; // nothing asked for, nothing to withdraw
         };
+        self.credits -= h.credits as usize;
         h.credits = 0;
         h.cancelling += 1;
         true
@@ -85,7 +106,9 @@ impl ClientQueues {
     /// A delivery arrived: it used one credit (none left after a cancel).
     pub fn delivered(&mut self, queue: &Arc<str>, id: MsgId) {
         let h = self.queues.entry(queue.clone()).or_default();
-        h.credits = h.credits.saturating_sub(1);
+        let used = h.credits.min(1);
+        h.credits -= used;
+        self.credits -= used as usize;
         h.held.insert(id);
     }
 
@@ -204,6 +227,41 @@ mod tests {
         assert_eq!(c.tracked_names(), vec!["b".to_string()]);
         c.cancelled("b");
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn credits_are_counted_across_queues() {
+        let mut c = ClientQueues::new(1);
+        for name in ["a", "a", "b", "c"] {
+            c.request(&q(name), 5);
+        }
+        assert_eq!(c.credits(), 4);
+        c.delivered(&q("a"), 1);
+        assert_eq!(c.credits(), 3);
+        c.cancel("a");
+        assert_eq!(c.credits(), 2);
+        // A delivery after the cancel uses no credit.
+        c.delivered(&q("a"), 2);
+        assert_eq!(c.credits(), 2);
+        c.refused("b");
+        c.refused("b");
+        assert_eq!(c.credits(), 1);
+    }
+
+    #[test]
+    fn a_refused_request_is_taken_back() {
+        let mut c = ClientQueues::new(1);
+        c.request(&q("a"), 5);
+        c.refused("a");
+        assert!(
+            c.is_empty(),
+            "nothing is owed for a queue that was never made"
+        );
+        c.request(&q("b"), 5);
+        c.request(&q("b"), 5);
+        c.refused("b");
+        assert_eq!(c.waiting_on(), vec!["b".to_string()]);
+        c.refused("zzz");
     }
 
     #[test]

@@ -1,12 +1,23 @@
 //! The exact wire text of every queue error: the `error` of invalid (op 3).
 //! `extra_info` carries the details (queue, id, limit).
 
-/// QUEUE on a queue already holding `max_queue_length` messages.
+/// QUEUE on a queue already holding `max_queue_length` messages, or whose
+/// message would take it past `max_queue_bytes` (`extra_info` names the
+/// limit).
 pub const QUEUE_FULL: &str = "queue full";
+/// QUEUE whose message would take the server's queues past
+/// `max_total_queue_bytes`.
+pub const SERVER_QUEUES_FULL: &str = "server queue memory full";
+/// QUEUE or QUEUE_REQUEST that would create a queue past `max_queues`.
+pub const TOO_MANY_QUEUES: &str = "too many queues";
+/// A queue name longer than `max_queue_name_length` bytes, in any queue
+/// dispatch.
+pub const QUEUE_NAME_TOO_LONG: &str = "queue name too long";
 /// QUEUE whose payload is larger than `max_queue_message_size`.
 pub const MESSAGE_TOO_LARGE: &str = "queue message too large";
 /// QUEUE_REQUEST from a client already holding `max_queue_length`
-/// credits on that queue (it could never use more).
+/// credits on that queue (it could never use more), or
+/// `max_queue_requests` on every queue together.
 pub const TOO_MANY_CREDITS: &str = "too many queue requests";
 /// QUEUE_ACK of an id that is not delivered and unacked.
 pub const UNKNOWN_MESSAGE: &str = "unknown queue message";

@@ -12,6 +12,8 @@
 //!   start.
 //! - [`client`]: what a client's own shard remembers of its queues
 //!   (credits, unacked deliveries), so that owners hear when it goes.
+//! - [`budget`]: the server-wide counters behind `--max-queues` and
+//!   `--max-total-queue-bytes`, shared by every shard.
 //! - [`msg`]: what queues send between shards.
 //! - [`errors`]: the wire text of queue errors.
 //!
@@ -38,6 +40,7 @@
 //! again. Messages recovered at start are not checked (their consumers may
 //! not have reconnected yet).
 
+pub mod budget;
 pub mod client;
 pub mod errors;
 pub mod msg;
@@ -50,6 +53,7 @@ mod tests;
 
 use std::rc::Rc;
 
+pub use budget::Budget;
 pub use msg::{QueueAsk, QueueMsg, QueueReply};
 pub use owner::{ShardQueues, stats};
 pub use wal::{Recovered, RecoveredMsg, WalError, recover};

@@ -63,6 +63,15 @@ pub enum QueueMsg {
     /// To the client's shard: its QUEUE_REQUEST_CANCEL was applied; every
     /// delivery made before it was sent ahead of this.
     Cancelled { to: ConnRef, queue: Arc<str> },
+    /// To the consumer's shard: its QUEUE_REQUEST was refused (it would
+    /// have created a queue past `--max-queues`): the credit is taken back,
+    /// and the client gets invalid (op 3).
+    Refused {
+        to: ConnRef,
+        queue: Arc<str>,
+        error: &'static str,
+        extra: Value,
+    },
     /// To a client's shard: invalid (op 3) for that client.
     Invalid {
         to: ConnRef,

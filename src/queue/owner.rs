@@ -17,6 +17,18 @@
 //! log condition makes sure that what a restart would recover of a
 //! forgotten queue is nothing (its acks are on disk). Messages sent to a
 //! forgotten name simply create the queue afresh (counters from zero).
+//!
+//! # Limits
+//!
+//! What clients make the owner hold is bounded: messages per queue
+//! (`--max-queue-length`), bytes per queue (`--max-queue-bytes`), bytes
+//! and live queues per server (`--max-total-queue-bytes`, `--max-queues`,
+//! counted in the shared [`Budget`]). A QUEUE past any of them is refused
+//! before anything is logged, queued or created. A QUEUE_REQUEST creates
+//! its queue too (its waiting credit keeps the queue alive), so it counts
+//! against `--max-queues` the same way; refused, its credit is taken back
+//! on the client's shard. Recovery restores every confirmed message
+//! whatever the limits say.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -28,13 +40,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::budget::Budget;
 use super::client::ClientQueues;
 use super::errors;
 use super::msg::{QueueAsk, QueueMsg, QueueReply};
-use super::state::{AckError, Action, Consumer, Message, MsgId, Queue};
+use super::state::{AckError, Action, Consumer, Message, MsgId, Queue, footprint};
 use super::wal::{Record, Wal};
 use crate::config::Config;
 use crate::metadata::ClientIdx;
+use crate::metrics::Limit;
 use crate::query::Query;
 use crate::shard::{ConnRef, Dispatch, Reply, Shard, ShardMsg};
 
@@ -68,6 +82,8 @@ pub struct QueueRow {
     pub in_flight: usize,
     pub dead_letter: usize,
     pub waiting: usize,
+    /// Bytes held (`--max-queue-bytes`).
+    pub bytes: usize,
     pub stats: super::state::Stats,
 }
 
@@ -79,6 +95,9 @@ pub struct ShardQueues {
     ack_timeout: Duration,
     dlq_time: Duration,
     max_len: usize,
+    max_bytes: usize,
+    /// Live queues and bytes held, server-wide (shared by every shard).
+    budget: Arc<Budget>,
     /// How long a queue stays idle before it is forgotten.
     idle_time: Duration,
     owned: RefCell<HashMap<Arc<str>, Owned>>,
@@ -96,7 +115,7 @@ pub struct ShardQueues {
 }
 
 impl ShardQueues {
-    pub fn new(shard: usize, config: &Config) -> ShardQueues {
+    pub fn new(shard: usize, config: &Config, budget: Arc<Budget>) -> ShardQueues {
         // Ids grow with the clock so they stay unique across restarts even
         // once every segment holding older ids is deleted; the low 8 bits
         // name the shard (at most 256).
@@ -106,6 +125,8 @@ impl ShardQueues {
             ack_timeout: config.ack_timeout,
             dlq_time: config.dlq_time,
             max_len: config.max_queue_length,
+            max_bytes: config.max_queue_bytes,
+            budget,
             idle_time: config.ack_timeout.max(config.dlq_time),
             owned: RefCell::default(),
             idle: RefCell::default(),
@@ -179,9 +200,16 @@ impl ShardQueues {
                 in_flight: q.in_flight(),
                 dead_letter: q.dead_letters(),
                 waiting: q.credits(),
+                bytes: q.bytes(),
                 stats: q.stats(),
             })
             .collect()
+    }
+
+    /// How many queues this shard owns and the bytes they hold (gauges).
+    pub fn held(&self) -> (usize, usize) {
+        let owned = self.owned.borrow();
+        (owned.len(), owned.values().map(|o| o.queue.bytes()).sum())
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -207,6 +235,7 @@ impl ShardQueues {
             let written = durable_through.is_none_or(|d| d >= o.last_record);
             if quiet && written {
                 owned.remove(name);
+                self.budget.remove_queue();
                 return false;
             }
             true
@@ -243,7 +272,8 @@ fn to_owner(shard: &Shard, queue: &str, msg: QueueMsg) {
     shard.on_shard(owner(queue, shard.shards()), ShardMsg::Queue(msg));
 }
 
-/// QUEUE: checks the size limit here, the length limit on the owner.
+/// QUEUE: checks the payload size limit here; the owner checks the others
+/// (length, bytes per queue and per server, number of queues).
 pub fn client_push(
     shard: &Shard,
     me: ConnRef,
@@ -256,6 +286,7 @@ pub fn client_push(
     let size = serde_json::to_vec(&payload).map_or(0, |v| v.len());
     let max = shard.config.max_queue_message_size;
     if size > max {
+        shard.metrics.limit_refused(Limit::QueueMessageSize);
         return Err((
             errors::MESSAGE_TOO_LARGE.into(),
             json!({"queue": &*queue, "size": size, "max_queue_message_size": max}),
@@ -277,9 +308,12 @@ pub fn client_push(
 }
 
 /// QUEUE_REQUEST: one more credit. Credits per queue are bounded like the
-/// queue itself, so a client cannot grow the owner's line without limit.
+/// queue itself, and a connection's credits on every queue together by
+/// `--max-queue-requests`, so a client cannot grow owners' lines without
+/// limit.
 pub fn client_request(shard: &Shard, me: ConnRef, queue: Arc<str>) -> Result<(), (String, Value)> {
     {
+        let max_total = shard.config.max_queue_requests;
         let mut clients = shard.queues.clients.borrow_mut();
         let c = clients
             .entry(me.client)
@@ -287,7 +321,15 @@ pub fn client_request(shard: &Shard, me: ConnRef, queue: Arc<str>) -> Result<(),
         if c.conn != me.conn {
             *c = ClientQueues::new(me.conn);
         }
+        if c.credits() >= max_total {
+            shard.metrics.limit_refused(Limit::QueueRequests);
+            return Err((
+                errors::TOO_MANY_CREDITS.into(),
+                json!({"queue": &*queue, "max_queue_requests": max_total}),
+            ));
+        }
         if !c.request(&queue, shard.queues.max_len) {
+            shard.metrics.limit_refused(Limit::QueueRequests);
             return Err((
                 errors::TOO_MANY_CREDITS.into(),
                 json!({"queue": &*queue, "max_queue_length": shard.queues.max_len}),
@@ -395,7 +437,23 @@ pub fn handle(shard: &Shard, msg: QueueMsg) {
             payload,
         } => push(shard, from, queue, target, target_json, nonce, payload, now),
         QueueMsg::Request { queue, consumer } => {
-            with_queue(shard, &queue, now, |q, out| q.request(consumer, now, out));
+            if ensure_queue(shard, &queue, now, true) {
+                with_existing(shard, &queue, now, |q, out| q.request(consumer, now, out));
+            } else {
+                shard.metrics.limit_refused(Limit::Queues);
+                let to = consumer.conn;
+                let extra =
+                    json!({"queue": &*queue, "max_queues": shard.queues.budget.max_queues()});
+                shard.on_shard(
+                    to.shard,
+                    ShardMsg::Queue(QueueMsg::Refused {
+                        to,
+                        queue,
+                        error: errors::TOO_MANY_QUEUES,
+                        extra,
+                    }),
+                );
+            }
         }
         QueueMsg::Cancel { queue, conn } => {
             with_existing(shard, &queue, now, |q, _| q.cancel(conn));
@@ -408,7 +466,8 @@ pub fn handle(shard: &Shard, msg: QueueMsg) {
             let result = with_existing(shard, &queue, now, |q, _| q.ack(conn, id))
                 .unwrap_or(Err(AckError::Unknown));
             match result {
-                Ok(_) => {
+                Ok(msg) => {
+                    shard.queues.budget.release(msg.bytes);
                     let n = log(shard, Record::Ack { id });
                     if let Some(o) = shard.queues.owned.borrow_mut().get_mut(&queue) {
                         o.last_record = o.last_record.max(n);
@@ -454,6 +513,15 @@ pub fn handle(shard: &Shard, msg: QueueMsg) {
         }
         QueueMsg::Cancelled { to, queue } => {
             with_client(shard, to, |c| c.cancelled(&queue));
+        }
+        QueueMsg::Refused {
+            to,
+            queue,
+            error,
+            extra,
+        } => {
+            with_client(shard, to, |c| c.refused(&queue));
+            shard.invalid_to(to, error, extra);
         }
         QueueMsg::Invalid { to, error, extra } => shard.invalid_to(to, error, extra),
     }
@@ -520,22 +588,24 @@ fn push(
     payload: Value,
     now: Instant,
 ) {
-    let len = shard
-        .queues
+    let queues = &shard.queues;
+    let refuse = |limit: Limit, error: &'static str, extra: Value| {
+        shard.metrics.limit_refused(limit);
+        invalid(shard, from, error, extra);
+    };
+    let (len, held) = queues
         .owned
         .borrow()
         .get(&queue)
-        .map_or(0, |o| o.queue.len());
-    if len >= shard.queues.max_len {
-        invalid(
-            shard,
-            from,
+        .map_or((0, 0), |o| (o.queue.len(), o.queue.bytes()));
+    if len >= queues.max_len {
+        return refuse(
+            Limit::QueueLength,
             errors::QUEUE_FULL,
-            json!({"queue": &*queue, "max_queue_length": shard.queues.max_len}),
+            json!({"queue": &*queue, "max_queue_length": queues.max_len}),
         );
-        return;
     }
-    if shard.queues.log_failed() {
+    if queues.log_failed() {
         invalid(
             shard,
             from,
@@ -544,11 +614,38 @@ fn push(
         );
         return;
     }
-    let id = shard.queues.new_id();
+    let id = queues.new_id();
     let d = json!({
         "nonce": nonce.clone(),
         "payload": {"queue": &*queue, "id": id.to_string(), "payload": payload},
     });
+    // Every byte limit is checked, and the server-wide bytes reserved,
+    // before anything is logged or queued: a refused QUEUE leaves nothing.
+    let bytes = footprint(&d, &target_json);
+    if held + bytes > queues.max_bytes {
+        return refuse(
+            Limit::QueueBytes,
+            errors::QUEUE_FULL,
+            json!({"queue": &*queue, "nonce": nonce, "queue_bytes": held,
+                   "message_bytes": bytes, "max_queue_bytes": queues.max_bytes}),
+        );
+    }
+    if !queues.budget.try_reserve(bytes) {
+        return refuse(
+            Limit::TotalQueueBytes,
+            errors::SERVER_QUEUES_FULL,
+            json!({"queue": &*queue, "nonce": nonce, "message_bytes": bytes,
+                   "max_total_queue_bytes": queues.budget.max_bytes()}),
+        );
+    }
+    if !ensure_queue(shard, &queue, now, true) {
+        queues.budget.release(bytes);
+        return refuse(
+            Limit::Queues,
+            errors::TOO_MANY_QUEUES,
+            json!({"queue": &*queue, "nonce": nonce, "max_queues": queues.budget.max_queues()}),
+        );
+    }
     let confirm = Arc::new(Dispatch {
         t: "QUEUE_CONFIRM",
         d: json!({"queue": &*queue, "id": id.to_string(), "nonce": nonce}),
@@ -557,8 +654,9 @@ fn push(
         id,
         target,
         packet: Arc::new(Dispatch { t: "QUEUE", d }),
+        bytes,
     });
-    let durable = shard.queues.wal.borrow().is_some();
+    let durable = queues.wal.borrow().is_some();
     let mut record_no = 0;
     if durable {
         let record = Record::Enqueue {
@@ -567,15 +665,16 @@ fn push(
             target: target_json,
             d: msg.packet.d.clone(),
         };
-        let appended = shard
-            .queues
+        let appended = queues
             .wal
             .borrow_mut()
             .as_mut()
             .and_then(|w| w.append(&record, Some((from, confirm.clone()))));
         let Some(n) = appended else {
             // Refused by the log (checked above, so not expected): not
-            // queued, so no id.
+            // queued, so no id. A queue made for it stays idle and is
+            // forgotten like any other.
+            queues.budget.release(bytes);
             invalid(
                 shard,
                 from,
@@ -594,8 +693,8 @@ fn push(
             },
         );
     }
-    with_queue(shard, &queue, now, |q, out| q.push(msg, now, out));
-    if let Some(o) = shard.queues.owned.borrow_mut().get_mut(&queue) {
+    with_existing(shard, &queue, now, |q, out| q.push(msg, now, out));
+    if let Some(o) = queues.owned.borrow_mut().get_mut(&queue) {
         o.last_record = o.last_record.max(record_no);
     }
 }
@@ -608,7 +707,10 @@ const LOG_FAILED: &str = "the queue log cannot be written; new messages are refu
 pub(super) fn restore(shard: &Shard, queue: Arc<str>, msg: Arc<Message>) {
     shard.queues.seen_id(msg.id);
     let now = Instant::now();
-    with_queue(shard, &queue, now, |q, out| q.restore(msg, now, out));
+    // Confirmed before the restart: restored whatever the limits say.
+    shard.queues.budget.reserve(msg.bytes);
+    ensure_queue(shard, &queue, now, false);
+    with_existing(shard, &queue, now, |q, out| q.restore(msg, now, out));
 }
 
 fn invalid(shard: &Shard, to: ConnRef, error: &'static str, extra: Value) {
@@ -630,28 +732,33 @@ fn log(shard: &Shard, record: Record) -> u64 {
         .unwrap_or(0)
 }
 
-/// Applies `f` to queue `name` (created on first use) and carries out what
-/// it asks for.
-fn with_queue<R>(
-    shard: &Shard,
-    name: &Arc<str>,
-    now: Instant,
-    f: impl FnOnce(&mut Queue, &mut Vec<Action>) -> R,
-) -> R {
-    {
-        let mut owned = shard.queues.owned.borrow_mut();
-        if !owned.contains_key(name) {
-            owned.insert(
-                name.clone(),
-                Owned {
-                    queue: Queue::new(shard.queues.ack_timeout, shard.queues.dlq_time),
-                    touched: now,
-                    last_record: 0,
-                },
-            );
-        }
+/// Makes sure this shard has queue `name`; a new one counts against
+/// `--max-queues`. With `enforce`, a queue that would pass the limit is
+/// not made (false); without (recovery), it is made anyway.
+fn ensure_queue(shard: &Shard, name: &Arc<str>, now: Instant, enforce: bool) -> bool {
+    let queues = &shard.queues;
+    let mut owned = queues.owned.borrow_mut();
+    if owned.contains_key(name) {
+        return true;
     }
-    with_existing(shard, name, now, f).expect("inserted above")
+    if !enforce {
+        queues.budget.add_queue();
+    } else if !queues.budget.try_add_queue() {
+        return false;
+    }
+    owned.insert(
+        name.clone(),
+        Owned {
+            queue: Queue::new(queues.ack_timeout, queues.dlq_time),
+            touched: now,
+            last_record: 0,
+        },
+    );
+    // Empty until its caller fills it: listed as idle so that it is
+    // forgotten, and its place in the budget freed, should nothing ever
+    // be put in it (the forgetting sweep checks again before it goes).
+    queues.idle.borrow_mut().insert(name.clone());
+    true
 }
 
 /// Applies `f` to queue `name` if this shard has it (an idle queue may have

@@ -30,6 +30,22 @@ pub struct Message {
     pub target: Arc<Query>,
     /// The QUEUE dispatch its consumer receives, built once.
     pub packet: Arc<Dispatch>,
+    /// What it counts against the byte limits: [`footprint`].
+    pub bytes: usize,
+}
+
+/// What a held message costs beyond its JSON: the message, dispatch and
+/// query allocations, its entries in the queue's maps, its id. An estimate
+/// (the JSON values themselves take more memory than their text), so the
+/// byte limits are in the same unit as message sizes users think in.
+pub const MESSAGE_OVERHEAD: usize = 256;
+
+/// The bytes one message counts against `--max-queue-bytes` and
+/// `--max-total-queue-bytes`: its dispatch `d` as JSON (nonce, payload,
+/// queue name and id), its target as JSON, and [`MESSAGE_OVERHEAD`].
+/// Computed the same way when queued and when recovered from the log.
+pub fn footprint(d: &serde_json::Value, target: &serde_json::Value) -> usize {
+    crate::metadata::json_len(d) + crate::metadata::json_len(target) + MESSAGE_OVERHEAD
 }
 
 /// What the owner knows of a consumer: enough to evaluate targets. The
@@ -110,6 +126,8 @@ pub struct Queue {
     timeouts: BTreeSet<(Instant, MsgId)>,
     dead: BTreeMap<MsgId, Dead>,
     returns: BTreeSet<(Instant, MsgId)>,
+    /// The footprint of every message held (pending, in flight, dead).
+    bytes: usize,
     stats: Stats,
 }
 
@@ -140,6 +158,7 @@ impl Queue {
             timeouts: BTreeSet::new(),
             dead: BTreeMap::new(),
             returns: BTreeSet::new(),
+            bytes: 0,
             stats: Stats::default(),
         }
     }
@@ -152,6 +171,12 @@ impl Queue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes held: the sum of [`Message::bytes`] of every message held
+    /// (what `--max-queue-bytes` counts).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn depth(&self) -> usize {
@@ -185,6 +210,7 @@ impl Queue {
     /// Appends a new message (QUEUE).
     pub fn push(&mut self, msg: Arc<Message>, now: Instant, out: &mut Vec<Action>) {
         self.stats.enqueued += 1;
+        self.bytes += msg.bytes;
         self.make_pending(msg, false, now, out);
     }
 
@@ -194,6 +220,7 @@ impl Queue {
     /// have reconnected yet.
     pub fn restore(&mut self, msg: Arc<Message>, now: Instant, out: &mut Vec<Action>) {
         let start = out.len();
+        self.bytes += msg.bytes;
         self.make_pending(msg, false, now, out);
         if let Some(Action::Check { .. }) = out.get(start) {
             out.truncate(start);
@@ -273,6 +300,7 @@ impl Queue {
                 let f = self.inflight.remove(&id).expect("just seen");
                 self.timeouts.remove(&(f.deadline, id));
                 self.stats.acked += 1;
+                self.bytes -= f.msg.bytes;
                 Ok(f.msg)
             }
         }

@@ -48,6 +48,7 @@ fn msg(id: MsgId, color: Option<&str>) -> Arc<Message> {
             t: "QUEUE",
             d: json!({"id": id}),
         }),
+        bytes: 100 + id as usize,
     })
 }
 
@@ -314,6 +315,10 @@ proptest! {
             let expected: Vec<MsgId> = (1..next).collect();
             prop_assert_eq!(all, expected);
             prop_assert_eq!(inflight_of.len(), inflight.len());
+            // The byte count is exactly the footprint of what is held.
+            let held: usize = pending.iter().chain(&inflight).chain(&dead)
+                .map(|&id| 100 + id as usize).sum();
+            prop_assert_eq!(q.bytes(), held);
             q.check_invariant();
             let _ = colors;
         }

@@ -388,6 +388,7 @@ pub fn recover(config: &Config) -> Result<Recovered, WalError> {
             continue;
         };
         let shard = super::owner::owner(&queue, config.shards);
+        let bytes = super::state::footprint(&d, &target_json);
         Record::Enqueue {
             id,
             queue: queue.clone(),
@@ -401,6 +402,7 @@ pub fn recover(config: &Config) -> Result<Recovered, WalError> {
                 id,
                 target: Arc::new(target),
                 packet: Arc::new(Dispatch { t: "QUEUE", d }),
+                bytes,
             }),
         });
         count += 1;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::query::Query;
 use crate::routing::pick::{Pick, choose, global_average};
-use crate::shard::{ConnRef, Dispatch, Picked, Reply, Shard, ShardMsg};
+use crate::shard::{ConnRef, Dispatch, NodesCap, Picked, Reply, Shard, ShardMsg};
 
 /// SEND: delivers `packet` to one matching client. Returns false when no
 /// client matches (the caller answers `no_route` unless droppable).
@@ -52,9 +52,26 @@ async fn broadcast_round(shard: &Shard, query: &Arc<Query>, packet: &Arc<Dispatc
         .sum()
 }
 
-/// QUERY_NODES and the HTTP query API: every matching client's description
-/// (with a selector: the one client it selects).
-pub async fn nodes(shard: &Shard, query: Arc<Query>) -> Vec<Value> {
+/// A QUERY_NODES / HTTP query answer: the clients described, and how many
+/// matched in all.
+#[derive(Debug, Default)]
+pub struct Nodes {
+    pub nodes: Vec<Value>,
+    pub matched: u64,
+}
+
+impl Nodes {
+    /// Fewer clients described than matched: the cap cut the answer.
+    pub fn truncated(&self) -> bool {
+        (self.nodes.len() as u64) < self.matched
+    }
+}
+
+/// QUERY_NODES and the HTTP query API: the matching clients' descriptions,
+/// at most what `cap` allows (with a selector: the one client it selects).
+/// Each shard stops describing at the cap and only counts the rest, so a
+/// query matching a million clients builds a bounded answer.
+pub async fn nodes(shard: &Shard, query: Arc<Query>, cap: NodesCap) -> Nodes {
     if query.selector.is_some() {
         let strict = Arc::new(Query {
             optional: false,
@@ -64,32 +81,47 @@ pub async fn nodes(shard: &Shard, query: Arc<Query>) -> Vec<Value> {
             // `optional` drops the selector with the ops: every client of
             // the application.
             return match query.optional {
-                true => nodes_round(shard, &Arc::new(relaxed(&query))).await,
-                false => Vec::new(),
+                true => nodes_round(shard, &Arc::new(relaxed(&query)), cap).await,
+                false => Nodes::default(),
             };
         };
-        return node.into_iter().collect();
+        let nodes: Vec<Value> = node.into_iter().collect();
+        let matched = nodes.len() as u64;
+        return Nodes { nodes, matched };
     }
-    let mut found = nodes_round(shard, &query).await;
-    if found.is_empty() && query.optional {
-        found = nodes_round(shard, &Arc::new(relaxed(&query))).await;
+    let mut found = nodes_round(shard, &query, cap).await;
+    if found.matched == 0 && query.optional {
+        found = nodes_round(shard, &Arc::new(relaxed(&query)), cap).await;
     }
     found
 }
 
-async fn nodes_round(shard: &Shard, query: &Arc<Query>) -> Vec<Value> {
-    shard
+/// Asks every shard for its part and keeps, in shard order, what fits the
+/// cap as a whole.
+async fn nodes_round(shard: &Shard, query: &Arc<Query>, cap: NodesCap) -> Nodes {
+    let replies = shard
         .scatter(|reply_to| ShardMsg::Nodes {
             reply_to,
             query: query.clone(),
+            cap,
         })
-        .await
-        .into_iter()
-        .flat_map(|r| match r {
-            Reply::Nodes(nodes) => nodes,
-            _ => Vec::new(),
-        })
-        .collect()
+        .await;
+    let mut out = Nodes::default();
+    let mut bytes = 0;
+    let mut full = false;
+    for reply in replies {
+        let Reply::Nodes(list) = reply else { continue };
+        out.matched += list.matched;
+        for (node, size) in list.nodes {
+            full = full || out.nodes.len() >= cap.count || bytes + size > cap.bytes;
+            if full {
+                break;
+            }
+            bytes += size;
+            out.nodes.push(node);
+        }
+    }
+    out
 }
 
 /// Chooses the one client a SEND goes to, over every shard.

@@ -58,11 +58,12 @@ pub enum ShardMsg {
         query: Arc<Query>,
         packet: Arc<Dispatch>,
     },
-    /// QUERY_NODES / HTTP query: reply with the `<client>` objects of every
-    /// local match.
+    /// QUERY_NODES / HTTP query: reply with the `<client>` objects of the
+    /// local matches, as many as `cap` allows, and how many matched.
     Nodes {
         reply_to: ReplyTo,
         query: Arc<Query>,
+        cap: NodesCap,
     },
     /// Claim the name (app, client) for a connection; this shard owns the
     /// name's registry entry. Replies `Claimed`.
@@ -102,6 +103,34 @@ pub enum ShardMsg {
     },
 }
 
+/// How much one QUERY_NODES / HTTP query answer may hold
+/// (`--max-query-results`, and half of `--max-outbound-bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct NodesCap {
+    /// Clients.
+    pub count: usize,
+    /// Bytes of `<client>` objects, as JSON.
+    pub bytes: usize,
+}
+
+impl NodesCap {
+    pub fn new(config: &crate::config::Config) -> NodesCap {
+        NodesCap {
+            count: config.max_query_results,
+            bytes: config.max_query_answer_bytes(),
+        }
+    }
+}
+
+/// One shard's part of a QUERY_NODES / HTTP query answer.
+#[derive(Debug, Default)]
+pub struct NodeList {
+    /// `<client>` objects with their size as JSON, within the cap.
+    pub nodes: Vec<(Value, usize)>,
+    /// Every local match, described or not.
+    pub matched: u64,
+}
+
 /// A client a shard's [`Pick`] names.
 #[derive(Debug)]
 pub struct Picked {
@@ -118,7 +147,7 @@ pub enum Reply {
     /// A shard's pick, with the connection of each client it names.
     Pick(Pick, Vec<Picked>),
     Delivered(u64),
-    Nodes(Vec<Value>),
+    Nodes(NodeList),
     Claimed(bool),
     Metrics(Box<crate::metrics::Snapshot>),
     Queue(crate::queue::QueueReply),

@@ -28,7 +28,7 @@ use crate::query::Query;
 use crate::routing::{local_pick, matching};
 pub use conn::{ConnHandle, Flushing, now_ms};
 pub use mesh::Mesh;
-pub use message::{ConnRef, Dispatch, Picked, Reply, ReplyTo, ShardMsg};
+pub use message::{ConnRef, Dispatch, NodeList, NodesCap, Picked, Reply, ReplyTo, ShardMsg};
 
 pub struct Shard {
     pub id: usize,
@@ -67,8 +67,14 @@ struct Gather {
 }
 
 impl Shard {
-    pub fn new(id: usize, config: Arc<Config>, mesh: Mesh<ShardMsg>) -> Shard {
-        let queues = crate::queue::ShardQueues::new(id, &config);
+    /// `queue_budget`: the server-wide queue counters, one for all shards.
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        mesh: Mesh<ShardMsg>,
+        queue_budget: Arc<crate::queue::Budget>,
+    ) -> Shard {
+        let queues = crate::queue::ShardQueues::new(id, &config, queue_budget);
         Shard {
             id,
             config,
@@ -241,16 +247,21 @@ impl Shard {
             ShardMsg::Broadcast { query, packet, .. } => {
                 Reply::Delivered(self.broadcast_local(&query, &packet))
             }
-            ShardMsg::Nodes { query, .. } => Reply::Nodes(self.nodes_local(&query)),
-            ShardMsg::Metrics { .. } => Reply::Metrics(Box::new(self.metrics.snapshot(
-                self.id,
-                Gauges {
-                    connections: self.conns.borrow().len() as u64,
-                    clients: self.clients.borrow().len() as u64,
-                    mesh_depth: self.mesh.depth(self.id) as u64,
-                },
-                self.queues.rows(),
-            ))),
+            ShardMsg::Nodes { query, cap, .. } => Reply::Nodes(self.nodes_local(&query, cap)),
+            ShardMsg::Metrics { .. } => {
+                let (queues, queue_bytes) = self.queues.held();
+                Reply::Metrics(Box::new(self.metrics.snapshot(
+                    self.id,
+                    Gauges {
+                        connections: self.conns.borrow().len() as u64,
+                        clients: self.clients.borrow().len() as u64,
+                        mesh_depth: self.mesh.depth(self.id) as u64,
+                        queues: queues as u64,
+                        queue_bytes: queue_bytes as u64,
+                    },
+                    self.queues.rows(),
+                )))
+            }
             ShardMsg::Claim {
                 app, client, owner, ..
             } => {
@@ -293,11 +304,35 @@ impl Shard {
         count
     }
 
-    fn nodes_local(&self, query: &Query) -> Vec<Value> {
+    /// The `<client>` objects of local matches until `cap` is reached
+    /// (described no further: one more at most is built and dropped), and
+    /// the count of every match.
+    fn nodes_local(&self, query: &Query, cap: NodesCap) -> NodeList {
         let store = self.store.borrow();
-        matching(&store, query)
-            .filter_map(|idx| self.describe_slot(&store, idx))
-            .collect()
+        let mut list = NodeList::default();
+        let mut bytes = 0;
+        let mut full = false;
+        for idx in matching(&store, query) {
+            if !self.clients.borrow().contains_key(&idx) {
+                continue; // not attached yet, or leaving: not described
+            }
+            list.matched += 1;
+            if full || list.nodes.len() >= cap.count {
+                full = true;
+                continue;
+            }
+            let Some(node) = self.describe_slot(&store, idx) else {
+                continue;
+            };
+            let size = crate::metadata::json_len(&node);
+            if bytes + size > cap.bytes {
+                full = true;
+                continue;
+            }
+            bytes += size;
+            list.nodes.push((node, size));
+        }
+        list
     }
 
     fn describe_slot(&self, store: &ClientStore, idx: ClientIdx) -> Option<Value> {
