@@ -166,7 +166,7 @@ async fn run_shard(
     mesh: Mesh<ShardMsg>,
     addr: SocketAddr,
     ready: mpsc::Sender<Result<SocketAddr, String>>,
-    queues: (Vec<crate::queue::RecoveredMsg>, u64),
+    queues: (crate::queue::RecoveredShard, u64),
     draining: Arc<AtomicUsize>,
 ) {
     let listener = match TcpListener::bind(addr) {

@@ -43,6 +43,9 @@ pub struct ShardMetrics {
     outbound_drops: Cell<u64>,
     slow_consumers: Cell<u64>,
     socket_writes: Cell<u64>,
+    queue_log_corrupt_segments: Cell<u64>,
+    queue_log_encode_errors: Cell<u64>,
+    queue_log_carried: Cell<u64>,
 }
 
 fn bump(cell: &Cell<u64>, by: u64) {
@@ -101,6 +104,21 @@ impl ShardMetrics {
         bump(&self.socket_writes, 1);
     }
 
+    /// Queue log segments found corrupt at start (and set aside).
+    pub fn queue_log_corrupt_segments(&self, n: u64) {
+        bump(&self.queue_log_corrupt_segments, n);
+    }
+
+    /// A QUEUE refused because the log cannot represent its message.
+    pub fn queue_log_encode_error(&self) {
+        bump(&self.queue_log_encode_errors, 1);
+    }
+
+    /// Unacked messages carried forward to free an old log segment.
+    pub fn queue_log_carried(&self, n: u64) {
+        bump(&self.queue_log_carried, n);
+    }
+
     /// A copy of every counter, with the gauges the shard reads at the time.
     pub fn snapshot(&self, shard: usize, gauges: Gauges, queues: Vec<QueueRow>) -> Snapshot {
         let read = |cells: &[Cell<u64>]| cells.iter().map(Cell::get).collect();
@@ -118,6 +136,9 @@ impl ShardMetrics {
             outbound_drops: self.outbound_drops.get(),
             slow_consumers: self.slow_consumers.get(),
             socket_writes: self.socket_writes.get(),
+            queue_log_corrupt_segments: self.queue_log_corrupt_segments.get(),
+            queue_log_encode_errors: self.queue_log_encode_errors.get(),
+            queue_log_carried: self.queue_log_carried.get(),
             queues,
         }
     }
@@ -150,6 +171,9 @@ pub struct Snapshot {
     pub outbound_drops: u64,
     pub slow_consumers: u64,
     pub socket_writes: u64,
+    pub queue_log_corrupt_segments: u64,
+    pub queue_log_encode_errors: u64,
+    pub queue_log_carried: u64,
     /// The queues the shard owns.
     pub queues: Vec<QueueRow>,
 }

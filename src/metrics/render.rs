@@ -218,6 +218,21 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         "Writes of data frames to websocket sockets (frames queued for one connection go out in one write: packets_out over this is the coalescing)",
         |s| s.socket_writes,
     );
+    counter(
+        "queue_log_corrupt_segments",
+        "Queue log segments found corrupt at start (kept as <name>.corrupt; counted on shard 0)",
+        |s| s.queue_log_corrupt_segments,
+    );
+    counter(
+        "queue_log_encode_errors",
+        "QUEUEs refused because the queue log cannot represent the message",
+        |s| s.queue_log_encode_errors,
+    );
+    counter(
+        "queue_log_carried_records",
+        "Unacked queue messages copied forward so that an old log segment could be deleted",
+        |s| s.queue_log_carried,
+    );
     queue_families(&mut registry, snapshots);
     registry.register_with_unit(
         "routing_latency",
