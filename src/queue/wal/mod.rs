@@ -51,8 +51,8 @@
 //! segment, already gone.
 //!
 //! One unacked message would then pin its segment and every later one.
-//! So the oldest segment, once at most half of its bytes are unacked
-//! messages, is *compacted*: the enqueue records of its unacked messages
+//! So the oldest segment, once at most half of its bytes on disk are
+//! unacked messages, is *compacted*: the enqueue records of its unacked messages
 //! are read back from it (checked against its epoch) and appended again,
 //! same ids, to the segment being written; once those copies are durable
 //! the messages count as living there, the old segment holds nothing live
@@ -62,7 +62,8 @@
 //! a later one; acks already in the old segment cancel enqueues in it or
 //! in older segments, which are gone. Until the copy is durable both
 //! copies exist; recovery merges them by id. Each compaction writes at
-//! most half a segment to free a whole one. A segment more than half
+//! most half of what it frees, so a segment that recovery filled with
+//! live messages only is not copied again for nothing. A segment more than half
 //! unacked (a real backlog) is kept as it is until its messages are acked.
 //! Deleted files are removed oldest first with a directory sync after each,
 //! so a power cut cannot undo the removal of an older segment while
@@ -199,12 +200,14 @@ struct Loc {
     at: Option<At>,
 }
 
-/// The unacked messages of a segment.
+/// The unacked messages of a segment, and its size.
 #[derive(Debug, Clone, Copy, Default)]
 struct Live {
     count: u64,
     /// Bytes of their frames that are on disk.
     bytes: u64,
+    /// Bytes of the segment on disk: every frame, header and padding.
+    size: u64,
 }
 
 /// The epochs of this log's segments: segment 0 is recovery's, the others
@@ -300,6 +303,8 @@ impl Wal {
                 seg0.count += 1;
                 seg0.bytes += u64::from(r.at.len);
             }
+            // Recovery wrote nothing else there but the header.
+            seg0.size = seg0.bytes + segment::BLOCK as u64;
             live.insert(0, seg0);
         }
         Wal {
@@ -470,6 +475,9 @@ impl Wal {
             if p.carried {
                 self.carrying = self.carrying.saturating_sub(1);
             }
+            if let Some(at) = p.at {
+                self.live.entry(p.seg).or_default().size += u64::from(at.len);
+            }
             if let Some(id) = p.enqueue
                 && let Some(loc) = self.msgs.get_mut(&id)
             {
@@ -494,6 +502,7 @@ impl Wal {
             confirms.extend(p.confirm);
         }
         for &(seg, n) in overhead {
+            self.live.entry(seg).or_default().size += n;
             if seg == self.seg {
                 self.seg_bytes += n;
             }
@@ -552,8 +561,9 @@ impl Wal {
 
     /// The segment to compact now, if any: the oldest, closed (older than
     /// `current` and the one new records go to), holding unacked messages
-    /// that are all on disk there and fill at most half of the segment
-    /// size, with no compaction under way.
+    /// that are all on disk there and take at most half of its bytes (so a
+    /// compaction never writes more than it frees), with no compaction
+    /// under way.
     pub fn to_carry(&self, current: Option<u64>) -> Option<CarryJob> {
         if self.carrying > 0 || self.is_failed() {
             return None;
@@ -562,7 +572,7 @@ impl Wal {
         if live.count == 0
             || Some(seg) >= current
             || seg >= self.seg
-            || live.bytes > self.segment_bytes / 2
+            || live.bytes * 2 > live.size
             || self.stuck.contains(&seg)
         {
             return None;

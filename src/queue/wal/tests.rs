@@ -306,17 +306,66 @@ fn a_message_acked_while_being_carried_is_not_carried() {
 
 #[test]
 fn a_mostly_unacked_segment_is_not_carried() {
-    let mut wal = wal(FsyncPolicy::Group, 2 * segment::BLOCK as u64);
+    let mut wal = wal(FsyncPolicy::Group, 64 << 10);
     let mut disk = FakeDisk::new();
-    // 40 unacked messages fill segment 1 and go on in segment 2.
-    for id in 1..=40 {
+    // 600 unacked messages written together fill segment 1 densely and go
+    // on in segment 2.
+    for id in 1..=600 {
         wal.append(&enqueue(id), None).unwrap();
     }
     disk.write(&mut wal);
-    wal.append(&enqueue(41), None).unwrap();
+    wal.append(&enqueue(601), None).unwrap();
     disk.write(&mut wal);
     assert!(wal.seg > 1);
     assert_eq!(wal.to_carry(Some(wal.seg)), None);
+    // Once most of it is acked, it is worth copying what is left.
+    let first: Vec<MsgId> = (1..=600).filter(|id| wal.msgs[id].seg == 1).collect();
+    for id in &first[..first.len() * 2 / 3] {
+        wal.append(&Record::Ack { id: *id }, None).unwrap();
+    }
+    disk.write(&mut wal);
+    let job = wal.to_carry(Some(wal.seg)).expect("mostly acked now");
+    assert_eq!(job.seg, 1);
+    assert_eq!(job.msgs.len(), first.len() - first.len() * 2 / 3);
+}
+
+#[test]
+fn a_segment_of_live_messages_only_is_not_copied_for_nothing() {
+    // Segment 0 as recovery leaves it: a header and unacked messages.
+    let msgs: Vec<RecoveredMsg> = (1..=3u64)
+        .map(|id| RecoveredMsg {
+            queue: "jobs".into(),
+            msg: Arc::new(crate::queue::state::Message {
+                id,
+                target: Arc::new(crate::query::Query::parse(&json!({"application": "a"})).unwrap()),
+                packet: Arc::new(Dispatch {
+                    t: "QUEUE",
+                    d: json!({}),
+                }),
+            }),
+            at: At {
+                offset: (segment::BLOCK + 2000 * (id as usize - 1)) as u64,
+                len: 2000,
+            },
+        })
+        .collect();
+    let recovered = RecoveredShard {
+        msgs,
+        epoch: 1,
+        corrupt_segments: 0,
+    };
+    let mut wal = Wal::new(FsyncPolicy::Group, 1 << 20, &recovered);
+    let mut disk = FakeDisk::new();
+    wal.append(&enqueue(9), None).unwrap();
+    disk.write(&mut wal);
+    assert_eq!(wal.to_carry(Some(1)), None, "all of it is live");
+    // Two of three acked: now it is worth it.
+    wal.append(&Record::Ack { id: 1 }, None).unwrap();
+    wal.append(&Record::Ack { id: 2 }, None).unwrap();
+    disk.write(&mut wal);
+    let job = wal.to_carry(Some(1)).expect("mostly acked");
+    assert_eq!((job.seg, job.epoch), (0, 1));
+    assert_eq!(job.msgs.iter().map(|m| m.0).collect::<Vec<_>>(), [3]);
 }
 
 // ---------------------------------------------------------------------------

@@ -96,9 +96,11 @@ impl Files {
     }
 
     /// Forgets the open segment after a failed write: it is never written
-    /// again (dropping the file closes it asynchronously).
+    /// again (dropping the file closes it asynchronously). The directory
+    /// is opened again by path too, in case it was replaced.
     fn abandon(&mut self) {
         self.open = None;
+        self.dir = None;
     }
 }
 
