@@ -263,6 +263,8 @@ pub struct Wal {
     /// Where each unacked message is: where its enqueue was last written,
     /// or where it is queued to be if it never was.
     msgs: HashMap<MsgId, Loc>,
+    /// A compaction is reading its segment back.
+    compacting: bool,
     /// Carried enqueues appended and not yet written: no new compaction
     /// starts meanwhile.
     carrying: u64,
@@ -321,6 +323,7 @@ impl Wal {
             seg_bytes: 0,
             live,
             msgs,
+            compacting: false,
             carrying: 0,
             stuck: HashSet::new(),
             records: 0,
@@ -563,9 +566,10 @@ impl Wal {
     /// `current` and the one new records go to), holding unacked messages
     /// that are all on disk there and take at most half of its bytes (so a
     /// compaction never writes more than it frees), with no compaction
-    /// under way.
-    pub fn to_carry(&self, current: Option<u64>) -> Option<CarryJob> {
-        if self.carrying > 0 || self.is_failed() {
+    /// under way. Marks it under way: [`Wal::carry`] or
+    /// [`Wal::carry_failed`] ends it.
+    pub fn start_carry(&mut self, current: Option<u64>) -> Option<CarryJob> {
+        if self.compacting || self.carrying > 0 || self.is_failed() {
             return None;
         }
         let (&seg, live) = self.live.first_key_value()?;
@@ -586,6 +590,7 @@ impl Wal {
             }
         }
         msgs.sort_by_key(|(_, at)| at.offset);
+        self.compacting = true;
         Some(CarryJob {
             seg,
             epoch: self.epochs.of(seg),
@@ -596,6 +601,7 @@ impl Wal {
     /// Appends again the enqueue records read back from segment `seg`
     /// (bodies), for the messages still unacked and still there.
     pub fn carry(&mut self, seg: u64, bodies: Vec<(MsgId, Vec<u8>)>) -> u64 {
+        self.compacting = false;
         let mut n = 0;
         for (id, body) in bodies {
             if self.msgs.get(&id).is_some_and(|l| l.seg == seg) {
@@ -614,6 +620,7 @@ impl Wal {
     /// Segment `seg` could not be read back for compaction: it is kept
     /// (and not tried again) until its messages are acked.
     pub fn carry_failed(&mut self, seg: u64) {
+        self.compacting = false;
         self.stuck.insert(seg);
     }
 }

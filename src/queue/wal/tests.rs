@@ -265,12 +265,12 @@ fn one_unacked_message_is_carried_forward_and_its_segment_deleted() {
         disk.write(&mut wal);
         let current = Some(wal.seg);
         while wal.deletable(current).is_some() {}
-        if let Some(job) = wal.to_carry(current) {
+        if let Some(job) = wal.start_carry(current) {
             assert_eq!(job.msgs.iter().map(|m| m.0).collect::<Vec<_>>(), [1]);
             // What the writer reads back from the old segment.
             let body = enqueue(1).encode().unwrap();
             assert_eq!(wal.carry(job.seg, vec![(1, body)]), 1);
-            assert_eq!(wal.to_carry(current), None, "one compaction at a time");
+            assert_eq!(wal.start_carry(current), None, "one compaction at a time");
             disk.write(&mut wal);
             while wal.deletable(Some(wal.seg)).is_some() {}
         }
@@ -294,9 +294,12 @@ fn a_message_acked_while_being_carried_is_not_carried() {
     disk.write(&mut wal);
     wal.append(&enqueue(2), None).unwrap(); // next segment
     disk.write(&mut wal);
-    let job = wal.to_carry(Some(wal.seg)).expect("segment 1 is worth it");
+    let job = wal
+        .start_carry(Some(wal.seg))
+        .expect("segment 1 is worth it");
     assert_eq!(job.seg, 1);
-    // The ack arrives while the writer reads the old record back.
+    assert_eq!(wal.start_carry(Some(wal.seg)), None, "one at a time");
+    // The ack arrives while the old record is read back.
     wal.append(&Record::Ack { id: 1 }, None).unwrap();
     assert_eq!(wal.carry(1, vec![(1, enqueue(1).encode().unwrap())]), 0);
     disk.write(&mut wal);
@@ -317,14 +320,14 @@ fn a_mostly_unacked_segment_is_not_carried() {
     wal.append(&enqueue(601), None).unwrap();
     disk.write(&mut wal);
     assert!(wal.seg > 1);
-    assert_eq!(wal.to_carry(Some(wal.seg)), None);
+    assert_eq!(wal.start_carry(Some(wal.seg)), None);
     // Once most of it is acked, it is worth copying what is left.
     let first: Vec<MsgId> = (1..=600).filter(|id| wal.msgs[id].seg == 1).collect();
     for id in &first[..first.len() * 2 / 3] {
         wal.append(&Record::Ack { id: *id }, None).unwrap();
     }
     disk.write(&mut wal);
-    let job = wal.to_carry(Some(wal.seg)).expect("mostly acked now");
+    let job = wal.start_carry(Some(wal.seg)).expect("mostly acked now");
     assert_eq!(job.seg, 1);
     assert_eq!(job.msgs.len(), first.len() - first.len() * 2 / 3);
 }
@@ -358,12 +361,12 @@ fn a_segment_of_live_messages_only_is_not_copied_for_nothing() {
     let mut disk = FakeDisk::new();
     wal.append(&enqueue(9), None).unwrap();
     disk.write(&mut wal);
-    assert_eq!(wal.to_carry(Some(1)), None, "all of it is live");
+    assert_eq!(wal.start_carry(Some(1)), None, "all of it is live");
     // Two of three acked: now it is worth it.
     wal.append(&Record::Ack { id: 1 }, None).unwrap();
     wal.append(&Record::Ack { id: 2 }, None).unwrap();
     disk.write(&mut wal);
-    let job = wal.to_carry(Some(1)).expect("mostly acked");
+    let job = wal.start_carry(Some(1)).expect("mostly acked");
     assert_eq!((job.seg, job.epoch), (0, 1));
     assert_eq!(job.msgs.iter().map(|m| m.0).collect::<Vec<_>>(), [3]);
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::record::Record;
 use super::segment::{self, At, Layout, Write};
-use super::{Epochs, Pending, lock_dir, segment_name};
+use super::{CarryJob, Epochs, Pending, lock_dir, segment_name};
 use crate::config::FsyncPolicy;
 use crate::queue::errors;
 use crate::queue::msg::QueueMsg;
@@ -228,7 +228,18 @@ pub async fn write_loop(shard: Rc<Shard>, boot: u64) {
                 }
                 let current = files.open.as_ref().map(|o| o.seg);
                 delete_done(&shard, &mut files, current).await;
-                compact(&shard, &files, current).await;
+                let job = shard
+                    .queues
+                    .wal
+                    .borrow_mut()
+                    .as_mut()
+                    .and_then(|w| w.start_carry(current));
+                if let Some(job) = job {
+                    // Its own task: reading back does not hold up writes
+                    // (and the confirms waiting on them).
+                    let path = files.seg_path(job.seg);
+                    glommio::spawn_local(compact(shard.clone(), path, job)).detach();
+                }
             }
             Err(e) => {
                 // Whatever reached the segment is not trusted: it is never
@@ -328,21 +339,11 @@ async fn remove(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Carries the unacked messages of the oldest segment forward when it is
-/// worth it ([`super::Wal::to_carry`]): reads their enqueue records back (io_uring
-/// reads), checks them, and appends them again. The segment is deleted
-/// once the copies are written (a later turn of the loop).
-async fn compact(shard: &Shard, files: &Files, current: Option<u64>) {
-    let Some(job) = shard
-        .queues
-        .wal
-        .borrow()
-        .as_ref()
-        .and_then(|w| w.to_carry(current))
-    else {
-        return;
-    };
-    let path = files.seg_path(job.seg);
+/// Carries the unacked messages of the oldest segment forward
+/// ([`super::Wal::start_carry`]): reads their enqueue records back
+/// (io_uring reads), checks them, and appends them again. The segment is
+/// deleted once the copies are written (by the writer, after that write).
+async fn compact(shard: Rc<Shard>, path: PathBuf, job: CarryJob) {
     match read_back(&path, job.epoch, &job.msgs).await {
         Ok(bodies) => {
             let n = shard
