@@ -131,12 +131,15 @@
 //!
 //! # I/O on the shard's thread
 //!
-//! Creating, syncing and removing files in the running log go through
-//! io_uring (glommio's `DmaFile::create`, `Directory::sync`,
-//! `glommio::io::remove`); locking the directory (`flock`, which io_uring
-//! cannot do) runs once, on glommio's blocking helper thread
-//! (`spawn_blocking`). Recovery runs before the shards and uses plain
-//! blocking I/O.
+//! Nothing in the running log blocks the shard's thread. Creating,
+//! writing, syncing, reading and removing segment files go through
+//! io_uring (glommio's `DmaFile::create`, `write_at`, `fdatasync`,
+//! `read_at`, `glommio::io::remove`). What io_uring cannot do runs on
+//! glommio's blocking helper thread (`spawn_blocking`): locking the
+//! directory (`flock`, once) and syncing it after a segment is created or
+//! removed (a full `fsync`: glommio's io_uring directory sync is
+//! `fdatasync`, which file systems need not apply to directory entries).
+//! Recovery runs before the shards and uses plain blocking I/O.
 
 pub mod record;
 pub mod recovery;

@@ -1,7 +1,9 @@
 //! The shard's writer task: writes what [`super::Wal::append`] queued, syncs per
 //! the policy, sends the confirms the sync covers, compacts and deletes
-//! segments. Every file operation goes through io_uring except the
-//! directory lock (see the module documentation of [`super`]).
+//! segments. File creation, writes, syncs, reads and removal go through
+//! io_uring; the directory's lock and fsync, which io_uring cannot do,
+//! run on glommio's blocking helper thread (see the module documentation
+//! of [`super`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,7 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use glommio::io::{Directory, DmaFile};
+use glommio::io::DmaFile;
 use serde_json::Value;
 
 use super::record::Record;
@@ -38,8 +40,8 @@ struct Files {
     path: PathBuf,
     boot: u64,
     shard: usize,
-    /// The data directory, once locked and opened.
-    dir: Option<Directory>,
+    /// Whether the data directory exists and is locked.
+    locked: bool,
     open: Option<Open>,
 }
 
@@ -48,35 +50,44 @@ impl Files {
         self.path.join(segment_name(self.boot, self.shard, seg))
     }
 
-    /// The data directory: created and locked on first use. `flock` has no
+    /// Creates and locks the data directory on first use. `flock` has no
     /// io_uring operation, so this runs on glommio's blocking helper
     /// thread (once: the lock is held for the life of the process).
-    async fn dir(&mut self) -> io::Result<&Directory> {
-        if self.dir.is_none() {
+    async fn lock(&mut self) -> io::Result<()> {
+        if !self.locked {
             let path = self.path.clone();
             glommio::executor()
                 .spawn_blocking(move || lock_dir(&path, true))
                 .await
                 .map_err(io::Error::other)?;
-            self.dir = Some(Directory::open(&self.path).await?);
+            self.locked = true;
         }
-        Ok(self.dir.as_ref().expect("opened above"))
+        Ok(())
+    }
+
+    /// Makes the directory's entries durable (a segment created or
+    /// removed). io_uring (glommio) only offers `fdatasync`, which does not
+    /// promise to cover a directory's entries on every file system, so this
+    /// is a full `fsync` on the blocking helper thread.
+    async fn sync_dir(&self) -> io::Result<()> {
+        let path = self.path.clone();
+        glommio::executor()
+            .spawn_blocking(move || std::fs::File::open(&path)?.sync_all())
+            .await
     }
 
     /// Closes the open segment (after syncing it per the policy) and
     /// starts segment `seg`: created through io_uring, then the directory
-    /// synced (through io_uring) so that its name is durable before
-    /// anything in it is confirmed.
+    /// synced so that its name is durable before anything in it is
+    /// confirmed.
     async fn start(&mut self, seg: u64, epoch: u64, policy: FsyncPolicy) -> io::Result<()> {
         self.close(policy).await?;
-        let name = segment_name(self.boot, self.shard, seg);
+        self.lock().await?;
         let path = self.seg_path(seg);
-        let dir = self.dir().await?;
-        let file = dir
-            .create_file(&name)
+        let file = DmaFile::create(&path)
             .await
             .map_err(|e| io::Error::other(format!("cannot create {}: {e}", path.display())))?;
-        dir.sync().await?;
+        self.sync_dir().await?;
         self.open = Some(Open {
             seg,
             file,
@@ -96,11 +107,9 @@ impl Files {
     }
 
     /// Forgets the open segment after a failed write: it is never written
-    /// again (dropping the file closes it asynchronously). The directory
-    /// is opened again by path too, in case it was replaced.
+    /// again (dropping the file closes it asynchronously).
     fn abandon(&mut self) {
         self.open = None;
-        self.dir = None;
     }
 }
 
@@ -184,7 +193,7 @@ pub async fn write_loop(shard: Rc<Shard>, boot: u64) {
         path: dir.clone(),
         boot,
         shard: shard.id,
-        dir: None,
+        locked: false,
         open: None,
     };
     loop {
@@ -310,11 +319,7 @@ async fn delete_done(shard: &Shard, files: &mut Files, current: Option<u64>) {
                 return;
             }
         }
-        let synced = match files.dir().await {
-            Ok(dir) => dir.sync().await.map_err(io::Error::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = synced {
+        if let Err(e) = files.sync_dir().await {
             tracing::warn!(dir = %files.path.display(), error = %e, "cannot sync the data directory after deleting a segment");
         }
     }
