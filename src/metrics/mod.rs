@@ -202,4 +202,20 @@ mod tests {
         assert_eq!(s.routing_buckets[2], 1);
         assert_eq!(s.routing_buckets[LATENCY_BUCKETS.len()], 1);
     }
+
+    #[test]
+    fn queue_log_counters_are_rendered() {
+        let m = ShardMetrics::default();
+        m.queue_log_corrupt_segments(2);
+        m.queue_log_encode_error();
+        m.queue_log_carried(5);
+        let text = render(&[m.snapshot(0, Gauges::default(), Vec::new())]);
+        for line in [
+            "singyeong_queue_log_corrupt_segments_total{shard=\"0\"} 2",
+            "singyeong_queue_log_encode_errors_total{shard=\"0\"} 1",
+            "singyeong_queue_log_carried_records_total{shard=\"0\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+    }
 }

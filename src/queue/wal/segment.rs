@@ -64,9 +64,9 @@
 //! block at each sync and padded it with whatever its buffer held. Such
 //! files are still read: up to the first bad frame (after which stale
 //! copies of older records may follow: nothing tells them from real ones,
-//! so nothing after it is trusted). Bad bytes within the last write buffer
-//! ([`LEGACY_TAIL`]) of the file are that torn or stale tail; bad bytes
-//! before it are reported as corrupt.
+//! so nothing after it is trusted). Bad bytes within what the old writer
+//! could have had in flight ([`LEGACY_TAIL`]) from the end of the file are
+//! that torn or stale tail; bad bytes before it are reported as corrupt.
 
 use super::record::{CRC32_INIT, MAX_RECORD, Record, crc32, crc32_finish, crc32_update};
 
@@ -79,8 +79,9 @@ const MAGIC: &[u8; 8] = b"SYWAL\0v2";
 /// The sector size assumed when telling written from unwritten bytes in a
 /// torn tail: a sector either reached the disk whole or reads as zeros.
 const SECTOR: usize = 512;
-/// Format 1: the writer's buffer, the most it rewrote at a time.
-pub const LEGACY_TAIL: usize = 16 << 10;
+/// Format 1: what the old writer could have had in flight at a crash, so
+/// what a torn or stale tail can span: 4 write-behind buffers of 16 KiB.
+pub const LEGACY_TAIL: usize = 4 * (16 << 10);
 
 /// Block 0 of a segment with this epoch.
 pub fn header(epoch: u64) -> Vec<u8> {

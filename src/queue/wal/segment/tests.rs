@@ -295,7 +295,7 @@ fn format_1_is_still_read() {
     let scan = scan(&buf);
     assert_eq!(scan.format, 1);
     assert_eq!(ids(&scan), [1, 2, 3]);
-    // Padding, stale bytes or a torn record in the last write buffer: the
+    // Padding, stale bytes or a torn record in the last writes: the
     // tail, as before.
     let mut padded = buf.clone();
     padded.extend_from_slice(&[0; 4096]);
@@ -330,7 +330,7 @@ fn format_1_record_with_a_cut_queue_name_does_not_hide_the_records_after_it() {
 }
 
 #[test]
-fn format_1_bad_frame_before_the_last_write_buffer_is_corruption() {
+fn format_1_bad_frame_far_from_the_end_is_corruption() {
     let mut buf = Vec::new();
     let mut id = 0;
     while buf.len() < 3 * LEGACY_TAIL {
