@@ -225,7 +225,7 @@ pub struct Flags {
     /// Queues: largest QUEUE payload in bytes (as JSON); larger ones are invalid [default: 262144]
     #[arg(long, env = "MAX_QUEUE_MESSAGE_SIZE")]
     max_queue_message_size: Option<usize>,
-    /// Queues: size in bytes past which a log segment is closed and a new one started; a segment is deleted once all its messages are acked [default: 67108864]
+    /// Queues: size in bytes past which a log segment is closed and a new one started; counts records and block padding; a segment is deleted once all its messages are acked, and compacted (its unacked messages copied forward) once they take at most half of its bytes [default: 67108864]
     #[arg(long, env = "QUEUE_SEGMENT_BYTES")]
     queue_segment_bytes: Option<u64>,
     /// Queues with series of their own in /metrics (those that enqueued the most); the others are summed per shard into one series labelled queue="_other", so clients creating queues cannot blow up a Prometheus server's cardinality; 0 sums them all [default: 100]

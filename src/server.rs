@@ -219,11 +219,7 @@ async fn run_shard(
     addr: SocketAddr,
     ready: mpsc::Sender<Result<SocketAddr, String>>,
     // Recovered messages, the boot number, and the server-wide queue budget.
-    queues: (
-        Vec<crate::queue::RecoveredMsg>,
-        u64,
-        Arc<crate::queue::Budget>,
-    ),
+    queues: (crate::queue::RecoveredShard, u64, Arc<crate::queue::Budget>),
     draining: Arc<AtomicUsize>,
 ) {
     let listener = match TcpListener::bind(addr) {

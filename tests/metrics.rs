@@ -260,14 +260,11 @@ fn hostile_queue_names_cannot_forge_series() {
                 .collect::<std::collections::BTreeSet<_>>()
         };
         assert_eq!(families(before), families(after), "{parser} parser");
-        let queue_samples: Vec<_> = after
-            .iter()
-            .filter(|(family, _, _)| family.starts_with("singyeong_queue_"))
-            .collect();
-        let queue_families = families(before)
-            .into_iter()
-            .filter(|f| f.starts_with("singyeong_queue_"))
-            .count();
+        // The per-queue families: those whose samples carry a queue label.
+        let per_queue = |(_, _, labels): &&Parsed| labels.get("queue").is_some();
+        let queue_samples: Vec<_> = after.iter().filter(per_queue).collect();
+        let queue_families =
+            families(&before.iter().filter(per_queue).cloned().collect::<Vec<_>>()).len();
         assert_eq!(queue_families, 10, "{parser} parser: {before:?}");
         for (family, name, labels) in &queue_samples {
             let keys: Vec<&String> = labels.as_object().unwrap().keys().collect();

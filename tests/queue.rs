@@ -624,17 +624,39 @@ fn logs(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Offsets of each record in a log (the format of src/queue/wal.rs).
+/// The segment header and write alignment of the log format (see
+/// src/queue/wal/segment.rs): block 0 is the header, each write starts on
+/// a block boundary.
+const LOG_BLOCK: usize = 4096;
+/// `[len u32][crc u32][seq u64]` before each record's body.
+const FRAME_HEADER: usize = 16;
+
+/// Offsets of each record's frame in a log segment. Segments of earlier
+/// versions (no header, `[len u32][crc u32]` frames from offset 0) are
+/// read too, so that the tests below can run against them.
 fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let legacy = !bytes.starts_with(b"SYWAL\0v2");
+    let (mut pos, header) = if legacy {
+        (0, 8)
+    } else {
+        (LOG_BLOCK, FRAME_HEADER)
+    };
     let mut out = Vec::new();
-    let mut pos = 0;
-    while pos + 8 <= bytes.len() {
+    while pos + header <= bytes.len() {
         let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        if len == 0 || pos + 8 + len > bytes.len() {
+        if len == 0 {
+            if legacy {
+                break;
+            }
+            // Padding to the end of the block: the next write starts there.
+            pos = (pos / LOG_BLOCK + 1) * LOG_BLOCK;
+            continue;
+        }
+        if pos + header + len > bytes.len() {
             break;
         }
         out.push(pos);
-        pos += 8 + len;
+        pos += header + len;
     }
     out
 }
@@ -662,12 +684,12 @@ fn torn_or_corrupt_log_tail_recovers_to_the_last_good_record() {
                 2
             }
             "corrupt" => {
-                bytes[last + 12] ^= 0xff;
+                bytes[last + FRAME_HEADER + 4] ^= 0xff;
                 2
             }
             _ => {
                 let end = offsets[2]
-                    + 8
+                    + FRAME_HEADER
                     + u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as usize;
                 bytes.truncate(end);
                 bytes.extend_from_slice(&[0xa5; 100]);
@@ -1426,4 +1448,185 @@ fn a_connections_credits_on_every_queue_together_are_bounded() {
         ),
         2.0
     );
+}
+
+// ---------------------------------------------------------------------------
+// Issue 13: the log never costs a confirmed message
+// ---------------------------------------------------------------------------
+
+/// Every message of `queue` the server holds, acked as they come: their
+/// payloads.
+fn drain_payloads(c: &mut Client, queue: &str) -> Vec<Value> {
+    let mut got = Vec::new();
+    loop {
+        request(c, queue);
+        match c.next_event(QUIET) {
+            Event::Packet(pk) if pk["t"] == json!("QUEUE") => {
+                let p = &pk["d"]["payload"];
+                got.push(p["payload"].clone());
+                ack(c, queue, p["id"].as_str().unwrap());
+            }
+            Event::Timeout => return got,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_queue_name_the_log_cannot_hold_costs_no_other_message() {
+    // Issue 13, point 1, as reported: 10 messages, one to a queue whose
+    // name is 70,000 bytes, 10 more, kill -9, restart. Every confirmed
+    // message comes back; the long one is refused (not confirmed).
+    let dir = TempDir::new("longname");
+    let mut s = durable(&dir, &["--shards", "1"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    for i in 0..10 {
+        push(&mut p, "a", to_app("app"), json!(i), json!(i));
+    }
+    let long = "n".repeat(70_000);
+    p.dispatch(
+        "QUEUE",
+        json!({"queue": long, "target": to_app("app"), "nonce": "long", "payload": 1}),
+    );
+    let (error, _) = p.expect_invalid_prefix("");
+    assert!(!error.is_empty());
+    for i in 10..20 {
+        push(&mut p, "a", to_app("app"), json!(i), json!(i));
+    }
+    s.signal("KILL");
+    s.wait_exit(STEP).expect("killed");
+    drop(p);
+    let s = durable(&dir, &["--shards", "1"]);
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    let got = drain_payloads(&mut c, "a");
+    assert_eq!(got, (0..20).map(|i| json!(i)).collect::<Vec<_>>());
+    assert!(
+        std::fs::read_dir(&dir.0).unwrap().all(|e| !e
+            .unwrap()
+            .path()
+            .to_string_lossy()
+            .ends_with(".corrupt")),
+        "nothing corrupt was written"
+    );
+}
+
+#[test]
+fn a_corrupt_record_in_the_middle_of_the_log_costs_only_itself_and_is_reported() {
+    let dir = TempDir::new("midcorrupt");
+    let mut s = durable(&dir, &["--shards", "1"]);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    // One write per message (each waits for its confirm).
+    for i in 0..8 {
+        push(&mut p, "m", to_app("app"), json!(i), json!(i));
+    }
+    s.signal("KILL");
+    s.wait_exit(STEP).expect("killed");
+    drop(p);
+    let files = logs(&dir.0);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let offsets = record_offsets(&bytes);
+    assert_eq!(offsets.len(), 8);
+    // A bad byte in the body of message 3 (a bad sector, a bit flip).
+    bytes[offsets[3] + FRAME_HEADER + 2] ^= 0x40;
+    std::fs::write(&files[0], &bytes).unwrap();
+
+    let s = durable(&dir, &["--shards", "1"]);
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    let got = drain_payloads(&mut c, "m");
+    let want: Vec<Value> = [0, 1, 2, 4, 5, 6, 7].map(|i| json!(i)).to_vec();
+    assert_eq!(got, want, "only the damaged record is lost");
+    // The original is kept aside for an operator, and counted.
+    let mut aside = files[0].clone().into_os_string();
+    aside.push(".corrupt");
+    assert_eq!(std::fs::read(&aside).unwrap(), bytes);
+    assert_eq!(log_stats(&s)["corrupt_segments"], json!(1));
+    let metrics = s.http("GET", "/metrics", &[], None).text();
+    assert!(
+        metrics.contains("singyeong_queue_log_corrupt_segments_total{shard=\"0\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        s.log_tail().contains("offset"),
+        "logged with the offset: {}",
+        s.log_tail()
+    );
+}
+
+/// Waits until every record appended to the log is written.
+fn wait_log_written(s: &Server) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let st = s.http("GET", "/api/v1/queues", &[], None).json();
+        let logs = st["log"].as_array().unwrap().clone();
+        if logs.iter().all(|l| l["written"] == l["records"]) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "log never caught up: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The total size of the log segments in a data directory, and how many.
+fn log_usage(dir: &Path) -> (usize, u64) {
+    let files = logs(dir);
+    let bytes = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+    (files.len(), bytes)
+}
+
+#[test]
+fn one_unacked_message_does_not_pin_the_disk() {
+    // Issue 13, point 5: with one message never acked, a long run of
+    // acked ones used to keep every segment written since.
+    let dir = TempDir::new("pinned");
+    let args = ["--shards", "1", "--queue-segment-bytes", "16384"];
+    let mut s = durable(&dir, &args);
+    let mut p = Client::ready(&s, Encoding::Json, "app", "p");
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    let stuck = push(
+        &mut p,
+        "stuck",
+        to_app("app"),
+        json!("s"),
+        json!("never acked"),
+    );
+    let payload = json!("w".repeat(300));
+    let mut peak = (0, 0);
+    for i in 0..400 {
+        let id = push(&mut p, "work", to_app("app"), json!(i), payload.clone());
+        request(&mut c, "work");
+        assert_eq!(delivered(&mut c, "work").0, id);
+        ack(&mut c, "work", &id);
+        if i % 20 == 0 {
+            let (n, bytes) = log_usage(&dir.0);
+            peak = (peak.0.max(n), peak.1.max(bytes));
+        }
+    }
+    let log = log_stats(&s);
+    // 400 syncs of at least a block each went through many segments...
+    assert!(log["bytes"].as_u64().unwrap() > 20 * 16384 / 4, "{log}");
+    // ...and the disk held a few at a time.
+    assert!(peak.0 <= 5, "segments: {peak:?}, {log}");
+    assert!(peak.1 <= 5 * (16384 + 4096), "bytes: {peak:?}, {log}");
+    assert!(log["carried"].as_u64().unwrap() >= 1, "{log}");
+
+    // kill -9 once every ack is on disk: the unacked message is still
+    // there, no acked one is back.
+    c.sync();
+    wait_log_written(&s);
+    s.signal("KILL");
+    s.wait_exit(STEP).expect("killed");
+    drop((p, c));
+    let s = durable(&dir, &args);
+    let mut c = Client::ready(&s, Encoding::Json, "app", "c");
+    assert_eq!(
+        drain_payloads(&mut c, "work"),
+        Vec::<Value>::new(),
+        "acked messages came back"
+    );
+    request(&mut c, "stuck");
+    assert_eq!(delivered(&mut c, "stuck").0, stuck);
 }

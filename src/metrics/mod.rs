@@ -95,6 +95,9 @@ pub struct ShardMetrics {
     socket_writes: Cell<u64>,
     http_timeouts: Cell<u64>,
     limit_refusals: [Cell<u64>; Limit::ALL.len()],
+    queue_log_corrupt_segments: Cell<u64>,
+    queue_log_encode_errors: Cell<u64>,
+    queue_log_carried: Cell<u64>,
 }
 
 fn bump(cell: &Cell<u64>, by: u64) {
@@ -163,6 +166,21 @@ impl ShardMetrics {
         bump(&self.limit_refusals[limit as usize], 1);
     }
 
+    /// Queue log segments found corrupt at start (and set aside).
+    pub fn queue_log_corrupt_segments(&self, n: u64) {
+        bump(&self.queue_log_corrupt_segments, n);
+    }
+
+    /// A QUEUE refused because the log cannot represent its message.
+    pub fn queue_log_encode_error(&self) {
+        bump(&self.queue_log_encode_errors, 1);
+    }
+
+    /// Unacked messages carried forward to free an old log segment.
+    pub fn queue_log_carried(&self, n: u64) {
+        bump(&self.queue_log_carried, n);
+    }
+
     /// A copy of every counter, with the gauges the shard reads at the time.
     pub fn snapshot(&self, shard: usize, gauges: Gauges, queues: Vec<QueueRow>) -> Snapshot {
         let read = |cells: &[Cell<u64>]| cells.iter().map(Cell::get).collect();
@@ -182,6 +200,9 @@ impl ShardMetrics {
             socket_writes: self.socket_writes.get(),
             http_timeouts: self.http_timeouts.get(),
             limit_refusals: read(&self.limit_refusals),
+            queue_log_corrupt_segments: self.queue_log_corrupt_segments.get(),
+            queue_log_encode_errors: self.queue_log_encode_errors.get(),
+            queue_log_carried: self.queue_log_carried.get(),
             queues,
         }
     }
@@ -221,6 +242,9 @@ pub struct Snapshot {
     pub http_timeouts: u64,
     /// Refusals per limit, in [`Limit::ALL`] order.
     pub limit_refusals: Vec<u64>,
+    pub queue_log_corrupt_segments: u64,
+    pub queue_log_encode_errors: u64,
+    pub queue_log_carried: u64,
     /// The queues the shard owns.
     pub queues: Vec<QueueRow>,
 }
@@ -267,6 +291,22 @@ mod tests {
         }
         for (i, limit) in Limit::ALL.iter().enumerate() {
             assert_eq!(*limit as usize, i, "ALL is in declaration order");
+        }
+    }
+
+    #[test]
+    fn queue_log_counters_are_rendered() {
+        let m = ShardMetrics::default();
+        m.queue_log_corrupt_segments(2);
+        m.queue_log_encode_error();
+        m.queue_log_carried(5);
+        let text = render(&[m.snapshot(0, Gauges::default(), Vec::new())], 100);
+        for line in [
+            "singyeong_queue_log_corrupt_segments_total{shard=\"0\"} 2",
+            "singyeong_queue_log_encode_errors_total{shard=\"0\"} 1",
+            "singyeong_queue_log_carried_records_total{shard=\"0\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
         }
     }
 }

@@ -358,6 +358,21 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
         "HTTP requests answered 408 because their head or body missed its deadline (--http-head-timeout, --http-body-timeout)",
         |s| s.http_timeouts,
     );
+    counter(
+        "queue_log_corrupt_segments",
+        "Queue log segments found corrupt at start (kept as <name>.corrupt; counted on shard 0)",
+        |s| s.queue_log_corrupt_segments,
+    );
+    counter(
+        "queue_log_encode_errors",
+        "QUEUEs refused because the queue log cannot represent the message",
+        |s| s.queue_log_encode_errors,
+    );
+    counter(
+        "queue_log_carried_records",
+        "Unacked queue messages copied forward so that an old log segment could be deleted",
+        |s| s.queue_log_carried,
+    );
     queue_families(&mut registry, snapshots, max_queues);
     limit_families(&mut registry, snapshots);
     registry.register_with_unit(

@@ -29,3 +29,7 @@ pub const NOT_YOUR_MESSAGE: &str = "queue message delivered to another client";
 /// written once the log recovers, so it may still be delivered), without
 /// one it was refused and not queued.
 pub const STORAGE_FAILED: &str = "queue storage failed";
+/// QUEUE whose message the queue log cannot represent (e.g. a queue name
+/// longer than the log's 65,535 bytes): not queued, not confirmed.
+/// `extra_info` has the queue, the nonce and the cause.
+pub const NOT_STORABLE: &str = "queue message cannot be stored";

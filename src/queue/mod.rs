@@ -7,9 +7,10 @@
 //! - [`owner`]: the queue side of a shard: the queues it owns (by a hash of
 //!   the name), the credits its own clients hold, the mesh handlers, and the
 //!   task that runs timers and dead-letter checks and forgets idle queues.
-//! - [`wal`]: the write-ahead log (direct I/O, checksummed records, group
-//!   commit, segments, recovery from write failures) and recovery at
-//!   start.
+//! - [`wal`]: the write-ahead log (direct I/O, checksummed records in
+//!   block-aligned writes that never rewrite confirmed bytes, group commit,
+//!   segments, compaction, recovery from write failures) and recovery at
+//!   start (torn tails vs corruption).
 //! - [`client`]: what a client's own shard remembers of its queues
 //!   (credits, unacked deliveries), so that owners hear when it goes.
 //! - [`budget`]: the server-wide counters behind `--max-queues` and
@@ -56,22 +57,25 @@ use std::rc::Rc;
 pub use budget::Budget;
 pub use msg::{QueueAsk, QueueMsg, QueueReply};
 pub use owner::{ShardQueues, stats};
-pub use wal::{Recovered, RecoveredMsg, WalError, recover};
+pub use wal::{Recovered, RecoveredMsg, RecoveredShard, WalError, recover};
 
 use crate::shard::Shard;
 
 /// Starts a shard's queue tasks: restores what recovery handed it, then runs
 /// the log writer (when durable) and the timer task until the shard stops.
-pub async fn run(shard: Rc<Shard>, recovered: Vec<RecoveredMsg>, boot: u64) {
+pub async fn run(shard: Rc<Shard>, recovered: RecoveredShard, boot: u64) {
     if shard.config.durable {
         *shard.queues.wal.borrow_mut() = Some(wal::Wal::new(
             shard.config.fsync,
             shard.config.queue_segment_bytes,
             &recovered,
         ));
+        shard
+            .metrics
+            .queue_log_corrupt_segments(recovered.corrupt_segments);
         glommio::spawn_local(wal::write_loop(shard.clone(), boot)).detach();
     }
-    for r in recovered {
+    for r in recovered.msgs {
         owner::restore(&shard, r.queue, r.msg);
     }
     owner::run(shard).await;

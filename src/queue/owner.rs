@@ -45,7 +45,7 @@ use super::client::ClientQueues;
 use super::errors;
 use super::msg::{QueueAsk, QueueMsg, QueueReply};
 use super::state::{AckError, Action, Consumer, Message, MsgId, Queue, footprint};
-use super::wal::{Record, Wal};
+use super::wal::{AppendError, Record, Wal};
 use crate::config::Config;
 use crate::metadata::ClientIdx;
 use crate::metrics::Limit;
@@ -669,19 +669,36 @@ fn push(
             .wal
             .borrow_mut()
             .as_mut()
-            .and_then(|w| w.append(&record, Some((from, confirm.clone()))));
-        let Some(n) = appended else {
-            // Refused by the log (checked above, so not expected): not
-            // queued, so no id. A queue made for it stays idle and is
-            // forgotten like any other.
-            queues.budget.release(bytes);
-            invalid(
-                shard,
-                from,
-                errors::STORAGE_FAILED,
-                json!({"queue": &*queue, "nonce": confirm.d["nonce"].clone(), "error": LOG_FAILED}),
-            );
-            return;
+            .map(|w| w.append(&record, Some((from, confirm.clone()))));
+        let n = match appended {
+            Some(Ok(n)) => n,
+            Some(Err(AppendError::Encode(e))) => {
+                // Not queued, so no id; nothing else in the log is touched.
+                queues.budget.release(bytes);
+                shard.metrics.queue_log_encode_error();
+                tracing::warn!(shard = shard.id, queue_bytes = queue.len(), error = %e,
+                    "QUEUE refused: the queue log cannot represent the message");
+                invalid(
+                    shard,
+                    from,
+                    errors::NOT_STORABLE,
+                    json!({"queue": &*queue, "nonce": confirm.d["nonce"].clone(), "error": e.to_string()}),
+                );
+                return;
+            }
+            Some(Err(AppendError::Failed)) | None => {
+                // Refused by the log (checked above, so not expected): not
+                // queued, so no id. A queue made for it stays idle and is
+                // forgotten like any other.
+                queues.budget.release(bytes);
+                invalid(
+                    shard,
+                    from,
+                    errors::STORAGE_FAILED,
+                    json!({"queue": &*queue, "nonce": confirm.d["nonce"].clone(), "error": LOG_FAILED}),
+                );
+                return;
+            }
         };
         record_no = n;
     } else {
@@ -728,7 +745,7 @@ fn log(shard: &Shard, record: Record) -> u64 {
         .wal
         .borrow_mut()
         .as_mut()
-        .and_then(|w| w.append(&record, None))
+        .and_then(|w| w.append(&record, None).ok())
         .unwrap_or(0)
 }
 
