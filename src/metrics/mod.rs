@@ -43,6 +43,7 @@ pub struct ShardMetrics {
     outbound_drops: Cell<u64>,
     slow_consumers: Cell<u64>,
     socket_writes: Cell<u64>,
+    repicks: Cell<u64>,
 }
 
 fn bump(cell: &Cell<u64>, by: u64) {
@@ -101,6 +102,12 @@ impl ShardMetrics {
         bump(&self.socket_writes, 1);
     }
 
+    /// A SEND (or proxy) choice made again because the client chosen had
+    /// gone before the packet reached it.
+    pub fn repick(&self) {
+        bump(&self.repicks, 1);
+    }
+
     /// A copy of every counter, with the gauges the shard reads at the time.
     pub fn snapshot(&self, shard: usize, gauges: Gauges, queues: Vec<QueueRow>) -> Snapshot {
         let read = |cells: &[Cell<u64>]| cells.iter().map(Cell::get).collect();
@@ -118,6 +125,7 @@ impl ShardMetrics {
             outbound_drops: self.outbound_drops.get(),
             slow_consumers: self.slow_consumers.get(),
             socket_writes: self.socket_writes.get(),
+            repicks: self.repicks.get(),
             queues,
         }
     }
@@ -150,6 +158,7 @@ pub struct Snapshot {
     pub outbound_drops: u64,
     pub slow_consumers: u64,
     pub socket_writes: u64,
+    pub repicks: u64,
     /// The queues the shard owns.
     pub queues: Vec<QueueRow>,
 }

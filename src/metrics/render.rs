@@ -218,6 +218,11 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         "Writes of data frames to websocket sockets (frames queued for one connection go out in one write: packets_out over this is the coalescing)",
         |s| s.socket_writes,
     );
+    counter(
+        "send_repicks",
+        "SEND or proxy choices made again because the chosen client had gone before the packet reached it",
+        |s| s.repicks,
+    );
     queue_families(&mut registry, snapshots);
     registry.register_with_unit(
         "routing_latency",
