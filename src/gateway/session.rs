@@ -51,6 +51,10 @@ impl Session {
         &self.conn
     }
 
+    pub fn shard(&self) -> &Rc<Shard> {
+        &self.shard
+    }
+
     /// The first packet on every connection.
     pub fn hello(&self) {
         let interval = self.shard.config.heartbeat_interval.as_millis() as u64;
