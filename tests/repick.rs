@@ -160,4 +160,15 @@ fn a_send_never_goes_to_a_client_being_closed() {
     sender.sync();
     // Nor is it listed as connected.
     assert_eq!(sender.query_ids(query("w")), set(&["steady"]));
+    // Re-picks (none needed here: the shard skipped `silent` itself) and
+    // encode failures are counted.
+    let metrics = server.http("GET", "/metrics", &[], None).text();
+    assert!(
+        metrics.contains("singyeong_send_repicks_total{shard=\"0\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("singyeong_encode_errors_total 0"),
+        "{metrics}"
+    );
 }

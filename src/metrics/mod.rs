@@ -6,6 +6,7 @@
 mod render;
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::queue::owner::QueueRow;
@@ -25,6 +26,20 @@ pub const LATENCY_BUCKETS: [f64; 21] = {
     }
     b
 };
+
+/// Packets and bodies that could not be encoded, process-wide: encoders
+/// are pure code without a shard at hand, and this should never move, so
+/// one shared atomic costs nothing.
+static ENCODE_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// One packet or body that could not be encoded (see `protocol::encode`).
+pub fn encode_error() {
+    ENCODE_ERRORS.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn encode_errors() -> u64 {
+    ENCODE_ERRORS.load(Ordering::Relaxed)
+}
 
 /// Opcodes 0..=8 get their own counter; anything else is counted as "other".
 const OPS: usize = 10;

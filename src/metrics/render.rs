@@ -223,6 +223,11 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         "SEND or proxy choices made again because the chosen client had gone before the packet reached it",
         |s| s.repicks,
     );
+    registry.register(
+        "encode_errors",
+        "Packets and HTTP bodies the server could not encode (each recipient got an error instead)",
+        ConstCounter::new(super::encode_errors()),
+    );
     queue_families(&mut registry, snapshots);
     registry.register_with_unit(
         "routing_latency",
