@@ -42,6 +42,9 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub metadata_update_mode: UpdateMode,
     pub max_frame_size: usize,
+    /// Websocket frames (pings included) one connection handles before it
+    /// lets the other connections of its shard run.
+    pub frames_per_turn: usize,
     pub max_metadata_size: usize,
     pub max_outbound_bytes: usize,
     pub max_http_body: usize,
@@ -109,6 +112,9 @@ pub struct Config {
 pub const DEFAULT_PORT: u16 = 4567;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 45_000;
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
+/// Frames one connection handles per turn: enough that a busy client
+/// pays for a turn rarely, few enough that its neighbours wait microseconds.
+pub const DEFAULT_FRAMES_PER_TURN: usize = 64;
 pub const DEFAULT_MAX_METADATA_SIZE: usize = 64 << 10;
 pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 8 << 20;
 pub const DEFAULT_MAX_HTTP_BODY: usize = 1 << 20;
@@ -168,6 +174,9 @@ pub struct Flags {
     /// Largest websocket message a client may send, in bytes; larger ones close the connection [default: 1048576]
     #[arg(long, env = "MAX_FRAME_SIZE")]
     max_frame_size: Option<usize>,
+    /// Websocket frames (pings and pongs included) one connection may handle in a row before the shard's other connections get their turn, so a flood from one client cannot starve them [default: 64]
+    #[arg(long, env = "FRAMES_PER_TURN")]
+    frames_per_turn: Option<usize>,
     /// Largest metadata one client may hold, in bytes (approximate JSON size) [default: 65536]
     #[arg(long, env = "MAX_METADATA_SIZE")]
     max_metadata_size: Option<usize>,
@@ -274,6 +283,7 @@ struct FileConfig {
     heartbeat_interval: Option<u64>,
     metadata_update_mode: Option<UpdateMode>,
     max_frame_size: Option<usize>,
+    frames_per_turn: Option<usize>,
     max_metadata_size: Option<usize>,
     max_outbound_bytes: Option<usize>,
     max_http_body: Option<usize>,
@@ -353,6 +363,10 @@ impl Config {
                 .max_frame_size
                 .or(file.max_frame_size)
                 .unwrap_or(DEFAULT_MAX_FRAME_SIZE),
+            frames_per_turn: flags
+                .frames_per_turn
+                .or(file.frames_per_turn)
+                .unwrap_or(DEFAULT_FRAMES_PER_TURN),
             max_metadata_size: flags
                 .max_metadata_size
                 .or(file.max_metadata_size)
@@ -495,6 +509,9 @@ impl Config {
         if self.max_frame_size < 128 {
             return invalid("max_frame_size", "must be at least 128 bytes");
         }
+        if self.frames_per_turn == 0 {
+            return invalid("frames_per_turn", "must be at least 1");
+        }
         if self.max_outbound_bytes < 1024 {
             return invalid("max_outbound_bytes", "must be at least 1024 bytes");
         }
@@ -593,6 +610,16 @@ mod tests {
 
     fn parse(args: &[&str]) -> Flags {
         Flags::try_parse_from(std::iter::once("singyeong").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn frames_per_turn_defaults_is_set_and_is_at_least_one() {
+        let config = Config::from_flags(parse(&[])).unwrap();
+        assert_eq!(config.frames_per_turn, DEFAULT_FRAMES_PER_TURN);
+        let config = Config::from_flags(parse(&["--frames-per-turn", "8"])).unwrap();
+        assert_eq!(config.frames_per_turn, 8);
+        let err = Config::from_flags(parse(&["--frames-per-turn", "0"])).unwrap_err();
+        assert!(err.to_string().contains("frames_per_turn"), "{err}");
     }
 
     #[test]

@@ -35,10 +35,22 @@ use crate::shard::conn::CLOSE_CODE;
 /// the buffer for as long as they need it.
 const READ_BUFFER: usize = 1024;
 
+/// The most tungstenite may hold of what it writes itself (pongs and the
+/// close frame; data frames are written by `writer`), for a client that
+/// sends pings but does not read. Past it, a new pong replaces the one
+/// still waiting instead of queueing behind it: RFC 6455 §5.5.3 lets an
+/// endpoint answer only the latest ping. Room for several control frames
+/// (at most 129 bytes each), so an ordinary client never sees a pong
+/// coalesced.
+const CONTROL_WRITE_BUFFER: usize = 1024;
+
 /// What the connection task has to do next.
 enum Event {
     /// A complete data message: its bytes and whether it was a text frame.
     Message(Bytes, bool),
+    /// The connection has handled its frames for this turn: it lets the
+    /// shard's other connections run before it reads more.
+    Yield,
     /// The connection is over (closed by either side, or broken).
     End,
 }
@@ -57,14 +69,17 @@ pub fn run(
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
+        .max_write_buffer_size(CONTROL_WRITE_BUFFER)
         .max_message_size(Some(max_frame_size))
         .max_frame_size(Some(max_frame_size));
     *session.conn().stream.borrow_mut() = Some(stream);
+    let per_turn = session.shard().config.frames_per_turn;
     Connection {
         ws: WebSocketContext::from_partially_read(leftover, Role::Server, Some(config)),
         session,
         out: Outgoing::default(),
         read_ahead: Bytes::new(),
+        turn: Turn::new(per_turn),
     }
     .serve()
 }
@@ -75,6 +90,47 @@ struct Connection {
     out: Outgoing,
     /// Bytes read from the socket that tungstenite has not asked for yet.
     read_ahead: Bytes,
+    turn: Turn,
+}
+
+/// How many frames the connection may still handle before it yields.
+///
+/// Without a budget, a client whose frames keep arriving (a ping flood
+/// needs no reply from us to keep going) is served in one endless poll:
+/// glommio preempts only between tasks, so every other connection of the
+/// shard would wait for the flood to stop.
+struct Turn {
+    left: usize,
+    per_turn: usize,
+}
+
+impl Turn {
+    fn new(per_turn: usize) -> Turn {
+        Turn {
+            left: per_turn,
+            per_turn,
+        }
+    }
+
+    /// Counts one frame; true when the turn is used up.
+    fn spend(&mut self) -> bool {
+        self.left = self.left.saturating_sub(1);
+        self.left == 0
+    }
+
+    fn renew(&mut self) {
+        self.left = self.per_turn;
+    }
+}
+
+/// Lets the shard's other tasks run, and its reactor look for their I/O,
+/// before the connection goes on. A plain yield (waking itself) is not
+/// enough: glommio runs every ready task before it polls for I/O again,
+/// and a task that is always ready would keep that from happening until
+/// the preemption timer fires. A timer, which is due only once the reactor
+/// has looked, makes the connection wait for exactly one reactor pass.
+async fn yield_to_reactor() {
+    glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
 }
 
 /// Write-side state of the task's own (the tail of an unfinished write is
@@ -93,7 +149,14 @@ impl Connection {
         self.session.hello();
         loop {
             let event = poll_fn(|cx| {
-                poll_event(&mut self.ws, &conn, &mut self.out, &mut self.read_ahead, cx)
+                poll_event(
+                    &mut self.ws,
+                    &conn,
+                    &mut self.out,
+                    &mut self.read_ahead,
+                    &mut self.turn,
+                    cx,
+                )
             })
             .await;
             match event {
@@ -101,7 +164,15 @@ impl Connection {
                 // future's size would otherwise be paid by every idle
                 // connection rather than once per packet in flight.
                 Event::Message(data, is_text) => {
-                    Box::pin(self.session.handle_frame(&data, is_text)).await
+                    Box::pin(self.session.handle_frame(&data, is_text)).await;
+                    if self.turn.spend() {
+                        self.turn.renew();
+                        yield_to_reactor().await;
+                    }
+                }
+                Event::Yield => {
+                    self.turn.renew();
+                    yield_to_reactor().await;
                 }
                 Event::End => break,
             }
@@ -123,6 +194,7 @@ fn poll_event(
     conn: &ConnHandle,
     out: &mut Outgoing,
     read_ahead: &mut Bytes,
+    turn: &mut Turn,
     cx: &mut Context<'_>,
 ) -> Poll<Event> {
     if conn.is_aborted() {
@@ -158,7 +230,16 @@ fn poll_event(
             }
             // Pings queue a pong and a close queues the close reply inside
             // tungstenite; data arriving while closing is ignored. Go round
-            // again to write whatever that queued.
+            // again to write whatever that queued, unless this turn's
+            // frames are used up: then what is queued is written first
+            // (the pong may coalesce with later ones meanwhile) and the
+            // task lets others run.
+            Ok(_) if turn.spend() => {
+                return match write_queued(ws, &mut io, conn, out) {
+                    Flushed::Done => Poll::Ready(Event::End),
+                    Flushed::Idle | Flushed::Blocked => Poll::Ready(Event::Yield),
+                };
+            }
             Ok(_) => continue,
             // Nothing more to read. The read may have left a pong in
             // tungstenite's buffer (the socket took only part of it): one
@@ -193,6 +274,8 @@ fn poll_event(
     // the flusher may write what is queued from now on.
     conn.set_direct(idle && !conn.is_closing() && !out.close_sent);
     conn.register(io.waker());
+    // Nothing more to read: the next wakeup starts a new turn.
+    turn.renew();
     Poll::Pending
 }
 

@@ -19,7 +19,7 @@ use crate::protocol::{self, Encoding, InboundPacket, errors, op};
 use crate::query::Query;
 use crate::queue;
 use crate::routing::router;
-use crate::shard::{ConnHandle, ConnRef, Dispatch, Shard, now_ms};
+use crate::shard::{ConnHandle, ConnId, ConnRef, Dispatch, NewClient, Shard, now_ms};
 
 /// Who the client said it is, once identify succeeded.
 struct Identity {
@@ -50,6 +50,10 @@ impl Session {
 
     pub fn conn(&self) -> &Rc<ConnHandle> {
         &self.conn
+    }
+
+    pub fn shard(&self) -> &Rc<Shard> {
+        &self.shard
     }
 
     /// The first packet on every connection.
@@ -178,29 +182,38 @@ impl Session {
             ));
         }
 
-        // The slot is reserved before the name is claimed so the claim can
-        // name this exact connection; it stays unreachable until attached.
-        let idx = self
-            .shard
-            .store
-            .borrow_mut()
-            .insert(&app_id, &client_id, restricted, metadata);
+        // The name is claimed first, for this connection; only once it is
+        // ours does the client enter the store, in the same step that makes
+        // its connection reachable. Entering the store before the claim
+        // (which may wait on another shard) would let a pick choose a client
+        // that has no connection to deliver to yet.
+        let owner = ConnId {
+            shard: self.shard.id,
+            conn: self.conn.id,
+        };
+        if !self.shard.claim_name(&app_id, &client_id, owner).await {
+            return Err(fail(&errors::already_registered(&client_id, &app_id)));
+        }
+        if self.conn.is_closing() {
+            // Closed (shutdown, reaper) while the claim was in flight.
+            self.shard.release_name(&app_id, &client_id, owner);
+            return Err(fail(errors::SHUTDOWN));
+        }
+        let idx = self.shard.join_client(
+            &self.conn,
+            NewClient {
+                app_id: app_id.clone(),
+                client_id: client_id.clone(),
+                restricted,
+                metadata,
+                subscribe: wants_updates,
+            },
+        );
         let conn_ref = ConnRef {
             shard: self.shard.id,
             client: idx,
             conn: self.conn.id,
         };
-        if !self.shard.claim_name(&app_id, &client_id, conn_ref).await {
-            self.shard.store.borrow_mut().remove(idx);
-            return Err(fail(&errors::already_registered(&client_id, &app_id)));
-        }
-        if self.conn.is_closing() {
-            // Closed (shutdown, reaper) while the claim was in flight.
-            self.shard.store.borrow_mut().remove(idx);
-            self.shard.release_name(&app_id, &client_id, conn_ref);
-            return Err(fail(errors::SHUTDOWN));
-        }
-        self.shard.attach_client(&self.conn, idx, wants_updates);
         Ok(Identity {
             idx,
             app_id,
@@ -210,16 +223,25 @@ impl Session {
         })
     }
 
+    /// Whether the client's store slot is still its own: a closing
+    /// connection is taken out of routing, and its slot may then hold a
+    /// newer client.
+    fn routable(&self, identity: &Identity) -> bool {
+        self.conn.client() == Some(identity.idx)
+    }
+
     fn heartbeat(&self) {
         let Some(identity) = &self.identity else {
             return;
         };
         self.conn.heartbeat(Instant::now());
-        self.shard.store.borrow_mut().set_reserved(
-            identity.idx,
-            "last_heartbeat_time",
-            MetaValue::plain(json!(now_ms())),
-        );
+        if self.routable(identity) {
+            self.shard.store.borrow_mut().set_reserved(
+                identity.idx,
+                "last_heartbeat_time",
+                MetaValue::plain(json!(now_ms())),
+            );
+        }
         self.conn.send_packet(
             op::HEARTBEAT_ACK,
             None,
@@ -262,6 +284,9 @@ impl Session {
                 return;
             }
         };
+        if !self.routable(identity) {
+            return;
+        }
         let mut store = self.shard.store.borrow_mut();
         let Some(entry) = store.get(identity.idx) else {
             return;
@@ -443,11 +468,14 @@ impl Session {
     /// Cleans up after the connection ends: the client leaves the store and
     /// the registry, and subscribers hear of it.
     pub fn end(self) {
-        let entry = self.shard.close_conn(&self.conn);
-        if let (Some(identity), Some(_)) = (self.identity, entry) {
+        self.shard.close_conn(&self.conn);
+        if let Some(identity) = self.identity {
             queue::owner::client_gone(&self.shard, identity.conn_ref);
-            self.shard
-                .release_name(&identity.app_id, &identity.client_id, identity.conn_ref);
+            self.shard.release_name(
+                &identity.app_id,
+                &identity.client_id,
+                identity.conn_ref.into(),
+            );
             self.shard
                 .announce("CLIENT_DISCONNECTED", &identity.app_id, &identity.client_id);
         }

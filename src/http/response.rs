@@ -9,11 +9,22 @@ pub struct Response {
 }
 
 impl Response {
+    /// A JSON response. A body that cannot be encoded (no `Value` is known
+    /// to fail; see `protocol::json_body`) becomes a 500 that says so,
+    /// never an empty body under the intended status.
     pub fn json(status: u16, body: &Value) -> Response {
+        Response::encoded(status, crate::protocol::json_body(body))
+    }
+
+    fn encoded(status: u16, body: Result<Vec<u8>, crate::protocol::EncodeError>) -> Response {
+        let (status, body) = match body {
+            Ok(body) => (status, body),
+            Err(_) => (500, UNENCODABLE.as_bytes().to_vec()),
+        };
         Response {
             status,
             headers: vec![("content-type", "application/json".into())],
-            body: serde_json::to_vec(body).unwrap_or_default(),
+            body,
         }
     }
 
@@ -40,6 +51,9 @@ impl Response {
     }
 }
 
+/// The body of a response whose own body could not be encoded.
+const UNENCODABLE: &str = r#"{"errors":["internal error: the response could not be encoded"]}"#;
+
 fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
@@ -50,6 +64,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
+        500 => "Internal Server Error",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
@@ -73,5 +88,23 @@ mod tests {
         assert!(text.contains("x-a: b\r\n"));
         assert!(text.contains("content-length: 12\r\n"));
         assert!(text.ends_with("connection: close\r\n\r\n{\"code\":404}"));
+    }
+
+    #[test]
+    fn a_body_that_cannot_be_encoded_is_a_500_saying_so() {
+        // No `Value` fails to encode, so the failure is given.
+        let failed = Err(crate::protocol::EncodeError::Serializer("x".into()));
+        let r = Response::encoded(200, failed);
+        assert_eq!(r.status, 500);
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"errors": ["internal error: the response could not be encoded"]})
+        );
+        let text = String::from_utf8(r.to_bytes(true)).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{text}"
+        );
     }
 }

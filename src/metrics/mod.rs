@@ -6,6 +6,7 @@
 mod render;
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::queue::owner::QueueRow;
@@ -25,6 +26,20 @@ pub const LATENCY_BUCKETS: [f64; 21] = {
     }
     b
 };
+
+/// Packets and bodies that could not be encoded, process-wide: encoders
+/// are pure code without a shard at hand, and this should never move, so
+/// one shared atomic costs nothing.
+static ENCODE_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// One packet or body that could not be encoded (see `protocol::encode`).
+pub fn encode_error() {
+    ENCODE_ERRORS.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn encode_errors() -> u64 {
+    ENCODE_ERRORS.load(Ordering::Relaxed)
+}
 
 /// Opcodes 0..=8 get their own counter; anything else is counted as "other".
 const OPS: usize = 10;
@@ -98,6 +113,7 @@ pub struct ShardMetrics {
     queue_log_corrupt_segments: Cell<u64>,
     queue_log_encode_errors: Cell<u64>,
     queue_log_carried: Cell<u64>,
+    repicks: Cell<u64>,
 }
 
 fn bump(cell: &Cell<u64>, by: u64) {
@@ -181,6 +197,12 @@ impl ShardMetrics {
         bump(&self.queue_log_carried, n);
     }
 
+    /// A SEND (or proxy) choice made again because the client chosen had
+    /// gone before the packet reached it.
+    pub fn repick(&self) {
+        bump(&self.repicks, 1);
+    }
+
     /// A copy of every counter, with the gauges the shard reads at the time.
     pub fn snapshot(&self, shard: usize, gauges: Gauges, queues: Vec<QueueRow>) -> Snapshot {
         let read = |cells: &[Cell<u64>]| cells.iter().map(Cell::get).collect();
@@ -203,6 +225,7 @@ impl ShardMetrics {
             queue_log_corrupt_segments: self.queue_log_corrupt_segments.get(),
             queue_log_encode_errors: self.queue_log_encode_errors.get(),
             queue_log_carried: self.queue_log_carried.get(),
+            repicks: self.repicks.get(),
             queues,
         }
     }
@@ -245,6 +268,7 @@ pub struct Snapshot {
     pub queue_log_corrupt_segments: u64,
     pub queue_log_encode_errors: u64,
     pub queue_log_carried: u64,
+    pub repicks: u64,
     /// The queues the shard owns.
     pub queues: Vec<QueueRow>,
 }

@@ -373,6 +373,16 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
         "Unacked queue messages copied forward so that an old log segment could be deleted",
         |s| s.queue_log_carried,
     );
+    counter(
+        "send_repicks",
+        "SEND or proxy choices made again because the chosen client had gone before the packet reached it",
+        |s| s.repicks,
+    );
+    registry.register(
+        "encode_errors",
+        "Packets and HTTP bodies the server could not encode (each recipient got an error instead)",
+        ConstCounter::new(super::encode_errors()),
+    );
     queue_families(&mut registry, snapshots, max_queues);
     limit_families(&mut registry, snapshots);
     registry.register_with_unit(

@@ -42,6 +42,9 @@ pub const SLOW_CONSUMER: &str = "slow consumer";
 pub const FRAME_TOO_LARGE: &str = "frame too large";
 /// Goodbye (op 7) reason when the server shuts down.
 pub const SHUTDOWN: &str = "shutdown";
+/// Invalid (op 3) sent instead of a packet the server could not encode for
+/// this connection (see `protocol::unencodable`).
+pub const ENCODE_FAILED: &str = "internal error: a packet for this connection could not be encoded";
 
 /// Error (op 8): the (`application_id`, `client_id`) pair is already connected.
 pub fn already_registered(client_id: &str, application_id: &str) -> String {

@@ -25,6 +25,7 @@ mod msgpack;
 pub mod op;
 mod packet;
 pub mod payload;
+mod unencodable;
 mod value_de;
 
 #[cfg(test)]
@@ -32,6 +33,7 @@ mod tests;
 
 pub use encoding::Encoding;
 pub use packet::{DecodeError, InboundPacket, MAX_DEPTH, check_frame_type};
+pub use unencodable::EncodeError;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -53,10 +55,55 @@ pub fn decode(enc: Encoding, frame: &[u8]) -> Result<InboundPacket, DecodeError>
 /// always present; `t` is null unless given. `d` is serialized by
 /// reference: one payload can be encoded for many connections without
 /// copying it.
+///
+/// A packet that cannot be encoded (see `unencodable.rs` for what can
+/// fail) is logged, counted in `singyeong_encode_errors_total`, and
+/// replaced by an invalid (op 3) packet saying so: the recipient never
+/// gets an empty or corrupt frame.
 pub fn encode(enc: Encoding, op: u8, t: Option<&str>, d: &Value, ts: i64) -> Bytes {
+    finish(enc, op, t, ts, try_encode(enc, op, t, d, ts))
+}
+
+/// The frame to send for an encoding attempt: the packet, or the invalid
+/// packet that replaces it.
+fn finish(
+    enc: Encoding,
+    op: u8,
+    t: Option<&str>,
+    ts: i64,
+    encoded: Result<Bytes, EncodeError>,
+) -> Bytes {
+    encoded.unwrap_or_else(|error| {
+        tracing::error!(encoding = enc.name(), op, t, %error,
+            "a packet could not be encoded; the recipient gets an invalid packet instead");
+        crate::metrics::encode_error();
+        unencodable::replacement(enc, ts)
+    })
+}
+
+/// [`encode`] without the replacement.
+pub fn try_encode(
+    enc: Encoding,
+    op: u8,
+    t: Option<&str>,
+    d: &Value,
+    ts: i64,
+) -> Result<Bytes, EncodeError> {
     match enc {
         Encoding::Json => json::encode(op, t, d, ts),
         Encoding::Msgpack => msgpack::encode(op, t, d, ts),
         Encoding::Etf => etf::encode(op, t, d, ts),
     }
+}
+
+/// Encodes a JSON body (HTTP API responses, proxied request bodies). No
+/// `Value` is known to make serde_json fail; a failure is logged and
+/// counted like a packet's, and the caller says what the asker gets.
+pub fn json_body(v: &Value) -> Result<Vec<u8>, EncodeError> {
+    serde_json::to_vec(v).map_err(|e| {
+        let error = EncodeError::Serializer(e.to_string());
+        tracing::error!(%error, "a JSON body could not be encoded");
+        crate::metrics::encode_error();
+        error
+    })
 }

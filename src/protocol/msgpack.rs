@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::packet::{DecodeError, InboundPacket, MAX_DEPTH, OutboundPacket};
+use super::unencodable::{EncodeError, check_lengths};
 use super::value_de::PacketFields;
 
 pub(crate) fn decode(frame: &[u8]) -> Result<InboundPacket, DecodeError> {
@@ -35,15 +36,17 @@ pub(crate) fn decode(frame: &[u8]) -> Result<InboundPacket, DecodeError> {
     fields.ok_or(DecodeError::NotAMap)?.into_packet()
 }
 
-pub(crate) fn encode(op: u8, t: Option<&str>, d: &Value, ts: i64) -> Bytes {
+/// Fails for a value nested deeper than rmp-serde's limit (1024; decoding
+/// admits 128) and for a frame past 4 GiB, whose lengths rmp would write
+/// truncated (see `unencodable.rs`).
+pub(crate) fn encode(op: u8, t: Option<&str>, d: &Value, ts: i64) -> Result<Bytes, EncodeError> {
     let packet = OutboundPacket { op, d, t, ts };
-    // `to_vec_named` writes structs as maps keyed by field name. Writing a
-    // `serde_json::Value` into a `Vec` cannot fail (every length is known
-    // and the depth is bounded by what decoding admitted); the fallback only
-    // keeps this free of panics.
-    rmp_serde::to_vec_named(&packet)
-        .map(Bytes::from)
-        .unwrap_or_default()
+    // `to_vec_named` writes structs as maps keyed by field name.
+    let frame = rmp_serde::to_vec_named(&packet).map_err(|e| match e {
+        rmp_serde::encode::Error::DepthLimitExceeded => EncodeError::TooDeep,
+        other => EncodeError::Serializer(other.to_string()),
+    })?;
+    check_lengths(frame)
 }
 
 #[cfg(test)]
@@ -204,7 +207,7 @@ mod tests {
 
     #[test]
     fn output_is_a_map_with_four_string_keys() {
-        let bytes = encode(6, None, &json!({"client_id": "c"}), 1_700_000_000_000);
+        let bytes = encode(6, None, &json!({"client_id": "c"}), 1_700_000_000_000).unwrap();
         assert_eq!(bytes[0], 0x84);
         let v: Value = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(

@@ -169,7 +169,16 @@ fn body(obj: &Map<String, Value>, method: &Method) -> Result<(Bytes, bool), Spec
         (None, true) => Err(SpecError::BodyRequired(method_name(method))),
         (Some(_), false) => Err(SpecError::BodyForbidden(method_name(method))),
         (Some(Value::String(s)), true) => Ok((Bytes::from(s.clone()), false)),
-        (Some(v), true) => Ok((Bytes::from(serde_json::to_vec(v).unwrap_or_default()), true)),
+        // Parsed from JSON a moment ago, so it encodes again (see
+        // `protocol::json_body`); were it not to, the caller hears why
+        // instead of an empty body going upstream.
+        (Some(v), true) => match crate::protocol::json_body(v) {
+            Ok(body) => Ok((Bytes::from(body), true)),
+            Err(e) => Err(SpecError::Invalid {
+                field: "body",
+                reason: format!("cannot be encoded as JSON: {e}"),
+            }),
+        },
     }
 }
 

@@ -9,18 +9,48 @@ use crate::query::Query;
 use crate::routing::pick::{Pick, choose, global_average};
 use crate::shard::{ConnRef, Dispatch, NodesCap, Picked, Reply, Shard, ShardMsg};
 
+/// How many times one SEND (or proxy pick) may choose a client. A choice is
+/// tried again only when its client turned out to be gone (it disconnected
+/// between the pick and the delivery), and a gone client is out of every
+/// later pick, so a retry succeeds unless clients leave faster than a pick
+/// takes; the bound keeps one SEND from chasing such churn for ever.
+pub const MAX_PICKS: usize = 8;
+
 /// SEND: delivers `packet` to one matching client. Returns false when no
-/// client matches (the caller answers `no_route` unless droppable).
+/// client matches (the caller answers `no_route` unless droppable). If the
+/// chosen client has gone by the time the packet reaches its shard, the
+/// choice is made again among the clients that remain.
 pub async fn send(shard: &Shard, query: Arc<Query>, packet: Arc<Dispatch>) -> bool {
-    let Some(target) = pick_one(shard, query).await else {
-        return false;
-    };
-    if target.shard == shard.id {
-        shard.deliver(target, &packet);
-    } else {
-        shard.on_shard(target.shard, ShardMsg::Deliver { target, packet });
+    for attempt in 0..MAX_PICKS {
+        if attempt > 0 {
+            shard.metrics.repick();
+        }
+        let target = match pick_once(shard, query.clone(), false).await {
+            Chosen::Found(target, _) => target,
+            Chosen::NoMatch => return false,
+            Chosen::Lost => continue,
+        };
+        if deliver(shard, target, &packet).await {
+            return true;
+        }
     }
-    true
+    false
+}
+
+/// Delivers to the chosen client; false if it has gone. A client on
+/// another shard is delivered to by that shard, which says whether it could.
+async fn deliver(shard: &Shard, target: ConnRef, packet: &Arc<Dispatch>) -> bool {
+    if target.shard == shard.id {
+        return shard.deliver(target, packet);
+    }
+    let reply = shard
+        .ask(target.shard, |reply_to| ShardMsg::DeliverOne {
+            reply_to,
+            target,
+            packet: packet.clone(),
+        })
+        .await;
+    matches!(reply, Reply::Delivered(1))
 }
 
 /// BROADCAST: every matching client receives `packet`; returns how many.
@@ -130,12 +160,36 @@ pub async fn pick_one(shard: &Shard, query: Arc<Query>) -> Option<ConnRef> {
 }
 
 /// Like [`pick_one`], with the chosen client's `<client>` object when
-/// `describe` asks for it (`None` if it left while being chosen).
+/// `describe` asks for it.
 pub async fn pick_described(
     shard: &Shard,
     query: Arc<Query>,
     describe: bool,
 ) -> Option<(ConnRef, Option<Value>)> {
+    for attempt in 0..MAX_PICKS {
+        if attempt > 0 {
+            shard.metrics.repick();
+        }
+        match pick_once(shard, query.clone(), describe).await {
+            Chosen::Found(target, node) => return Some((target, node)),
+            Chosen::NoMatch => return None,
+            Chosen::Lost => continue,
+        }
+    }
+    None
+}
+
+/// The outcome of one choice over every shard.
+enum Chosen {
+    Found(ConnRef, Option<Value>),
+    /// No client matches.
+    NoMatch,
+    /// A client was chosen but its shard no longer names it (it left
+    /// between the shard's answer and the choice): choose again.
+    Lost,
+}
+
+async fn pick_once(shard: &Shard, query: Arc<Query>, describe: bool) -> Chosen {
     let mut query = query;
     let mut picks = pick_round(shard, &query, None, describe).await;
     if total(&picks) == 0 && query.optional {
@@ -147,23 +201,31 @@ pub async fn pick_described(
         .as_ref()
         .is_some_and(|s| s.kind == crate::query::SelectorKind::Avg)
     {
-        let avg = global_average(picks.iter().map(|(p, _)| p))?;
+        let Some(avg) = global_average(picks.iter().map(|(p, _)| p)) else {
+            return Chosen::NoMatch;
+        };
         picks = pick_round(shard, &query, Some(avg), describe).await;
     }
     let only_picks: Vec<Pick> = picks.iter().map(|(p, _)| p.clone()).collect();
-    let (target_shard, client) = choose(&query, &only_picks, &mut shard.rng.borrow_mut())?;
+    let Some((target_shard, client)) = choose(&query, &only_picks, &mut shard.rng.borrow_mut())
+    else {
+        return Chosen::NoMatch;
+    };
     let picked = picks
         .into_iter()
-        .nth(target_shard)?
-        .1
-        .into_iter()
-        .find(|p| p.idx == client)?;
-    let target = ConnRef {
-        shard: target_shard,
-        client,
-        conn: picked.conn,
-    };
-    Some((target, picked.node))
+        .nth(target_shard)
+        .and_then(|(_, named)| named.into_iter().find(|p| p.idx == client));
+    match picked {
+        Some(picked) => Chosen::Found(
+            ConnRef {
+                shard: target_shard,
+                client,
+                conn: picked.conn,
+            },
+            picked.node,
+        ),
+        None => Chosen::Lost,
+    }
 }
 
 type ShardPick = (Pick, Vec<Picked>);

@@ -26,6 +26,25 @@ pub struct ConnRef {
     pub conn: u64,
 }
 
+/// One connection anywhere in the process, before or after it has a client
+/// slot: what the name registry records, so a name can be claimed before the
+/// client is added to its shard's store (it is added and made reachable in
+/// one step once the name is its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub shard: usize,
+    pub conn: u64,
+}
+
+impl From<ConnRef> for ConnId {
+    fn from(c: ConnRef) -> ConnId {
+        ConnId {
+            shard: c.shard,
+            conn: c.conn,
+        }
+    }
+}
+
 /// A dispatch packet (op 4) to deliver: encoded lazily by each receiving
 /// shard, once per encoding its recipients use.
 #[derive(Debug)]
@@ -47,8 +66,17 @@ pub enum ShardMsg {
         /// a round trip to the chosen client's shard.
         describe: bool,
     },
-    /// SEND, last round: deliver to one client of this shard.
+    /// Deliver to one client of this shard, without an answer (queue
+    /// confirms and deliveries, which have their own way to notice a loss).
     Deliver {
+        target: ConnRef,
+        packet: Arc<Dispatch>,
+    },
+    /// SEND, last round: deliver to one client of this shard and reply
+    /// `Delivered(1)`, or `Delivered(0)` if it has gone (the origin then
+    /// picks again).
+    DeliverOne {
+        reply_to: ReplyTo,
         target: ConnRef,
         packet: Arc<Dispatch>,
     },
@@ -71,13 +99,13 @@ pub enum ShardMsg {
         reply_to: ReplyTo,
         app: Box<str>,
         client: Box<str>,
-        owner: ConnRef,
+        owner: ConnId,
     },
     /// Give a name back when its connection ends.
     Release {
         app: Box<str>,
         client: Box<str>,
-        owner: ConnRef,
+        owner: ConnId,
     },
     /// CLIENT_CONNECTED / CLIENT_DISCONNECTED for this shard's subscribers.
     ClientEvent {

@@ -25,10 +25,12 @@ use crate::metadata::{ClientIdx, ClientStore};
 use crate::metrics::{Gauges, ShardMetrics};
 use crate::protocol::{self, Encoding, op};
 use crate::query::Query;
-use crate::routing::{local_pick, matching};
+use crate::routing::{Pick, local_pick, matching};
 pub use conn::{ConnHandle, Flushing, now_ms};
 pub use mesh::Mesh;
-pub use message::{ConnRef, Dispatch, NodeList, NodesCap, Picked, Reply, ReplyTo, ShardMsg};
+pub use message::{
+    ConnId, ConnRef, Dispatch, NodeList, NodesCap, Picked, Reply, ReplyTo, ShardMsg,
+};
 
 pub struct Shard {
     pub id: usize,
@@ -38,12 +40,15 @@ pub struct Shard {
     pub store: RefCell<ClientStore>,
     /// Every open websocket connection of this shard, by connection id.
     conns: RefCell<HashMap<u64, Rc<ConnHandle>>>,
-    /// Identified connections by their client slot in `store`.
+    /// Identified connections by their client slot in `store`. A client is
+    /// in `store` exactly when it is here: both change together, in one
+    /// step without an await, so every client a pick can choose has a
+    /// connection to deliver to.
     clients: RefCell<HashMap<ClientIdx, Rc<ConnHandle>>>,
     /// Clients that asked for CLIENT_CONNECTED / CLIENT_DISCONNECTED.
     subscribers: RefCell<IndexSet<ClientIdx>>,
     /// The part of the (app, client id) registry hashed to this shard.
-    names: RefCell<HashMap<ClientName, ConnRef>>,
+    names: RefCell<HashMap<ClientName, ConnId>>,
     pending: RefCell<HashMap<u64, Rc<Gather>>>,
     next_req: Cell<u64>,
     next_conn: Cell<u64>,
@@ -58,6 +63,17 @@ pub struct Shard {
 
 /// (application id, client id): unique among connected clients.
 type ClientName = (Box<str>, Box<str>);
+
+/// A client about to join its shard: who it said it is, with its checked
+/// metadata.
+pub struct NewClient {
+    pub app_id: String,
+    pub client_id: String,
+    pub restricted: bool,
+    pub metadata: crate::metadata::Metadata,
+    /// It asked for CLIENT_CONNECTED / CLIENT_DISCONNECTED.
+    pub subscribe: bool,
+}
 
 /// Replies collected for one scattered request.
 struct Gather {
@@ -196,6 +212,7 @@ impl Shard {
             request => {
                 let reply_to = match &request {
                     ShardMsg::Pick { reply_to, .. }
+                    | ShardMsg::DeliverOne { reply_to, .. }
                     | ShardMsg::Broadcast { reply_to, .. }
                     | ShardMsg::Nodes { reply_to, .. }
                     | ShardMsg::Metrics { reply_to }
@@ -226,23 +243,11 @@ impl Shard {
                 describe,
                 ..
             } => {
-                let store = self.store.borrow();
-                let pick = local_pick(&store, &query, avg, &mut self.rng.borrow_mut());
-                let clients = self.clients.borrow();
-                let named = [
-                    pick.random,
-                    pick.keyed.map(|k| k.1),
-                    pick.selected.map(|s| s.1),
-                ]
-                .into_iter()
-                .flatten()
-                .filter_map(|idx| {
-                    let conn = clients.get(&idx)?.id;
-                    let node = describe.then(|| self.describe_slot(&store, idx)).flatten();
-                    Some(Picked { idx, conn, node })
-                })
-                .collect();
+                let (pick, named) = self.pick_local(&query, avg, describe);
                 Reply::Pick(pick, named)
+            }
+            ShardMsg::DeliverOne { target, packet, .. } => {
+                Reply::Delivered(u64::from(self.deliver(target, &packet)))
             }
             ShardMsg::Broadcast { query, packet, .. } => {
                 Reply::Delivered(self.broadcast_local(&query, &packet))
@@ -278,16 +283,57 @@ impl Shard {
         })
     }
 
-    /// Delivers to one local client, if it is still the connection meant.
-    pub fn deliver(&self, target: ConnRef, packet: &Dispatch) -> bool {
-        let clients = self.clients.borrow();
-        match clients.get(&target.client) {
-            Some(conn) if conn.id == target.conn => {
-                conn.push(op::DISPATCH, encode_dispatch(conn.encoding, packet));
-                true
+    /// This shard's pick for `query`, with the connection (and, if asked,
+    /// the description) of each client it names. A named client whose
+    /// connection is closing cannot receive any more: it is taken out of
+    /// routing and the shard picks again among the rest (each pass removes
+    /// one client, so this ends).
+    fn pick_local(&self, query: &Query, avg: Option<f64>, describe: bool) -> (Pick, Vec<Picked>) {
+        loop {
+            let store = self.store.borrow();
+            let pick = local_pick(&store, query, avg, &mut self.rng.borrow_mut());
+            let clients = self.clients.borrow();
+            let chosen = [
+                pick.random,
+                pick.keyed.map(|k| k.1),
+                pick.selected.map(|s| s.1),
+            ];
+            let closing = chosen
+                .into_iter()
+                .flatten()
+                .find(|idx| clients.get(idx).is_some_and(|c| c.is_closing()));
+            if let Some(idx) = closing {
+                drop((store, clients));
+                self.unroute(idx);
+                continue;
             }
-            _ => false,
+            let named = chosen
+                .into_iter()
+                .flatten()
+                .filter_map(|idx| {
+                    let conn = clients.get(&idx)?.id;
+                    let node = describe.then(|| self.describe_slot(&store, idx)).flatten();
+                    Some(Picked { idx, conn, node })
+                })
+                .collect();
+            return (pick, named);
         }
+    }
+
+    /// Delivers to one local client, if it is still the connection meant
+    /// and can still receive. A client found closing is taken out of
+    /// routing, so the caller's next pick does not choose it again.
+    pub fn deliver(&self, target: ConnRef, packet: &Dispatch) -> bool {
+        let conn = match self.clients.borrow().get(&target.client) {
+            Some(conn) if conn.id == target.conn => conn.clone(),
+            _ => return false,
+        };
+        if conn.is_closing() {
+            self.unroute(target.client);
+            return false;
+        }
+        conn.push(op::DISPATCH, encode_dispatch(conn.encoding, packet));
+        true
     }
 
     /// Delivers `packet` to every local match of `query`, encoding it once
@@ -297,7 +343,11 @@ impl Shard {
         let clients = self.clients.borrow();
         let mut frames = EncodedOnce::new(packet);
         let mut count = 0;
-        for conn in matching(&store, query).filter_map(|idx| clients.get(&idx)) {
+        // A closing connection accepts nothing more: it is not reached.
+        let reachable = matching(&store, query)
+            .filter_map(|idx| clients.get(&idx))
+            .filter(|conn| !conn.is_closing());
+        for conn in reachable {
             conn.push_broadcast(op::DISPATCH, frames.get(conn.encoding));
             count += 1;
         }
@@ -309,12 +359,15 @@ impl Shard {
     /// the count of every match.
     fn nodes_local(&self, query: &Query, cap: NodesCap) -> NodeList {
         let store = self.store.borrow();
+        let clients = self.clients.borrow();
         let mut list = NodeList::default();
         let mut bytes = 0;
         let mut full = false;
         for idx in matching(&store, query) {
-            if !self.clients.borrow().contains_key(&idx) {
-                continue; // not attached yet, or leaving: not described
+            // Not attached yet, or its connection is closing: on its way
+            // out, so not listed.
+            if !clients.get(&idx).is_some_and(|c| !c.is_closing()) {
+                continue;
             }
             list.matched += 1;
             if full || list.nodes.len() >= cap.count {
@@ -401,7 +454,7 @@ impl Shard {
     }
 
     /// Claims (app, client) for `owner`; false if another connection has it.
-    pub async fn claim_name(&self, app: &str, client: &str, owner: ConnRef) -> bool {
+    pub async fn claim_name(&self, app: &str, client: &str, owner: ConnId) -> bool {
         let to = self.name_owner(app, client);
         let reply = self
             .ask(to, |reply_to| ShardMsg::Claim {
@@ -414,7 +467,7 @@ impl Shard {
         matches!(reply, Reply::Claimed(true))
     }
 
-    pub fn release_name(&self, app: &str, client: &str, owner: ConnRef) {
+    pub fn release_name(&self, app: &str, client: &str, owner: ConnId) {
         self.on_shard(
             self.name_owner(app, client),
             ShardMsg::Release {
@@ -442,23 +495,42 @@ impl Shard {
         conn
     }
 
-    /// Makes an identified connection reachable by routing.
-    pub fn attach_client(&self, conn: &Rc<ConnHandle>, idx: ClientIdx, subscribe: bool) {
+    /// Adds an identified client to the store and makes it reachable by
+    /// routing, in one step: no pick can see it before its connection can
+    /// receive.
+    pub fn join_client(&self, conn: &Rc<ConnHandle>, client: NewClient) -> ClientIdx {
+        let idx = self.store.borrow_mut().insert(
+            &client.app_id,
+            &client.client_id,
+            client.restricted,
+            client.metadata,
+        );
         conn.set_client(Some(idx));
         self.clients.borrow_mut().insert(idx, conn.clone());
-        if subscribe {
+        if client.subscribe {
             self.subscribers.borrow_mut().insert(idx);
         }
+        idx
     }
 
-    /// Forgets a connection; returns its store entry if it was identified.
-    pub fn close_conn(&self, conn: &ConnHandle) -> Option<crate::metadata::ClientEntry> {
-        self.conns.borrow_mut().remove(&conn.id);
-        let idx = conn.client()?;
+    /// Takes a client out of routing (its connection is closing or closed):
+    /// its metadata and index entries go, and its connection no longer
+    /// names the slot, which a newer client may reuse.
+    fn unroute(&self, idx: ClientIdx) {
+        let Some(conn) = self.clients.borrow_mut().remove(&idx) else {
+            return;
+        };
         conn.set_client(None);
-        self.clients.borrow_mut().remove(&idx);
         self.subscribers.borrow_mut().swap_remove(&idx);
-        self.store.borrow_mut().remove(idx)
+        self.store.borrow_mut().remove(idx);
+    }
+
+    /// Forgets a connection, and its client if it still has one.
+    pub fn close_conn(&self, conn: &ConnHandle) {
+        self.conns.borrow_mut().remove(&conn.id);
+        if let Some(idx) = conn.client() {
+            self.unroute(idx);
+        }
     }
 
     /// Closes every connection whose last heartbeat is older than the

@@ -4,8 +4,11 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::tag;
+use crate::protocol::unencodable::{EncodeError, check_lengths};
 
-pub(crate) fn encode(op: u8, t: Option<&str>, d: &Value, ts: i64) -> Bytes {
+/// Fails only for a frame past 4 GiB, where a length might not fit its 32
+/// bits (see `unencodable.rs`).
+pub(crate) fn encode(op: u8, t: Option<&str>, d: &Value, ts: i64) -> Result<Bytes, EncodeError> {
     let mut out = Vec::with_capacity(64);
     out.push(tag::VERSION);
     out.push(tag::MAP);
@@ -21,6 +24,30 @@ pub(crate) fn encode(op: u8, t: Option<&str>, d: &Value, ts: i64) -> Bytes {
     }
     binary(&mut out, "ts");
     integer(&mut out, ts);
+    check_lengths(out)
+}
+
+/// `{"op": 3, "d": {"error": error, "extra_info": nil}, "t": nil, "ts": ts}`:
+/// the packet sent instead of one that could not be encoded. Its strings are
+/// constants, so nothing in it can fail.
+pub(crate) fn replacement(error: &'static str, ts: i64) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    out.push(tag::VERSION);
+    out.push(tag::MAP);
+    out.extend_from_slice(&4u32.to_be_bytes());
+    binary(&mut out, "op");
+    integer(&mut out, 3);
+    binary(&mut out, "d");
+    out.push(tag::MAP);
+    out.extend_from_slice(&2u32.to_be_bytes());
+    binary(&mut out, "error");
+    binary(&mut out, error);
+    binary(&mut out, "extra_info");
+    atom(&mut out, "nil");
+    binary(&mut out, "t");
+    atom(&mut out, "nil");
+    binary(&mut out, "ts");
+    integer(&mut out, ts);
     Bytes::from(out)
 }
 
@@ -33,9 +60,12 @@ fn value(out: &mut Vec<u8>, v: &Value) {
                 integer(out, i);
             } else if let Some(u) = n.as_u64() {
                 bignum(out, false, u);
-            } else if let Some(f) = n.as_f64() {
+            } else {
+                // Neither integer kind: a float (`as_f64` is `Some` for
+                // every number without serde_json's arbitrary precision,
+                // which is off; NaN would never be written as nothing).
                 out.push(tag::NEW_FLOAT);
-                out.extend_from_slice(&f.to_be_bytes());
+                out.extend_from_slice(&n.as_f64().unwrap_or(f64::NAN).to_be_bytes());
             }
         }
         Value::String(s) => binary(out, s),
@@ -59,8 +89,8 @@ fn value(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
-/// A 32-bit length prefix. Frames are capped far below 4 GiB, so a longer
-/// string or list cannot reach here; saturating keeps this panic-free.
+/// A 32-bit length prefix. A longer string or list saturates here, and the
+/// frame holding it (over 4 GiB) is then refused by `encode`.
 fn length(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
 }

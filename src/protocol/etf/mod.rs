@@ -32,7 +32,7 @@ mod decode;
 mod encode;
 
 pub(crate) use decode::decode;
-pub(crate) use encode::encode;
+pub(crate) use encode::{encode, replacement};
 
 /// Term tags, from the Erlang "External Term Format" documentation.
 mod tag {

@@ -333,13 +333,13 @@ fn integers_are_written_in_erlangs_smallest_form() {
         (i64::MIN, &[110, 8, 1, 0, 0, 0, 0, 0, 0, 0, 0x80]),
     ];
     for (n, bytes) in forms {
-        let out = encode(0, None, &json!(n), 0);
+        let out = encode(0, None, &json!(n), 0).unwrap();
         let mut expected = vec![V, 116, 0, 0, 0, 4, 109, 0, 0, 0, 2, b'o', b'p', 97, 0];
         expected.extend_from_slice(&[109, 0, 0, 0, 1, b'd']);
         expected.extend_from_slice(bytes);
         assert_eq!(&out[..expected.len()], &expected[..], "{n}");
     }
-    let out = encode(0, None, &json!(u64::MAX), 0);
+    let out = encode(0, None, &json!(u64::MAX), 0).unwrap();
     assert_eq!(
         &out[21..32],
         &[110, 8, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
@@ -348,7 +348,7 @@ fn integers_are_written_in_erlangs_smallest_form() {
 
 #[test]
 fn packet_layout() {
-    let out = encode(7, None, &json!({"reason": "shutdown"}), 5);
+    let out = encode(7, None, &json!({"reason": "shutdown"}), 5).unwrap();
     let mut expected = vec![V, 116, 0, 0, 0, 4];
     binary(&mut expected, b"op");
     expected.extend_from_slice(&[97, 7]);
@@ -402,7 +402,7 @@ fn sample() -> Value {
 #[test]
 fn eetf_reads_what_we_write() {
     let d = sample();
-    let out = encode(4, Some("SEND"), &d, -7);
+    let out = encode(4, Some("SEND"), &d, -7).unwrap();
     let term = Term::decode(&out[..]).unwrap();
     let expected: Term = Map::from([
         (Binary::from(&b"op"[..]).into(), FixInteger::from(4).into()),
