@@ -366,7 +366,7 @@ impl Shard {
         for idx in matching(&store, query) {
             // Not attached yet, or its connection is closing: on its way
             // out, so not listed.
-            if !clients.get(&idx).is_some_and(|c| !c.is_closing()) {
+            if clients.get(&idx).is_none_or(|c| c.is_closing()) {
                 continue;
             }
             list.matched += 1;
