@@ -18,7 +18,7 @@ use crate::metrics::Limit;
 use crate::protocol::{self, Encoding, InboundPacket, errors, op};
 use crate::query::Query;
 use crate::queue;
-use crate::routing::router;
+use crate::routing::router::{self, NoRoute, OneSend};
 use crate::shard::{ConnHandle, ConnId, ConnRef, Dispatch, NewClient, Shard, now_ms};
 
 /// Who the client said it is, once identify succeeded.
@@ -397,49 +397,33 @@ impl Session {
                 return;
             }
         };
-        let droppable = routed.query.droppable;
+        let Some(identity) = &self.identity else {
+            return;
+        };
         let query = Arc::new(routed.query);
         let started = Instant::now();
         let metrics = &self.shard.metrics;
-        let (kind, dispatch) = if t == "SEND" {
-            (
-                "SEND",
-                Arc::new(Dispatch {
-                    t: "SEND",
-                    d: routed.d,
-                }),
-            )
-        } else {
-            (
-                "BROADCAST",
-                Arc::new(Dispatch {
-                    t: "BROADCAST",
-                    d: routed.d,
-                }),
-            )
-        };
-        let delivered = if kind == "SEND" {
-            let delivered = router::send(&self.shard, query, dispatch.clone()).await;
+        let kind = if t == "SEND" { "SEND" } else { "BROADCAST" };
+        let dispatch = Arc::new(Dispatch {
+            t: kind,
+            d: routed.d,
+        });
+        // Whom to answer if nothing matches, and with what: the router
+        // answers, possibly from the shard of a client that left meanwhile.
+        let no_route = (!query.droppable).then_some(NoRoute {
+            sender: identity.conn_ref,
+            kind,
+            target: routed.target,
+            had_nonce: routed.had_nonce,
+            had_payload: routed.had_payload,
+        });
+        if kind == "SEND" {
+            let job = Box::new(OneSend::new(query, dispatch, no_route));
+            let delivered = router::send(&self.shard, job).await;
             metrics.routed_send(delivered, started.elapsed());
-            delivered
         } else {
-            let reached = router::broadcast(&self.shard, query, dispatch.clone()).await;
+            let reached = router::broadcast(&self.shard, query, dispatch, no_route).await;
             metrics.routed_broadcast(reached, started.elapsed());
-            reached > 0
-        };
-        if !delivered && !droppable {
-            // The packet as received, put back together.
-            let mut d = Map::new();
-            d.insert("target".into(), routed.target);
-            for (key, present) in [("nonce", routed.had_nonce), ("payload", routed.had_payload)] {
-                if present {
-                    d.insert(key.into(), dispatch.d[key].clone());
-                }
-            }
-            self.conn.invalid(
-                errors::NO_ROUTE,
-                json!({"op": op::DISPATCH, "t": kind, "d": d}),
-            );
         }
     }
 

@@ -138,6 +138,12 @@ impl ShardMetrics {
         self.observe_routing(took);
     }
 
+    /// A SEND that found no client after all: its chosen client had gone,
+    /// and the choice made again (on that client's shard) found none.
+    pub fn unrouted(&self) {
+        bump(&self.no_route, 1);
+    }
+
     /// One BROADCAST and the number of clients it reached.
     pub fn routed_broadcast(&self, deliveries: u64, took: Duration) {
         bump(&self.broadcasts, 1);

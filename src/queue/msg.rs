@@ -72,12 +72,6 @@ pub enum QueueMsg {
         error: &'static str,
         extra: Value,
     },
-    /// To a client's shard: invalid (op 3) for that client.
-    Invalid {
-        to: ConnRef,
-        error: &'static str,
-        extra: Value,
-    },
 }
 
 #[derive(Debug)]

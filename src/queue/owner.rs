@@ -523,7 +523,6 @@ pub fn handle(shard: &Shard, msg: QueueMsg) {
             with_client(shard, to, |c| c.refused(&queue));
             shard.invalid_to(to, error, extra);
         }
-        QueueMsg::Invalid { to, error, extra } => shard.invalid_to(to, error, extra),
     }
 }
 
@@ -731,10 +730,7 @@ pub(super) fn restore(shard: &Shard, queue: Arc<str>, msg: Arc<Message>) {
 }
 
 fn invalid(shard: &Shard, to: ConnRef, error: &'static str, extra: Value) {
-    shard.on_shard(
-        to.shard,
-        ShardMsg::Queue(QueueMsg::Invalid { to, error, extra }),
-    );
+    shard.on_shard(to.shard, ShardMsg::Invalid { to, error, extra });
 }
 
 /// Appends a record without a confirm (an ack: never refused); returns its

@@ -1,10 +1,12 @@
 //! SEND, BROADCAST and QUERY_NODES across shards: the query runs where the
 //! clients live, only summaries travel, and the owning shard delivers.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::protocol::errors;
 use crate::query::Query;
 use crate::routing::pick::{Pick, choose, global_average};
 use crate::shard::{ConnRef, Dispatch, NodesCap, Picked, Reply, Shard, ShardMsg};
@@ -16,52 +18,143 @@ use crate::shard::{ConnRef, Dispatch, NodesCap, Picked, Reply, Shard, ShardMsg};
 /// takes; the bound keeps one SEND from chasing such churn for ever.
 pub const MAX_PICKS: usize = 8;
 
-/// SEND: delivers `packet` to one matching client. Returns false when no
-/// client matches (the caller answers `no_route` unless droppable). If the
-/// chosen client has gone by the time the packet reaches its shard, the
-/// choice is made again among the clients that remain.
-pub async fn send(shard: &Shard, query: Arc<Query>, packet: Arc<Dispatch>) -> bool {
-    for attempt in 0..MAX_PICKS {
-        if attempt > 0 {
-            shard.metrics.repick();
-        }
-        let target = match pick_once(shard, query.clone(), false).await {
-            Chosen::Found(target, _) => target,
-            Chosen::NoMatch => return false,
-            Chosen::Lost => continue,
-        };
-        if deliver(shard, target, &packet).await {
-            return true;
+/// A SEND (or a BROADCAST a selector narrows to one client) on its way. It
+/// travels with the packet to the chosen client's shard, so that if that
+/// client has gone by then, the shard can choose again among the rest and,
+/// failing that, answer the sender `no_route` itself: the origin hands the
+/// packet over and goes on, without waiting to hear that it arrived.
+#[derive(Debug)]
+pub struct OneSend {
+    pub query: Arc<Query>,
+    pub packet: Arc<Dispatch>,
+    /// Whom to answer `no_route`, and with what; `None` for a droppable
+    /// query (nobody is told).
+    pub no_route: Option<NoRoute>,
+    /// Choices left (see [`MAX_PICKS`]).
+    picks_left: usize,
+}
+
+impl OneSend {
+    pub fn new(query: Arc<Query>, packet: Arc<Dispatch>, no_route: Option<NoRoute>) -> OneSend {
+        OneSend {
+            query,
+            packet,
+            no_route,
+            picks_left: MAX_PICKS,
         }
     }
+}
+
+/// The sender of a SEND and what it sent, for its `no_route` answer: the
+/// packet as received (contract §6).
+#[derive(Debug)]
+pub struct NoRoute {
+    pub sender: ConnRef,
+    /// `SEND` or `BROADCAST`.
+    pub kind: &'static str,
+    /// The target as sent.
+    pub target: Value,
+    pub had_nonce: bool,
+    pub had_payload: bool,
+}
+
+impl NoRoute {
+    /// The `extra_info` of the answer: the packet put back together.
+    fn extra_info(self, packet: &Dispatch) -> Value {
+        let mut d = serde_json::Map::new();
+        d.insert("target".into(), self.target);
+        for (key, present) in [("nonce", self.had_nonce), ("payload", self.had_payload)] {
+            if present {
+                d.insert(key.into(), packet.d[key].clone());
+            }
+        }
+        serde_json::json!({"op": crate::protocol::op::DISPATCH, "t": self.kind, "d": d})
+    }
+}
+
+/// SEND: hands `job.packet` to one matching client (or to its shard, which
+/// delivers it). Returns false when no client matches; the sender has then
+/// been answered `no_route` unless the query is droppable. A chosen client
+/// found gone is counted as a re-pick and the choice is made again among the
+/// clients that remain, here or (see [`OneSend`]) on its shard.
+pub async fn send(shard: &Shard, mut job: Box<OneSend>) -> bool {
+    while job.picks_left > 0 {
+        job.picks_left -= 1;
+        let target = match pick_once(shard, job.query.clone(), false).await {
+            Chosen::Found(target, _) => target,
+            Chosen::NoMatch => break,
+            Chosen::Lost => {
+                shard.metrics.repick();
+                continue;
+            }
+        };
+        if target.shard != shard.id {
+            shard.on_shard(target.shard, ShardMsg::SendOne { target, job });
+            return true;
+        }
+        if shard.deliver(target, &job.packet) {
+            return true;
+        }
+        shard.metrics.repick();
+    }
+    answer_no_route(shard, job.no_route, &job.packet);
     false
 }
 
-/// Delivers to the chosen client; false if it has gone. A client on
-/// another shard is delivered to by that shard, which says whether it could.
-async fn deliver(shard: &Shard, target: ConnRef, packet: &Arc<Dispatch>) -> bool {
-    if target.shard == shard.id {
-        return shard.deliver(target, packet);
+/// On the chosen client's shard: delivers a SEND, or if the client has gone,
+/// chooses again (in a task of this shard; the origin has moved on).
+pub fn deliver_one(shard: &Rc<Shard>, target: ConnRef, job: Box<OneSend>) {
+    if shard.deliver(target, &job.packet) {
+        return;
     }
-    let reply = shard
-        .ask(target.shard, |reply_to| ShardMsg::DeliverOne {
-            reply_to,
-            target,
-            packet: packet.clone(),
-        })
-        .await;
-    matches!(reply, Reply::Delivered(1))
+    shard.metrics.repick();
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        if !send(&shard, job).await {
+            shard.metrics.unrouted();
+        }
+    })
+    .detach();
 }
 
-/// BROADCAST: every matching client receives `packet`; returns how many.
-/// A selector narrows the matches to one client, as for SEND.
-pub async fn broadcast(shard: &Shard, query: Arc<Query>, packet: Arc<Dispatch>) -> u64 {
-    if query.selector.is_some() {
-        return u64::from(send(shard, query, packet).await);
+/// Answers the sender of `packet` that nothing matched (if it asked to be).
+fn answer_no_route(shard: &Shard, no_route: Option<NoRoute>, packet: &Dispatch) {
+    let Some(no_route) = no_route else { return };
+    let to = no_route.sender;
+    let extra = no_route.extra_info(packet);
+    if to.shard == shard.id {
+        shard.invalid_to(to, errors::NO_ROUTE, extra);
+    } else {
+        shard.on_shard(
+            to.shard,
+            ShardMsg::Invalid {
+                to,
+                error: errors::NO_ROUTE,
+                extra,
+            },
+        );
     }
-    let count = broadcast_round(shard, &query, &packet).await;
+}
+
+/// BROADCAST: every matching client receives `packet`; returns how many
+/// (none: the sender has been answered `no_route`, unless `no_route` is
+/// `None`). A selector narrows the matches to one client, as for SEND.
+pub async fn broadcast(
+    shard: &Shard,
+    query: Arc<Query>,
+    packet: Arc<Dispatch>,
+    no_route: Option<NoRoute>,
+) -> u64 {
+    if query.selector.is_some() {
+        let job = Box::new(OneSend::new(query, packet, no_route));
+        return u64::from(send(shard, job).await);
+    }
+    let mut count = broadcast_round(shard, &query, &packet).await;
     if count == 0 && query.optional {
-        return broadcast_round(shard, &Arc::new(relaxed(&query)), &packet).await;
+        count = broadcast_round(shard, &Arc::new(relaxed(&query)), &packet).await;
+    }
+    if count == 0 {
+        answer_no_route(shard, no_route, &packet);
     }
     count
 }

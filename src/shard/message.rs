@@ -72,13 +72,17 @@ pub enum ShardMsg {
         target: ConnRef,
         packet: Arc<Dispatch>,
     },
-    /// SEND, last round: deliver to one client of this shard and reply
-    /// `Delivered(1)`, or `Delivered(0)` if it has gone (the origin then
-    /// picks again).
-    DeliverOne {
-        reply_to: ReplyTo,
+    /// SEND, last step: deliver to one client of this shard; if it has
+    /// gone, choose again from here (see [`crate::routing::router::OneSend`]).
+    SendOne {
         target: ConnRef,
-        packet: Arc<Dispatch>,
+        job: Box<crate::routing::router::OneSend>,
+    },
+    /// Invalid (op 3) for one client of this shard.
+    Invalid {
+        to: ConnRef,
+        error: &'static str,
+        extra: Value,
     },
     /// BROADCAST: deliver to every local match; reply with the count.
     Broadcast {

@@ -184,7 +184,7 @@ impl Shard {
     }
 
     /// Handles one message from the mesh.
-    pub fn handle(&self, msg: ShardMsg) {
+    pub fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Reply { req, from, reply } => {
                 if let Some(gather) = self.pending.borrow().get(&req) {
@@ -199,6 +199,10 @@ impl Shard {
             ShardMsg::Deliver { target, packet } => {
                 self.deliver(target, &packet);
             }
+            ShardMsg::SendOne { target, job } => {
+                crate::routing::router::deliver_one(self, target, job)
+            }
+            ShardMsg::Invalid { to, error, extra } => self.invalid_to(to, error, extra),
             ShardMsg::Release { app, client, owner } => {
                 let mut names = self.names.borrow_mut();
                 let key = (app, client);
@@ -212,7 +216,6 @@ impl Shard {
             request => {
                 let reply_to = match &request {
                     ShardMsg::Pick { reply_to, .. }
-                    | ShardMsg::DeliverOne { reply_to, .. }
                     | ShardMsg::Broadcast { reply_to, .. }
                     | ShardMsg::Nodes { reply_to, .. }
                     | ShardMsg::Metrics { reply_to }
@@ -245,9 +248,6 @@ impl Shard {
             } => {
                 let (pick, named) = self.pick_local(&query, avg, describe);
                 Reply::Pick(pick, named)
-            }
-            ShardMsg::DeliverOne { target, packet, .. } => {
-                Reply::Delivered(u64::from(self.deliver(target, &packet)))
             }
             ShardMsg::Broadcast { query, packet, .. } => {
                 Reply::Delivered(self.broadcast_local(&query, &packet))

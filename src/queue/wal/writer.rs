@@ -19,7 +19,6 @@ use super::segment::{self, At, Layout, Write};
 use super::{CarryJob, Epochs, Pending, lock_dir, segment_name};
 use crate::config::FsyncPolicy;
 use crate::queue::errors;
-use crate::queue::msg::QueueMsg;
 use crate::shard::{Shard, ShardMsg};
 
 /// How often a failed log tries again.
@@ -279,11 +278,11 @@ pub async fn write_loop(shard: Rc<Shard>, boot: u64) {
                     }
                     shard.on_shard(
                         to.shard,
-                        ShardMsg::Queue(QueueMsg::Invalid {
+                        ShardMsg::Invalid {
                             to,
                             error: errors::STORAGE_FAILED,
                             extra,
-                        }),
+                        },
                     );
                 }
             }
