@@ -283,7 +283,7 @@ pub fn client_push(
     nonce: Value,
     payload: Value,
 ) -> Result<(), (String, Value)> {
-    let size = serde_json::to_vec(&payload).map_or(0, |v| v.len());
+    let size = crate::metadata::json_len(&payload);
     let max = shard.config.max_queue_message_size;
     if size > max {
         shard.metrics.limit_refused(Limit::QueueMessageSize);
