@@ -181,8 +181,18 @@ impl Connection {
         // goes (a delivery in flight may hold one); the flusher finds it
         // gone.
         conn.set_direct(false);
-        drop(conn.stream.take());
+        let stream = conn.stream.take();
+        let shard = self.session.shard().clone();
         self.session.end();
+        // A close the server began (an error such as a frame past the
+        // limit) may leave the client's bytes unread: closing on them
+        // would reset the connection and could destroy the error packet
+        // before the client reads it. At shutdown there is no time for it.
+        if let Some(mut stream) = stream
+            && !shard.is_shutting_down()
+        {
+            crate::http::serve::close_gently(&mut stream).await;
+        }
     }
 }
 

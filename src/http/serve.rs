@@ -124,7 +124,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
 /// before the client reads it; so the write side is shut first and what the
 /// client still sends is read and dropped, for at most [`LINGER`] and
 /// [`LINGER_BYTES`].
-async fn close_gently(stream: &mut TcpStream) {
+pub async fn close_gently(stream: &mut TcpStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
     let until = Instant::now() + LINGER;
     let mut drained = 0;
