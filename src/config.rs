@@ -45,6 +45,8 @@ pub struct Config {
     /// Websocket frames (pings included) one connection handles before it
     /// lets the other connections of its shard run.
     pub frames_per_turn: usize,
+    /// SENDs and BROADCASTs one connection may have being routed at once.
+    pub max_in_flight: usize,
     pub max_metadata_size: usize,
     pub max_outbound_bytes: usize,
     pub max_http_body: usize,
@@ -115,6 +117,7 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
 /// Frames one connection handles per turn: enough that a busy client
 /// pays for a turn rarely, few enough that its neighbours wait microseconds.
 pub const DEFAULT_FRAMES_PER_TURN: usize = 64;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 pub const DEFAULT_MAX_METADATA_SIZE: usize = 64 << 10;
 pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 8 << 20;
 pub const DEFAULT_MAX_HTTP_BODY: usize = 1 << 20;
@@ -177,6 +180,9 @@ pub struct Flags {
     /// Websocket frames (pings and pongs included) one connection may handle in a row before the shard's other connections get their turn, so a flood from one client cannot starve them [default: 64]
     #[arg(long, env = "FRAMES_PER_TURN")]
     frames_per_turn: Option<usize>,
+    /// SENDs and BROADCASTs one connection may have being routed at once (routed concurrently, handed over in the order read); past it the server stops reading that connection until one is done [default: 64]
+    #[arg(long, env = "MAX_IN_FLIGHT")]
+    max_in_flight: Option<usize>,
     /// Largest metadata one client may hold, in bytes (approximate JSON size) [default: 65536]
     #[arg(long, env = "MAX_METADATA_SIZE")]
     max_metadata_size: Option<usize>,
@@ -284,6 +290,7 @@ struct FileConfig {
     metadata_update_mode: Option<UpdateMode>,
     max_frame_size: Option<usize>,
     frames_per_turn: Option<usize>,
+    max_in_flight: Option<usize>,
     max_metadata_size: Option<usize>,
     max_outbound_bytes: Option<usize>,
     max_http_body: Option<usize>,
@@ -367,6 +374,10 @@ impl Config {
                 .frames_per_turn
                 .or(file.frames_per_turn)
                 .unwrap_or(DEFAULT_FRAMES_PER_TURN),
+            max_in_flight: flags
+                .max_in_flight
+                .or(file.max_in_flight)
+                .unwrap_or(DEFAULT_MAX_IN_FLIGHT),
             max_metadata_size: flags
                 .max_metadata_size
                 .or(file.max_metadata_size)
@@ -512,6 +523,9 @@ impl Config {
         if self.frames_per_turn == 0 {
             return invalid("frames_per_turn", "must be at least 1");
         }
+        if self.max_in_flight == 0 {
+            return invalid("max_in_flight", "must be at least 1");
+        }
         if self.max_outbound_bytes < 1024 {
             return invalid("max_outbound_bytes", "must be at least 1024 bytes");
         }
@@ -620,6 +634,16 @@ mod tests {
         assert_eq!(config.frames_per_turn, 8);
         let err = Config::from_flags(parse(&["--frames-per-turn", "0"])).unwrap_err();
         assert!(err.to_string().contains("frames_per_turn"), "{err}");
+    }
+
+    #[test]
+    fn max_in_flight_defaults_is_set_and_is_at_least_one() {
+        let config = Config::from_flags(parse(&[])).unwrap();
+        assert_eq!(config.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+        let config = Config::from_flags(parse(&["--max-in-flight", "3"])).unwrap();
+        assert_eq!(config.max_in_flight, 3);
+        let err = Config::from_flags(parse(&["--max-in-flight", "0"])).unwrap_err();
+        assert!(err.to_string().contains("max_in_flight"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Every handler has the same shape: validate the packet, apply it to the
 //! shard, queue the reply on the connection.
 
+use std::cell::OnceCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::metrics::Limit;
 use crate::protocol::{self, Encoding, InboundPacket, errors, op};
 use crate::query::Query;
 use crate::queue;
+use crate::routing::pipeline::Pipeline;
 use crate::routing::router::{self, NoRoute, OneSend};
 use crate::shard::{ConnHandle, ConnId, ConnRef, Dispatch, NewClient, Shard, now_ms};
 
@@ -35,6 +37,9 @@ pub struct Session {
     conn: Rc<ConnHandle>,
     peer: SocketAddr,
     identity: Option<Identity>,
+    /// SENDs and BROADCASTs being routed; made on the first one, so idle
+    /// connections do not pay for it.
+    pipeline: OnceCell<Rc<Pipeline>>,
 }
 
 impl Session {
@@ -45,6 +50,7 @@ impl Session {
             conn,
             peer,
             identity: None,
+            pipeline: OnceCell::new(),
         }
     }
 
@@ -93,7 +99,13 @@ impl Session {
             (op::IDENTIFY, false) => Box::pin(self.identify(packet.d)).await,
             (op::IDENTIFY, true) => self.conn.invalid(errors::ALREADY_IDENTIFIED, Value::Null),
             (_, false) => self.conn.fail(errors::NOT_IDENTIFIED, Value::Null),
-            (op::HEARTBEAT, true) => self.heartbeat(),
+            (op::HEARTBEAT, true) => {
+                // Its ack follows every earlier packet's outcome.
+                if let Some(pipeline) = self.pipeline.get() {
+                    pipeline.drained().await;
+                }
+                self.heartbeat()
+            }
             (op::DISPATCH, true) => self.dispatch(packet).await,
             (_, true) => self.conn.invalid(errors::INVALID_OP, json!(packet.op)),
         }
@@ -402,7 +414,6 @@ impl Session {
         };
         let query = Arc::new(routed.query);
         let started = Instant::now();
-        let metrics = &self.shard.metrics;
         let kind = if t == "SEND" { "SEND" } else { "BROADCAST" };
         let dispatch = Arc::new(Dispatch {
             t: kind,
@@ -417,13 +428,36 @@ impl Session {
             had_nonce: routed.had_nonce,
             had_payload: routed.had_payload,
         });
-        if kind == "SEND" {
-            let job = Box::new(OneSend::new(query, dispatch, no_route));
-            let delivered = router::send(&self.shard, job).await;
-            metrics.routed_send(delivered, started.elapsed());
-        } else {
-            let reached = router::broadcast(&self.shard, query, dispatch, no_route).await;
-            metrics.routed_broadcast(reached, started.elapsed());
+        // Routed in a task of its own, so that the next packet is read while
+        // this one waits for other shards (see `routing::pipeline`); waits
+        // here only while the connection has as many in flight as allowed.
+        let pipeline = self
+            .pipeline
+            .get_or_init(|| Pipeline::new(self.shard.config.max_in_flight));
+        let slot = pipeline.enter().await;
+        if slot.ahead > 0 {
+            self.shard.metrics.routing_overlapped();
+        }
+        let shard = self.shard.clone();
+        let mut routing = Box::pin(async move {
+            let metrics = &shard.metrics;
+            if kind == "SEND" {
+                let job = Box::new(OneSend::new(query, dispatch, no_route));
+                let delivered = router::send(&shard, job, Some(&slot)).await;
+                metrics.routed_send(delivered, started.elapsed());
+            } else {
+                let reached =
+                    router::broadcast(&shard, query, dispatch, no_route, Some(&slot)).await;
+                metrics.routed_broadcast(reached, started.elapsed());
+            }
+            drop(slot);
+        });
+        // Most routings on one shard finish without waiting: no task then.
+        if futures_lite::future::poll_once(routing.as_mut())
+            .await
+            .is_none()
+        {
+            glommio::spawn_local(routing).detach();
         }
     }
 

@@ -114,6 +114,7 @@ pub struct ShardMetrics {
     queue_log_encode_errors: Cell<u64>,
     queue_log_carried: Cell<u64>,
     repicks: Cell<u64>,
+    routing_overlapped: Cell<u64>,
 }
 
 fn bump(cell: &Cell<u64>, by: u64) {
@@ -136,6 +137,12 @@ impl ShardMetrics {
             bump(&self.no_route, 1);
         }
         self.observe_routing(took);
+    }
+
+    /// A SEND or BROADCAST that started while another of its connection's
+    /// was still being routed (the pipeline saved it a wait).
+    pub fn routing_overlapped(&self) {
+        bump(&self.routing_overlapped, 1);
     }
 
     /// A SEND that found no client after all: its chosen client had gone,
@@ -232,6 +239,7 @@ impl ShardMetrics {
             queue_log_encode_errors: self.queue_log_encode_errors.get(),
             queue_log_carried: self.queue_log_carried.get(),
             repicks: self.repicks.get(),
+            routing_overlapped: self.routing_overlapped.get(),
             queues,
         }
     }
@@ -275,6 +283,7 @@ pub struct Snapshot {
     pub queue_log_encode_errors: u64,
     pub queue_log_carried: u64,
     pub repicks: u64,
+    pub routing_overlapped: u64,
     /// The queues the shard owns.
     pub queues: Vec<QueueRow>,
 }

@@ -378,6 +378,11 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
         "SEND or proxy choices made again because the chosen client had gone before the packet reached it",
         |s| s.repicks,
     );
+    counter(
+        "routing_overlapped",
+        "SENDs and BROADCASTs that started while another of the same connection was still being routed (pipelined instead of waiting; bounded by --max-in-flight)",
+        |s| s.routing_overlapped,
+    );
     registry.register(
         "encode_errors",
         "Packets and HTTP bodies the server could not encode (each recipient got an error instead)",

@@ -3,6 +3,7 @@
 //! shards.
 
 pub mod pick;
+pub mod pipeline;
 pub mod router;
 
 pub use pick::{Pick, local_pick, matching};

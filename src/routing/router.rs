@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::protocol::errors;
 use crate::query::Query;
 use crate::routing::pick::{Pick, choose, global_average};
+use crate::routing::pipeline::Slot;
 use crate::shard::{ConnRef, Dispatch, NodesCap, Picked, Reply, Shard, ShardMsg};
 
 /// How many times one SEND (or proxy pick) may choose a client. A choice is
@@ -77,7 +78,11 @@ impl NoRoute {
 /// been answered `no_route` unless the query is droppable. A chosen client
 /// found gone is counted as a re-pick and the choice is made again among the
 /// clients that remain, here or (see [`OneSend`]) on its shard.
-pub async fn send(shard: &Shard, mut job: Box<OneSend>) -> bool {
+///
+/// With a `slot`, the packet is handed over only on the slot's turn, so that
+/// the SENDs of one connection, picked concurrently, are handed over in the
+/// order they were read (see [`super::pipeline`]).
+pub async fn send(shard: &Shard, mut job: Box<OneSend>, slot: Option<&Slot>) -> bool {
     while job.picks_left > 0 {
         job.picks_left -= 1;
         let target = match pick_once(shard, job.query.clone(), false).await {
@@ -88,6 +93,9 @@ pub async fn send(shard: &Shard, mut job: Box<OneSend>) -> bool {
                 continue;
             }
         };
+        if let Some(slot) = slot {
+            slot.turn().await;
+        }
         if target.shard != shard.id {
             shard.on_shard(target.shard, ShardMsg::SendOne { target, job });
             return true;
@@ -110,7 +118,7 @@ pub fn deliver_one(shard: &Rc<Shard>, target: ConnRef, job: Box<OneSend>) {
     shard.metrics.repick();
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        if !send(&shard, job).await {
+        if !send(&shard, job, None).await {
             shard.metrics.unrouted();
         }
     })
@@ -139,15 +147,23 @@ fn answer_no_route(shard: &Shard, no_route: Option<NoRoute>, packet: &Dispatch) 
 /// BROADCAST: every matching client receives `packet`; returns how many
 /// (none: the sender has been answered `no_route`, unless `no_route` is
 /// `None`). A selector narrows the matches to one client, as for SEND.
+/// `slot` as for [`send`].
 pub async fn broadcast(
     shard: &Shard,
     query: Arc<Query>,
     packet: Arc<Dispatch>,
     no_route: Option<NoRoute>,
+    slot: Option<&Slot>,
 ) -> u64 {
     if query.selector.is_some() {
         let job = Box::new(OneSend::new(query, packet, no_route));
-        return u64::from(send(shard, job).await);
+        return u64::from(send(shard, job, slot).await);
+    }
+    // A broadcast hands over as it asks: it keeps the turn until every
+    // shard has delivered, so nothing the connection sent later overtakes
+    // it (nor its `optional` second round).
+    if let Some(slot) = slot {
+        slot.turn().await;
     }
     let mut count = broadcast_round(shard, &query, &packet).await;
     if count == 0 && query.optional {
