@@ -115,6 +115,8 @@ pub struct ShardMetrics {
     queue_log_carried: Cell<u64>,
     repicks: Cell<u64>,
     routing_overlapped: Cell<u64>,
+    /// Messages sent to other shards, by [`crate::shard::ShardMsg::kind`].
+    cross_shard: [Cell<u64>; crate::shard::ShardMsg::KINDS.len()],
 }
 
 fn bump(cell: &Cell<u64>, by: u64) {
@@ -143,6 +145,11 @@ impl ShardMetrics {
     /// was still being routed (the pipeline saved it a wait).
     pub fn routing_overlapped(&self) {
         bump(&self.routing_overlapped, 1);
+    }
+
+    /// One message sent to another shard, of kind `kind`.
+    pub fn cross_shard(&self, kind: usize) {
+        bump(&self.cross_shard[kind], 1);
     }
 
     /// A SEND that found no client after all: its chosen client had gone,
@@ -240,6 +247,7 @@ impl ShardMetrics {
             queue_log_carried: self.queue_log_carried.get(),
             repicks: self.repicks.get(),
             routing_overlapped: self.routing_overlapped.get(),
+            cross_shard: read(&self.cross_shard),
             queues,
         }
     }
@@ -284,6 +292,9 @@ pub struct Snapshot {
     pub queue_log_carried: u64,
     pub repicks: u64,
     pub routing_overlapped: u64,
+    /// Messages sent to other shards, in [`crate::shard::ShardMsg::KINDS`]
+    /// order.
+    pub cross_shard: Vec<u64>,
     /// The queues the shard owns.
     pub queues: Vec<QueueRow>,
 }

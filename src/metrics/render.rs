@@ -104,21 +104,23 @@ fn op_label(i: usize) -> String {
     if i < 9 { i.to_string() } else { "other".into() }
 }
 
-/// Registers one counter family labelled by shard and opcode.
-fn by_op(
+/// Registers one counter family labelled by shard and by `label`, whose
+/// value for the i-th count is `label_of(i)`.
+fn by_label(
     registry: &mut Registry,
     snapshots: &[Snapshot],
-    name: &str,
-    help: &str,
+    (name, help): (&str, &str),
+    label: &str,
+    label_of: impl Fn(usize) -> String,
     counts: fn(&Snapshot) -> &Vec<u64>,
 ) {
     let rows = snapshots
         .iter()
         .flat_map(|s| {
-            counts(s).iter().enumerate().map(move |(op, &n)| {
+            counts(s).iter().enumerate().map(|(i, &n)| {
                 let labels = vec![
                     ("shard".to_string(), s.shard.to_string()),
-                    ("op".to_string(), op_label(op)),
+                    (label.to_string(), label_of(i)),
                 ];
                 (labels, ConstCounter::new(n))
             })
@@ -267,22 +269,27 @@ fn limit_families(registry: &mut Registry, snapshots: &[Snapshot]) {
         "Bytes a shard's queues hold: each message's payload, nonce, target and queue name plus a fixed overhead (bounded by --max-total-queue-bytes, server-wide)",
         per_shard(snapshots, |s| ConstGauge::new(s.gauges.queue_bytes as i64)),
     );
-    let rows = snapshots
-        .iter()
-        .flat_map(|s| {
-            Limit::ALL.iter().zip(&s.limit_refusals).map(|(limit, &n)| {
-                let labels = vec![
-                    ("shard".to_string(), s.shard.to_string()),
-                    ("limit".to_string(), limit.label().to_string()),
-                ];
-                (labels, ConstCounter::new(n))
-            })
-        })
-        .collect();
-    registry.register(
-        "limit_refusals",
-        "Requests refused because of a configured limit, by limit (query_results: answers cut short)",
-        Labeled { rows },
+    by_label(
+        registry,
+        snapshots,
+        (
+            "limit_refusals",
+            "Requests refused because of a configured limit, by limit (query_results: answers cut short)",
+        ),
+        "limit",
+        |i| Limit::ALL[i].label().to_string(),
+        |s| &s.limit_refusals,
+    );
+    by_label(
+        registry,
+        snapshots,
+        (
+            "cross_shard_messages",
+            "Messages a shard sent to other shards, by kind (requests, and replies by what they answer)",
+        ),
+        "kind",
+        |i| crate::shard::ShardMsg::KINDS[i].to_string(),
+        |s| &s.cross_shard,
     );
 }
 
@@ -305,18 +312,20 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
         "Messages waiting in a shard's cross-shard inbox",
         per_shard(snapshots, |s| ConstGauge::new(s.gauges.mesh_depth as i64)),
     );
-    by_op(
+    by_label(
         &mut registry,
         snapshots,
-        "packets_in",
-        "Packets received from clients, by opcode",
+        ("packets_in", "Packets received from clients, by opcode"),
+        "op",
+        op_label,
         |s| &s.packets_in,
     );
-    by_op(
+    by_label(
         &mut registry,
         snapshots,
-        "packets_out",
-        "Packets sent to clients, by opcode",
+        ("packets_out", "Packets sent to clients, by opcode"),
+        "op",
+        op_label,
         |s| &s.packets_out,
     );
     let mut counter = |name: &str, help: &str, value: fn(&Snapshot) -> u64| {

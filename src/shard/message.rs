@@ -135,6 +135,61 @@ pub enum ShardMsg {
     },
 }
 
+impl ShardMsg {
+    /// Every [`ShardMsg::kind`], in the order of its index.
+    pub const KINDS: [&'static str; 19] = [
+        "pick",
+        "deliver",
+        "send_one",
+        "invalid",
+        "broadcast",
+        "nodes",
+        "claim",
+        "release",
+        "client_event",
+        "metrics",
+        "shutdown",
+        "queue",
+        "queue_ask",
+        "reply_pick",
+        "reply_delivered",
+        "reply_nodes",
+        "reply_claimed",
+        "reply_metrics",
+        "reply_queue",
+    ];
+
+    /// What the message is, as an index into [`ShardMsg::KINDS`]: the
+    /// label of the cross-shard message counter.
+    ///
+    /// (A test below checks that every index names its variant.)
+    pub fn kind(&self) -> usize {
+        match self {
+            ShardMsg::Pick { .. } => 0,
+            ShardMsg::Deliver { .. } => 1,
+            ShardMsg::SendOne { .. } => 2,
+            ShardMsg::Invalid { .. } => 3,
+            ShardMsg::Broadcast { .. } => 4,
+            ShardMsg::Nodes { .. } => 5,
+            ShardMsg::Claim { .. } => 6,
+            ShardMsg::Release { .. } => 7,
+            ShardMsg::ClientEvent { .. } => 8,
+            ShardMsg::Metrics { .. } => 9,
+            ShardMsg::Shutdown => 10,
+            ShardMsg::Queue(_) => 11,
+            ShardMsg::QueueAsk { .. } => 12,
+            ShardMsg::Reply { reply, .. } => match reply {
+                Reply::Pick(..) => 13,
+                Reply::Delivered(_) => 14,
+                Reply::Nodes(_) => 15,
+                Reply::Claimed(_) => 16,
+                Reply::Metrics(_) => 17,
+                Reply::Queue(_) => 18,
+            },
+        }
+    }
+}
+
 /// How much one QUERY_NODES / HTTP query answer may hold
 /// (`--max-query-results`, and half of `--max-outbound-bytes`).
 #[derive(Debug, Clone, Copy)]
@@ -183,4 +238,55 @@ pub enum Reply {
     Claimed(bool),
     Metrics(Box<crate::metrics::Snapshot>),
     Queue(crate::queue::QueueReply),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_is_labelled_by_its_own_name() {
+        let reply_to = ReplyTo { shard: 0, req: 0 };
+        let owner = ConnId { shard: 0, conn: 0 };
+        let cases = [
+            (ShardMsg::Metrics { reply_to }, "metrics"),
+            (ShardMsg::Shutdown, "shutdown"),
+            (
+                ShardMsg::Release {
+                    app: "a".into(),
+                    client: "c".into(),
+                    owner,
+                },
+                "release",
+            ),
+            (
+                ShardMsg::Claim {
+                    reply_to,
+                    app: "a".into(),
+                    client: "c".into(),
+                    owner,
+                },
+                "claim",
+            ),
+            (
+                ShardMsg::Reply {
+                    req: 0,
+                    from: 1,
+                    reply: Reply::Claimed(true),
+                },
+                "reply_claimed",
+            ),
+            (
+                ShardMsg::Reply {
+                    req: 0,
+                    from: 1,
+                    reply: Reply::Delivered(1),
+                },
+                "reply_delivered",
+            ),
+        ];
+        for (msg, name) in cases {
+            assert_eq!(ShardMsg::KINDS[msg.kind()], name);
+        }
+    }
 }

@@ -119,8 +119,13 @@ impl Shard {
         self.shutting_down.get()
     }
 
-    /// Sends one message to shard `to` (which may be this one).
+    /// Sends one message to shard `to` (which may be this one). Every
+    /// message between shards goes through here, so that what crosses
+    /// cores is counted (`singyeong_cross_shard_messages_total`).
     pub fn on_shard(&self, to: usize, msg: ShardMsg) {
+        if to != self.id {
+            self.metrics.cross_shard(msg.kind());
+        }
         self.mesh.send(to, msg);
     }
 
@@ -160,7 +165,7 @@ impl Shard {
         if remote > 0 {
             self.pending.borrow_mut().insert(req, gather.clone());
             for shard in shards.clone().filter(|&s| s != self.id) {
-                self.mesh.send(shard, make(reply_to));
+                self.on_shard(shard, make(reply_to));
             }
         }
         let local = shards.contains(&self.id).then(|| {
@@ -224,7 +229,7 @@ impl Shard {
                     _ => unreachable!("only requests reach here"),
                 };
                 if let Some(reply) = self.answer(request) {
-                    self.mesh.send(
+                    self.on_shard(
                         reply_to.shard,
                         ShardMsg::Reply {
                             req: reply_to.req,
@@ -436,7 +441,7 @@ impl Shard {
             d: json!({"nonce": null, "payload": {"app": app, "client_id": client}}),
         });
         for shard in 0..self.shards() {
-            self.mesh.send(
+            self.on_shard(
                 shard,
                 ShardMsg::ClientEvent {
                     packet: packet.clone(),
