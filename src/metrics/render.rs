@@ -280,17 +280,6 @@ fn limit_families(registry: &mut Registry, snapshots: &[Snapshot]) {
         |i| Limit::ALL[i].label().to_string(),
         |s| &s.limit_refusals,
     );
-    by_label(
-        registry,
-        snapshots,
-        (
-            "cross_shard_messages",
-            "Messages a shard sent to other shards, by kind (requests, and replies by what they answer)",
-        ),
-        "kind",
-        |i| crate::shard::ShardMsg::KINDS[i].to_string(),
-        |s| &s.cross_shard,
-    );
 }
 
 /// Renders every shard's snapshot (and the process's RSS and CPU time), with
@@ -327,6 +316,17 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
         "op",
         op_label,
         |s| &s.packets_out,
+    );
+    by_label(
+        &mut registry,
+        snapshots,
+        (
+            "cross_shard_messages",
+            "Messages a shard sent to other shards, by kind (requests, and replies by what they answer)",
+        ),
+        "kind",
+        |i| crate::shard::ShardMsg::KINDS[i].to_string(),
+        |s| &s.cross_shard,
     );
     let mut counter = |name: &str, help: &str, value: fn(&Snapshot) -> u64| {
         registry.register(
