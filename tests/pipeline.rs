@@ -14,12 +14,16 @@ const BURST: usize = 3000;
 /// Recipients the burst is spread over.
 const RECIPIENTS: usize = 6;
 
+/// The sum of a counter family's samples; the family must be there.
 fn scrape_counter(server: &Server, family: &str) -> f64 {
     let text = server.http("GET", "/metrics", &[], None).text();
-    text.lines()
+    let samples: Vec<f64> = text
+        .lines()
         .filter(|l| l.starts_with(family))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    assert!(!samples.is_empty(), "no {family} in /metrics");
+    samples.iter().sum()
 }
 
 fn to_recipient(n: usize) -> Value {

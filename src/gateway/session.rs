@@ -470,12 +470,10 @@ impl Session {
                 return;
             }
         };
-        let cap = crate::shard::NodesCap::new(&self.shard.config);
-        let found = router::nodes(&self.shard, Arc::new(query), cap).await;
+        let found = router::nodes(&self.shard, Arc::new(query)).await;
         // Answers within the cap keep the contract's shape exactly; a cut
         // one says so, and how many matched.
         let d = if found.truncated() {
-            self.shard.metrics.limit_refused(Limit::QueryResults);
             json!({"nodes": found.nodes, "truncated": true, "total": found.matched})
         } else {
             json!({"nodes": found.nodes})

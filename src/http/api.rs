@@ -9,11 +9,10 @@ use subtle::ConstantTimeEq;
 
 use crate::http::request::Request;
 use crate::http::response::Response;
-use crate::metrics::Limit;
 use crate::proxy;
 use crate::query::Query;
 use crate::routing::router;
-use crate::shard::{NodesCap, Reply, Shard, ShardMsg};
+use crate::shard::{Reply, Shard, ShardMsg};
 
 /// What the API answers: a response built in memory, or an upstream's
 /// answer relayed as it arrives (the proxy, whose bodies may be large).
@@ -125,14 +124,13 @@ async fn query(shard: &Rc<Shard>, req: &Request) -> Response {
             return Response::json(400, &json!({"errors": [format!("invalid query: {e}")]}));
         }
     };
-    let found = router::nodes(shard, Arc::new(query), NodesCap::new(&shard.config)).await;
+    let found = router::nodes(shard, Arc::new(query)).await;
     let truncated = found.truncated();
     let response = Response::json(200, &Value::Array(found.nodes));
     if !truncated {
         return response;
     }
     // The body stays the contract's array; the cut is said in headers.
-    shard.metrics.limit_refused(Limit::QueryResults);
     response
         .with_header(TRUNCATED_HEADER, "true")
         .with_header(TOTAL_HEADER, found.matched.to_string())

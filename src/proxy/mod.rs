@@ -12,7 +12,7 @@
 //! - [`relay`]: the upstream's answer written back, streamed when large.
 //! - [`error`]: every failure with its status and wire text.
 //!
-//! The target is chosen exactly as SEND chooses ([`router::pick_one`]: same
+//! The target is chosen exactly as SEND chooses ([`router::pick_described`]: same
 //! query engine, shards and `key` hashing), with restricted clients left
 //! out; its address comes back with the chosen shard's pick
 //! ([`router::pick_described`]).

@@ -207,10 +207,21 @@ impl Nodes {
 }
 
 /// QUERY_NODES and the HTTP query API: the matching clients' descriptions,
-/// at most what `cap` allows (with a selector: the one client it selects).
-/// Each shard stops describing at the cap and only counts the rest, so a
-/// query matching a million clients builds a bounded answer.
-pub async fn nodes(shard: &Shard, query: Arc<Query>, cap: NodesCap) -> Nodes {
+/// at most what `--max-query-results` and the answer's byte budget allow
+/// (with a selector: the one client it selects). Each shard stops
+/// describing at the cap and only counts the rest, so a query matching a
+/// million clients builds a bounded answer. A cut answer is counted.
+pub async fn nodes(shard: &Shard, query: Arc<Query>) -> Nodes {
+    let found = nodes_uncounted(shard, query, NodesCap::new(&shard.config)).await;
+    if found.truncated() {
+        shard
+            .metrics
+            .limit_refused(crate::metrics::Limit::QueryResults);
+    }
+    found
+}
+
+async fn nodes_uncounted(shard: &Shard, query: Arc<Query>, cap: NodesCap) -> Nodes {
     if query.selector.is_some() {
         let strict = Arc::new(Query {
             optional: false,
@@ -263,13 +274,9 @@ async fn nodes_round(shard: &Shard, query: &Arc<Query>, cap: NodesCap) -> Nodes 
     out
 }
 
-/// Chooses the one client a SEND goes to, over every shard.
-pub async fn pick_one(shard: &Shard, query: Arc<Query>) -> Option<ConnRef> {
-    pick_described(shard, query, false).await.map(|(c, _)| c)
-}
-
-/// Like [`pick_one`], with the chosen client's `<client>` object when
-/// `describe` asks for it.
+/// Chooses the one client a SEND would go to, over every shard, with its
+/// `<client>` object when `describe` asks for it (the proxy, a selector in
+/// QUERY_NODES). A choice whose client has gone is made again.
 pub async fn pick_described(
     shard: &Shard,
     query: Arc<Query>,

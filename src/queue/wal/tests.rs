@@ -1,18 +1,10 @@
 //! The log's bookkeeping (no I/O) and recovery on real files.
 
+use super::segment::tests::enqueue;
 use super::segment::{self, Layout};
 use super::*;
 use crate::config::Config;
 use serde_json::json;
-
-fn enqueue(id: MsgId) -> Record {
-    Record::Enqueue {
-        id,
-        queue: "jobs".into(),
-        target: json!({"application": "a"}),
-        d: json!({"nonce": id, "payload": {"queue": "jobs", "id": id.to_string(), "payload": "x"}}),
-    }
-}
 
 fn confirm(id: MsgId) -> Option<Confirm> {
     let to = ConnRef {

@@ -4,7 +4,8 @@
 use super::*;
 use serde_json::json;
 
-fn enqueue(id: u64) -> Record {
+/// An enqueue record of queue `jobs` (also used by the log's own tests).
+pub(in crate::queue::wal) fn enqueue(id: u64) -> Record {
     Record::Enqueue {
         id,
         queue: "jobs".into(),
