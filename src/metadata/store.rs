@@ -319,7 +319,10 @@ impl ClientStore {
     /// What was touched since the last call (possibly with repeats, and
     /// possibly unchanged in the end: read the counts to know).
     pub fn take_touched(&mut self) -> Vec<Touched> {
-        self.touched.as_mut().map(std::mem::take).unwrap_or_default()
+        self.touched
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Whether anything was touched since [`ClientStore::take_touched`].

@@ -49,7 +49,12 @@ pub struct Count {
 impl Count {
     /// The clients a query with this `restricted` flag can reach.
     pub fn reachable(self, include_restricted: bool) -> u64 {
-        u64::from(self.open) + if include_restricted { u64::from(self.restricted) } else { 0 }
+        u64::from(self.open)
+            + if include_restricted {
+                u64::from(self.restricted)
+            } else {
+                0
+            }
     }
 
     pub fn is_zero(self) -> bool {

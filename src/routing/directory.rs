@@ -295,7 +295,12 @@ impl Directory {
 
     /// The shards holding clients of `app` a query can reach, with their
     /// counts; `own` is this shard's count (from its store).
-    pub fn app_holders(&self, app: &str, include_restricted: bool, own: Count) -> Vec<(usize, u64)> {
+    pub fn app_holders(
+        &self,
+        app: &str,
+        include_restricted: bool,
+        own: Count,
+    ) -> Vec<(usize, u64)> {
         let mut holders = Vec::new();
         if let Some(row) = self.apps.get(app) {
             holders.extend(
@@ -375,7 +380,10 @@ mod tests {
         fn change(&mut self, shard: usize, app: &str, user: i64, delta: i32) -> Vec<&'static str> {
             let add = |c: &mut Count| c.open = (c.open as i32 + delta) as u32;
             add(self.apps[shard].borrow_mut().entry(app.into()).or_default());
-            add(self.values[shard].borrow_mut().entry(key(app, user)).or_default());
+            add(self.values[shard]
+                .borrow_mut()
+                .entry(key(app, user))
+                .or_default());
             let touched = vec![Touched::App(app.into()), Touched::Value(key(app, user))];
             let (apps, values) = (&self.apps[shard], &self.values[shard]);
             let out = self.dirs[shard].record(
@@ -403,7 +411,11 @@ mod tests {
 
         /// Where `app` is, as shard `asker` sees it.
         fn app_place(&self, asker: usize, app: &str) -> Vec<(usize, u64)> {
-            let own = self.apps[asker].borrow().get(app).copied().unwrap_or_default();
+            let own = self.apps[asker]
+                .borrow()
+                .get(app)
+                .copied()
+                .unwrap_or_default();
             let mut holders = self.dirs[asker].app_holders(app, false, own);
             holders.sort();
             holders
@@ -443,7 +455,10 @@ mod tests {
             assert_eq!(w.app_place(asker, "a"), vec![]);
         }
         // Memory follows the clients.
-        assert_eq!(w.dirs.iter().map(|d| d.sizes()).collect::<Vec<_>>(), vec![(0, 0); 4]);
+        assert_eq!(
+            w.dirs.iter().map(|d| d.sizes()).collect::<Vec<_>>(),
+            vec![(0, 0); 4]
+        );
     }
 
     #[test]
@@ -485,7 +500,13 @@ mod tests {
         let mut d = Directory::new(0, 2);
         d.apply(DirMsg::Apps {
             from: 1,
-            counts: vec![("a".into(), Count { open: 0, restricted: 2 })],
+            counts: vec![(
+                "a".into(),
+                Count {
+                    open: 0,
+                    restricted: 2,
+                },
+            )],
         });
         assert_eq!(d.app_holders("a", false, Count::default()), vec![]);
         assert_eq!(d.app_holders("a", true, Count::default()), vec![(1, 2)]);
@@ -494,7 +515,13 @@ mod tests {
 
     #[test]
     fn a_restricted_flag_crossing_zero_is_urgent_too() {
-        assert!(crosses_zero(open(1), Count { open: 1, restricted: 1 }));
+        assert!(crosses_zero(
+            open(1),
+            Count {
+                open: 1,
+                restricted: 1
+            }
+        ));
         assert!(!crosses_zero(open(1), open(2)));
         assert!(crosses_zero(open(1), open(0)));
     }

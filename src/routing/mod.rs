@@ -3,6 +3,7 @@
 //! shards.
 
 pub mod directory;
+pub mod locate;
 pub mod pick;
 pub mod pipeline;
 pub mod router;

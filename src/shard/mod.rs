@@ -59,6 +59,8 @@ pub struct Shard {
     pub flush: Rc<flush::FlushList>,
     /// The queues this shard owns and its clients' credits (src/queue).
     pub queues: crate::queue::ShardQueues,
+    /// This shard's end of the routing directory; none with one shard.
+    pub directory: Option<crate::routing::locate::DirectoryLink>,
 }
 
 /// (application id, client id): unique among connected clients.
@@ -88,14 +90,21 @@ impl Shard {
         id: usize,
         config: Arc<Config>,
         mesh: Mesh<ShardMsg>,
+        directory_lane: Mesh<crate::routing::directory::DirMsg>,
         queue_budget: Arc<crate::queue::Budget>,
     ) -> Shard {
         let queues = crate::queue::ShardQueues::new(id, &config, queue_budget);
+        let mut store = ClientStore::new();
+        // One shard needs no directory: it is the only place to look.
+        let directory = (mesh.shards() > 1).then(|| {
+            store.note_changes();
+            crate::routing::locate::DirectoryLink::new(id, directory_lane)
+        });
         Shard {
             id,
             config,
             mesh,
-            store: RefCell::new(ClientStore::new()),
+            store: RefCell::new(store),
             conns: RefCell::default(),
             clients: RefCell::default(),
             subscribers: RefCell::default(),
@@ -108,6 +117,7 @@ impl Shard {
             metrics: Rc::default(),
             flush: Rc::default(),
             queues,
+            directory,
         }
     }
 
@@ -132,14 +142,25 @@ impl Shard {
     /// Asks every shard the question `make` builds and waits for all answers,
     /// returned indexed by shard.
     pub async fn scatter(&self, make: impl Fn(ReplyTo) -> ShardMsg) -> Vec<Reply> {
-        let mut replies = self.ask_shards(0..self.shards(), make).await;
+        let all: Vec<usize> = (0..self.shards()).collect();
+        self.ask_some(&all, make).await
+    }
+
+    /// Asks each of `shards` (ascending, distinct) and waits for all
+    /// answers, returned in the same order.
+    pub async fn ask_some(
+        &self,
+        shards: &[usize],
+        make: impl Fn(ReplyTo) -> ShardMsg,
+    ) -> Vec<Reply> {
+        let mut replies = self.ask_shards(shards, make).await;
         replies.sort_by_key(|(shard, _)| *shard);
         replies.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Asks one shard (which may be this one) and waits for its answer.
     pub async fn ask(&self, to: usize, make: impl Fn(ReplyTo) -> ShardMsg) -> Reply {
-        let mut replies = self.ask_shards(to..to + 1, make).await;
+        let mut replies = self.ask_shards(&[to], make).await;
         replies.pop().expect("one shard asked, one answer").1
     }
 
@@ -147,7 +168,7 @@ impl Shard {
     /// This shard answers directly, without a trip through its own inbox.
     async fn ask_shards(
         &self,
-        shards: std::ops::Range<usize>,
+        shards: &[usize],
         make: impl Fn(ReplyTo) -> ShardMsg,
     ) -> Vec<(usize, Reply)> {
         let req = self.next_req.get();
@@ -164,7 +185,7 @@ impl Shard {
         });
         if remote > 0 {
             self.pending.borrow_mut().insert(req, gather.clone());
-            for shard in shards.clone().filter(|&s| s != self.id) {
+            for &shard in shards.iter().filter(|&&s| s != self.id) {
                 self.on_shard(shard, make(reply_to));
             }
         }
@@ -207,6 +228,11 @@ impl Shard {
             ShardMsg::SendOne { target, job } => {
                 crate::routing::router::deliver_one(self, target, job)
             }
+            ShardMsg::PickSend {
+                query,
+                job,
+                counted,
+            } => crate::routing::router::pick_send(self, query, job, counted),
             ShardMsg::Invalid { to, error, extra } => self.invalid_to(to, error, extra),
             ShardMsg::Release { app, client, owner } => {
                 let mut names = self.names.borrow_mut();
@@ -225,7 +251,8 @@ impl Shard {
                     | ShardMsg::Nodes { reply_to, .. }
                     | ShardMsg::Metrics { reply_to }
                     | ShardMsg::Claim { reply_to, .. }
-                    | ShardMsg::QueueAsk { reply_to, .. } => *reply_to,
+                    | ShardMsg::QueueAsk { reply_to, .. }
+                    | ShardMsg::Locate { reply_to, .. } => *reply_to,
                     _ => unreachable!("only requests reach here"),
                 };
                 if let Some(reply) = self.answer(request) {
@@ -284,6 +311,11 @@ impl Shard {
                 Reply::Claimed(free)
             }
             ShardMsg::QueueAsk { ask, .. } => Reply::Queue(crate::queue::owner::answer(self, ask)),
+            ShardMsg::Locate {
+                keys, restricted, ..
+            } => Reply::Located(crate::routing::locate::answer_locate(
+                self, &keys, restricted,
+            )),
             _ => return None,
         })
     }
@@ -293,7 +325,12 @@ impl Shard {
     /// connection is closing cannot receive any more: it is taken out of
     /// routing and the shard picks again among the rest (each pass removes
     /// one client, so this ends).
-    fn pick_local(&self, query: &Query, avg: Option<f64>, describe: bool) -> (Pick, Vec<Picked>) {
+    pub(crate) fn pick_local(
+        &self,
+        query: &Query,
+        avg: Option<f64>,
+        describe: bool,
+    ) -> (Pick, Vec<Picked>) {
         loop {
             let store = self.store.borrow();
             let pick = local_pick(&store, query, avg, &mut self.rng.borrow_mut());
@@ -515,6 +552,7 @@ impl Shard {
         if client.subscribe {
             self.subscribers.borrow_mut().insert(idx);
         }
+        crate::routing::locate::publish(self);
         idx
     }
 
@@ -528,6 +566,7 @@ impl Shard {
         conn.set_client(None);
         self.subscribers.borrow_mut().swap_remove(&idx);
         self.store.borrow_mut().remove(idx);
+        crate::routing::locate::publish(self);
     }
 
     /// Forgets a connection, and its client if it still has one.

@@ -673,7 +673,9 @@ fn touched_buckets_and_counts_follow_every_mutation() {
 
     store.remove(c);
     let seen = touched(&mut store);
-    assert!(seen.contains(&Touched::App("a".into())) && seen.contains(&Touched::Value(rooms1.clone())));
+    assert!(
+        seen.contains(&Touched::App("a".into())) && seen.contains(&Touched::Value(rooms1.clone()))
+    );
     assert_eq!(store.value_count(&rooms1), Count::default());
     store.remove(quiet);
     assert_eq!(store.app_count("a"), Count::default());
