@@ -9,6 +9,14 @@
 //! publishes a change before anything about it (READY, a heartbeat ack)
 //! goes out, so anything a client does after hearing of it reaches a
 //! directory that has it.
+//!
+//! A SEND to a unique id costs three messages when the value's home is
+//! another shard: the question, its answer, and the packet to the holder.
+//! The home could forward the packet itself (two), but the origin must hand
+//! a connection's packets over in the order they were read (see
+//! [`super::pipeline`]), and a home that must gather picks from several
+//! holders before forwarding would let a later packet overtake an earlier
+//! one. So the origin asks first, then hands over on its turn.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
