@@ -24,6 +24,7 @@
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 
 pub mod config;
+pub mod dispatch;
 pub mod gateway;
 pub mod http;
 pub mod metadata;

@@ -231,7 +231,14 @@ async fn run_shard(
     };
     let bound = listener.local_addr().unwrap_or(addr);
     let (recovered, boot, queue_budget) = queues;
-    let shard = Rc::new(Shard::new(id, config, mesh.clone(), queue_budget));
+    let shard_queues = crate::queue::ShardQueues::new(id, &config, queue_budget);
+    let shard = Rc::new(Shard::new(
+        id,
+        config,
+        mesh.clone(),
+        shard_queues,
+        crate::dispatch::answer,
+    ));
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "listening");
 
@@ -252,7 +259,7 @@ async fn run_shard(
     while !shard.is_shutting_down() {
         mesh.recv_batch(id, &mut batch, MESH_BATCH).await;
         for msg in batch.drain(..) {
-            shard.handle(msg);
+            crate::dispatch::handle(&shard, msg);
         }
         glommio::yield_if_needed().await;
     }
@@ -277,7 +284,7 @@ async fn run_shard(
         })
         .await;
         for msg in batch.drain(..) {
-            shard.handle(msg);
+            crate::dispatch::handle(&shard, msg);
         }
     }
     reaper.cancel();

@@ -2,6 +2,7 @@
 //! [`pick`] is the pure, per-shard reduction; [`router`] runs it across
 //! shards.
 
+pub mod answer;
 pub mod pick;
 pub mod pipeline;
 pub mod router;
