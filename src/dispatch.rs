@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use crate::metrics::{Gauges, Snapshot};
 use crate::queue;
-use crate::routing::{answer as routing, router};
+use crate::routing::{self, router};
 use crate::shard::{Reply, Shard, ShardMsg};
 
 /// Handles one message from the mesh.
@@ -54,14 +54,14 @@ pub fn answer(shard: &Shard, msg: ShardMsg) -> Option<Reply> {
             describe,
             ..
         } => {
-            let (pick, named) = routing::pick_local(shard, &query, avg, describe);
+            let (pick, named) = routing::answer::pick_local(shard, &query, avg, describe);
             Reply::Pick(pick, named)
         }
         ShardMsg::Broadcast { query, packet, .. } => {
-            Reply::Delivered(routing::broadcast_local(shard, &query, &packet))
+            Reply::Delivered(routing::answer::broadcast_local(shard, &query, &packet))
         }
         ShardMsg::Nodes { query, cap, .. } => {
-            Reply::Nodes(routing::nodes_local(shard, &query, cap))
+            Reply::Nodes(routing::answer::nodes_local(shard, &query, cap))
         }
         ShardMsg::Metrics { .. } => Reply::Metrics(Box::new(metrics(shard))),
         ShardMsg::Claim {
