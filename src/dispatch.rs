@@ -1,14 +1,15 @@
 //! Where each message from the mesh goes: every [`ShardMsg`] is handed to
 //! the part of the server that owns it: routing answers picks,
-//! broadcasts and node lists (`routing::answer`) and finishes SENDs
-//! (`routing::router`), the queue side of the shard takes queue messages
-//! (`queue::owner`), the name registry, the connection registry and the
-//! exchange of the shard itself take theirs.
+//! broadcasts and node lists (`routing::answer`) and directory questions
+//! (`routing::locate`) and finishes SENDs (`routing::router`), the queue
+//! side of the shard takes queue messages (`queue::owner`), the name
+//! registry, the connection registry and the exchange of the shard itself
+//! take theirs.
 //!
 //! It sits above `shard`, `routing` and `queue`, so that the shard, the
-//! lower layer, imports neither: the shard's loop (`server`) calls
+//! lower layer, calls into neither: the shard's loop (`server`) calls
 //! [`handle`], and the shard is built with [`answer`] for the requests it
-//! answers itself.
+//! answers itself (see `shard::Above`).
 
 use std::rc::Rc;
 
@@ -25,6 +26,11 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             shard.deliver(target, &packet);
         }
         ShardMsg::SendOne { target, job } => router::deliver_one(shard, target, job),
+        ShardMsg::PickSend {
+            query,
+            job,
+            counted,
+        } => router::pick_send(shard, query, job, counted),
         ShardMsg::Invalid { to, error, extra } => shard.invalid_to(to, error, extra),
         ShardMsg::Release { app, client, owner } => shard.record_release(app, client, owner),
         ShardMsg::ClientEvent { packet } => shard.notify_subscribers(&packet),
@@ -37,7 +43,8 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
                 | ShardMsg::Nodes { reply_to, .. }
                 | ShardMsg::Metrics { reply_to }
                 | ShardMsg::Claim { reply_to, .. }
-                | ShardMsg::QueueAsk { reply_to, .. } => *reply_to,
+                | ShardMsg::QueueAsk { reply_to, .. }
+                | ShardMsg::Locate { reply_to, .. } => *reply_to,
                 _ => unreachable!("only requests reach here"),
             };
             shard.reply(reply_to, request);
@@ -54,20 +61,21 @@ pub fn answer(shard: &Shard, msg: ShardMsg) -> Option<Reply> {
             describe,
             ..
         } => {
-            let (pick, named) = routing::answer::pick_local(shard, &query, avg, describe);
+            let (pick, named) = shard.pick_local(&query, avg, describe);
             Reply::Pick(pick, named)
         }
         ShardMsg::Broadcast { query, packet, .. } => {
-            Reply::Delivered(routing::answer::broadcast_local(shard, &query, &packet))
+            Reply::Delivered(shard.broadcast_local(&query, &packet))
         }
-        ShardMsg::Nodes { query, cap, .. } => {
-            Reply::Nodes(routing::answer::nodes_local(shard, &query, cap))
-        }
+        ShardMsg::Nodes { query, cap, .. } => Reply::Nodes(shard.nodes_local(&query, cap)),
         ShardMsg::Metrics { .. } => Reply::Metrics(Box::new(metrics(shard))),
         ShardMsg::Claim {
             app, client, owner, ..
         } => Reply::Claimed(shard.record_claim(app, client, owner)),
         ShardMsg::QueueAsk { ask, .. } => Reply::Queue(queue::owner::answer(shard, ask)),
+        ShardMsg::Locate {
+            keys, restricted, ..
+        } => Reply::Located(routing::locate::answer_locate(shard, &keys, restricted)),
         _ => return None,
     })
 }

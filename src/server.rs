@@ -59,6 +59,8 @@ impl Server {
         let boot = recovered.boot;
         let mut recovered = recovered.shards.into_iter();
         let mesh = Mesh::new(config.shards);
+        // The routing directory's lane (see routing::locate).
+        let directory_lane = Mesh::new(config.shards);
         // Shards whose connections have not yet finished on shutdown.
         let draining = Arc::new(AtomicUsize::new(config.shards));
         // Live queues and queued bytes, counted across shards.
@@ -76,7 +78,7 @@ impl Server {
             };
             let (ready_tx, ready_rx) = mpsc::channel();
             let shard_config = config.clone();
-            let shard_mesh = mesh.clone();
+            let shard_mesh = (mesh.clone(), directory_lane.clone());
             let shard_queues = recovered.next().unwrap_or_default();
             let shard_draining = draining.clone();
             let shard_budget = queue_budget.clone();
@@ -215,7 +217,8 @@ fn stop_all(mesh: &Mesh<ShardMsg>, started: usize) {
 async fn run_shard(
     id: usize,
     config: Arc<Config>,
-    mesh: Mesh<ShardMsg>,
+    // The shard mesh and the routing directory's lane.
+    (mesh, directory_lane): (Mesh<ShardMsg>, Mesh<crate::routing::directory::DirMsg>),
     addr: SocketAddr,
     ready: mpsc::Sender<Result<SocketAddr, String>>,
     // Recovered messages, the boot number, and the server-wide queue budget.
@@ -232,12 +235,19 @@ async fn run_shard(
     let bound = listener.local_addr().unwrap_or(addr);
     let (recovered, boot, queue_budget) = queues;
     let shard_queues = crate::queue::ShardQueues::new(id, &config, queue_budget);
+    // One shard needs no directory: it is the only place to look.
+    let directory =
+        (mesh.shards() > 1).then(|| crate::routing::locate::DirectoryLink::new(id, directory_lane));
     let shard = Rc::new(Shard::new(
         id,
         config,
         mesh.clone(),
         shard_queues,
-        crate::dispatch::answer,
+        directory,
+        crate::shard::Above {
+            answer: crate::dispatch::answer,
+            store_changed: crate::routing::locate::publish,
+        },
     ));
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "listening");
@@ -252,6 +262,10 @@ async fn run_shard(
     .expect("the task queue was just created")
     .detach();
     let reaper = glommio::spawn_local(reap_loop(shard.clone())).detach();
+    let directory = [
+        glommio::spawn_local(crate::routing::locate::receive_loop(shard.clone())).detach(),
+        glommio::spawn_local(crate::routing::locate::flush_loop(shard.clone())).detach(),
+    ];
     let queue_task =
         glommio::spawn_local(crate::queue::run(shard.clone(), recovered, boot)).detach();
 
@@ -289,6 +303,9 @@ async fn run_shard(
     }
     reaper.cancel();
     queue_task.cancel();
+    for task in directory {
+        task.cancel();
+    }
     flusher.cancel();
 }
 

@@ -2,11 +2,9 @@
 //! point 4): a deterministic count, read from
 //! `singyeong_cross_shard_messages_total`, at 1, 2, 4 and 8 shards.
 //!
-//! Today every SEND asks every other shard to pick (one `pick` out and one
-//! `reply_pick` back per other shard) and hands the packet to the chosen
-//! client's shard (`send_one`) when that is not the sender's. This test
-//! pins that figure so that the routing directory, which is to make it a
-//! constant, shows its effect as a change here.
+//! The routing directory bounds a SEND to a unique indexed id by three
+//! messages and an app-wide SEND by one, whatever the shard count; a range
+//! query asks only the shards holding clients of its application.
 
 mod common;
 
@@ -43,49 +41,142 @@ fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTree
         .collect()
 }
 
-/// Checks what `SENDS` SENDs to one recipient cost at `shards` shards, for
-/// a unique indexed id and for a range, wherever sender and recipient sit.
+/// Waits until no directory message is on its way: connects publish
+/// application counts in batches a few milliseconds later, and those must
+/// not be counted against the SENDs.
+fn settle(server: &Server) {
+    let directory = |kinds: BTreeMap<String, u64>| {
+        kinds
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("directory_"))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let mut last = directory(cross_shard(server));
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let now = directory(cross_shard(server));
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// Checks what `SENDS` SENDs cost at `shards` shards: to a unique indexed
+/// id, app-wide, and by a range, wherever sender and recipients sit.
 fn per_send(shards: usize) {
     let server = Server::start(&["--shards", &shards.to_string()]);
     let mut observer = Client::ready(&server, Json, "o", "observer");
     let mut members = spread(&server, &mut observer, "r", 2, &[Json], json!({}));
+    // Shards holding clients of "r": what a range query must still ask.
+    let holding_r = shard_set(&members).len() as u64;
     let mut sender = members.pop().unwrap();
     let mut recipient = members.pop().unwrap();
     recipient
         .client
         .set_metadata(json!({"user_id": {"type": "integer", "value": 123}}));
-    let targets = [
-        // A unique indexed id.
-        json!({"application": "r", "ops": [{"path": "/user_id", "op": "$eq", "to": {"value": 123}}]}),
-        // A range: cannot be narrowed by an index.
-        json!({"application": "r", "ops": [{"path": "/user_id", "op": "$gt", "to": {"value": 100}}]}),
-    ];
-    for target in targets {
-        sender.client.sync();
-        let before = cross_shard(&server);
+    // An application of its own for the app-wide SEND, on several shards.
+    let mut workers = spread(&server, &mut observer, "w", 3, &[Json], json!({}));
+    let others = shards as u64 - 1;
+    // The scrape itself asks every other shard once, and the sync is a
+    // heartbeat (no message between shards).
+    let scrape = |want: &mut BTreeMap<String, u64>| {
+        if others > 0 {
+            want.insert("metrics".to_string(), others);
+            want.insert("reply_metrics".to_string(), others);
+        }
+    };
+    let remote = sender.shard != recipient.shard;
+
+    // A unique indexed id: the value's home is asked (unless the sender's
+    // shard is the home), then the packet goes to the one shard holding
+    // the id: at most three messages, whatever the shard count.
+    let unique = json!({"application": "r", "ops": [{"path": "/user_id", "op": "$eq", "to": {"value": 123}}]});
+    let got = measure(&server, &mut sender, |sender| {
         for i in 0..SENDS {
-            sender.client.send_to(target.clone(), json!(i), json!("p"));
+            sender.client.send_to(unique.clone(), json!(i), json!("p"));
         }
         sender.client.sync();
         for _ in 0..SENDS {
             recipient.client.expect_dispatch("SEND");
         }
-        let got = delta(&before, &cross_shard(&server));
-        // The scrape itself asks every other shard once, and the sync is a
-        // heartbeat (no message between shards).
-        let others = shards as u64 - 1;
-        let mut want = BTreeMap::new();
-        if others > 0 {
-            want.insert("pick".to_string(), SENDS * others);
-            want.insert("reply_pick".to_string(), SENDS * others);
-            want.insert("metrics".to_string(), others);
-            want.insert("reply_metrics".to_string(), others);
-        }
-        if sender.shard != recipient.shard {
-            want.insert("send_one".to_string(), SENDS);
-        }
-        assert_eq!(got, want, "{shards} shards, target {target}");
+    });
+    let mut want = BTreeMap::new();
+    scrape(&mut want);
+    if let Some(&asked) = got.get("locate") {
+        assert_eq!(asked, SENDS, "the home is asked once per SEND: {got:?}");
+        want.insert("locate".to_string(), SENDS);
+        want.insert("reply_located".to_string(), SENDS);
     }
+    if remote {
+        want.insert("pick_send".to_string(), SENDS);
+    }
+    assert_eq!(got, want, "{shards} shards, unique id");
+    let per = got.get("locate").copied().unwrap_or(0) * 2 / SENDS + u64::from(remote);
+    assert!(per <= 3, "{per} messages per SEND");
+
+    // App-wide: the sender draws the shard from its copy of the counts and
+    // sends it the packet: one message at most.
+    let app_wide = json!({"application": "w"});
+    let got = measure(&server, &mut sender, |sender| {
+        for i in 0..SENDS {
+            sender
+                .client
+                .send_to(app_wide.clone(), json!(i), json!("p"));
+        }
+        sender.client.sync();
+        let mut clients: Vec<&mut Client> = workers.iter_mut().map(|m| &mut m.client).collect();
+        collect(&mut clients, SENDS as usize);
+    });
+    let mut want = BTreeMap::new();
+    scrape(&mut want);
+    let handed = got.get("pick_send").copied().unwrap_or(0);
+    assert!(handed <= SENDS, "{got:?}");
+    if handed > 0 {
+        want.insert("pick_send".to_string(), handed);
+    }
+    assert_eq!(got, want, "{shards} shards, app-wide");
+    if shards > 1 && shard_set(&workers).len() > 1 {
+        assert!(handed > 0, "the draw never chose another shard: {got:?}");
+    }
+
+    // A range cannot be narrowed by an index: every shard holding clients
+    // of the application is asked (not the others), then the packet goes
+    // to the chosen client's shard.
+    let range = json!({"application": "r", "ops": [{"path": "/user_id", "op": "$gt", "to": {"value": 100}}]});
+    let got = measure(&server, &mut sender, |sender| {
+        for i in 0..SENDS {
+            sender.client.send_to(range.clone(), json!(i), json!("p"));
+        }
+        sender.client.sync();
+        for _ in 0..SENDS {
+            recipient.client.expect_dispatch("SEND");
+        }
+    });
+    let mut want = BTreeMap::new();
+    scrape(&mut want);
+    // The sender is a client of "r": its own shard is one of the holders.
+    if holding_r > 1 {
+        want.insert("pick".to_string(), SENDS * (holding_r - 1));
+        want.insert("reply_pick".to_string(), SENDS * (holding_r - 1));
+    }
+    if remote {
+        want.insert("send_one".to_string(), SENDS);
+    }
+    assert_eq!(got, want, "{shards} shards, range");
+}
+
+/// The cross-shard messages `run` causes, once the directory is quiet.
+fn measure(
+    server: &Server,
+    sender: &mut Member,
+    run: impl FnOnce(&mut Member),
+) -> BTreeMap<String, u64> {
+    sender.client.sync();
+    settle(server);
+    let before = cross_shard(server);
+    run(sender);
+    delta(&before, &cross_shard(server))
 }
 
 #[test]

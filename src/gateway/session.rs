@@ -330,6 +330,7 @@ impl Session {
             UpdateMode::Replace => store.replace(identity.idx, values),
         }
         drop(store);
+        crate::routing::locate::publish(&self.shard);
         queue::owner::client_updated(&self.shard, identity.conn_ref);
     }
 

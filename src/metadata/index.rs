@@ -25,7 +25,7 @@ pub fn is_indexed(key: &str) -> bool {
     key != UNINDEXED_KEY
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Eq,
     Member,

@@ -16,6 +16,7 @@ mod index;
 mod probe;
 mod scalar;
 mod store;
+mod touched;
 mod validate;
 mod value;
 
@@ -25,7 +26,8 @@ mod tests;
 pub use candidates::Candidates;
 pub use probe::{IndexPlan, Probe};
 pub use scalar::ScalarKey;
-pub use store::{ClientEntry, ClientIdx, ClientStore};
+pub use store::{ClientEntry, ClientIdx, ClientStore, probe_value_keys};
+pub use touched::{Count, Kind, Touched, ValueKey};
 pub use validate::{
     ENTRY_OVERHEAD, RESERVED_KEYS, UpdateError, estimated_entry_size, estimated_size, json_len,
     parse_update,

@@ -38,6 +38,7 @@ use super::candidates::Candidates;
 use super::client_set::ClientSet;
 use super::index::{Kind, ValueIndex, is_indexed};
 use super::scalar::{IndexKeys, ScalarKey, index_keys, probe_keys};
+use super::touched::{Count, Touched, ValueKey};
 use super::validate::RESERVED_KEYS;
 use super::{IndexPlan, MetaValue, Metadata, Probe};
 
@@ -65,6 +66,9 @@ pub struct ClientStore {
     len: usize,
     apps: Apps,
     index: ValueIndex,
+    /// What changed since [`ClientStore::take_touched`] last asked, when
+    /// someone keeps a view of this store (see [`ClientStore::note_changes`]).
+    touched: Option<Vec<Touched>>,
 }
 
 impl ClientStore {
@@ -94,8 +98,11 @@ impl ClientStore {
         // Entries live for the whole connection: give back growth slack.
         metadata.shrink_to_fit();
         let (app, group) = self.apps.join(app_id, restricted, idx);
+        note(&mut self.touched, || Touched::App(app.clone()));
         for (key, value) in metadata.iter().filter(|(k, _)| is_indexed(k)) {
-            self.index.add(key, index_keys(value), group, idx);
+            let keys = index_keys(value);
+            note_value(&mut self.touched, &app, key, &keys);
+            self.index.add(key, keys, group, idx);
         }
         self.slots[idx as usize] = Some(ClientEntry {
             app_id: app,
@@ -111,6 +118,7 @@ impl ClientStore {
     pub fn remove(&mut self, idx: ClientIdx) -> Option<ClientEntry> {
         let entry = self.slots.get_mut(idx as usize)?.take()?;
         self.unindex_all(idx, &entry);
+        note(&mut self.touched, || Touched::App(entry.app_id.clone()));
         self.apps.leave(entry.group, idx);
         self.free.push(idx);
         self.len -= 1;
@@ -247,9 +255,13 @@ impl ClientStore {
                 if *old == value {
                     return;
                 }
-                self.index.remove(key, index_keys(old), entry.group, idx);
+                let keys = index_keys(old);
+                note_value(&mut self.touched, &entry.app_id, key, &keys);
+                self.index.remove(key, keys, entry.group, idx);
             }
-            self.index.add(key, index_keys(&value), entry.group, idx);
+            let keys = index_keys(&value);
+            note_value(&mut self.touched, &entry.app_id, key, &keys);
+            self.index.add(key, keys, entry.group, idx);
         }
         entry.metadata.insert(key, value);
         if let Some(restricted) = regroup {
@@ -264,7 +276,9 @@ impl ClientStore {
         if let Some(old) = entry.metadata.remove(key)
             && is_indexed(key)
         {
-            self.index.remove(key, index_keys(&old), entry.group, idx);
+            let keys = index_keys(&old);
+            note_value(&mut self.touched, &entry.app_id, key, &keys);
+            self.index.remove(key, keys, entry.group, idx);
         }
     }
 
@@ -278,16 +292,76 @@ impl ClientStore {
         self.apps.leave(entry.group, idx);
         let (app, group) = self.apps.join(&entry.app_id, restricted, idx);
         (entry.app_id, entry.group, entry.restricted) = (app, group, restricted);
+        note(&mut self.touched, || Touched::App(entry.app_id.clone()));
         for (key, value) in entry.metadata.iter().filter(|(k, _)| is_indexed(k)) {
-            self.index.add(key, index_keys(value), group, idx);
+            let keys = index_keys(value);
+            note_value(&mut self.touched, &entry.app_id, key, &keys);
+            self.index.add(key, keys, group, idx);
         }
         self.slots[idx as usize] = Some(entry);
     }
 
     fn unindex_all(&mut self, idx: ClientIdx, entry: &ClientEntry) {
         for (key, value) in entry.metadata.iter().filter(|(k, _)| is_indexed(k)) {
-            self.index.remove(key, index_keys(value), entry.group, idx);
+            let keys = index_keys(value);
+            note_value(&mut self.touched, &entry.app_id, key, &keys);
+            self.index.remove(key, keys, entry.group, idx);
         }
+    }
+
+    /// From now on, note every application and index bucket whose count a
+    /// mutation may change, for [`ClientStore::take_touched`]. Off by
+    /// default: a store nobody mirrors pays nothing.
+    pub fn note_changes(&mut self) {
+        self.touched.get_or_insert_default();
+    }
+
+    /// What was touched since the last call (possibly with repeats, and
+    /// possibly unchanged in the end: read the counts to know).
+    pub fn take_touched(&mut self) -> Vec<Touched> {
+        self.touched
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Whether anything was touched since [`ClientStore::take_touched`].
+    pub fn has_touched(&self) -> bool {
+        self.touched.as_ref().is_some_and(|t| !t.is_empty())
+    }
+
+    /// How many clients of `app` this store holds.
+    pub fn app_count(&self, app: &str) -> Count {
+        let Some(id) = self.apps.id(app) else {
+            return Count::default();
+        };
+        let len = |restricted| {
+            self.apps
+                .clients(group_of(id, restricted))
+                .map_or(0, |set| set.len() as u32)
+        };
+        Count {
+            open: len(false),
+            restricted: len(true),
+        }
+    }
+
+    /// How many clients of the key's application sit in its index bucket.
+    pub fn value_count(&self, vk: &ValueKey) -> Count {
+        let Some(id) = self.apps.id(&vk.app) else {
+            return Count::default();
+        };
+        let Some(postings) = self.index.lookup(&vk.key, vk.kind, &vk.scalar) else {
+            return Count::default();
+        };
+        let mut count = Count::default();
+        for (group, set) in postings.groups().filter(|(g, _)| *g >> 1 == id) {
+            match is_restricted(group) {
+                true => count.restricted = set.len() as u32,
+                false => count.open = set.len() as u32,
+            }
+        }
+        count
     }
 
     // For the consistency check (consistency.rs).
@@ -300,6 +374,47 @@ impl ClientEntry {
     pub(super) fn group(&self) -> Group {
         self.group
     }
+}
+
+fn note(touched: &mut Option<Vec<Touched>>, what: impl FnOnce() -> Touched) {
+    if let Some(touched) = touched {
+        touched.push(what());
+    }
+}
+
+/// Notes every bucket a value's index keys name.
+fn note_value(touched: &mut Option<Vec<Touched>>, app: &Arc<str>, key: &str, keys: &IndexKeys) {
+    let Some(touched) = touched else { return };
+    let (kind, scalars) = match keys {
+        IndexKeys::None => return,
+        IndexKeys::Eq(k) => (Kind::Eq, std::slice::from_ref(k)),
+        IndexKeys::Member(ks) => (Kind::Member, ks.as_slice()),
+    };
+    touched.extend(scalars.iter().map(|scalar| {
+        Touched::Value(ValueKey {
+            app: app.clone(),
+            key: key.into(),
+            kind,
+            scalar: scalar.clone(),
+        })
+    }));
+}
+
+/// The directory keys a probe on `app` can match: one per distinct scalar.
+pub fn probe_value_keys(app: &Arc<str>, probe: &Probe) -> Vec<ValueKey> {
+    let (key, kind, scalars) = probe_scalars(probe);
+    if !is_indexed(key) {
+        return Vec::new();
+    }
+    scalars
+        .into_iter()
+        .map(|scalar| ValueKey {
+            app: app.clone(),
+            key: key.into(),
+            kind,
+            scalar,
+        })
+        .collect()
 }
 
 /// A probe's key, bucket kind, and the distinct keys its values can match.

@@ -4,6 +4,8 @@
 //! answering half).
 
 pub mod answer;
+pub mod directory;
+pub mod locate;
 pub mod pick;
 pub mod pipeline;
 pub mod router;

@@ -1,5 +1,7 @@
 //! SEND, BROADCAST and QUERY_NODES across shards: the query runs where the
 //! clients live, only summaries travel, and the owning shard delivers.
+//! Only the shards the directory names are asked ([`locate`]); when one
+//! shard can make a SEND's whole choice, the packet goes straight there.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -8,15 +10,18 @@ use serde_json::Value;
 
 use crate::protocol::errors;
 use crate::query::Query;
+use crate::routing::locate::locate;
 use crate::routing::pick::{Pick, choose, global_average};
 use crate::routing::pipeline::Slot;
 use crate::shard::{ConnRef, Dispatch, NodesCap, Picked, Reply, Shard, ShardMsg};
 
 /// How many times one SEND (or proxy pick) may choose a client. A choice is
 /// tried again only when its client turned out to be gone (it disconnected
-/// between the pick and the delivery), and a gone client is out of every
-/// later pick, so a retry succeeds unless clients leave faster than a pick
-/// takes; the bound keeps one SEND from chasing such churn for ever.
+/// between the pick and the delivery, or a shard the directory named had
+/// lost its match), and a gone client is out of every later pick, so a
+/// retry succeeds unless clients leave faster than a pick takes; the bound
+/// keeps one SEND from chasing such churn for ever. The last choice asks
+/// every shard, trusting no directory.
 pub const MAX_PICKS: usize = 8;
 
 /// A SEND (or a BROADCAST a selector narrows to one client) on its way. It
@@ -85,22 +90,44 @@ impl NoRoute {
 pub async fn send(shard: &Shard, mut job: Box<OneSend>, slot: Option<&Slot>) -> bool {
     while job.picks_left > 0 {
         job.picks_left -= 1;
-        let target = match pick_once(shard, job.query.clone(), false).await {
-            Chosen::Found(target, _) => target,
-            Chosen::NoMatch => break,
-            Chosen::Lost => {
-                shard.metrics.repick();
-                continue;
-            }
-        };
+        let everywhere = job.picks_left == 0;
+        let chosen = pick_once(shard, job.query.clone(), false, everywhere).await;
+        if matches!(chosen, Chosen::NoMatch) {
+            break;
+        }
+        if matches!(chosen, Chosen::Lost) {
+            shard.metrics.repick();
+            continue;
+        }
         if let Some(slot) = slot {
             slot.turn().await;
         }
-        if target.shard != shard.id {
-            shard.on_shard(target.shard, ShardMsg::SendOne { target, job });
-            return true;
-        }
-        if shard.deliver(target, &job.packet) {
+        let delivered = match chosen {
+            Chosen::Found(target, _) if target.shard != shard.id => {
+                shard.on_shard(target.shard, ShardMsg::SendOne { target, job });
+                return true;
+            }
+            Chosen::Found(target, _) => shard.deliver(target, &job.packet),
+            Chosen::Shard(to, query, counted) if to != shard.id => {
+                shard.on_shard(
+                    to,
+                    ShardMsg::PickSend {
+                        query,
+                        job,
+                        counted,
+                    },
+                );
+                return true;
+            }
+            // A lone holder that did not count its matches has none: no
+            // other shard can have one either.
+            Chosen::Shard(_, query, counted) => match deliver_here(shard, &query, &job.packet) {
+                false if !counted => break,
+                delivered => delivered,
+            },
+            Chosen::NoMatch | Chosen::Lost => unreachable!("handled above"),
+        };
+        if delivered {
             return true;
         }
         shard.metrics.repick();
@@ -110,11 +137,33 @@ pub async fn send(shard: &Shard, mut job: Box<OneSend>, slot: Option<&Slot>) -> 
 }
 
 /// On the chosen client's shard: delivers a SEND, or if the client has gone,
-/// chooses again (in a task of this shard; the origin has moved on).
+/// chooses again.
 pub fn deliver_one(shard: &Rc<Shard>, target: ConnRef, job: Box<OneSend>) {
-    if shard.deliver(target, &job.packet) {
+    if !shard.deliver(target, &job.packet) {
+        choose_again(shard, job);
+    }
+}
+
+/// On the shard the directory chose: delivers a SEND to one of its own
+/// matches of `query`. If it has none: when the directory had `counted`
+/// matches here, they have left since, so the SEND is chosen again; when
+/// it had not (this shard merely holds the application), nothing matches
+/// anywhere.
+pub fn pick_send(shard: &Rc<Shard>, query: Arc<Query>, job: Box<OneSend>, counted: bool) {
+    if deliver_here(shard, &query, &job.packet) {
         return;
     }
+    if counted {
+        choose_again(shard, job);
+    } else {
+        answer_no_route(shard, job.no_route, &job.packet);
+        shard.metrics.unrouted();
+    }
+}
+
+/// A SEND that missed on this shard is chosen again from here, in a task
+/// of this shard (the origin has moved on).
+fn choose_again(shard: &Rc<Shard>, job: Box<OneSend>) {
     shard.metrics.repick();
     let shard = shard.clone();
     glommio::spawn_local(async move {
@@ -123,6 +172,34 @@ pub fn deliver_one(shard: &Rc<Shard>, target: ConnRef, job: Box<OneSend>) {
         }
     })
     .detach();
+}
+
+/// Chooses among this shard's own matches of `query`, as [`choose`] would
+/// over every shard when no other shard has a match, and delivers.
+fn deliver_here(shard: &Shard, query: &Query, packet: &Dispatch) -> bool {
+    let (mut pick, mut named) = shard.pick_local(query, None, false);
+    if query
+        .selector
+        .as_ref()
+        .is_some_and(|s| s.kind == crate::query::SelectorKind::Avg)
+    {
+        let Some(avg) = global_average([&pick]) else {
+            return false;
+        };
+        (pick, named) = shard.pick_local(query, Some(avg), false);
+    }
+    let Some((_, client)) = choose(query, &[pick], &mut shard.rng.borrow_mut()) else {
+        return false;
+    };
+    let Some(conn) = named.iter().find(|p| p.idx == client).map(|p| p.conn) else {
+        return false;
+    };
+    let target = ConnRef {
+        shard: shard.id,
+        client,
+        conn,
+    };
+    shard.deliver(target, packet)
 }
 
 /// Answers the sender of `packet` that nothing matched (if it asked to be).
@@ -176,8 +253,9 @@ pub async fn broadcast(
 }
 
 async fn broadcast_round(shard: &Shard, query: &Arc<Query>, packet: &Arc<Dispatch>) -> u64 {
+    let place = locate(shard, query, false).await;
     shard
-        .scatter(|reply_to| ShardMsg::Broadcast {
+        .ask_some(&place.shards, |reply_to| ShardMsg::Broadcast {
             reply_to,
             query: query.clone(),
             packet: packet.clone(),
@@ -246,11 +324,12 @@ async fn nodes_uncounted(shard: &Shard, query: Arc<Query>, cap: NodesCap) -> Nod
     found
 }
 
-/// Asks every shard for its part and keeps, in shard order, what fits the
-/// cap as a whole.
+/// Asks every shard that can hold a match for its part and keeps, in shard
+/// order, what fits the cap as a whole.
 async fn nodes_round(shard: &Shard, query: &Arc<Query>, cap: NodesCap) -> Nodes {
+    let place = locate(shard, query, false).await;
     let replies = shard
-        .scatter(|reply_to| ShardMsg::Nodes {
+        .ask_some(&place.shards, |reply_to| ShardMsg::Nodes {
             reply_to,
             query: query.clone(),
             cap,
@@ -286,10 +365,11 @@ pub async fn pick_described(
         if attempt > 0 {
             shard.metrics.repick();
         }
-        match pick_once(shard, query.clone(), describe).await {
+        let everywhere = attempt + 1 == MAX_PICKS;
+        match pick_once(shard, query.clone(), describe, everywhere).await {
             Chosen::Found(target, node) => return Some((target, node)),
             Chosen::NoMatch => return None,
-            Chosen::Lost => continue,
+            Chosen::Lost | Chosen::Shard(..) => continue,
         }
     }
     None
@@ -298,6 +378,11 @@ pub async fn pick_described(
 /// The outcome of one choice over every shard.
 enum Chosen {
     Found(ConnRef, Option<Value>),
+    /// This shard alone can choose, with this query (the one asked, or its
+    /// `optional` fallback): it holds every match, or was drawn in
+    /// proportion to its share of them. Never when describing. `true` when
+    /// the directory counted matches there (so a miss means they left).
+    Shard(usize, Arc<Query>, bool),
     /// No client matches.
     NoMatch,
     /// A client was chosen but its shard no longer names it (it left
@@ -305,13 +390,42 @@ enum Chosen {
     Lost,
 }
 
-async fn pick_once(shard: &Shard, query: Arc<Query>, describe: bool) -> Chosen {
+/// One choice: asks the directory where matches can be, then either names
+/// the one shard that can choose alone, or asks those shards for their
+/// picks and combines them. `everywhere`: ask every shard instead.
+async fn pick_once(shard: &Shard, query: Arc<Query>, describe: bool, everywhere: bool) -> Chosen {
     let mut query = query;
-    let mut picks = pick_round(shard, &query, None, describe).await;
-    if total(&picks) == 0 && query.optional {
+    loop {
+        let place = locate(shard, &query, everywhere).await;
+        if !place.is_empty() {
+            // An `optional` query needs to know that nothing matches
+            // before it relaxes: it asks.
+            if !describe
+                && !query.optional
+                && let Some(to) = place.lone_or_drawn(&mut shard.rng.borrow_mut())
+            {
+                return Chosen::Shard(to, query, place.counts.is_some());
+            }
+            let picks = pick_round(shard, &query, None, describe, &place.shards).await;
+            if total(&picks) > 0 {
+                return combine(shard, &query, picks, describe, &place.shards).await;
+            }
+        }
+        if !query.optional {
+            return Chosen::NoMatch;
+        }
         query = Arc::new(relaxed(&query));
-        picks = pick_round(shard, &query, None, describe).await;
     }
+}
+
+/// Combines the picks of `shards` (a second round for `$avg`).
+async fn combine(
+    shard: &Shard,
+    query: &Arc<Query>,
+    mut picks: Vec<ShardPick>,
+    describe: bool,
+    shards: &[usize],
+) -> Chosen {
     if query
         .selector
         .as_ref()
@@ -320,21 +434,20 @@ async fn pick_once(shard: &Shard, query: Arc<Query>, describe: bool) -> Chosen {
         let Some(avg) = global_average(picks.iter().map(|(p, _)| p)) else {
             return Chosen::NoMatch;
         };
-        picks = pick_round(shard, &query, Some(avg), describe).await;
+        picks = pick_round(shard, query, Some(avg), describe, shards).await;
     }
     let only_picks: Vec<Pick> = picks.iter().map(|(p, _)| p.clone()).collect();
-    let Some((target_shard, client)) = choose(&query, &only_picks, &mut shard.rng.borrow_mut())
-    else {
+    let Some((nth, client)) = choose(query, &only_picks, &mut shard.rng.borrow_mut()) else {
         return Chosen::NoMatch;
     };
     let picked = picks
         .into_iter()
-        .nth(target_shard)
+        .nth(nth)
         .and_then(|(_, named)| named.into_iter().find(|p| p.idx == client));
     match picked {
         Some(picked) => Chosen::Found(
             ConnRef {
-                shard: target_shard,
+                shard: shards[nth],
                 client,
                 conn: picked.conn,
             },
@@ -346,14 +459,16 @@ async fn pick_once(shard: &Shard, query: Arc<Query>, describe: bool) -> Chosen {
 
 type ShardPick = (Pick, Vec<Picked>);
 
+/// The picks of `shards`, in their order.
 async fn pick_round(
     shard: &Shard,
     query: &Arc<Query>,
     avg: Option<f64>,
     describe: bool,
+    shards: &[usize],
 ) -> Vec<ShardPick> {
     shard
-        .scatter(|reply_to| ShardMsg::Pick {
+        .ask_some(shards, |reply_to| ShardMsg::Pick {
             reply_to,
             query: query.clone(),
             avg,

@@ -38,14 +38,25 @@ impl Shard {
     /// Asks every shard the question `make` builds and waits for all answers,
     /// returned indexed by shard.
     pub async fn scatter(&self, make: impl Fn(ReplyTo) -> ShardMsg) -> Vec<Reply> {
-        let mut replies = self.ask_shards(0..self.shards(), make).await;
+        let all: Vec<usize> = (0..self.shards()).collect();
+        self.ask_some(&all, make).await
+    }
+
+    /// Asks each of `shards` (ascending, distinct) and waits for all
+    /// answers, returned in the same order.
+    pub async fn ask_some(
+        &self,
+        shards: &[usize],
+        make: impl Fn(ReplyTo) -> ShardMsg,
+    ) -> Vec<Reply> {
+        let mut replies = self.ask_shards(shards, make).await;
         replies.sort_by_key(|(shard, _)| *shard);
         replies.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Asks one shard (which may be this one) and waits for its answer.
     pub async fn ask(&self, to: usize, make: impl Fn(ReplyTo) -> ShardMsg) -> Reply {
-        let mut replies = self.ask_shards(to..to + 1, make).await;
+        let mut replies = self.ask_shards(&[to], make).await;
         replies.pop().expect("one shard asked, one answer").1
     }
 
@@ -53,7 +64,7 @@ impl Shard {
     /// This shard answers directly, without a trip through its own inbox.
     async fn ask_shards(
         &self,
-        shards: std::ops::Range<usize>,
+        shards: &[usize],
         make: impl Fn(ReplyTo) -> ShardMsg,
     ) -> Vec<(usize, Reply)> {
         let req = self.next_req.get();
@@ -70,13 +81,13 @@ impl Shard {
         });
         if remote > 0 {
             self.pending.borrow_mut().insert(req, gather.clone());
-            for shard in shards.clone().filter(|&s| s != self.id) {
+            for &shard in shards.iter().filter(|&&s| s != self.id) {
                 self.on_shard(shard, make(reply_to));
             }
         }
-        let local = shards
-            .contains(&self.id)
-            .then(|| (self.answer)(self, make(reply_to)).expect("every request has an answer"));
+        let local = shards.contains(&self.id).then(|| {
+            (self.above.answer)(self, make(reply_to)).expect("every request has an answer")
+        });
         // Removes the pending entry even if the waiting task is dropped.
         let _guard = PendingGuard { shard: self, req };
         poll_fn(|cx| {
@@ -110,7 +121,7 @@ impl Shard {
     /// Answers the request `request` and sends the answer back to whoever
     /// asked.
     pub fn reply(&self, reply_to: ReplyTo, request: ShardMsg) {
-        if let Some(reply) = (self.answer)(self, request) {
+        if let Some(reply) = (self.above.answer)(self, request) {
             self.on_shard(
                 reply_to.shard,
                 ShardMsg::Reply {

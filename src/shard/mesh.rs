@@ -62,6 +62,14 @@ impl<M> Mesh<M> {
         inbox.waker.wake();
     }
 
+    /// Hands every message already in shard `me`'s inbox to `f`, without
+    /// waiting.
+    pub fn drain(&self, me: usize, mut f: impl FnMut(M)) {
+        while let Some(msg) = self.inboxes[me].queue.pop() {
+            f(msg);
+        }
+    }
+
     /// Waits until shard `me` has at least one message, then moves up to
     /// `max` of them into `batch`.
     pub async fn recv_batch(&self, me: usize, batch: &mut Vec<M>, max: usize) {

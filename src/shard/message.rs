@@ -83,6 +83,26 @@ pub enum ShardMsg {
         target: ConnRef,
         job: Box<crate::routing::router::OneSend>,
     },
+    /// SEND, last step, when the directory says this shard alone can
+    /// choose (it holds every match, or was drawn in proportion to its
+    /// share): choose among this shard's matches of `query` and deliver;
+    /// if none is left, choose again from here.
+    PickSend {
+        query: Arc<Query>,
+        job: Box<crate::routing::router::OneSend>,
+        /// The directory counted matches here: if none is left, they left
+        /// since, and the SEND is chosen again (see
+        /// [`crate::routing::router::pick_send`]).
+        counted: bool,
+    },
+    /// On a value's directory home: which shards hold clients in these
+    /// buckets (`restricted`: counting restricted clients). Replies
+    /// `Located`.
+    Locate {
+        reply_to: ReplyTo,
+        keys: Vec<crate::metadata::ValueKey>,
+        restricted: bool,
+    },
     /// Invalid (op 3) for one client of this shard.
     Invalid {
         to: ConnRef,
@@ -142,7 +162,7 @@ pub enum ShardMsg {
 
 impl ShardMsg {
     /// Every [`ShardMsg::kind`], in the order of its index.
-    pub const KINDS: [&'static str; 19] = [
+    pub const KINDS: [&'static str; 24] = [
         "pick",
         "deliver",
         "send_one",
@@ -162,6 +182,11 @@ impl ShardMsg {
         "reply_claimed",
         "reply_metrics",
         "reply_queue",
+        "pick_send",
+        "locate",
+        "reply_located",
+        "directory_apps",
+        "directory_values",
     ];
 
     /// What the message is, as an index into [`ShardMsg::KINDS`]: the
@@ -190,7 +215,20 @@ impl ShardMsg {
                 Reply::Claimed(_) => 16,
                 Reply::Metrics(_) => 17,
                 Reply::Queue(_) => 18,
+                Reply::Located(_) => 21,
             },
+            ShardMsg::PickSend { .. } => 19,
+            ShardMsg::Locate { .. } => 20,
+        }
+    }
+
+    /// The counter label of a directory message (which travels on its own
+    /// lane, see [`crate::routing::locate`]).
+    pub fn directory_kind(msg: &crate::routing::directory::DirMsg) -> usize {
+        use crate::routing::directory::DirMsg;
+        match msg {
+            DirMsg::Apps { .. } => 22,
+            DirMsg::Values { .. } => 23,
         }
     }
 }
@@ -243,6 +281,8 @@ pub enum Reply {
     Claimed(bool),
     Metrics(Box<crate::metrics::Snapshot>),
     Queue(crate::queue::QueueReply),
+    /// The shards holding clients in the buckets asked about, with counts.
+    Located(Vec<(usize, u64)>),
 }
 
 #[cfg(test)]
@@ -292,6 +332,25 @@ mod tests {
         ];
         for (msg, name) in cases {
             assert_eq!(ShardMsg::KINDS[msg.kind()], name);
+        }
+        let located = ShardMsg::Reply {
+            req: 0,
+            from: 1,
+            reply: Reply::Located(Vec::new()),
+        };
+        assert_eq!(ShardMsg::KINDS[located.kind()], "reply_located");
+        use crate::routing::directory::DirMsg;
+        for msg in [
+            DirMsg::Apps {
+                from: 0,
+                counts: Vec::new(),
+            },
+            DirMsg::Values {
+                from: 0,
+                counts: Vec::new(),
+            },
+        ] {
+            assert_eq!(ShardMsg::KINDS[ShardMsg::directory_kind(&msg)], msg.kind());
         }
     }
 }

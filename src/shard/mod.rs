@@ -49,8 +49,7 @@ pub struct Shard {
     pub id: usize,
     pub config: Arc<Config>,
     mesh: Mesh<ShardMsg>,
-    /// Answers the requests this shard asks itself (see [`exchange`]).
-    answer: Answer,
+    above: Above,
     /// Metadata of the clients identified on this shard. A client is here
     /// exactly when [`registry`] has its connection.
     pub store: RefCell<ClientStore>,
@@ -72,24 +71,46 @@ pub struct Shard {
     /// The shard's only tie to `queue` is this field's type; it is built
     /// by the caller.
     pub queues: crate::queue::ShardQueues,
+    /// This shard's end of the routing directory; none with one shard.
+    /// Like `queues`, held here for the routing code, which reads it
+    /// through `&Shard`; built by the caller.
+    pub directory: Option<crate::routing::locate::DirectoryLink>,
+}
+
+/// What the layers above the shard do when the shard needs them: the
+/// shard calls into no routing or queue code itself, so it is handed these
+/// when it is built (by `server`).
+pub struct Above {
+    /// Answers a request this shard asks itself (see [`exchange`]):
+    /// `crate::dispatch::answer`.
+    pub answer: Answer,
+    /// Told after the registry adds or removes a client, in the same step,
+    /// so that what the store noted changing reaches the routing directory
+    /// before anything about the client goes out:
+    /// `crate::routing::locate::publish`.
+    pub store_changed: fn(&Shard),
 }
 
 impl Shard {
-    /// `answer`: how this shard answers a request to itself
-    /// (`crate::dispatch::answer`).
     pub fn new(
         id: usize,
         config: Arc<Config>,
         mesh: Mesh<ShardMsg>,
         queues: crate::queue::ShardQueues,
-        answer: Answer,
+        directory: Option<crate::routing::locate::DirectoryLink>,
+        above: Above,
     ) -> Shard {
+        let mut store = ClientStore::new();
+        // The directory is told what the store's mutations touch.
+        if directory.is_some() {
+            store.note_changes();
+        }
         Shard {
             id,
             config,
             mesh,
-            answer,
-            store: RefCell::new(ClientStore::new()),
+            above,
+            store: RefCell::new(store),
             registry: registry::Registry::default(),
             names: names::Names::default(),
             pending: RefCell::default(),
@@ -99,6 +120,7 @@ impl Shard {
             metrics: Rc::default(),
             flush: Rc::default(),
             queues,
+            directory,
         }
     }
 

@@ -81,6 +81,7 @@ impl Shard {
         if client.subscribe {
             self.registry.subscribers.borrow_mut().insert(idx);
         }
+        (self.above.store_changed)(self);
         idx
     }
 
@@ -94,6 +95,7 @@ impl Shard {
         conn.set_client(None);
         self.registry.subscribers.borrow_mut().swap_remove(&idx);
         self.store.borrow_mut().remove(idx);
+        (self.above.store_changed)(self);
     }
 
     /// Forgets a connection, and its client if it still has one.

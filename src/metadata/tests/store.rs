@@ -594,3 +594,90 @@ fn reserved_values_are_indexed_by_kind() {
         [c]
     );
 }
+
+/// The directory's view of a store: every bucket and application touched
+/// is noted, and the counts read afterwards are the store's.
+#[test]
+fn touched_buckets_and_counts_follow_every_mutation() {
+    use crate::metadata::{Count, Kind, ScalarKey, Touched, ValueKey};
+    use std::collections::HashSet;
+    let vk = |key: &str, kind, scalar| ValueKey {
+        app: "a".into(),
+        key: key.into(),
+        kind,
+        scalar,
+    };
+    let touched = |store: &mut ClientStore| -> HashSet<Touched> {
+        store.take_touched().into_iter().collect()
+    };
+    let mut store = ClientStore::new();
+    let quiet = store.insert("a", "q", false, meta(&[("id", "integer", json!(1))]));
+    assert!(!store.has_touched(), "nothing noted until asked to");
+    store.note_changes();
+
+    let c = store.insert(
+        "a",
+        "c",
+        false,
+        meta(&[
+            ("id", "integer", json!(5)),
+            ("rooms", "list", json!([1, 2])),
+        ]),
+    );
+    let seen = touched(&mut store);
+    for t in [
+        Touched::App("a".into()),
+        Touched::Value(vk("id", Kind::Eq, ScalarKey::Int(5))),
+        Touched::Value(vk("rooms", Kind::Member, ScalarKey::Int(1))),
+        Touched::Value(vk("rooms", Kind::Member, ScalarKey::Int(2))),
+        Touched::Value(vk("restricted", Kind::Eq, ScalarKey::Bool(false))),
+    ] {
+        assert!(seen.contains(&t), "{t:?} not in {seen:?}");
+    }
+    let open = |n| Count {
+        open: n,
+        restricted: 0,
+    };
+    assert_eq!(store.app_count("a"), open(2));
+    assert_eq!(store.app_count("b"), Count::default());
+    let id5 = vk("id", Kind::Eq, ScalarKey::Int(5));
+    assert_eq!(store.value_count(&id5), open(1));
+
+    // An update notes the old and the new bucket; an unchanged value nothing.
+    store.merge(c, update(&[("id", "integer", json!(6))]));
+    let seen = touched(&mut store);
+    assert!(seen.contains(&Touched::Value(id5.clone())));
+    assert!(seen.contains(&Touched::Value(vk("id", Kind::Eq, ScalarKey::Int(6)))));
+    assert_eq!(store.value_count(&id5), Count::default());
+    store.merge(c, update(&[("id", "integer", json!(6))]));
+    assert!(!store.has_touched());
+
+    // Becoming restricted moves every count to the restricted side.
+    store.merge(c, update(&[("restricted", "boolean", json!(true))]));
+    assert!(touched(&mut store).contains(&Touched::App("a".into())));
+    assert_eq!(
+        store.app_count("a"),
+        Count {
+            open: 1,
+            restricted: 1
+        }
+    );
+    let rooms1 = vk("rooms", Kind::Member, ScalarKey::Int(1));
+    assert_eq!(
+        store.value_count(&rooms1),
+        Count {
+            open: 0,
+            restricted: 1
+        }
+    );
+
+    store.remove(c);
+    let seen = touched(&mut store);
+    assert!(
+        seen.contains(&Touched::App("a".into())) && seen.contains(&Touched::Value(rooms1.clone()))
+    );
+    assert_eq!(store.value_count(&rooms1), Count::default());
+    store.remove(quiet);
+    assert_eq!(store.app_count("a"), Count::default());
+    check(&store);
+}

@@ -1,0 +1,548 @@
+//! The routing directory: which shards can hold a client matching a query,
+//! so that routing asks those and no others (pure code: no I/O, no clock).
+//!
+//! Two parts, both fed by the *absolute* counts a shard publishes about its
+//! own clients (see [`crate::metadata::Touched`]):
+//!
+//! - **Applications, replicated.** Every shard keeps every other shard's
+//!   client count per application. A shard that gains its first client of an
+//!   application, or loses its last, tells every other shard at once, so
+//!   the set of shards holding an application is never behind what a client
+//!   could have been told; plain count changes in between are batched (they
+//!   only weigh the proportional draw of an app-wide SEND).
+//! - **Values, partitioned.** Each indexed value of an application
+//!   ([`ValueKey`]) has a home shard chosen by hash; the home keeps each
+//!   shard's count of clients in that bucket. Every change is published at
+//!   once, so the home is exact for whatever was applied before the question
+//!   reached it. A SEND to `/user_id $eq 123` asks the one home and then only
+//!   the shards it names.
+//!
+//! Nothing here assumes the holders are threads: a node of a cluster can be
+//! one more holder, publishing and answering the same messages.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crate::metadata::{Count, Touched, ValueKey};
+
+/// What one shard tells another about its own clients.
+#[derive(Debug)]
+pub enum DirMsg {
+    /// Shard `from` now holds these many clients of these applications.
+    Apps {
+        from: usize,
+        counts: Vec<(Arc<str>, Count)>,
+    },
+    /// Shard `from` now holds these many clients in these value buckets,
+    /// all homed on the receiver.
+    Values {
+        from: usize,
+        counts: Vec<(ValueKey, Count)>,
+    },
+}
+
+impl DirMsg {
+    /// The label of the cross-shard message counter.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DirMsg::Apps { .. } => "directory_apps",
+            DirMsg::Values { .. } => "directory_values",
+        }
+    }
+}
+
+/// The shard that keeps the directory entry of `key`, among `shards`.
+pub fn home_of(key: &ValueKey, shards: usize) -> usize {
+    // A fixed-key hash: every shard must compute the same home.
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % shards as u64) as usize
+}
+
+/// Where a match for a query can be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Place {
+    /// The shards to ask, ascending.
+    pub shards: Vec<usize>,
+    /// When known, each of those shards' exact number of matches (same
+    /// order), which lets an app-wide or single-value SEND draw its shard
+    /// without asking any.
+    pub counts: Option<Vec<u64>>,
+}
+
+impl Place {
+    pub fn everywhere(shards: usize) -> Place {
+        Place {
+            shards: (0..shards).collect(),
+            counts: None,
+        }
+    }
+
+    /// From `(shard, count)` pairs (any order, repeats summed, zeros
+    /// dropped); `exact` when the counts are the numbers of matches.
+    pub fn from_counts(mut holders: Vec<(usize, u64)>, exact: bool) -> Place {
+        holders.sort_unstable_by_key(|&(shard, _)| shard);
+        let mut merged: Vec<(usize, u64)> = Vec::with_capacity(holders.len());
+        for (shard, count) in holders {
+            match merged.last_mut() {
+                Some((last, sum)) if *last == shard => *sum += count,
+                _ => merged.push((shard, count)),
+            }
+        }
+        merged.retain(|&(_, count)| count > 0);
+        Place {
+            shards: merged.iter().map(|&(shard, _)| shard).collect(),
+            counts: exact.then(|| merged.iter().map(|&(_, count)| count).collect()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    /// The shard that can make the whole choice alone, if there is one:
+    /// the only holder (no other shard has a match, so its own choice is
+    /// the global one, whatever the rule), or a holder drawn in proportion
+    /// to exact counts (a uniform choice: each match has probability
+    /// 1/total, as in [`super::pick::choose`]).
+    pub fn lone_or_drawn(&self, rng: &mut fastrand::Rng) -> Option<usize> {
+        if let [only] = self.shards.as_slice() {
+            return Some(*only);
+        }
+        let counts = self.counts.as_ref()?;
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut target = rng.u64(..total);
+        for (&shard, &count) in self.shards.iter().zip(counts) {
+            if target < count {
+                return Some(shard);
+            }
+            target -= count;
+        }
+        None
+    }
+}
+
+/// One shard's part of the directory, and what it has told the others.
+#[derive(Debug)]
+pub struct Directory {
+    me: usize,
+    shards: usize,
+    /// The other shards' client counts per application, indexed by shard
+    /// (this shard's own entry stays zero: its store is the truth). An
+    /// application leaves the map when no other shard holds it.
+    apps: HashMap<Arc<str>, Vec<Count>>,
+    /// The value buckets homed here: each holding shard's count.
+    values: HashMap<ValueKey, Vec<(usize, Count)>>,
+    /// What the other shards last heard of this shard's applications.
+    published: HashMap<Arc<str>, Count>,
+    /// Applications whose count changed since, without crossing zero: they
+    /// go out with the next batch.
+    unpublished: HashSet<Arc<str>>,
+}
+
+impl Directory {
+    pub fn new(me: usize, shards: usize) -> Directory {
+        Directory {
+            me,
+            shards,
+            apps: HashMap::new(),
+            values: HashMap::new(),
+            published: HashMap::new(),
+            unpublished: HashSet::new(),
+        }
+    }
+
+    /// Takes in what this shard's store says was touched; returns the
+    /// messages that must go out now. Value counts always go at once (to
+    /// their home, or straight into this shard's part when it is the home);
+    /// an application's count goes at once when it crosses zero, taking
+    /// every pending application with it, and otherwise waits for
+    /// [`Directory::flush_apps`] (see [`Directory::has_unpublished`]).
+    pub fn record(
+        &mut self,
+        touched: Vec<Touched>,
+        app_count: impl Fn(&str) -> Count,
+        value_count: impl Fn(&ValueKey) -> Count,
+    ) -> Vec<(usize, DirMsg)> {
+        let mut seen = HashSet::with_capacity(touched.len());
+        let mut by_home: HashMap<usize, Vec<(ValueKey, Count)>> = HashMap::new();
+        let mut urgent = false;
+        for what in touched {
+            if !seen.insert(what.clone()) {
+                continue;
+            }
+            match what {
+                Touched::Value(key) => {
+                    let count = value_count(&key);
+                    let home = home_of(&key, self.shards);
+                    if home == self.me {
+                        self.set_value(key, self.me, count);
+                    } else {
+                        by_home.entry(home).or_default().push((key, count));
+                    }
+                }
+                Touched::App(app) => {
+                    let before = self.published.get(&app).copied().unwrap_or_default();
+                    let now = app_count(&app);
+                    urgent |= crosses_zero(before, now);
+                    if now != before {
+                        self.unpublished.insert(app);
+                    } else {
+                        self.unpublished.remove(&app);
+                    }
+                }
+            }
+        }
+        let mut out: Vec<(usize, DirMsg)> = by_home
+            .into_iter()
+            .map(|(home, counts)| {
+                let from = self.me;
+                (home, DirMsg::Values { from, counts })
+            })
+            .collect();
+        if urgent {
+            out.extend(self.flush_apps(app_count));
+        }
+        out
+    }
+
+    /// Whether some application counts wait for [`Directory::flush_apps`].
+    pub fn has_unpublished(&self) -> bool {
+        !self.unpublished.is_empty()
+    }
+
+    /// Tells every other shard this shard's current count of each
+    /// application changed since it last did.
+    pub fn flush_apps(&mut self, app_count: impl Fn(&str) -> Count) -> Vec<(usize, DirMsg)> {
+        if self.unpublished.is_empty() {
+            return Vec::new();
+        }
+        let mut counts = Vec::with_capacity(self.unpublished.len());
+        for app in self.unpublished.drain() {
+            let now = app_count(&app);
+            if now.is_zero() {
+                self.published.remove(&app);
+            } else {
+                self.published.insert(app.clone(), now);
+            }
+            counts.push((app, now));
+        }
+        let me = self.me;
+        (0..self.shards)
+            .filter(|&shard| shard != me)
+            .map(|shard| {
+                let counts = counts.clone();
+                (shard, DirMsg::Apps { from: me, counts })
+            })
+            .collect()
+    }
+
+    /// Takes in another shard's (or this shard's own, for values homed
+    /// here) published counts.
+    pub fn apply(&mut self, msg: DirMsg) {
+        match msg {
+            DirMsg::Apps { from, counts } => {
+                for (app, count) in counts {
+                    self.set_app(app, from, count);
+                }
+            }
+            DirMsg::Values { from, counts } => {
+                for (key, count) in counts {
+                    self.set_value(key, from, count);
+                }
+            }
+        }
+    }
+
+    fn set_app(&mut self, app: Arc<str>, from: usize, count: Count) {
+        if from == self.me || from >= self.shards {
+            return;
+        }
+        if count.is_zero() {
+            if let Some(row) = self.apps.get_mut(&app) {
+                row[from] = count;
+                if row.iter().all(|c| c.is_zero()) {
+                    self.apps.remove(&app);
+                }
+            }
+            return;
+        }
+        self.apps
+            .entry(app)
+            .or_insert_with(|| vec![Count::default(); self.shards])[from] = count;
+    }
+
+    fn set_value(&mut self, key: ValueKey, from: usize, count: Count) {
+        if count.is_zero() {
+            if let Some(holders) = self.values.get_mut(&key) {
+                holders.retain(|&(shard, _)| shard != from);
+                if holders.is_empty() {
+                    self.values.remove(&key);
+                }
+            }
+            return;
+        }
+        let holders = self.values.entry(key).or_default();
+        match holders.iter_mut().find(|(shard, _)| *shard == from) {
+            Some(entry) => entry.1 = count,
+            None => holders.push((from, count)),
+        }
+    }
+
+    /// The shards holding clients of `app` a query can reach, with their
+    /// counts; `own` is this shard's count (from its store).
+    pub fn app_holders(
+        &self,
+        app: &str,
+        include_restricted: bool,
+        own: Count,
+    ) -> Vec<(usize, u64)> {
+        let mut holders = Vec::new();
+        if let Some(row) = self.apps.get(app) {
+            holders.extend(
+                row.iter()
+                    .enumerate()
+                    .map(|(shard, c)| (shard, c.reachable(include_restricted))),
+            );
+        }
+        holders.push((self.me, own.reachable(include_restricted)));
+        holders.retain(|&(_, count)| count > 0);
+        holders
+    }
+
+    /// The shards holding clients in the buckets of `keys` (all homed
+    /// here) a query can reach, with their counts, summed over the keys.
+    pub fn value_holders(&self, keys: &[ValueKey], include_restricted: bool) -> Vec<(usize, u64)> {
+        keys.iter()
+            .filter_map(|key| self.values.get(key))
+            .flatten()
+            .map(|&(shard, c)| (shard, c.reachable(include_restricted)))
+            .filter(|&(_, count)| count > 0)
+            .collect()
+    }
+
+    /// Entries held: applications replicated and value buckets homed here.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.apps.len(), self.values.len())
+    }
+}
+
+/// Whether a count became zero or stopped being zero, for either kind of
+/// client: the change that decides whether a shard is asked at all.
+fn crosses_zero(before: Count, now: Count) -> bool {
+    (before.open == 0) != (now.open == 0) || (before.restricted == 0) != (now.restricted == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{Kind, ScalarKey};
+    use std::cell::RefCell;
+
+    fn key(app: &str, user: i64) -> ValueKey {
+        ValueKey {
+            app: app.into(),
+            key: "user_id".into(),
+            kind: Kind::Eq,
+            scalar: ScalarKey::Int(user),
+        }
+    }
+
+    fn open(n: u32) -> Count {
+        Count {
+            open: n,
+            restricted: 0,
+        }
+    }
+
+    /// A little world of shards with fake stores, delivering every message.
+    struct World {
+        dirs: Vec<Directory>,
+        apps: Vec<RefCell<HashMap<String, Count>>>,
+        values: Vec<RefCell<HashMap<ValueKey, Count>>>,
+    }
+
+    impl World {
+        fn new(shards: usize) -> World {
+            World {
+                dirs: (0..shards).map(|me| Directory::new(me, shards)).collect(),
+                apps: (0..shards).map(|_| RefCell::default()).collect(),
+                values: (0..shards).map(|_| RefCell::default()).collect(),
+            }
+        }
+
+        /// A client with `user` joins (+1) or leaves (-1) `app` on `shard`;
+        /// returns the messages sent, after delivering them.
+        fn change(&mut self, shard: usize, app: &str, user: i64, delta: i32) -> Vec<&'static str> {
+            let add = |c: &mut Count| c.open = (c.open as i32 + delta) as u32;
+            add(self.apps[shard].borrow_mut().entry(app.into()).or_default());
+            add(self.values[shard]
+                .borrow_mut()
+                .entry(key(app, user))
+                .or_default());
+            let touched = vec![Touched::App(app.into()), Touched::Value(key(app, user))];
+            let (apps, values) = (&self.apps[shard], &self.values[shard]);
+            let out = self.dirs[shard].record(
+                touched,
+                |a| apps.borrow().get(a).copied().unwrap_or_default(),
+                |k| values.borrow().get(k).copied().unwrap_or_default(),
+            );
+            self.deliver(out)
+        }
+
+        fn flush(&mut self, shard: usize) -> Vec<&'static str> {
+            let apps = &self.apps[shard];
+            let out =
+                self.dirs[shard].flush_apps(|a| apps.borrow().get(a).copied().unwrap_or_default());
+            self.deliver(out)
+        }
+
+        fn deliver(&mut self, out: Vec<(usize, DirMsg)>) -> Vec<&'static str> {
+            let kinds = out.iter().map(|(_, m)| m.kind()).collect();
+            for (to, msg) in out {
+                self.dirs[to].apply(msg);
+            }
+            kinds
+        }
+
+        /// Where `app` is, as shard `asker` sees it.
+        fn app_place(&self, asker: usize, app: &str) -> Vec<(usize, u64)> {
+            let own = self.apps[asker]
+                .borrow()
+                .get(app)
+                .copied()
+                .unwrap_or_default();
+            let mut holders = self.dirs[asker].app_holders(app, false, own);
+            holders.sort();
+            holders
+        }
+
+        fn value_place(&self, app: &str, user: i64) -> Vec<(usize, u64)> {
+            let k = key(app, user);
+            let home = home_of(&k, self.dirs.len());
+            let mut holders = self.dirs[home].value_holders(&[k], false);
+            holders.sort();
+            holders
+        }
+    }
+
+    #[test]
+    fn the_first_and_last_client_of_an_app_are_told_at_once_the_rest_batched() {
+        let mut w = World::new(4);
+        let sent = w.change(2, "a", 1, 1);
+        // Three "apps" (one per other shard); the value went to its home,
+        // unless shard 2 is the home.
+        assert_eq!(sent.iter().filter(|k| **k == "directory_apps").count(), 3);
+        for asker in 0..4 {
+            assert_eq!(w.app_place(asker, "a"), vec![(2, 1)]);
+        }
+        // A second client: no zero crossed, nothing about the app goes yet.
+        let sent = w.change(2, "a", 2, 1);
+        assert!(!sent.contains(&"directory_apps"));
+        assert!(w.dirs[2].has_unpublished());
+        assert_eq!(w.app_place(0, "a"), vec![(2, 1)]);
+        assert_eq!(w.flush(2), vec!["directory_apps"; 3]);
+        assert!(!w.dirs[2].has_unpublished());
+        assert_eq!(w.app_place(0, "a"), vec![(2, 2)]);
+        // Both leave: the last one is told at once, with the pending count.
+        w.change(2, "a", 2, -1);
+        assert!(w.change(2, "a", 1, -1).contains(&"directory_apps"));
+        for asker in 0..4 {
+            assert_eq!(w.app_place(asker, "a"), vec![]);
+        }
+        // Memory follows the clients.
+        assert_eq!(
+            w.dirs.iter().map(|d| d.sizes()).collect::<Vec<_>>(),
+            vec![(0, 0); 4]
+        );
+    }
+
+    #[test]
+    fn a_value_home_knows_every_holder_exactly() {
+        let mut w = World::new(8);
+        w.change(1, "a", 7, 1);
+        w.change(5, "a", 7, 1);
+        w.change(5, "a", 7, 1);
+        w.change(6, "b", 7, 1);
+        assert_eq!(w.value_place("a", 7), vec![(1, 1), (5, 2)]);
+        assert_eq!(w.value_place("b", 7), vec![(6, 1)]);
+        assert_eq!(w.value_place("a", 8), vec![]);
+        w.change(5, "a", 7, -1);
+        w.change(1, "a", 7, -1);
+        assert_eq!(w.value_place("a", 7), vec![(5, 1)]);
+        w.change(5, "a", 7, -1);
+        w.change(6, "b", 7, -1);
+        assert_eq!(w.value_place("a", 7), vec![]);
+        assert!(w.dirs.iter().all(|d| d.sizes().1 == 0));
+    }
+
+    #[test]
+    fn repeated_touches_cost_one_entry_per_message() {
+        let mut d = Directory::new(0, 2);
+        let k = (0..)
+            .map(|u| key("a", u))
+            .find(|k| home_of(k, 2) == 1)
+            .unwrap();
+        let touched = vec![Touched::Value(k.clone()); 5];
+        let out = d.record(touched, |_| Count::default(), |_| open(3));
+        let [(1, DirMsg::Values { from: 0, counts })] = out.as_slice() else {
+            panic!("one message to the home: {out:?}");
+        };
+        assert_eq!(counts, &vec![(k, open(3))]);
+    }
+
+    #[test]
+    fn restricted_clients_count_only_for_restricted_queries() {
+        let mut d = Directory::new(0, 2);
+        d.apply(DirMsg::Apps {
+            from: 1,
+            counts: vec![(
+                "a".into(),
+                Count {
+                    open: 0,
+                    restricted: 2,
+                },
+            )],
+        });
+        assert_eq!(d.app_holders("a", false, Count::default()), vec![]);
+        assert_eq!(d.app_holders("a", true, Count::default()), vec![(1, 2)]);
+        assert_eq!(d.app_holders("a", false, open(1)), vec![(0, 1)]);
+    }
+
+    #[test]
+    fn a_restricted_flag_crossing_zero_is_urgent_too() {
+        assert!(crosses_zero(
+            open(1),
+            Count {
+                open: 1,
+                restricted: 1
+            }
+        ));
+        assert!(!crosses_zero(open(1), open(2)));
+        assert!(crosses_zero(open(1), open(0)));
+    }
+
+    #[test]
+    fn places_merge_holders_and_draw_in_proportion() {
+        let place = Place::from_counts(vec![(3, 1), (1, 2), (3, 1), (2, 0)], true);
+        assert_eq!(place.shards, vec![1, 3]);
+        assert_eq!(place.counts, Some(vec![2, 2]));
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut hits = [0u32; 4];
+        for _ in 0..4000 {
+            hits[place.lone_or_drawn(&mut rng).unwrap()] += 1;
+        }
+        assert_eq!(hits[0] + hits[2], 0);
+        assert!((1700..2300).contains(&hits[1]), "{hits:?}");
+        // Without exact counts only a lone holder decides alone.
+        let inexact = Place::from_counts(vec![(1, 2), (3, 2)], false);
+        assert_eq!(inexact.lone_or_drawn(&mut rng), None);
+        let lone = Place::from_counts(vec![(3, 5)], false);
+        assert_eq!(lone.lone_or_drawn(&mut rng), Some(3));
+        assert!(Place::from_counts(vec![(1, 0)], true).is_empty());
+    }
+}

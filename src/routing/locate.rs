@@ -1,0 +1,208 @@
+//! This shard's end of the routing directory ([`super::directory`]): asking
+//! where a query's matches can be, and telling the other shards what this
+//! shard's clients are.
+//!
+//! Directory messages travel on a lane of their own, beside the shard mesh,
+//! so that a shard can take in everything already sent to it before it
+//! reads its copy ([`catch_up`]) without handling any other message out of
+//! turn. That is what makes the directory exact where it must be: a shard
+//! publishes a change before anything about it (READY, a heartbeat ack)
+//! goes out, so anything a client does after hearing of it reaches a
+//! directory that has it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use crate::metadata::{ValueKey, probe_value_keys};
+use crate::query::Query;
+use crate::routing::directory::{DirMsg, Directory, Place, home_of};
+use crate::shard::{Mesh, Reply, Shard, ShardMsg};
+
+/// How long a count change that crosses no zero may wait before it is
+/// published: many connects and disconnects then cost one message per
+/// shard. Such counts only weigh the draw among shards that all hold the
+/// application, so a few milliseconds late is harmless.
+const APP_BATCH: Duration = Duration::from_millis(5);
+
+/// Directory messages one turn of the lane's task takes in.
+const LANE_BATCH: usize = 256;
+
+/// A shard's directory state, present when there is more than one shard.
+pub struct DirectoryLink {
+    table: RefCell<Directory>,
+    lane: Mesh<DirMsg>,
+    /// Application counts wait for the batch ([`flush_loop`]).
+    due: Cell<bool>,
+    flusher: Cell<Option<Waker>>,
+}
+
+impl DirectoryLink {
+    pub fn new(me: usize, lane: Mesh<DirMsg>) -> DirectoryLink {
+        DirectoryLink {
+            table: RefCell::new(Directory::new(me, lane.shards())),
+            lane,
+            due: Cell::new(false),
+            flusher: Cell::new(None),
+        }
+    }
+
+    /// Entries held: applications replicated, value buckets homed here.
+    pub fn sizes(&self) -> (usize, usize) {
+        self.table.borrow().sizes()
+    }
+}
+
+/// Takes in every directory message already sent to this shard.
+pub fn catch_up(shard: &Shard) {
+    let Some(link) = &shard.directory else { return };
+    let mut table = link.table.borrow_mut();
+    link.lane.drain(shard.id, |msg| table.apply(msg));
+}
+
+/// Publishes what the last store mutations changed. Called after every
+/// mutation of the store, before anything about it is sent to a client.
+pub fn publish(shard: &Shard) {
+    let Some(link) = &shard.directory else { return };
+    let touched = shard.store.borrow_mut().take_touched();
+    if touched.is_empty() {
+        return;
+    }
+    let out = {
+        let store = shard.store.borrow();
+        link.table.borrow_mut().record(
+            touched,
+            |app| store.app_count(app),
+            |key| store.value_count(key),
+        )
+    };
+    send(shard, link, out);
+    if link.table.borrow().has_unpublished()
+        && !link.due.replace(true)
+        && let Some(waker) = link.flusher.take()
+    {
+        waker.wake();
+    }
+}
+
+fn send(shard: &Shard, link: &DirectoryLink, out: Vec<(usize, DirMsg)>) {
+    for (to, msg) in out {
+        shard.metrics.cross_shard(ShardMsg::directory_kind(&msg));
+        link.lane.send(to, msg);
+    }
+}
+
+/// Where a match for `query` can be. Without an application, on one shard,
+/// or when `everywhere` (a last try that trusts nothing but the shards
+/// themselves): every shard. With an indexed equality or membership op:
+/// the shards the value's home names. Otherwise: the shards holding
+/// clients of the application.
+pub async fn locate(shard: &Shard, query: &Query, everywhere: bool) -> Place {
+    let (Some(link), Some(app), false) = (&shard.directory, &query.application, everywhere) else {
+        return Place::everywhere(shard.shards());
+    };
+    catch_up(shard);
+    let app: Arc<str> = app.as_str().into();
+    // Counts are numbers of matches when the narrowing step is the whole
+    // query and the rule is a uniform draw.
+    let uniform = query.key.is_none() && query.selector.is_none();
+    if let Some(plan) = query.index_plan() {
+        let keys = probe_value_keys(&app, &plan.probe);
+        if !keys.is_empty() {
+            let mut by_home: BTreeMap<usize, Vec<ValueKey>> = BTreeMap::new();
+            for key in keys {
+                by_home
+                    .entry(home_of(&key, shard.shards()))
+                    .or_default()
+                    .push(key);
+            }
+            let mut holders = Vec::new();
+            for (home, keys) in by_home {
+                holders.extend(holders_at(shard, link, home, keys, query.restricted).await);
+            }
+            return Place::from_counts(holders, uniform && plan.exact);
+        }
+    }
+    let own = shard.store.borrow().app_count(&app);
+    let holders = link.table.borrow().app_holders(&app, query.restricted, own);
+    Place::from_counts(holders, uniform && query.ops.is_empty())
+}
+
+/// The holders of `keys` according to their home `home`.
+async fn holders_at(
+    shard: &Shard,
+    link: &DirectoryLink,
+    home: usize,
+    keys: Vec<ValueKey>,
+    restricted: bool,
+) -> Vec<(usize, u64)> {
+    if home == shard.id {
+        return link.table.borrow().value_holders(&keys, restricted);
+    }
+    let reply = shard
+        .ask(home, |reply_to| ShardMsg::Locate {
+            reply_to,
+            keys: keys.clone(),
+            restricted,
+        })
+        .await;
+    match reply {
+        Reply::Located(holders) => holders,
+        _ => Vec::new(),
+    }
+}
+
+/// On a value's home: who holds clients in these buckets.
+pub fn answer_locate(shard: &Shard, keys: &[ValueKey], restricted: bool) -> Vec<(usize, u64)> {
+    catch_up(shard);
+    match &shard.directory {
+        Some(link) => link.table.borrow().value_holders(keys, restricted),
+        None => Vec::new(),
+    }
+}
+
+/// Takes in directory messages as they arrive (between [`catch_up`]s).
+pub async fn receive_loop(shard: Rc<Shard>) {
+    let Some(link) = &shard.directory else { return };
+    let mut batch = Vec::with_capacity(LANE_BATCH);
+    loop {
+        link.lane.recv_batch(shard.id, &mut batch, LANE_BATCH).await;
+        {
+            let mut table = link.table.borrow_mut();
+            for msg in batch.drain(..) {
+                table.apply(msg);
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Publishes batched application counts, [`APP_BATCH`] after the first
+/// change that waits.
+pub async fn flush_loop(shard: Rc<Shard>) {
+    let Some(link) = &shard.directory else { return };
+    loop {
+        poll_fn(|cx| {
+            if link.due.get() {
+                Poll::Ready(())
+            } else {
+                link.flusher.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        glommio::timer::sleep(APP_BATCH).await;
+        link.due.set(false);
+        let out = {
+            let store = shard.store.borrow();
+            link.table
+                .borrow_mut()
+                .flush_apps(|app| store.app_count(app))
+        };
+        send(&shard, link, out);
+    }
+}
