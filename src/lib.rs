@@ -12,10 +12,15 @@
 //!
 //! Runtime (glommio, one executor per shard):
 //! - [`server`]: starts the shards and stops them on a signal.
-//! - [`shard`]: one shard's state and the mesh between shards.
+//! - [`shard`]: one shard's state (its connections, clients, part of the
+//!   name registry) and the API through which work crosses to other
+//!   shards; the lowest runtime layer, calling into none of those below.
+//! - [`dispatch`]: where each message between shards goes: to routing,
+//!   the queues, or the shard's own registries.
 //! - [`http`]: HTTP/1.1 on the shared port, the API, the websocket upgrade.
 //! - [`gateway`]: one websocket connection: framing, then its session.
-//! - [`routing::router`]: SEND / BROADCAST / QUERY_NODES across shards.
+//! - [`routing::router`]: SEND / BROADCAST / QUERY_NODES across shards
+//!   (the asking half); [`routing::answer`]: what each shard answers.
 //! - [`queue`]: work queues: a pure state machine per queue, owner shards,
 //!   timers, and the write-ahead log with recovery.
 //! - [`proxy`]: `POST /api/v1/proxy`: a request routed like SEND, sent to
@@ -24,6 +29,7 @@
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 
 pub mod config;
+pub mod dispatch;
 pub mod gateway;
 pub mod http;
 pub mod metadata;

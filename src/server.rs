@@ -234,12 +234,20 @@ async fn run_shard(
     };
     let bound = listener.local_addr().unwrap_or(addr);
     let (recovered, boot, queue_budget) = queues;
+    let shard_queues = crate::queue::ShardQueues::new(id, &config, queue_budget);
+    // One shard needs no directory: it is the only place to look.
+    let directory =
+        (mesh.shards() > 1).then(|| crate::routing::locate::DirectoryLink::new(id, directory_lane));
     let shard = Rc::new(Shard::new(
         id,
         config,
         mesh.clone(),
-        directory_lane,
-        queue_budget,
+        shard_queues,
+        directory,
+        crate::shard::Above {
+            answer: crate::dispatch::answer,
+            store_changed: crate::routing::locate::publish,
+        },
     ));
     let _ = ready.send(Ok(bound));
     tracing::debug!(shard = id, %bound, "listening");
@@ -265,7 +273,7 @@ async fn run_shard(
     while !shard.is_shutting_down() {
         mesh.recv_batch(id, &mut batch, MESH_BATCH).await;
         for msg in batch.drain(..) {
-            shard.handle(msg);
+            crate::dispatch::handle(&shard, msg);
         }
         glommio::yield_if_needed().await;
     }
@@ -290,7 +298,7 @@ async fn run_shard(
         })
         .await;
         for msg in batch.drain(..) {
-            shard.handle(msg);
+            crate::dispatch::handle(&shard, msg);
         }
     }
     reaper.cancel();

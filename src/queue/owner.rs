@@ -532,15 +532,18 @@ pub fn answer(shard: &Shard, ask: QueueAsk) -> QueueReply {
             targets
                 .iter()
                 .map(|t| {
-                    let strict = shard.any_local(t);
+                    let strict = any_local(shard, t);
                     let relaxed = !strict
                         && t.optional
-                        && shard.any_local(&Query {
-                            ops: Vec::new(),
-                            selector: None,
-                            optional: false,
-                            ..(**t).clone()
-                        });
+                        && any_local(
+                            shard,
+                            &Query {
+                                ops: Vec::new(),
+                                selector: None,
+                                optional: false,
+                                ..(**t).clone()
+                            },
+                        );
                     (u64::from(strict), u64::from(relaxed))
                 })
                 .collect(),
@@ -727,6 +730,14 @@ pub(super) fn restore(shard: &Shard, queue: Arc<str>, msg: Arc<Message>) {
     shard.queues.budget.reserve(msg.bytes);
     ensure_queue(shard, &queue, now, false);
     with_existing(shard, &queue, now, |q, out| q.restore(msg, now, out));
+}
+
+/// Whether any local client matches `query` (the dead-letter check).
+/// Stops at the first match.
+fn any_local(shard: &Shard, query: &Query) -> bool {
+    crate::routing::matching(&shard.store.borrow(), query)
+        .next()
+        .is_some()
 }
 
 fn invalid(shard: &Shard, to: ConnRef, error: &'static str, extra: Value) {

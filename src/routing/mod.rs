@@ -1,7 +1,9 @@
 //! Routing: choosing recipients for SEND / BROADCAST / QUERY_NODES.
 //! [`pick`] is the pure, per-shard reduction; [`router`] runs it across
-//! shards.
+//! shards (the asking half) and [`answer`] is what each shard replies (the
+//! answering half).
 
+pub mod answer;
 pub mod directory;
 pub mod locate;
 pub mod pick;

@@ -1,5 +1,10 @@
 //! What crosses between shards. Requests carry a [`ReplyTo`]; the answering
 //! shard sends [`ShardMsg::Reply`] back to it.
+//!
+//! Routing's and the queues' messages carry their own payload types (a
+//! [`Pick`], a SEND on its way, queue messages): naming them here ties the
+//! shard to those layers by type only. What a message does is decided in
+//! `crate::dispatch`, above all three.
 
 use std::sync::Arc;
 
@@ -7,7 +12,7 @@ use serde_json::Value;
 
 use crate::metadata::ClientIdx;
 use crate::query::Query;
-use crate::routing::Pick;
+use crate::routing::pick::Pick;
 
 /// Where an answer goes: the asking shard and its request number.
 #[derive(Debug, Clone, Copy)]

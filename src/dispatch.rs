@@ -1,0 +1,97 @@
+//! Where each message from the mesh goes: every [`ShardMsg`] is handed to
+//! the part of the server that owns it: routing answers picks,
+//! broadcasts and node lists (`routing::answer`) and directory questions
+//! (`routing::locate`) and finishes SENDs (`routing::router`), the queue
+//! side of the shard takes queue messages (`queue::owner`), the name
+//! registry, the connection registry and the exchange of the shard itself
+//! take theirs.
+//!
+//! It sits above `shard`, `routing` and `queue`, so that the shard, the
+//! lower layer, calls into neither: the shard's loop (`server`) calls
+//! [`handle`], and the shard is built with [`answer`] for the requests it
+//! answers itself (see `shard::Above`).
+
+use std::rc::Rc;
+
+use crate::metrics::{Gauges, Snapshot};
+use crate::queue;
+use crate::routing::{self, router};
+use crate::shard::{Reply, Shard, ShardMsg};
+
+/// Handles one message from the mesh.
+pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
+    match msg {
+        ShardMsg::Reply { req, from, reply } => shard.take_reply(req, from, reply),
+        ShardMsg::Deliver { target, packet } => {
+            shard.deliver(target, &packet);
+        }
+        ShardMsg::SendOne { target, job } => router::deliver_one(shard, target, job),
+        ShardMsg::PickSend {
+            query,
+            job,
+            counted,
+        } => router::pick_send(shard, query, job, counted),
+        ShardMsg::Invalid { to, error, extra } => shard.invalid_to(to, error, extra),
+        ShardMsg::Release { app, client, owner } => shard.record_release(app, client, owner),
+        ShardMsg::ClientEvent { packet } => shard.notify_subscribers(&packet),
+        ShardMsg::Shutdown => shard.shutdown(),
+        ShardMsg::Queue(msg) => queue::owner::handle(shard, msg),
+        request => {
+            let reply_to = match &request {
+                ShardMsg::Pick { reply_to, .. }
+                | ShardMsg::Broadcast { reply_to, .. }
+                | ShardMsg::Nodes { reply_to, .. }
+                | ShardMsg::Metrics { reply_to }
+                | ShardMsg::Claim { reply_to, .. }
+                | ShardMsg::QueueAsk { reply_to, .. }
+                | ShardMsg::Locate { reply_to, .. } => *reply_to,
+                _ => unreachable!("only requests reach here"),
+            };
+            shard.reply(reply_to, request);
+        }
+    }
+}
+
+/// Answers a request locally; `None` for a message that is not a request.
+pub fn answer(shard: &Shard, msg: ShardMsg) -> Option<Reply> {
+    Some(match msg {
+        ShardMsg::Pick {
+            query,
+            avg,
+            describe,
+            ..
+        } => {
+            let (pick, named) = shard.pick_local(&query, avg, describe);
+            Reply::Pick(pick, named)
+        }
+        ShardMsg::Broadcast { query, packet, .. } => {
+            Reply::Delivered(shard.broadcast_local(&query, &packet))
+        }
+        ShardMsg::Nodes { query, cap, .. } => Reply::Nodes(shard.nodes_local(&query, cap)),
+        ShardMsg::Metrics { .. } => Reply::Metrics(Box::new(metrics(shard))),
+        ShardMsg::Claim {
+            app, client, owner, ..
+        } => Reply::Claimed(shard.record_claim(app, client, owner)),
+        ShardMsg::QueueAsk { ask, .. } => Reply::Queue(queue::owner::answer(shard, ask)),
+        ShardMsg::Locate {
+            keys, restricted, ..
+        } => Reply::Located(routing::locate::answer_locate(shard, &keys, restricted)),
+        _ => return None,
+    })
+}
+
+/// This shard's metrics: its counters, with the gauges read now.
+fn metrics(shard: &Shard) -> Snapshot {
+    let (queues, queue_bytes) = shard.queues.held();
+    shard.metrics.snapshot(
+        shard.id,
+        Gauges {
+            connections: shard.open_connections() as u64,
+            clients: shard.clients().len() as u64,
+            mesh_depth: shard.mesh_depth() as u64,
+            queues: queues as u64,
+            queue_bytes: queue_bytes as u64,
+        },
+        shard.queues.rows(),
+    )
+}
