@@ -83,6 +83,8 @@ pub fn answer(shard: &Shard, msg: ShardMsg) -> Option<Reply> {
 /// This shard's metrics: its counters, with the gauges read now.
 fn metrics(shard: &Shard) -> Snapshot {
     let (queues, queue_bytes) = shard.queues.held();
+    routing::locate::catch_up(shard);
+    let directory = shard.directory.as_ref().map_or((0, 0), |d| d.sizes());
     shard.metrics.snapshot(
         shard.id,
         Gauges {
@@ -91,6 +93,8 @@ fn metrics(shard: &Shard) -> Snapshot {
             mesh_depth: shard.mesh_depth() as u64,
             queues: queues as u64,
             queue_bytes: queue_bytes as u64,
+            directory_apps: directory.0 as u64,
+            directory_values: directory.1 as u64,
         },
         shard.queues.rows(),
     )

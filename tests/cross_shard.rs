@@ -164,6 +164,33 @@ fn per_send(shards: usize) {
         want.insert("send_one".to_string(), SENDS);
     }
     assert_eq!(got, want, "{shards} shards, range");
+
+    // The directory's size is in /metrics: with one shard there is none;
+    // otherwise every app is known to the shards not holding all of it,
+    // and each indexed value (user_id 123 among them) has one home entry.
+    let (apps, values) = directory_sizes(&server);
+    if shards == 1 {
+        assert_eq!((apps, values), (0, 0));
+    } else {
+        assert!(apps > 0 && values > 0, "{apps} apps, {values} values");
+    }
+}
+
+/// The sums over shards of `singyeong_directory_apps` and
+/// `singyeong_directory_values`.
+fn directory_sizes(server: &Server) -> (u64, u64) {
+    let text = server.http("GET", "/metrics", &[], None).text();
+    let sum = |family: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    };
+    (
+        sum("singyeong_directory_apps"),
+        sum("singyeong_directory_values"),
+    )
 }
 
 /// The cross-shard messages `run` causes, once the directory is quiet.

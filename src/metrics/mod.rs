@@ -266,6 +266,10 @@ pub struct Gauges {
     pub queues: u64,
     /// Bytes its queues hold (see `queue::state::footprint`).
     pub queue_bytes: u64,
+    /// Routing directory entries this shard keeps: other shards'
+    /// application counts, and the value buckets homed here.
+    pub directory_apps: u64,
+    pub directory_values: u64,
 }
 
 /// One shard's metrics at one moment; sent across the mesh on a scrape.

@@ -301,6 +301,20 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
         "Messages waiting in a shard's cross-shard inbox",
         per_shard(snapshots, |s| ConstGauge::new(s.gauges.mesh_depth as i64)),
     );
+    registry.register(
+        "directory_apps",
+        "Applications held on other shards, as this shard's routing directory knows them",
+        per_shard(snapshots, |s| {
+            ConstGauge::new(s.gauges.directory_apps as i64)
+        }),
+    );
+    registry.register(
+        "directory_values",
+        "Indexed values (application, key, value) whose directory entry this shard keeps",
+        per_shard(snapshots, |s| {
+            ConstGauge::new(s.gauges.directory_values as i64)
+        }),
+    );
     by_label(
         &mut registry,
         snapshots,
