@@ -10,8 +10,8 @@
 #
 # --bin DIR      the server under test, DIR/singyeong (default target/release)
 # --before DIR   a second server binary dir, run alternately with --bin
-#                (labelled "before"; --bin is "after"): a before/after
-#                comparison in one run
+#                (labelled "before"; --bin is then "after", else "server"):
+#                a before/after comparison in one run
 # --tool PATH    the load tool for every run (default: --bin's
 #                singyeong-loadtest), so only the server differs
 # --server-args  added to every server's command line
@@ -56,7 +56,8 @@ done
 workload=(--scenario targeted -n 1000 --senders 4 --window 64 --payload-bytes 64 --duration 6)
 [ -n "$out" ] || out=$(mktemp -d /tmp/loadtest-scaling.XXXX)
 mkdir -p "$out"
-builds=("after:$bin")
+# One build is labelled "server"; with --before, "before" and "after".
+builds=("server:$bin")
 [ -n "$before" ] && builds=("before:$before" "after:$bin")
 
 server=""
