@@ -8,7 +8,7 @@
 #   loadtest/run-nats-pinned.sh [--nats-args "..."] -- <singyeong-loadtest args>
 #
 # Build first: cargo build --release -p singyeong-loadtest
-# LOADTEST_NICE as for run-pinned.sh.
+# LOADTEST_NICE and LOADTEST_PIN as for run-pinned.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nats_args=""
@@ -34,11 +34,14 @@ websocket {
 }
 CONF
 nice=(nice -n "${LOADTEST_NICE:-0}")
-"${nice[@]}" taskset -c 0 nats-server -c "$out/nats.conf" $nats_args >"$out/nats.log" 2>&1 &
+# LOADTEST_PIN=0: no pinning, server and tool scheduled freely over every CPU.
+pin_server=(taskset -c 0) pin_tool=(taskset -c 1)
+[ "${LOADTEST_PIN:-1}" = 0 ] && pin_server=() pin_tool=()
+"${nice[@]}" "${pin_server[@]}" nats-server -c "$out/nats.conf" $nats_args >"$out/nats.log" 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true; rm -rf "$out"' EXIT
 for _ in $(seq 100); do grep -q 'Server is ready' "$out/nats.log" && break; sleep 0.05; done
 grep -q 'Listening for websocket clients' "$out/nats.log" || { cat "$out/nats.log" >&2; exit 1; }
 sleep 1 # let the idle server settle before its baseline RSS is read
-"${nice[@]}" taskset -c 1 "$bin/singyeong-loadtest" --target nats --url "ws://127.0.0.1:$ws_port" \
+"${nice[@]}" "${pin_tool[@]}" "$bin/singyeong-loadtest" --target nats --url "ws://127.0.0.1:$ws_port" \
     --server-pid "$server" --quiet "$@"

@@ -32,6 +32,10 @@ pub enum Scenario {
     /// --senders HTTP clients POST /api/v1/proxy to the -n receivers' `ip`:
     /// a built-in HTTP upstream, or --upstream.
     Proxy,
+    /// The -n clients each send UPDATE_METADATA moving indexed values
+    /// (`load`, one element of `rooms`), --window updates then a SEND to
+    /// themselves that matches only the last update, in closed loop.
+    Update,
 }
 
 /// Which server the run talks to.
@@ -55,6 +59,7 @@ impl Scenario {
             Scenario::Churn => "churn",
             Scenario::Queue => "queue",
             Scenario::Proxy => "proxy",
+            Scenario::Update => "update",
         }
     }
 
@@ -62,10 +67,17 @@ impl Scenario {
         self != Scenario::Connect
     }
 
-    /// Queue and proxy run their own phases and reports
-    /// ([`crate::scenario::queue`], [`crate::scenario::proxy`]).
+    /// Queue, proxy and update run their own phases and reports
+    /// ([`crate::scenario::queue`], [`crate::scenario::proxy`],
+    /// [`crate::scenario::update`]).
     pub fn runs_on_its_own(self) -> bool {
-        matches!(self, Scenario::Queue | Scenario::Proxy)
+        matches!(self, Scenario::Queue | Scenario::Proxy | Scenario::Update)
+    }
+
+    /// Scenarios whose traffic comes from the -n clients themselves: they
+    /// open no sender connections.
+    pub fn has_senders(self) -> bool {
+        self.has_traffic() && self != Scenario::Update
     }
 }
 
@@ -286,6 +298,8 @@ pub enum ArgsError {
          scenarios (connect, targeted, group, broadcast, churn), not from --scenario {0}"
     )]
     NoPlan(&'static str),
+    #[error("--scenario update does not take {0}")]
+    NotForUpdate(&'static str),
     #[error("--auth is the singyeong server's password; --target nats does not take it")]
     AuthForNats,
     #[error("--metrics-url {url:?}: {reason}")]
@@ -297,7 +311,7 @@ pub enum ArgsError {
 impl Args {
     /// Checks the combinations of flags; returns the parsed gateway address.
     pub fn validate(&self) -> Result<Gateway, ArgsError> {
-        if self.scenario.has_traffic() && self.senders == 0 {
+        if self.scenario.has_senders() && self.senders == 0 {
             return Err(ArgsError::NoSenders(self.scenario.name()));
         }
         if self.rate.is_some() && !self.scenario.has_traffic() {
@@ -307,12 +321,23 @@ impl Args {
             if self.target != TargetKind::Singyeong {
                 let api = match self.scenario {
                     Scenario::Queue => "queues (QUEUE, QUEUE_REQUEST, QUEUE_ACK)",
+                    Scenario::Update => "metadata updates (UPDATE_METADATA)",
                     _ => "HTTP proxy (POST /api/v1/proxy)",
                 };
                 return Err(ArgsError::NotForNats(self.scenario.name(), api));
             }
             if self.plan_cores.is_some() {
                 return Err(ArgsError::NoPlan(self.scenario.name()));
+            }
+        }
+        if self.scenario == Scenario::Update {
+            if self.rate.is_some() {
+                return Err(ArgsError::NotForUpdate(
+                    "--rate (it runs in closed loop only)",
+                ));
+            }
+            if self.processes > 1 {
+                return Err(ArgsError::NotForUpdate("--processes"));
             }
         }
         if self.auth.is_some() && self.target == TargetKind::Nats {
@@ -390,9 +415,9 @@ impl Args {
     }
 
     /// Every connection this run opens: receivers plus senders (senders only
-    /// where the scenario sends).
+    /// where the scenario has them).
     pub fn total_connections(&self) -> u64 {
-        let senders = if self.scenario.has_traffic() {
+        let senders = if self.scenario.has_senders() {
             self.senders
         } else {
             0

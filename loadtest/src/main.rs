@@ -14,6 +14,7 @@ use singyeong_loadtest::args::{Args, Scenario};
 use singyeong_loadtest::report::Report;
 use singyeong_loadtest::scenario::proxy::ProxyRunReport;
 use singyeong_loadtest::scenario::queue::QueueRunReport;
+use singyeong_loadtest::scenario::update::UpdateRunReport;
 use singyeong_loadtest::stop::StopSwitch;
 use singyeong_loadtest::{clock, html, processes, scenario};
 
@@ -68,6 +69,9 @@ fn main() -> ExitCode {
             Outcome::Done(Ok(Output::Proxy(report))) => {
                 emit(&args, &*report, report.summary(), |json| report.html(json))
             }
+            Outcome::Done(Ok(Output::Update(report))) => {
+                emit(&args, &*report, report.summary(), |json| report.html(json))
+            }
             Outcome::Done(Err(e)) => {
                 eprintln!("error: {e}");
                 1
@@ -107,6 +111,10 @@ async fn run(
         (Scenario::Proxy, false) => Output::Proxy(Box::new(
             scenario::proxy::run(args, gateway, workers).await?,
         )),
+        // validate() refuses --processes for update.
+        (Scenario::Update, _) => Output::Update(Box::new(
+            scenario::update::run(args, gateway, workers).await?,
+        )),
         (_, true) => Output::Full(Box::new(processes::coordinate(args).await?)),
         (_, false) => Output::Full(Box::new(
             scenario::run(args, gateway, workers, switch).await?,
@@ -114,11 +122,13 @@ async fn run(
     })
 }
 
-/// What a run produced: the common report, or a queue or proxy run's own.
+/// What a run produced: the common report, or a queue, proxy or update
+/// run's own.
 enum Output {
     Full(Box<Report>),
     Queue(Box<QueueRunReport>),
     Proxy(Box<ProxyRunReport>),
+    Update(Box<UpdateRunReport>),
 }
 
 enum Outcome {

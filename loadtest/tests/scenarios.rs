@@ -453,6 +453,56 @@ fn proxy_without_auth_is_refused_by_a_server_with_a_password() {
 }
 
 #[test]
+fn update_applies_every_update_its_probes_cover() {
+    let server = Server::start(&["--shards", "2", "--no-durable"]);
+    let pid = server.pid().to_string();
+    let url = server.url();
+    let html = std::env::temp_dir().join(format!("loadtest-update-{}.html", std::process::id()));
+    let html_arg = html.to_str().unwrap().to_string();
+    let run = loadtest(&[
+        "--scenario",
+        "update",
+        "--url",
+        &url,
+        "-n",
+        "12",
+        "--window",
+        "8",
+        "--duration",
+        "1",
+        "--idle",
+        "0.2",
+        "--drain",
+        "10",
+        "--server-pid",
+        &pid,
+        "--html",
+        &html_arg,
+        "--timeout",
+        "40",
+    ]);
+    let v = run.assert_success();
+    assert_eq!(v["scenario"], "update");
+    assert_eq!(u(&v, "/connect/identified"), 12, "{}", run.stderr);
+    assert_eq!(u(&v, "/traffic/clients"), 12);
+    let sent = u(&v, "/traffic/sent");
+    let probes = u(&v, "/traffic/probes");
+    assert!(sent > 0, "nothing sent: {}", run.stderr);
+    assert_eq!(sent, probes * 8, "one probe per window of updates");
+    assert_eq!(u(&v, "/traffic/applied"), sent, "{}", run.stderr);
+    assert_eq!(u(&v, "/traffic/stale"), 0, "{}", run.stderr);
+    assert_eq!(u(&v, "/traffic/outstanding"), 0);
+    assert_eq!(u(&v, "/traffic/batch_latency_us/count"), probes);
+    assert!(v["traffic"]["updates_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(u(&v, "/errors/count"), 0, "{}", run.stderr);
+    assert_eq!(u(&v, "/errors/disconnects"), 0);
+    assert_server_sampled(&v, "proc");
+    let page = std::fs::read_to_string(&html).unwrap();
+    let _ = std::fs::remove_file(&html);
+    assert_traffic_html(&page, "Batch latency by percentile");
+}
+
+#[test]
 fn broadcast_reaches_every_receiver_of_the_app() {
     let server = Server::start(&["--shards", "2"]);
     let url = server.url();
@@ -949,6 +999,18 @@ fn bad_arguments_are_refused_clearly() {
             "--queue-name",
         ),
         (&["--scenario", "queue", "--credits", "0"], "--credits"),
+        (
+            &["--scenario", "update", "--target", "nats"],
+            "--target nats cannot run it",
+        ),
+        (
+            &["--scenario", "update", "--rate", "100"],
+            "--scenario update does not take --rate",
+        ),
+        (
+            &["--scenario", "update", "--processes", "2"],
+            "--scenario update does not take --processes",
+        ),
         (
             &["--scenario", "targeted", "--target", "mqtt"],
             "possible values",

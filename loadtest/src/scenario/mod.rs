@@ -9,10 +9,10 @@
 //! 5. build the [`Report`].
 //!
 //! Each scenario module only says what is sent (its `workload`); `churn`
-//! adds the churner that runs beside the traffic. `queue` and `proxy` are
-//! the exceptions: their clients speak QUEUE/QUEUE_REQUEST/QUEUE_ACK or
-//! HTTP, so they run their own phases and reports ([`queue::run`],
-//! [`proxy::run`]). The server is sampled the same way in all of them
+//! adds the churner that runs beside the traffic. `queue`, `proxy` and
+//! `update` are the exceptions: their clients speak
+//! QUEUE/QUEUE_REQUEST/QUEUE_ACK, HTTP or UPDATE_METADATA, so they run their
+//! own phases and reports ([`queue::run`], [`proxy::run`], [`update::run`]). The server is sampled the same way in all of them
 //! (`observe`), and traffic is recorded per second the same way
 //! ([`crate::timeline`]).
 
@@ -25,6 +25,7 @@ mod observe;
 pub mod proxy;
 pub mod queue;
 pub mod targeted;
+pub mod update;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +75,12 @@ pub enum RunError {
     Worker(String),
     #[error("--scenario {0} runs on its own (scenario::{0}::run)")]
     RunsOnItsOwn(&'static str),
+    #[error("only {identified} of {requested} clients got to ready; first errors: {first}")]
+    NotAllIdentified {
+        identified: u64,
+        requested: u64,
+        first: String,
+    },
     #[error("built-in upstream: {0}")]
     Upstream(String),
 }
@@ -81,12 +88,17 @@ pub enum RunError {
 impl RunError {
     /// Nothing got to ready: the most frequent connect errors say why.
     pub fn no_connections(errors: &std::collections::BTreeMap<String, u64>) -> RunError {
+        RunError::NoConnections(Self::first_errors(errors))
+    }
+
+    /// The three most frequent connect errors, with their counts.
+    pub fn first_errors(errors: &std::collections::BTreeMap<String, u64>) -> String {
         let first: Vec<String> = crate::tally::counts(errors)
             .into_iter()
             .take(3)
             .map(|e| format!("{} (x{})", e.text, e.count))
             .collect();
-        RunError::NoConnections(first.join("; "))
+        first.join("; ")
     }
 }
 
@@ -224,7 +236,7 @@ pub async fn run(
             Some(Box::new(w))
         }
         Scenario::Broadcast => Some(Box::new(broadcast::workload(&names, &connected))),
-        Scenario::Queue | Scenario::Proxy => {
+        Scenario::Queue | Scenario::Proxy | Scenario::Update => {
             return Err(RunError::RunsOnItsOwn(args.scenario.name()));
         }
     };
