@@ -262,6 +262,14 @@ async fn run_shard(
     .expect("the task queue was just created")
     .detach();
     let reaper = glommio::spawn_local(reap_loop(shard.clone())).detach();
+    let waker = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let lane = |to| crate::routing::locate::wake(&shard, to);
+            shard.wake_loop(lane).await
+        })
+        .detach()
+    };
     let directory = [
         glommio::spawn_local(crate::routing::locate::receive_loop(shard.clone())).detach(),
         glommio::spawn_local(crate::routing::locate::flush_loop(shard.clone())).detach(),
@@ -303,6 +311,7 @@ async fn run_shard(
     }
     reaper.cancel();
     queue_task.cancel();
+    waker.cancel();
     for task in directory {
         task.cancel();
     }

@@ -97,10 +97,21 @@ pub fn publish(shard: &Shard) {
     }
 }
 
+/// Queues directory messages; the receivers are woken with the shard's
+/// other messages ([`Shard::wake_loop`]). Nothing waits for them to be
+/// taken in: readers catch up first ([`catch_up`]).
 fn send(shard: &Shard, link: &DirectoryLink, out: Vec<(usize, DirMsg)>) {
     for (to, msg) in out {
         shard.metrics.cross_shard(ShardMsg::directory_kind(&msg));
-        link.lane.send(to, msg);
+        link.lane.push(to, msg);
+        shard.defer_wake(to);
+    }
+}
+
+/// Wakes shard `to`'s directory lane task (called by [`Shard::wake_loop`]).
+pub fn wake(shard: &Shard, to: usize) {
+    if let Some(link) = &shard.directory {
+        link.lane.wake(to);
     }
 }
 

@@ -17,6 +17,28 @@ use super::{Reply, ReplyTo, Shard, ShardMsg};
 /// when it is built instead of importing them.
 pub type Answer = fn(&Shard, ShardMsg) -> Option<Reply>;
 
+/// Shards with messages queued by this one and not yet woken.
+#[derive(Default)]
+pub(super) struct Wakes {
+    due: RefCell<Vec<usize>>,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl Wakes {
+    fn defer(&self, to: usize) {
+        let mut due = self.due.borrow_mut();
+        if due.contains(&to) {
+            return;
+        }
+        due.push(to);
+        if due.len() == 1
+            && let Some(waiter) = self.waiter.take()
+        {
+            waiter.wake();
+        }
+    }
+}
+
 /// Replies collected for one request.
 pub(super) struct Gather {
     expected: usize,
@@ -27,12 +49,49 @@ pub(super) struct Gather {
 impl Shard {
     /// Sends one message to shard `to` (which may be this one). Every
     /// message between shards goes through here, so that what crosses
-    /// cores is counted (`singyeong_cross_shard_messages_total`).
+    /// cores is counted (`singyeong_cross_shard_messages_total`). Another
+    /// shard is woken by [`Shard::wake_loop`], once for everything sent to
+    /// it in the meantime.
     pub fn on_shard(&self, to: usize, msg: ShardMsg) {
-        if to != self.id {
-            self.metrics.cross_shard(msg.kind());
+        if to == self.id {
+            self.mesh.send(to, msg);
+            return;
         }
-        self.mesh.send(to, msg);
+        self.metrics.cross_shard(msg.kind());
+        self.mesh.push(to, msg);
+        self.defer_wake(to);
+    }
+
+    /// Has [`Shard::wake_loop`] wake shard `to` (another shard) soon.
+    pub fn defer_wake(&self, to: usize) {
+        self.wakes.defer(to);
+    }
+
+    /// Wakes the shards this shard has queued messages for, after the
+    /// tasks ready when the first was queued have run: a shard that sends
+    /// a burst (a connection's pipelined SENDs, a mesh batch's replies)
+    /// wakes each receiver once for all of it. Waking a parked shard is
+    /// the dear part of a message between shards (PERF.md, "Cross-shard
+    /// latency"). `also` wakes a shard's other inboxes (the routing
+    /// directory's lane), which the layers above fill. Runs for the shard's
+    /// life.
+    pub async fn wake_loop(&self, also: impl Fn(usize)) {
+        loop {
+            poll_fn(|cx| {
+                if self.wakes.due.borrow().is_empty() {
+                    self.wakes.waiter.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            let due = std::mem::take(&mut *self.wakes.due.borrow_mut());
+            for to in due {
+                self.mesh.wake(to);
+                also(to);
+            }
+        }
     }
 
     /// Asks every shard the question `make` builds and waits for all answers,

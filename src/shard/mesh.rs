@@ -57,9 +57,19 @@ impl<M> Mesh<M> {
 
     /// Queues `msg` for shard `to` and wakes it if it is waiting.
     pub fn send(&self, to: usize, msg: M) {
-        let inbox = &self.inboxes[to];
-        inbox.queue.push(msg);
-        inbox.waker.wake();
+        self.push(to, msg);
+        self.wake(to);
+    }
+
+    /// Queues `msg` for shard `to` without waking it: the caller wakes it
+    /// later ([`Mesh::wake`]), once for everything it queued meanwhile.
+    pub fn push(&self, to: usize, msg: M) {
+        self.inboxes[to].queue.push(msg);
+    }
+
+    /// Wakes shard `to` if it is waiting for its inbox.
+    pub fn wake(&self, to: usize) {
+        self.inboxes[to].waker.wake();
     }
 
     /// Hands every message already in shard `me`'s inbox to `f`, without

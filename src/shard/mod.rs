@@ -55,6 +55,9 @@ pub struct Shard {
     pub store: RefCell<ClientStore>,
     registry: registry::Registry,
     names: names::Names,
+    /// Shards to wake for messages queued to them (see
+    /// [`Shard::wake_loop`]).
+    wakes: exchange::Wakes,
     /// Requests waiting for answers from other shards, by number.
     pending: RefCell<HashMap<u64, Rc<exchange::Gather>>>,
     next_req: Cell<u64>,
@@ -113,6 +116,7 @@ impl Shard {
             store: RefCell::new(store),
             registry: registry::Registry::default(),
             names: names::Names::default(),
+            wakes: exchange::Wakes::default(),
             pending: RefCell::default(),
             next_req: Cell::new(0),
             rng: RefCell::new(fastrand::Rng::new()),
