@@ -9,18 +9,21 @@
 //! - [`query`]: the query language: parsing both dialects, evaluation,
 //!   selectors, rendezvous hashing, index planning.
 //! - [`routing::pick`]: the decomposable choice of a SEND's recipient.
+//! - [`routing::directory`]: which shards can hold a match: application
+//!   counts replicated on every shard, indexed values homed by hash.
 //!
 //! Runtime (glommio, one executor per shard):
 //! - [`server`]: starts the shards and stops them on a signal.
 //! - [`shard`]: one shard's state (its connections, clients, part of the
 //!   name registry) and the API through which work crosses to other
-//!   shards; the lowest runtime layer, calling into none of those below.
+//!   shards; the lowest runtime layer, calling into none of those after it.
 //! - [`dispatch`]: where each message between shards goes: to routing,
 //!   the queues, or the shard's own registries.
 //! - [`http`]: HTTP/1.1 on the shared port, the API, the websocket upgrade.
 //! - [`gateway`]: one websocket connection: framing, then its session.
 //! - [`routing::router`]: SEND / BROADCAST / QUERY_NODES across shards
-//!   (the asking half); [`routing::answer`]: what each shard answers.
+//!   (the asking half); [`routing::answer`]: what each shard answers;
+//!   [`routing::locate`]: asking and keeping current the directory.
 //! - [`queue`]: work queues: a pure state machine per queue, owner shards,
 //!   timers, and the write-ahead log with recovery.
 //! - [`proxy`]: `POST /api/v1/proxy`: a request routed like SEND, sent to

@@ -67,8 +67,12 @@ impl Plan {
                 .into(),
             format!(
                 "cpu: each of {cores} cores runs one shard at {:.0}% busy, at the measured CPU per \
-                 delivered message of this scenario, scaling linearly with cores (no cross-shard \
-                 cost is added: measure with --shards equal to the cores to include it)",
+                 delivered message of this scenario, scaling linearly with cores. The measured \
+                 cost includes crossing cores only as often as it happened in this run: with S \
+                 shards a targeted SEND's recipient (and its directory entry) is on another \
+                 shard about (S-1)/S of the time, so a 1-shard run gives an upper bound and a \
+                 run with fewer shards than {cores} understates the cost (PERF.md shows how to \
+                 extrapolate from 1 and 2 shards)",
                 CPU_SHARE * 100.0
             ),
             "loopback: on one machine the receiving side's TCP work is charged to the sender, \
