@@ -200,7 +200,7 @@ pub async fn receive_loop(shard: Rc<Shard>) {
     }
 }
 
-/// Publishes batched application counts, [`APP_BATCH`] after the first
+/// Publishes batched application counts, `APP_BATCH` after the first
 /// change that waits.
 pub async fn flush_loop(shard: Rc<Shard>) {
     let Some(link) = &shard.directory else { return };
