@@ -30,7 +30,7 @@ pub struct ValueKey {
 }
 
 /// Something whose count may have changed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Touched {
     /// The number of clients of this application.
     App(Arc<str>),

@@ -21,8 +21,10 @@
 //! one more holder, publishing and answering the same messages.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use foldhash::fast::{FixedState, RandomState};
 
 use crate::metadata::{Count, Touched, ValueKey};
 
@@ -54,11 +56,16 @@ impl DirMsg {
 
 /// The shard that keeps the directory entry of `key`, among `shards`.
 pub fn home_of(key: &ValueKey, shards: usize) -> usize {
-    // A fixed-key hash: every shard must compute the same home.
-    let mut h = std::hash::DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % shards as u64) as usize
+    // A fixed seed: every shard must compute the same home. (The maps
+    // below are seeded at random, so crafted values can skew which shard
+    // is home, not make a lookup slow.)
+    (FixedState::with_seed(HOME_SEED).hash_one(key) % shards as u64) as usize
 }
+
+const HOME_SEED: u64 = 0x5349_4e47_5945_4f4e;
+
+type Map<K, V> = HashMap<K, V, RandomState>;
+type Set<K> = HashSet<K, RandomState>;
 
 /// Where a match for a query can be.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,14 +141,14 @@ pub struct Directory {
     /// The other shards' client counts per application, indexed by shard
     /// (this shard's own entry stays zero: its store is the truth). An
     /// application leaves the map when no other shard holds it.
-    apps: HashMap<Arc<str>, Vec<Count>>,
+    apps: Map<Arc<str>, Vec<Count>>,
     /// The value buckets homed here: each holding shard's count.
-    values: HashMap<ValueKey, Vec<(usize, Count)>>,
+    values: Map<ValueKey, Vec<(usize, Count)>>,
     /// What the other shards last heard of this shard's applications.
-    published: HashMap<Arc<str>, Count>,
+    published: Map<Arc<str>, Count>,
     /// Applications whose count changed since, without crossing zero: they
     /// go out with the next batch.
-    unpublished: HashSet<Arc<str>>,
+    unpublished: Set<Arc<str>>,
 }
 
 impl Directory {
@@ -149,10 +156,10 @@ impl Directory {
         Directory {
             me,
             shards,
-            apps: HashMap::new(),
-            values: HashMap::new(),
-            published: HashMap::new(),
-            unpublished: HashSet::new(),
+            apps: Map::default(),
+            values: Map::default(),
+            published: Map::default(),
+            unpublished: Set::default(),
         }
     }
 
@@ -164,25 +171,26 @@ impl Directory {
     /// [`Directory::flush_apps`] (see [`Directory::has_unpublished`]).
     pub fn record(
         &mut self,
-        touched: Vec<Touched>,
+        mut touched: Vec<Touched>,
         app_count: impl Fn(&str) -> Count,
         value_count: impl Fn(&ValueKey) -> Count,
     ) -> Vec<(usize, DirMsg)> {
-        let mut seen = HashSet::with_capacity(touched.len());
-        let mut by_home: HashMap<usize, Vec<(ValueKey, Count)>> = HashMap::new();
+        // Usually a handful: sorting beats hashing each one.
+        touched.sort_unstable();
+        touched.dedup();
+        let mut by_home: Vec<(usize, Vec<(ValueKey, Count)>)> = Vec::new();
         let mut urgent = false;
         for what in touched {
-            if !seen.insert(what.clone()) {
-                continue;
-            }
             match what {
                 Touched::Value(key) => {
                     let count = value_count(&key);
                     let home = home_of(&key, self.shards);
                     if home == self.me {
                         self.set_value(key, self.me, count);
+                    } else if let Some((_, counts)) = by_home.iter_mut().find(|(h, _)| *h == home) {
+                        counts.push((key, count));
                     } else {
-                        by_home.entry(home).or_default().push((key, count));
+                        by_home.push((home, vec![(key, count)]));
                     }
                 }
                 Touched::App(app) => {
