@@ -95,3 +95,52 @@ fn restricted_clients_are_found_only_by_queries_that_ask() {
         restricted.expect_message("SEND", &json!(2), &json!("p"));
     }
 }
+
+/// An application held by one other shard: a query no index narrows goes
+/// there alone, and when nothing there matches, that shard answers the
+/// sender `no_route` itself, with the packet as sent; one that matches is
+/// delivered.
+#[test]
+fn the_lone_holder_answers_no_route_for_the_sender() {
+    let server = Server::start(&["--shards", SHARDS]);
+    let mut obs = Client::ready(&server, Json, "obs", "obs");
+    let mut senders = spread(&server, &mut obs, "senders", 3, &[Json], json!({}));
+    let mut solo = Client::ready_with(
+        &server,
+        Json,
+        "solo",
+        "only",
+        json!({"metadata": {"n": meta("integer", json!(1))}}),
+    );
+    let solo_shard = obs.query_nodes(query("solo"))[0]["shard"].as_u64();
+    let sender = senders
+        .iter_mut()
+        .find(|m| Some(m.shard) != solo_shard)
+        .expect("spread places senders on three shards");
+    for round in 0..5 {
+        let miss = query_ops("solo", json!([op("/n", "$gt", json!(100))]));
+        let sent = sender
+            .client
+            .send_to(miss, json!(round), json!({"k": round}));
+        assert_eq!(sender.client.expect_invalid(texts::NO_ROUTE), sent);
+        let hit = query_ops("solo", json!([op("/n", "$lt", json!(100))]));
+        sender.client.send_to(hit, json!(round), json!("hit"));
+        solo.expect_message("SEND", &json!(round), &json!("hit"));
+    }
+    solo.expect_quiet();
+    // Answered where it missed, not chosen again shard after shard.
+    assert_eq!(repicks(&server), 0);
+}
+
+/// `singyeong_send_repicks_total`, summed over shards.
+fn repicks(server: &Server) -> u64 {
+    let text = server.http("GET", "/metrics", &[], None).text();
+    let values: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("singyeong_send_repicks_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .collect();
+    assert!(!values.is_empty(), "no send_repicks series in {text}");
+    values.iter().sum()
+}
