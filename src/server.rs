@@ -247,6 +247,7 @@ async fn run_shard(
         crate::shard::Above {
             answer: crate::dispatch::answer,
             store_changed: crate::routing::locate::publish,
+            wake_lane: crate::routing::locate::wake,
         },
     ));
     let _ = ready.send(Ok(bound));
@@ -256,7 +257,10 @@ async fn run_shard(
     let flush_queue =
         glommio::executor().create_task_queue(Shares::default(), Latency::NotImportant, "flush");
     let flusher = glommio::spawn_local_into(
-        crate::gateway::flush_loop(shard.flush.clone(), shard.config.broadcast_linger),
+        crate::gateway::flush_loop(shard.flush.clone(), shard.config.broadcast_linger, {
+            let shard = shard.clone();
+            move || shard.flush_wakes()
+        }),
         flush_queue,
     )
     .expect("the task queue was just created")
@@ -264,11 +268,7 @@ async fn run_shard(
     let reaper = glommio::spawn_local(reap_loop(shard.clone())).detach();
     let waker = {
         let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let lane = |to| crate::routing::locate::wake(&shard, to);
-            shard.wake_loop(lane).await
-        })
-        .detach()
+        glommio::spawn_local(async move { shard.wake_loop().await }).detach()
     };
     let directory = [
         glommio::spawn_local(crate::routing::locate::receive_loop(shard.clone())).detach(),

@@ -146,9 +146,15 @@ struct Outgoing {
 impl Connection {
     async fn serve(mut self) {
         let conn = self.session.conn().clone();
+        let shard = self.session.shard().clone();
         self.session.hello();
         loop {
             let event = poll_fn(|cx| {
+                // Writing comes first in `poll_event`: wake the shards this
+                // one sent messages to before the client can hear of them.
+                if conn.has_output() {
+                    shard.flush_wakes();
+                }
                 poll_event(
                     &mut self.ws,
                     &conn,
@@ -182,7 +188,6 @@ impl Connection {
         // gone.
         conn.set_direct(false);
         let stream = conn.stream.take();
-        let shard = self.session.shard().clone();
         self.session.end();
         // A close the server began (an error such as a frame past the
         // limit) may leave the client's bytes unread: closing on them

@@ -123,7 +123,9 @@ pub(super) fn write_batch(conn: &ConnHandle, io: &mut impl Write) -> Step {
 /// read fewer, larger segments too). The hold grows with the fan-out (a
 /// round to 10 clients takes microseconds, to 10,000 milliseconds) and is
 /// capped by `max_linger`.
-pub async fn flush_loop(list: Rc<FlushList>, max_linger: Duration) {
+/// `before_write` runs before each round of writes (the shard's deferred
+/// wakes, see `Shard::flush_wakes`).
+pub async fn flush_loop(list: Rc<FlushList>, max_linger: Duration, before_write: impl Fn()) {
     let mut listed = Vec::new();
     let mut held: Vec<Rc<ConnHandle>> = Vec::new();
     let mut rounds = Rounds::new(max_linger, Instant::now());
@@ -134,6 +136,7 @@ pub async fn flush_loop(list: Rc<FlushList>, max_linger: Duration) {
             let wait = rounds.next().saturating_duration_since(Instant::now());
             future::or(list.take(&mut listed), glommio::timer::sleep(wait)).await;
         }
+        before_write();
         let new_round = rounds.begin(Instant::now());
         let mut broadcasts = false;
         if new_round {

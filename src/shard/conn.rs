@@ -258,6 +258,12 @@ impl ConnHandle {
         self.out.borrow().tail.is_some()
     }
 
+    /// Whether anything waits to be written.
+    pub fn has_output(&self) -> bool {
+        let out = self.out.borrow();
+        out.tail.is_some() || !out.frames.is_empty()
+    }
+
     /// The connection's task says whether the flusher may write for it.
     pub fn set_direct(&self, direct: bool) {
         self.direct.set(direct);

@@ -50,8 +50,8 @@ impl Shard {
     /// Sends one message to shard `to` (which may be this one). Every
     /// message between shards goes through here, so that what crosses
     /// cores is counted (`singyeong_cross_shard_messages_total`). Another
-    /// shard is woken by [`Shard::wake_loop`], once for everything sent to
-    /// it in the meantime.
+    /// shard is woken later, once for everything sent to it in the
+    /// meantime ([`Shard::flush_wakes`]).
     pub fn on_shard(&self, to: usize, msg: ShardMsg) {
         if to == self.id {
             self.mesh.send(to, msg);
@@ -67,15 +67,30 @@ impl Shard {
         self.wakes.defer(to);
     }
 
-    /// Wakes the shards this shard has queued messages for, after the
-    /// tasks ready when the first was queued have run: a shard that sends
-    /// a burst (a connection's pipelined SENDs, a mesh batch's replies)
-    /// wakes each receiver once for all of it. Waking a parked shard is
-    /// the dear part of a message between shards (PERF.md, "Cross-shard
-    /// latency"). `also` wakes a shard's other inboxes (the routing
-    /// directory's lane), which the layers above fill. Runs for the shard's
-    /// life.
-    pub async fn wake_loop(&self, also: impl Fn(usize)) {
+    /// Wakes the shards this shard has queued messages for since it last
+    /// did. Waking a parked shard is the dear part of a message between
+    /// shards (PERF.md, "Cross-shard latency"), so a shard that sends a
+    /// burst (a connection's pipelined SENDs, a mesh batch's replies)
+    /// wakes each receiver once for all of it. Called before this shard
+    /// writes to a client (by the connection task and the flusher), so
+    /// that whatever a client is told after a message was sent, the
+    /// message's receiver is already awake to handle it before the client
+    /// can act; and by [`Shard::wake_loop`] otherwise.
+    pub fn flush_wakes(&self) {
+        if self.wakes.due.borrow().is_empty() {
+            return;
+        }
+        let due = std::mem::take(&mut *self.wakes.due.borrow_mut());
+        for to in due {
+            self.mesh.wake(to);
+            (self.above.wake_lane)(self, to);
+        }
+    }
+
+    /// Wakes receivers ([`Shard::flush_wakes`]) after the tasks ready when
+    /// the first message was queued have run, when nothing wrote to a
+    /// client before. Runs for the shard's life.
+    pub async fn wake_loop(&self) {
         loop {
             poll_fn(|cx| {
                 if self.wakes.due.borrow().is_empty() {
@@ -86,11 +101,7 @@ impl Shard {
                 }
             })
             .await;
-            let due = std::mem::take(&mut *self.wakes.due.borrow_mut());
-            for to in due {
-                self.mesh.wake(to);
-                also(to);
-            }
+            self.flush_wakes();
         }
     }
 

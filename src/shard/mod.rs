@@ -92,6 +92,10 @@ pub struct Above {
     /// before anything about the client goes out:
     /// `crate::routing::locate::publish`.
     pub store_changed: fn(&Shard),
+    /// Wakes another shard's inboxes that the layers above fill (the
+    /// routing directory's lane), with its mesh inbox (see
+    /// [`Shard::flush_wakes`]): `crate::routing::locate::wake`.
+    pub wake_lane: fn(&Shard, usize),
 }
 
 impl Shard {
