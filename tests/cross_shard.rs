@@ -80,11 +80,13 @@ fn per_send(shards: usize) {
     let others = shards as u64 - 1;
     // The scrape itself asks every other shard once, and the sync is a
     // heartbeat (no message between shards).
-    let scrape = |want: &mut BTreeMap<String, u64>| {
+    let scrape = || {
+        let mut want = BTreeMap::new();
         if others > 0 {
             want.insert("metrics".to_string(), others);
             want.insert("reply_metrics".to_string(), others);
         }
+        want
     };
     let remote = sender.shard != recipient.shard;
 
@@ -92,17 +94,12 @@ fn per_send(shards: usize) {
     // shard is the home), then the packet goes to the one shard holding
     // the id: at most three messages, whatever the shard count.
     let unique = json!({"application": "r", "ops": [{"path": "/user_id", "op": "$eq", "to": {"value": 123}}]});
-    let got = measure(&server, &mut sender, |sender| {
-        for i in 0..SENDS {
-            sender.client.send_to(unique.clone(), json!(i), json!("p"));
-        }
-        sender.client.sync();
+    let got = measure(&server, &mut sender, &unique, || {
         for _ in 0..SENDS {
             recipient.client.expect_dispatch("SEND");
         }
     });
-    let mut want = BTreeMap::new();
-    scrape(&mut want);
+    let mut want = scrape();
     if let Some(&asked) = got.get("locate") {
         assert_eq!(asked, SENDS, "the home is asked once per SEND: {got:?}");
         want.insert("locate".to_string(), SENDS);
@@ -118,18 +115,11 @@ fn per_send(shards: usize) {
     // App-wide: the sender draws the shard from its copy of the counts and
     // sends it the packet: one message at most.
     let app_wide = json!({"application": "w"});
-    let got = measure(&server, &mut sender, |sender| {
-        for i in 0..SENDS {
-            sender
-                .client
-                .send_to(app_wide.clone(), json!(i), json!("p"));
-        }
-        sender.client.sync();
+    let got = measure(&server, &mut sender, &app_wide, || {
         let mut clients: Vec<&mut Client> = workers.iter_mut().map(|m| &mut m.client).collect();
         collect(&mut clients, SENDS as usize);
     });
-    let mut want = BTreeMap::new();
-    scrape(&mut want);
+    let mut want = scrape();
     let handed = got.get("pick_send").copied().unwrap_or(0);
     assert!(handed <= SENDS, "{got:?}");
     if handed > 0 {
@@ -144,17 +134,12 @@ fn per_send(shards: usize) {
     // of the application is asked (not the others), then the packet goes
     // to the chosen client's shard.
     let range = json!({"application": "r", "ops": [{"path": "/user_id", "op": "$gt", "to": {"value": 100}}]});
-    let got = measure(&server, &mut sender, |sender| {
-        for i in 0..SENDS {
-            sender.client.send_to(range.clone(), json!(i), json!("p"));
-        }
-        sender.client.sync();
+    let got = measure(&server, &mut sender, &range, || {
         for _ in 0..SENDS {
             recipient.client.expect_dispatch("SEND");
         }
     });
-    let mut want = BTreeMap::new();
-    scrape(&mut want);
+    let mut want = scrape();
     // The sender is a client of "r": its own shard is one of the holders.
     if holding_r > 1 {
         want.insert("pick".to_string(), SENDS * (holding_r - 1));
@@ -179,30 +164,29 @@ fn per_send(shards: usize) {
 /// The sums over shards of `singyeong_directory_apps` and
 /// `singyeong_directory_values`.
 fn directory_sizes(server: &Server) -> (u64, u64) {
-    let text = server.http("GET", "/metrics", &[], None).text();
-    let sum = |family: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{family}{{")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum()
-    };
+    let sum = |family| metric_sum(server, family, "") as u64;
     (
         sum("singyeong_directory_apps"),
         sum("singyeong_directory_values"),
     )
 }
 
-/// The cross-shard messages `run` causes, once the directory is quiet.
+/// The cross-shard messages `SENDS` SENDs to `target` cause, once the
+/// directory is quiet; `receive` takes the deliveries.
 fn measure(
     server: &Server,
     sender: &mut Member,
-    run: impl FnOnce(&mut Member),
+    target: &Value,
+    receive: impl FnOnce(),
 ) -> BTreeMap<String, u64> {
     sender.client.sync();
     settle(server);
     let before = cross_shard(server);
-    run(sender);
+    for i in 0..SENDS {
+        sender.client.send_to(target.clone(), json!(i), json!("p"));
+    }
+    sender.client.sync();
+    receive();
     delta(&before, &cross_shard(server))
 }
 

@@ -132,15 +132,10 @@ fn the_lone_holder_answers_no_route_for_the_sender() {
     assert_eq!(repicks(&server), 0);
 }
 
-/// `singyeong_send_repicks_total`, summed over shards.
+/// `singyeong_send_repicks_total`, summed over shards (a family missing
+/// from the scrape fails, rather than reading as none).
 fn repicks(server: &Server) -> u64 {
-    let text = server.http("GET", "/metrics", &[], None).text();
-    let values: Vec<u64> = text
-        .lines()
-        .filter(|l| l.starts_with("singyeong_send_repicks_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .collect();
-    assert!(!values.is_empty(), "no send_repicks series in {text}");
-    values.iter().sum()
+    let values = metric_samples(server, "singyeong_send_repicks_total", "");
+    assert!(!values.is_empty(), "no send_repicks series");
+    values.iter().sum::<f64>() as u64
 }

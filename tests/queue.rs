@@ -1118,16 +1118,6 @@ fn a_log_that_cannot_be_written_refuses_queue_then_recovers() {
 // Limits on what clients make the server hold (issue 13)
 // ---------------------------------------------------------------------------
 
-/// The sum of every sample of `family` in a `/metrics` scrape whose labels
-/// contain `label` (e.g. `limit="queues"`; empty: every sample).
-fn metric_sum(server: &Server, family: &str, label: &str) -> f64 {
-    let text = server.http("GET", "/metrics", &[], None).text();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 /// A producer sends a name of 70,000 bytes: every queue dispatch naming it
 /// is invalid, nothing is queued or logged, the connection stays open, and
 /// the messages other producers queued before and after all survive a

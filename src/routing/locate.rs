@@ -125,12 +125,11 @@ pub async fn locate(shard: &Shard, query: &Query, everywhere: bool) -> Place {
         return Place::everywhere(shard.shards());
     };
     catch_up(shard);
-    let app: Arc<str> = app.as_str().into();
     // Counts are numbers of matches when the narrowing step is the whole
     // query and the rule is a uniform draw.
     let uniform = query.key.is_none() && query.selector.is_none();
     if let Some(plan) = query.index_plan() {
-        let keys = probe_value_keys(&app, &plan.probe);
+        let keys = probe_value_keys(&Arc::from(app.as_str()), &plan.probe);
         if !keys.is_empty() {
             let mut by_home: BTreeMap<usize, Vec<ValueKey>> = BTreeMap::new();
             for key in keys {
@@ -146,8 +145,8 @@ pub async fn locate(shard: &Shard, query: &Query, everywhere: bool) -> Place {
             return Place::from_counts(holders, uniform && plan.exact);
         }
     }
-    let own = shard.store.borrow().app_count(&app);
-    let holders = link.table.borrow().app_holders(&app, query.restricted, own);
+    let own = shard.store.borrow().app_count(app);
+    let holders = link.table.borrow().app_holders(app, query.restricted, own);
     Place::from_counts(holders, uniform && query.ops.is_empty())
 }
 

@@ -1415,3 +1415,18 @@ pub fn expect_all_quiet(clients: &mut [&mut Client], d: Duration) {
         }
     }
 }
+
+/// The values of every sample of `family` in a `/metrics` scrape whose
+/// labels contain `label` (empty: every sample).
+pub fn metric_samples(server: &Server, family: &str, label: &str) -> Vec<f64> {
+    let text = server.http("GET", "/metrics", &[], None).text();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .collect()
+}
+
+/// The sum of [`metric_samples`].
+pub fn metric_sum(server: &Server, family: &str, label: &str) -> f64 {
+    metric_samples(server, family, label).iter().sum()
+}
