@@ -42,6 +42,37 @@ pub enum StartError {
     },
 }
 
+/// The CPUs this process may run on, in order (the kernel's
+/// `Cpus_allowed_list`, which taskset and a container's cpuset narrow): the
+/// shards are pinned to these rather than to CPUs 0..n, which a cpuset may
+/// not include.
+fn allowed_cpus() -> Vec<usize> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+            parse_cpu_list(line.trim())
+        })
+        .unwrap_or_else(|| {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (0..n).collect()
+        })
+}
+
+/// Parses a kernel CPU list such as `0-3,8,10-11`.
+fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((from, to)) => cpus.extend(from.parse::<usize>().ok()?..=to.parse().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    (!cpus.is_empty()).then_some(cpus)
+}
+
 /// How long shards wait for connections to finish their goodbyes on
 /// shutdown before stopping anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -65,16 +96,16 @@ impl Server {
         let draining = Arc::new(AtomicUsize::new(config.shards));
         // Live queues and queued bytes, counted across shards.
         let queue_budget = Arc::new(crate::queue::Budget::new(&config));
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = allowed_cpus();
         let mut threads = Vec::new();
         let mut addr = SocketAddr::new(config.bind, config.port);
         for id in 0..config.shards {
-            // Pin one shard per CPU when there are enough CPUs; more shards
-            // than CPUs run unpinned rather than stacking on CPUs that exist.
-            let placement = if config.shards <= cpus {
-                Placement::Fixed(id)
-            } else {
-                Placement::Unbound
+            // Pin one shard per CPU the process may use (taskset, a
+            // container's cpuset) when there are enough; more shards than
+            // CPUs run unpinned rather than stacking on CPUs that exist.
+            let placement = match cpus.get(id) {
+                Some(&cpu) if config.shards <= cpus.len() => Placement::Fixed(cpu),
+                _ => Placement::Unbound,
             };
             let (ready_tx, ready_rx) = mpsc::channel();
             let shard_config = config.clone();
@@ -374,5 +405,16 @@ mod tests {
         assert!(err.to_string().contains("already in use"), "{err}");
         drop(other);
         assert!(port_is_free(addr).is_ok());
+    }
+
+    #[test]
+    fn cpu_lists_parse_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("0"), Some(vec![0]));
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11"),
+            Some(vec![0, 1, 2, 3, 8, 10, 11])
+        );
+        assert_eq!(parse_cpu_list(""), None);
+        assert_eq!(parse_cpu_list("1-x"), None);
     }
 }
