@@ -26,11 +26,7 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             shard.deliver(target, &packet);
         }
         ShardMsg::SendOne { target, job } => router::deliver_one(shard, target, job),
-        ShardMsg::PickSend {
-            query,
-            job,
-            counted,
-        } => router::pick_send(shard, query, job, counted),
+        ShardMsg::PickSend { query, job, retry } => router::pick_send(shard, query, job, retry),
         ShardMsg::Invalid { to, error, extra } => shard.invalid_to(to, error, extra),
         ShardMsg::Release { app, client, owner } => shard.record_release(app, client, owner),
         ShardMsg::ClientEvent { packet } => shard.notify_subscribers(&packet),
@@ -73,9 +69,9 @@ pub fn answer(shard: &Shard, msg: ShardMsg) -> Option<Reply> {
             app, client, owner, ..
         } => Reply::Claimed(shard.record_claim(app, client, owner)),
         ShardMsg::QueueAsk { ask, .. } => Reply::Queue(queue::owner::answer(shard, ask)),
-        ShardMsg::Locate {
-            keys, restricted, ..
-        } => Reply::Located(routing::locate::answer_locate(shard, &keys, restricted)),
+        ShardMsg::Locate { keys, reply_to } => {
+            Reply::Located(routing::locate::answer_locate(shard, &keys, reply_to.shard))
+        }
         _ => return None,
     })
 }
@@ -84,7 +80,7 @@ pub fn answer(shard: &Shard, msg: ShardMsg) -> Option<Reply> {
 fn metrics(shard: &Shard) -> Snapshot {
     let (queues, queue_bytes) = shard.queues.held();
     routing::locate::catch_up(shard);
-    let directory = shard.directory.as_ref().map_or((0, 0), |d| d.sizes());
+    let directory = shard.directory.as_ref().map_or((0, 0, 0), |d| d.sizes());
     shard.metrics.snapshot(
         shard.id,
         Gauges {
@@ -95,6 +91,7 @@ fn metrics(shard: &Shard) -> Snapshot {
             queue_bytes: queue_bytes as u64,
             directory_apps: directory.0 as u64,
             directory_values: directory.1 as u64,
+            directory_remembered: directory.2 as u64,
         },
         shard.queues.rows(),
     )

@@ -77,6 +77,51 @@ fn an_updated_value_leaves_its_old_home_at_once() {
     owner.expect_quiet();
 }
 
+/// A sender's shard remembers where an id was; when the id moves to a
+/// client on another shard, the next SEND finds it there, whether or not
+/// the home has yet told the sender's shard to forget (a SEND sent where
+/// the id was is chosen again there), and never reaches the old client.
+#[test]
+fn a_remembered_id_that_moved_is_still_found() {
+    let server = Server::start(&["--shards", SHARDS]);
+    let mut obs = Client::ready(&server, Json, "obs", "obs");
+    let mut members = spread(&server, &mut obs, "app", 3, &[Json], json!({}));
+    let mut by_shard: Vec<Member> = Vec::new();
+    for m in members.drain(..) {
+        if by_shard.iter().all(|b| b.shard != m.shard) {
+            by_shard.push(m);
+        }
+    }
+    let [sender, a, b] = &mut by_shard[..3] else {
+        unreachable!("spread places clients on three shards")
+    };
+    for value in 0..40 {
+        let (from, to) = if value % 2 == 0 {
+            (&mut *a, &mut *b)
+        } else {
+            (&mut *b, &mut *a)
+        };
+        let id = query_ops("app", json!([op("/user_id", "$eq", json!(value))]));
+        from.client
+            .set_metadata(json!({"user_id": meta("integer", json!(value))}));
+        sender
+            .client
+            .send_to(id.clone(), json!(value), json!("here"));
+        from.client
+            .expect_message("SEND", &json!(value), &json!("here"));
+        // The id moves: the old holder drops it, the new one takes it.
+        from.client
+            .set_metadata(json!({"user_id": meta("integer", json!(-1))}));
+        to.client
+            .set_metadata(json!({"user_id": meta("integer", json!(value))}));
+        sender.client.send_to(id, json!(value), json!("moved"));
+        to.client
+            .expect_message("SEND", &json!(value), &json!("moved"));
+    }
+    a.client.expect_quiet();
+    b.client.expect_quiet();
+}
+
 /// Restricted clients are counted apart: a query that does not ask for
 /// them finds no holder, one that does reaches them.
 #[test]

@@ -270,6 +270,8 @@ pub struct Gauges {
     /// application counts, and the value buckets homed here.
     pub directory_apps: u64,
     pub directory_values: u64,
+    /// Other homes' answers about value buckets this shard remembers.
+    pub directory_remembered: u64,
 }
 
 /// One shard's metrics at one moment; sent across the mesh on a scrape.

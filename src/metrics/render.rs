@@ -315,6 +315,13 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
             ConstGauge::new(s.gauges.directory_values as i64)
         }),
     );
+    registry.register(
+        "directory_remembered",
+        "Value buckets whose holders this shard remembers from their home's answer",
+        per_shard(snapshots, |s| {
+            ConstGauge::new(s.gauges.directory_remembered as i64)
+        }),
+    );
     by_label(
         &mut registry,
         snapshots,

@@ -16,6 +16,13 @@
 //!   once, so the home is exact for whatever was applied before the question
 //!   reached it. A SEND to `/user_id $eq 123` asks the one home and then only
 //!   the shards it names.
+//! - **Answers remembered.** A shard remembers the answers homes gave it,
+//!   and a home remembers who it answered: when a bucket changes, the home
+//!   tells those shards to forget it. A remembered answer may lag behind a
+//!   change by the time the home takes it to tell them, so only a SEND uses
+//!   one, and only when a miss sends it back to ask the home afresh (see
+//!   [`Place::remembered`]): it is never trusted to say "nobody", which is
+//!   why empty answers are not remembered.
 //!
 //! Nothing here assumes the holders are threads: a node of a cluster can be
 //! one more holder, publishing and answering the same messages.
@@ -42,7 +49,47 @@ pub enum DirMsg {
         from: usize,
         counts: Vec<(ValueKey, Count)>,
     },
+    /// The home `from` no longer stands by what it answered about these
+    /// buckets: they changed. `seq` orders it against its answers
+    /// ([`Located::seq`]).
+    Forget {
+        from: usize,
+        seq: u64,
+        keys: Vec<ValueKey>,
+    },
 }
+
+/// A home's answer about some value buckets.
+#[derive(Debug, Default)]
+pub struct Located {
+    /// Each bucket's holders with their counts, in the order asked.
+    pub holders: Vec<Vec<(usize, Count)>>,
+    /// The home's count of changes it had told watchers of when it
+    /// answered: a forget with a higher one came after the answer.
+    pub seq: u64,
+}
+
+impl Located {
+    /// The holders a query with this `restricted` flag can reach, with
+    /// their counts, summed over the buckets.
+    pub fn reachable(&self, include_restricted: bool) -> Vec<(usize, u64)> {
+        reachable(self.holders.iter().flatten(), include_restricted)
+    }
+}
+
+fn reachable<'a>(
+    holders: impl Iterator<Item = &'a (usize, Count)>,
+    include_restricted: bool,
+) -> Vec<(usize, u64)> {
+    holders
+        .map(|&(shard, c)| (shard, c.reachable(include_restricted)))
+        .filter(|&(_, count)| count > 0)
+        .collect()
+}
+
+/// How many other homes' answers a shard remembers; past it, it forgets
+/// them all and starts again (asking costs a round trip, not a mistake).
+pub const REMEMBERED_MAX: usize = 1 << 16;
 
 impl DirMsg {
     /// The label of the cross-shard message counter.
@@ -50,6 +97,7 @@ impl DirMsg {
         match self {
             DirMsg::Apps { .. } => "directory_apps",
             DirMsg::Values { .. } => "directory_values",
+            DirMsg::Forget { .. } => "directory_forget",
         }
     }
 }
@@ -76,6 +124,10 @@ pub struct Place {
     /// order), which lets an app-wide or single-value SEND draw its shard
     /// without asking any.
     pub counts: Option<Vec<u64>>,
+    /// Some of it comes from answers this shard remembers, which can lag
+    /// behind a change: good for choosing where a SEND goes when a miss
+    /// there makes it ask again, not for saying where nothing is.
+    pub remembered: bool,
 }
 
 impl Place {
@@ -83,6 +135,7 @@ impl Place {
         Place {
             shards: (0..shards).collect(),
             counts: None,
+            remembered: false,
         }
     }
 
@@ -101,6 +154,7 @@ impl Place {
         Place {
             shards: merged.iter().map(|&(shard, _)| shard).collect(),
             counts: exact.then(|| merged.iter().map(|&(_, count)| count).collect()),
+            remembered: false,
         }
     }
 
@@ -149,6 +203,17 @@ pub struct Directory {
     /// Applications whose count changed since, without crossing zero: they
     /// go out with the next batch.
     unpublished: Set<Arc<str>>,
+    /// For the buckets homed here: the shards that remember an answer
+    /// about each (none for this shard itself).
+    watchers: Map<ValueKey, Vec<usize>>,
+    /// Changes of watched buckets so far (see [`Located::seq`]).
+    seq: u64,
+    /// Forgets to send: (watcher, bucket).
+    forgets: Vec<(usize, ValueKey)>,
+    /// Other homes' answers, by bucket.
+    remembered: Map<ValueKey, Vec<(usize, Count)>>,
+    /// By home: the highest `seq` of its forgets taken in.
+    forgotten: Vec<u64>,
 }
 
 impl Directory {
@@ -160,6 +225,11 @@ impl Directory {
             values: Map::default(),
             published: Map::default(),
             unpublished: Set::default(),
+            watchers: Map::default(),
+            seq: 0,
+            forgets: Vec::new(),
+            remembered: Map::default(),
+            forgotten: vec![0; shards],
         }
     }
 
@@ -215,6 +285,27 @@ impl Directory {
         if urgent {
             out.extend(self.flush_apps(app_count));
         }
+        out.extend(self.take_forgets());
+        out
+    }
+
+    /// The forgets owed to watchers of buckets that changed, one message
+    /// per watcher.
+    pub fn take_forgets(&mut self) -> Vec<(usize, DirMsg)> {
+        let mut out: Vec<(usize, DirMsg)> = Vec::new();
+        for (watcher, key) in self.forgets.drain(..) {
+            match out.iter_mut().find(|(w, _)| *w == watcher) {
+                Some((_, DirMsg::Forget { keys, .. })) => keys.push(key),
+                _ => out.push((
+                    watcher,
+                    DirMsg::Forget {
+                        from: self.me,
+                        seq: self.seq,
+                        keys: vec![key],
+                    },
+                )),
+            }
+        }
         out
     }
 
@@ -263,6 +354,14 @@ impl Directory {
                     self.set_value(key, from, count);
                 }
             }
+            DirMsg::Forget { from, seq, keys } => {
+                for key in &keys {
+                    self.remembered.remove(key);
+                }
+                if let Some(last) = self.forgotten.get_mut(from) {
+                    *last = (*last).max(seq);
+                }
+            }
         }
     }
 
@@ -285,6 +384,11 @@ impl Directory {
     }
 
     fn set_value(&mut self, key: ValueKey, from: usize, count: Count) {
+        if let Some(watchers) = self.watchers.remove(&key) {
+            self.seq += 1;
+            self.forgets
+                .extend(watchers.into_iter().map(|w| (w, key.clone())));
+        }
         if count.is_zero() {
             if let Some(holders) = self.values.get_mut(&key) {
                 holders.retain(|&(shard, _)| shard != from);
@@ -325,17 +429,79 @@ impl Directory {
     /// The shards holding clients in the buckets of `keys` (all homed
     /// here) a query can reach, with their counts, summed over the keys.
     pub fn value_holders(&self, keys: &[ValueKey], include_restricted: bool) -> Vec<(usize, u64)> {
-        keys.iter()
-            .filter_map(|key| self.values.get(key))
-            .flatten()
-            .map(|&(shard, c)| (shard, c.reachable(include_restricted)))
-            .filter(|&(_, count)| count > 0)
-            .collect()
+        reachable(
+            keys.iter().filter_map(|key| self.values.get(key)).flatten(),
+            include_restricted,
+        )
+    }
+
+    /// On the home of `keys`: the answer to shard `asker`, which will be
+    /// told to forget each bucket that has holders when it changes.
+    pub fn answer(&mut self, keys: &[ValueKey], asker: usize) -> Located {
+        let holders: Vec<Vec<(usize, Count)>> = keys
+            .iter()
+            .map(|key| self.values.get(key).cloned().unwrap_or_default())
+            .collect();
+        if asker != self.me {
+            for (key, holders) in keys.iter().zip(&holders) {
+                if holders.is_empty() {
+                    continue;
+                }
+                let watchers = self.watchers.entry(key.clone()).or_default();
+                if !watchers.contains(&asker) {
+                    watchers.push(asker);
+                }
+            }
+        }
+        Located {
+            holders,
+            seq: self.seq,
+        }
+    }
+
+    /// Keeps the answer of `home` about `keys`, unless it has since told
+    /// this shard to forget something newer than the answer (the forget
+    /// may have been about these very buckets). Empty answers are not
+    /// kept (see [`Place::remembered`]).
+    pub fn remember(&mut self, home: usize, keys: Vec<ValueKey>, answer: Located) {
+        if self.forgotten.get(home).is_none_or(|&seq| seq > answer.seq) {
+            return;
+        }
+        if self.remembered.len() + keys.len() > REMEMBERED_MAX {
+            self.remembered.clear();
+        }
+        for (key, holders) in keys.into_iter().zip(answer.holders) {
+            if !holders.is_empty() {
+                self.remembered.insert(key, holders);
+            }
+        }
+    }
+
+    /// The remembered holders of every bucket of `keys` a query can reach,
+    /// or `None` when one of them is not remembered.
+    pub fn remembered_holders(
+        &self,
+        keys: &[ValueKey],
+        include_restricted: bool,
+    ) -> Option<Vec<(usize, u64)>> {
+        let mut all = Vec::new();
+        for key in keys {
+            all.extend(reachable(
+                self.remembered.get(key)?.iter(),
+                include_restricted,
+            ));
+        }
+        Some(all)
     }
 
     /// Entries held: applications replicated and value buckets homed here.
     pub fn sizes(&self) -> (usize, usize) {
         (self.apps.len(), self.values.len())
+    }
+
+    /// Other homes' answers remembered, by bucket.
+    pub fn remembered(&self) -> usize {
+        self.remembered.len()
     }
 }
 
@@ -409,10 +575,18 @@ mod tests {
             self.deliver(out)
         }
 
+        /// Delivers `out`, and the forgets it causes.
         fn deliver(&mut self, out: Vec<(usize, DirMsg)>) -> Vec<&'static str> {
-            let kinds = out.iter().map(|(_, m)| m.kind()).collect();
-            for (to, msg) in out {
-                self.dirs[to].apply(msg);
+            let mut kinds = Vec::new();
+            let mut out = out;
+            while !out.is_empty() {
+                kinds.extend(out.iter().map(|(_, m)| m.kind()));
+                let mut caused = Vec::new();
+                for (to, msg) in out {
+                    self.dirs[to].apply(msg);
+                    caused.extend(self.dirs[to].take_forgets());
+                }
+                out = caused;
             }
             kinds
         }
@@ -501,6 +675,111 @@ mod tests {
             panic!("one message to the home: {out:?}");
         };
         assert_eq!(counts, &vec![(k, open(3))]);
+    }
+
+    /// Shard 0 asks the home of a bucket and remembers the answer.
+    fn ask_and_remember(w: &mut World, asker: usize, k: &ValueKey) -> Vec<(usize, u64)> {
+        let home = home_of(k, w.dirs.len());
+        let answer = w.dirs[home].answer(std::slice::from_ref(k), asker);
+        let holders = answer.reachable(false);
+        w.dirs[asker].remember(home, vec![k.clone()], answer);
+        holders
+    }
+
+    #[test]
+    fn a_remembered_answer_is_forgotten_when_its_bucket_changes() {
+        let mut w = World::new(4);
+        // A user on shard 3; an asker that is not the home.
+        let user = (0..)
+            .find(|&u| ![0, 3].contains(&home_of(&key("a", u), 4)))
+            .unwrap();
+        let k = key("a", user);
+        w.change(3, "a", user, 1);
+        assert_eq!(ask_and_remember(&mut w, 0, &k), vec![(3, 1)]);
+        assert_eq!(
+            w.dirs[0].remembered_holders(std::slice::from_ref(&k), false),
+            Some(vec![(3, 1)])
+        );
+        assert_eq!(w.dirs[0].remembered(), 1);
+        // The user moves to shard 1 (leaves 3, joins 1): the home tells the
+        // asker, once, to forget.
+        let sent = w.change(3, "a", user, -1);
+        assert_eq!(
+            sent.iter().filter(|k| **k == "directory_forget").count(),
+            1,
+            "{sent:?}"
+        );
+        let sent: Vec<_> = w.change(1, "a", user, 1);
+        assert!(!sent.contains(&"directory_forget"), "told once: {sent:?}");
+        assert_eq!(
+            w.dirs[0].remembered_holders(std::slice::from_ref(&k), false),
+            None
+        );
+        // Asked again, the new answer is remembered.
+        assert_eq!(ask_and_remember(&mut w, 0, &k), vec![(1, 1)]);
+        assert_eq!(w.dirs[0].remembered(), 1);
+    }
+
+    #[test]
+    fn an_answer_older_than_a_forget_taken_in_is_not_remembered() {
+        let mut w = World::new(2);
+        let k = (0..)
+            .map(|u| key("a", u))
+            .find(|k| home_of(k, 2) == 1)
+            .unwrap();
+        let ScalarKey::Int(user) = k.scalar else {
+            unreachable!()
+        };
+        w.change(1, "a", user, 1);
+        // Shard 0 is answered, but before the answer arrives the bucket
+        // changes and the forget (sent on another lane) overtakes it.
+        let answer = w.dirs[1].answer(std::slice::from_ref(&k), 0);
+        let out = {
+            w.values[1].borrow_mut().insert(k.clone(), open(2));
+            w.dirs[1].record(vec![Touched::Value(k.clone())], |_| open(2), |_| open(2))
+        };
+        assert!(
+            matches!(out.as_slice(), [(0, DirMsg::Forget { .. })]),
+            "{out:?}"
+        );
+        w.deliver(out);
+        w.dirs[0].remember(1, vec![k.clone()], answer);
+        assert_eq!(w.dirs[0].remembered(), 0);
+    }
+
+    #[test]
+    fn empty_answers_and_the_home_itself_are_not_remembered() {
+        let mut w = World::new(2);
+        let k = (0..)
+            .map(|u| key("a", u))
+            .find(|k| home_of(k, 2) == 1)
+            .unwrap();
+        assert_eq!(ask_and_remember(&mut w, 0, &k), vec![]);
+        assert_eq!(w.dirs[0].remembered(), 0);
+        // Nobody watches an empty bucket, so a holder arriving sends no
+        // forget, and asking again finds it.
+        let ScalarKey::Int(user) = k.scalar else {
+            unreachable!()
+        };
+        assert!(!w.change(0, "a", user, 1).contains(&"directory_forget"));
+        assert_eq!(ask_and_remember(&mut w, 0, &k), vec![(0, 1)]);
+        // The home answering itself registers no watcher.
+        w.dirs[1].answer(std::slice::from_ref(&k), 1);
+        assert!(w.dirs[1].watchers.get(&k).is_some_and(|w| w == &vec![0]));
+    }
+
+    #[test]
+    fn remembering_is_bounded() {
+        let mut d = Directory::new(0, 2);
+        let answer = || Located {
+            holders: vec![vec![(1, open(1))]],
+            seq: 0,
+        };
+        for user in 0..(REMEMBERED_MAX as i64 + 10) {
+            d.remember(1, vec![key("a", user)], answer());
+            assert!(d.remembered() <= REMEMBERED_MAX);
+        }
+        assert!(d.remembered() < 20, "starts again when full");
     }
 
     #[test]

@@ -11,12 +11,23 @@
 //! directory that has it.
 //!
 //! A SEND to a unique id costs three messages when the value's home is
-//! another shard: the question, its answer, and the packet to the holder.
-//! The home could forward the packet itself (two), but the origin must hand
-//! a connection's packets over in the order they were read (see
-//! [`super::pipeline`]), and a home that must gather picks from several
-//! holders before forwarding would let a later packet overtake an earlier
-//! one. So the origin asks first, then hands over on its turn.
+//! another shard and the answer is not remembered: the question, its
+//! answer, and the packet to the holder. The home could forward the packet
+//! itself (two), but the origin must hand a connection's packets over in
+//! the order they were read (see [`super::pipeline`]), and a home that must
+//! gather picks from several holders before forwarding would let a later
+//! packet overtake an earlier one. So the origin asks first, then hands
+//! over on its turn. It remembers the answer until the home says it
+//! changed ([`DirMsg::Forget`]), so later SENDs to the same id cost the
+//! packet alone: one message, and no wait for another shard.
+//!
+//! A remembered answer can lag behind a change: the home tells its
+//! askers to forget only once it has taken the change in. That is safe for
+//! a SEND and nothing else: a SEND sent to a shard that no longer has the
+//! match is chosen again there, asking the homes afresh, so it is never
+//! lost nor answered `no_route` wrongly. BROADCAST, QUERY_NODES and the
+//! SENDs that must see every match at once (a `key`, a selector,
+//! `optional`) always ask.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -28,7 +39,7 @@ use std::time::Duration;
 
 use crate::metadata::{ValueKey, probe_value_keys};
 use crate::query::Query;
-use crate::routing::directory::{DirMsg, Directory, Place, home_of};
+use crate::routing::directory::{DirMsg, Directory, Located, Place, home_of};
 use crate::shard::{Mesh, Reply, Shard, ShardMsg};
 
 /// How long a count change that crosses no zero may wait before it is
@@ -59,17 +70,25 @@ impl DirectoryLink {
         }
     }
 
-    /// Entries held: applications replicated, value buckets homed here.
-    pub fn sizes(&self) -> (usize, usize) {
-        self.table.borrow().sizes()
+    /// Entries held: applications replicated, value buckets homed here,
+    /// other homes' answers remembered.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let table = self.table.borrow();
+        let (apps, values) = table.sizes();
+        (apps, values, table.remembered())
     }
 }
 
-/// Takes in every directory message already sent to this shard.
+/// Takes in every directory message already sent to this shard (and
+/// sends the forgets the changes among them owe).
 pub fn catch_up(shard: &Shard) {
     let Some(link) = &shard.directory else { return };
-    let mut table = link.table.borrow_mut();
-    link.lane.drain(shard.id, |msg| table.apply(msg));
+    let forgets = {
+        let mut table = link.table.borrow_mut();
+        link.lane.drain(shard.id, |msg| table.apply(msg));
+        table.take_forgets()
+    };
+    send(shard, link, forgets);
 }
 
 /// Publishes what the last store mutations changed. Called after every
@@ -115,15 +134,30 @@ pub fn wake(shard: &Shard, to: usize) {
     }
 }
 
+/// How [`locate`] may answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Every shard: a last try that trusts nothing but the shards
+    /// themselves.
+    Everywhere,
+    /// What the directory says now: the homes are asked.
+    Exact,
+    /// Remembered answers may stand in for asking a home (see the module
+    /// doc): only for a SEND that chooses again on a miss.
+    MayRemember,
+}
+
 /// Where a match for `query` can be. Without an application, on one shard,
-/// or when `everywhere` (a last try that trusts nothing but the shards
-/// themselves): every shard. With an indexed equality or membership op:
-/// the shards the value's home names. Otherwise: the shards holding
-/// clients of the application.
-pub async fn locate(shard: &Shard, query: &Query, everywhere: bool) -> Place {
-    let (Some(link), Some(app), false) = (&shard.directory, &query.application, everywhere) else {
+/// or [`Lookup::Everywhere`]: every shard. With an indexed equality or
+/// membership op: the shards the value's home names. Otherwise: the shards
+/// holding clients of the application.
+pub async fn locate(shard: &Shard, query: &Query, lookup: Lookup) -> Place {
+    let (Some(link), Some(app)) = (&shard.directory, &query.application) else {
         return Place::everywhere(shard.shards());
     };
+    if lookup == Lookup::Everywhere {
+        return Place::everywhere(shard.shards());
+    }
     catch_up(shard);
     // Counts are numbers of matches when the narrowing step is the whole
     // query and the rule is a uniform draw.
@@ -139,10 +173,25 @@ pub async fn locate(shard: &Shard, query: &Query, everywhere: bool) -> Place {
                     .push(key);
             }
             let mut holders = Vec::new();
+            let mut remembered = false;
             for (home, keys) in by_home {
+                let may_remember = lookup == Lookup::MayRemember;
+                if home != shard.id
+                    && may_remember
+                    && let Some(known) = link
+                        .table
+                        .borrow()
+                        .remembered_holders(&keys, query.restricted)
+                {
+                    holders.extend(known);
+                    remembered = true;
+                    continue;
+                }
                 holders.extend(holders_at(shard, link, home, keys, query.restricted).await);
             }
-            return Place::from_counts(holders, uniform && plan.exact);
+            let mut place = Place::from_counts(holders, uniform && plan.exact);
+            place.remembered = remembered;
+            return place;
         }
     }
     let own = shard.store.borrow().app_count(app);
@@ -150,7 +199,8 @@ pub async fn locate(shard: &Shard, query: &Query, everywhere: bool) -> Place {
     Place::from_counts(holders, uniform && query.ops.is_empty())
 }
 
-/// The holders of `keys` according to their home `home`.
+/// The holders of `keys` according to their home `home`, remembered when
+/// it is another shard.
 async fn holders_at(
     shard: &Shard,
     link: &DirectoryLink,
@@ -165,21 +215,26 @@ async fn holders_at(
         .ask(home, |reply_to| ShardMsg::Locate {
             reply_to,
             keys: keys.clone(),
-            restricted,
         })
         .await;
-    match reply {
-        Reply::Located(holders) => holders,
-        _ => Vec::new(),
-    }
+    let Reply::Located(answer) = reply else {
+        return Vec::new();
+    };
+    let holders = answer.reachable(restricted);
+    // Forgets the home sent before this answer reached us are taken in
+    // first, so one about these buckets stops the answer being kept.
+    catch_up(shard);
+    link.table.borrow_mut().remember(home, keys, answer);
+    holders
 }
 
-/// On a value's home: who holds clients in these buckets.
-pub fn answer_locate(shard: &Shard, keys: &[ValueKey], restricted: bool) -> Vec<(usize, u64)> {
+/// On a value's home: who holds clients in these buckets, for shard
+/// `asker` (told to forget them when they change).
+pub fn answer_locate(shard: &Shard, keys: &[ValueKey], asker: usize) -> Located {
     catch_up(shard);
     match &shard.directory {
-        Some(link) => link.table.borrow().value_holders(keys, restricted),
-        None => Vec::new(),
+        Some(link) => link.table.borrow_mut().answer(keys, asker),
+        None => Located::default(),
     }
 }
 
@@ -189,12 +244,14 @@ pub async fn receive_loop(shard: Rc<Shard>) {
     let mut batch = Vec::with_capacity(LANE_BATCH);
     loop {
         link.lane.recv_batch(shard.id, &mut batch, LANE_BATCH).await;
-        {
+        let forgets = {
             let mut table = link.table.borrow_mut();
             for msg in batch.drain(..) {
                 table.apply(msg);
             }
-        }
+            table.take_forgets()
+        };
+        send(&shard, link, forgets);
         glommio::yield_if_needed().await;
     }
 }

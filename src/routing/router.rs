@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::protocol::errors;
 use crate::query::Query;
-use crate::routing::locate::locate;
+use crate::routing::locate::{Lookup, locate};
 use crate::routing::pick::{Pick, choose, global_average};
 use crate::routing::pipeline::Slot;
 use crate::shard::{ConnRef, Dispatch, NodesCap, Picked, Reply, Shard, ShardMsg};
@@ -38,6 +38,9 @@ pub struct OneSend {
     pub no_route: Option<NoRoute>,
     /// Choices left (see [`MAX_PICKS`]).
     picks_left: usize,
+    /// A choice missed: the next one asks the directory afresh, trusting
+    /// no remembered answer.
+    ask_afresh: bool,
 }
 
 impl OneSend {
@@ -47,6 +50,7 @@ impl OneSend {
             packet,
             no_route,
             picks_left: MAX_PICKS,
+            ask_afresh: false,
         }
     }
 }
@@ -90,11 +94,17 @@ impl NoRoute {
 pub async fn send(shard: &Shard, mut job: Box<OneSend>, slot: Option<&Slot>) -> bool {
     while job.picks_left > 0 {
         job.picks_left -= 1;
-        let everywhere = job.picks_left == 0;
-        let chosen = pick_once(shard, job.query.clone(), false, everywhere).await;
+        let lookup = match (job.picks_left, job.ask_afresh) {
+            (0, _) => Lookup::Everywhere,
+            (_, true) => Lookup::Exact,
+            (_, false) => Lookup::MayRemember,
+        };
+        let chosen = pick_once(shard, job.query.clone(), false, lookup).await;
         if matches!(chosen, Chosen::NoMatch) {
             break;
         }
+        // Another turn of this loop follows a miss.
+        job.ask_afresh = true;
         if matches!(chosen, Chosen::Lost) {
             shard.metrics.repick();
             continue;
@@ -108,21 +118,14 @@ pub async fn send(shard: &Shard, mut job: Box<OneSend>, slot: Option<&Slot>) -> 
                 return true;
             }
             Chosen::Found(target, _) => shard.deliver(target, &job.packet),
-            Chosen::Shard(to, query, counted) if to != shard.id => {
-                shard.on_shard(
-                    to,
-                    ShardMsg::PickSend {
-                        query,
-                        job,
-                        counted,
-                    },
-                );
+            Chosen::Shard(to, query, retry) if to != shard.id => {
+                shard.on_shard(to, ShardMsg::PickSend { query, job, retry });
                 return true;
             }
-            // A lone holder that did not count its matches has none: no
-            // other shard can have one either.
-            Chosen::Shard(_, query, counted) => match deliver_here(shard, &query, &job.packet) {
-                false if !counted => break,
+            // A lone holder the directory knows only by its application
+            // has no match: no other shard can have one either.
+            Chosen::Shard(_, query, retry) => match deliver_here(shard, &query, &job.packet) {
+                false if !retry => break,
                 delivered => delivered,
             },
             Chosen::NoMatch | Chosen::Lost => unreachable!("handled above"),
@@ -145,15 +148,16 @@ pub fn deliver_one(shard: &Rc<Shard>, target: ConnRef, job: Box<OneSend>) {
 }
 
 /// On the shard the directory chose: delivers a SEND to one of its own
-/// matches of `query`. If it has none: when the directory had `counted`
-/// matches here, they have left since, so the SEND is chosen again; when
-/// it had not (this shard merely holds the application), nothing matches
-/// anywhere.
-pub fn pick_send(shard: &Rc<Shard>, query: Arc<Query>, job: Box<OneSend>, counted: bool) {
+/// matches of `query`. If it has none: with `retry` (the directory counted
+/// matches here, or the choice came from a remembered answer) the
+/// directory was behind, so the SEND is chosen again, asking afresh;
+/// without (this shard was the lone holder of the application), nothing
+/// matches anywhere.
+pub fn pick_send(shard: &Rc<Shard>, query: Arc<Query>, job: Box<OneSend>, retry: bool) {
     if deliver_here(shard, &query, &job.packet) {
         return;
     }
-    if counted {
+    if retry {
         choose_again(shard, job);
     } else {
         answer_no_route(shard, job.no_route, &job.packet);
@@ -163,8 +167,9 @@ pub fn pick_send(shard: &Rc<Shard>, query: Arc<Query>, job: Box<OneSend>, counte
 
 /// A SEND that missed on this shard is chosen again from here, in a task
 /// of this shard (the origin has moved on).
-fn choose_again(shard: &Rc<Shard>, job: Box<OneSend>) {
+fn choose_again(shard: &Rc<Shard>, mut job: Box<OneSend>) {
     shard.metrics.repick();
+    job.ask_afresh = true;
     let shard = shard.clone();
     glommio::spawn_local(async move {
         if !send(&shard, job, None).await {
@@ -253,7 +258,7 @@ pub async fn broadcast(
 }
 
 async fn broadcast_round(shard: &Shard, query: &Arc<Query>, packet: &Arc<Dispatch>) -> u64 {
-    let place = locate(shard, query, false).await;
+    let place = locate(shard, query, Lookup::Exact).await;
     shard
         .ask_some(&place.shards, |reply_to| ShardMsg::Broadcast {
             reply_to,
@@ -327,7 +332,7 @@ async fn nodes_uncounted(shard: &Shard, query: Arc<Query>, cap: NodesCap) -> Nod
 /// Asks every shard that can hold a match for its part and keeps, in shard
 /// order, what fits the cap as a whole.
 async fn nodes_round(shard: &Shard, query: &Arc<Query>, cap: NodesCap) -> Nodes {
-    let place = locate(shard, query, false).await;
+    let place = locate(shard, query, Lookup::Exact).await;
     let replies = shard
         .ask_some(&place.shards, |reply_to| ShardMsg::Nodes {
             reply_to,
@@ -365,8 +370,11 @@ pub async fn pick_described(
         if attempt > 0 {
             shard.metrics.repick();
         }
-        let everywhere = attempt + 1 == MAX_PICKS;
-        match pick_once(shard, query.clone(), describe, everywhere).await {
+        let lookup = match attempt + 1 == MAX_PICKS {
+            true => Lookup::Everywhere,
+            false => Lookup::Exact,
+        };
+        match pick_once(shard, query.clone(), describe, lookup).await {
             Chosen::Found(target, node) => return Some((target, node)),
             Chosen::NoMatch => return None,
             Chosen::Lost | Chosen::Shard(..) => continue,
@@ -381,7 +389,7 @@ enum Chosen {
     /// This shard alone can choose, with this query (the one asked, or its
     /// `optional` fallback): it holds every match, or was drawn in
     /// proportion to its share of them. Never when describing. `true` when
-    /// the directory counted matches there (so a miss means they left).
+    /// a miss there means the directory was behind (see [`pick_send`]).
     Shard(usize, Arc<Query>, bool),
     /// No client matches.
     NoMatch,
@@ -390,22 +398,34 @@ enum Chosen {
     Lost,
 }
 
-/// One choice: asks the directory where matches can be, then either names
-/// the one shard that can choose alone, or asks those shards for their
-/// picks and combines them. `everywhere`: ask every shard instead.
-async fn pick_once(shard: &Shard, query: Arc<Query>, describe: bool, everywhere: bool) -> Chosen {
+/// One choice: asks the directory where matches can be (`lookup`), then
+/// either names the one shard that can choose alone, or asks those shards
+/// for their picks and combines them.
+async fn pick_once(shard: &Shard, query: Arc<Query>, describe: bool, lookup: Lookup) -> Chosen {
     let mut query = query;
+    let mut lookup = lookup;
     loop {
-        let place = locate(shard, &query, everywhere).await;
+        // A remembered answer may miss a new match: only a uniform choice
+        // may rest on it, never one that must see every match (a `key`,
+        // a selector, `optional`, a description).
+        if lookup == Lookup::MayRemember
+            && (describe || query.optional || query.key.is_some() || query.selector.is_some())
+        {
+            lookup = Lookup::Exact;
+        }
+        let place = locate(shard, &query, lookup).await;
+        if !place.is_empty()
+            && !describe
+            && !query.optional
+            && let Some(to) = place.lone_or_drawn(&mut shard.rng.borrow_mut())
+        {
+            return Chosen::Shard(to, query, place.counts.is_some() || place.remembered);
+        }
+        if place.remembered {
+            lookup = Lookup::Exact;
+            continue;
+        }
         if !place.is_empty() {
-            // An `optional` query needs to know that nothing matches
-            // before it relaxes: it asks.
-            if !describe
-                && !query.optional
-                && let Some(to) = place.lone_or_drawn(&mut shard.rng.borrow_mut())
-            {
-                return Chosen::Shard(to, query, place.counts.is_some());
-            }
             let picks = pick_round(shard, &query, None, describe, &place.shards).await;
             if total(&picks) > 0 {
                 return combine(shard, &query, picks, describe, &place.shards).await;

@@ -90,18 +90,18 @@ pub enum ShardMsg {
     PickSend {
         query: Arc<Query>,
         job: Box<crate::routing::router::OneSend>,
-        /// The directory counted matches here: if none is left, they left
-        /// since, and the SEND is chosen again (see
+        /// A miss here means the directory was behind (it counted matches
+        /// here, or this shard was chosen from a remembered answer): the
+        /// SEND is chosen again, asking afresh (see
         /// [`crate::routing::router::pick_send`]).
-        counted: bool,
+        retry: bool,
     },
     /// On a value's directory home: which shards hold clients in these
-    /// buckets (`restricted`: counting restricted clients). Replies
-    /// `Located`.
+    /// buckets. Replies `Located`, and the asker is told to forget the
+    /// answer when a bucket changes.
     Locate {
         reply_to: ReplyTo,
         keys: Vec<crate::metadata::ValueKey>,
-        restricted: bool,
     },
     /// Invalid (op 3) for one client of this shard.
     Invalid {
@@ -162,7 +162,7 @@ pub enum ShardMsg {
 
 impl ShardMsg {
     /// Every [`ShardMsg::kind`], in the order of its index.
-    pub const KINDS: [&'static str; 24] = [
+    pub const KINDS: [&'static str; 25] = [
         "pick",
         "deliver",
         "send_one",
@@ -187,6 +187,7 @@ impl ShardMsg {
         "reply_located",
         "directory_apps",
         "directory_values",
+        "directory_forget",
     ];
 
     /// What the message is, as an index into [`ShardMsg::KINDS`]: the
@@ -229,6 +230,7 @@ impl ShardMsg {
         match msg {
             DirMsg::Apps { .. } => 22,
             DirMsg::Values { .. } => 23,
+            DirMsg::Forget { .. } => 24,
         }
     }
 }
@@ -281,8 +283,8 @@ pub enum Reply {
     Claimed(bool),
     Metrics(Box<crate::metrics::Snapshot>),
     Queue(crate::queue::QueueReply),
-    /// The shards holding clients in the buckets asked about, with counts.
-    Located(Vec<(usize, u64)>),
+    /// The holders of the buckets asked about, with counts.
+    Located(crate::routing::directory::Located),
 }
 
 #[cfg(test)]
@@ -336,7 +338,7 @@ mod tests {
         let located = ShardMsg::Reply {
             req: 0,
             from: 1,
-            reply: Reply::Located(Vec::new()),
+            reply: Reply::Located(Default::default()),
         };
         assert_eq!(ShardMsg::KINDS[located.kind()], "reply_located");
         use crate::routing::directory::DirMsg;
@@ -348,6 +350,11 @@ mod tests {
             DirMsg::Values {
                 from: 0,
                 counts: Vec::new(),
+            },
+            DirMsg::Forget {
+                from: 0,
+                seq: 0,
+                keys: Vec::new(),
             },
         ] {
             assert_eq!(ShardMsg::KINDS[ShardMsg::directory_kind(&msg)], msg.kind());
