@@ -162,6 +162,19 @@ impl Place {
         self.shards.is_empty()
     }
 
+    /// What a choice does here; `may_choose_alone` is false when the
+    /// choice must see every match (`optional`, a description).
+    pub fn next(&self, may_choose_alone: bool, rng: &mut fastrand::Rng) -> Next {
+        if may_choose_alone && let Some(shard) = self.lone_or_drawn(rng) {
+            let retry = self.counts.is_some() || self.remembered;
+            return Next::Alone { shard, retry };
+        }
+        match self.remembered {
+            true => Next::LocateAgain,
+            false => Next::Ask,
+        }
+    }
+
     /// The shard that can make the whole choice alone, if there is one:
     /// the only holder (no other shard has a match, so its own choice is
     /// the global one, whatever the rule), or a holder drawn in proportion
@@ -185,6 +198,22 @@ impl Place {
         }
         None
     }
+}
+
+/// What one choice of a SEND does with a [`Place`] ([`Place::next`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// `shard` chooses alone among its own matches. `retry`: a miss there
+    /// means the directory was behind (it counted matches there, or the
+    /// place was remembered), so the SEND is chosen again, asking afresh;
+    /// otherwise `shard` was the lone holder of the application and a miss
+    /// there means nothing matches anywhere.
+    Alone { shard: usize, retry: bool },
+    /// Ask the place's shards for their picks (none: nothing matches).
+    Ask,
+    /// The place rests on remembered answers, which may miss a new match:
+    /// locate again, asking the homes, before asking or giving up.
+    LocateAgain,
 }
 
 /// One shard's part of the directory, and what it has told the others.
@@ -811,6 +840,61 @@ mod tests {
         ));
         assert!(!crosses_zero(open(1), open(2)));
         assert!(crosses_zero(open(1), open(0)));
+    }
+
+    #[test]
+    fn a_remembered_place_only_ever_sends_somewhere_that_retries() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let remembered = |holders, exact| Place {
+            remembered: true,
+            ..Place::from_counts(holders, exact)
+        };
+        // Fresh: a lone application holder decides for good; counted
+        // matches retry on a miss; several uncounted holders are asked.
+        let lone = Place::from_counts(vec![(2, 1)], false);
+        assert_eq!(
+            lone.next(true, &mut rng),
+            Next::Alone {
+                shard: 2,
+                retry: false
+            }
+        );
+        let counted = Place::from_counts(vec![(2, 1)], true);
+        assert_eq!(
+            counted.next(true, &mut rng),
+            Next::Alone {
+                shard: 2,
+                retry: true
+            }
+        );
+        let several = Place::from_counts(vec![(1, 1), (2, 1)], false);
+        assert_eq!(several.next(true, &mut rng), Next::Ask);
+        assert_eq!(lone.next(false, &mut rng), Next::Ask);
+        assert_eq!(
+            Place::from_counts(vec![], true).next(true, &mut rng),
+            Next::Ask
+        );
+        // Remembered: always a retry, and never "ask these" or "nothing
+        // matches" on its word.
+        let lone = remembered(vec![(2, 1)], false);
+        assert_eq!(
+            lone.next(true, &mut rng),
+            Next::Alone {
+                shard: 2,
+                retry: true
+            }
+        );
+        assert!(matches!(
+            remembered(vec![(1, 1), (2, 3)], true).next(true, &mut rng),
+            Next::Alone { retry: true, .. }
+        ));
+        for place in [
+            remembered(vec![], true),
+            remembered(vec![(1, 1), (2, 1)], false),
+        ] {
+            assert_eq!(place.next(true, &mut rng), Next::LocateAgain, "{place:?}");
+        }
+        assert_eq!(lone.next(false, &mut rng), Next::LocateAgain);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::protocol::errors;
 use crate::query::Query;
+use crate::routing::directory::Next;
 use crate::routing::locate::{Lookup, locate};
 use crate::routing::pick::{Pick, choose, global_average};
 use crate::routing::pipeline::Slot;
@@ -414,16 +415,16 @@ async fn pick_once(shard: &Shard, query: Arc<Query>, describe: bool, lookup: Loo
             lookup = Lookup::Exact;
         }
         let place = locate(shard, &query, lookup).await;
-        if !place.is_empty()
-            && !describe
-            && !query.optional
-            && let Some(to) = place.lone_or_drawn(&mut shard.rng.borrow_mut())
-        {
-            return Chosen::Shard(to, query, place.counts.is_some() || place.remembered);
-        }
-        if place.remembered {
-            lookup = Lookup::Exact;
-            continue;
+        // An `optional` query needs to know that nothing matches before it
+        // relaxes: it asks.
+        let alone = !describe && !query.optional;
+        match place.next(alone, &mut shard.rng.borrow_mut()) {
+            Next::Alone { shard: to, retry } => return Chosen::Shard(to, query, retry),
+            Next::LocateAgain => {
+                lookup = Lookup::Exact;
+                continue;
+            }
+            Next::Ask => {}
         }
         if !place.is_empty() {
             let picks = pick_round(shard, &query, None, describe, &place.shards).await;
