@@ -172,10 +172,10 @@ pub async fn locate(shard: &Shard, query: &Query, lookup: Lookup) -> Place {
                     .or_default()
                     .push(key);
             }
+            let may_remember = lookup == Lookup::MayRemember;
             let mut holders = Vec::new();
             let mut remembered = false;
             for (home, keys) in by_home {
-                let may_remember = lookup == Lookup::MayRemember;
                 if home != shard.id
                     && may_remember
                     && let Some(known) = link
