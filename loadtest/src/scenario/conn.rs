@@ -22,6 +22,7 @@ use crate::args::Args;
 use crate::report::ErrorsReport;
 use crate::session::{self, Handshake, Session, Ws};
 use crate::tally::counts;
+use crate::traffic::{heartbeat_timer, sleep_until, tick};
 
 use super::observe::Observer;
 use super::{RunError, secs};
@@ -172,33 +173,6 @@ async fn open_all(
     sessions
 }
 
-/// The first heartbeat comes at a random point of the first interval, so
-/// connections opened together do not beat in unison.
-fn heartbeat_timer(session: &Session) -> Option<tokio::time::Interval> {
-    session.keepalive.as_ref().map(|k| {
-        let first = k.interval.mul_f64(0.25 + 0.75 * fastrand::f64());
-        let mut timer = tokio::time::interval_at(Instant::now() + first, k.interval);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        timer
-    })
-}
-
-async fn tick(timer: Option<&mut tokio::time::Interval>) {
-    match timer {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-pub(super) async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn close(mut ws: Ws) {
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         let _ = ws.close(None).await;
@@ -253,7 +227,11 @@ pub(super) enum End {
 
 impl Conn {
     pub fn new(session: Session, stop: watch::Receiver<bool>) -> Conn {
-        let beat = heartbeat_timer(&session);
+        // Staggered like every other connection's (see heartbeat_timer).
+        let beat = session
+            .keepalive
+            .as_ref()
+            .map(|k| heartbeat_timer(k.interval));
         Conn {
             ws: session.ws,
             beat,

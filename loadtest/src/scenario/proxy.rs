@@ -70,7 +70,7 @@ pub async fn run(
     workers: usize,
 ) -> Result<ProxyRunReport, RunError> {
     let server = super::resolve(gateway).await?;
-    crate::fdlimit::ensure(args.total_connections() + 64)?;
+    crate::fdlimit::ensure(args.total_connections() + super::SPARE_FDS)?;
     let run = args.run_id.clone().unwrap_or_else(run_id);
     let app = crate::processes::proxy_app(args, &run);
     let progress = !args.quiet;

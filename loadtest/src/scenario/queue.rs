@@ -151,7 +151,7 @@ pub async fn run(
     workers: usize,
 ) -> Result<QueueRunReport, RunError> {
     let server = super::resolve(gateway).await?;
-    crate::fdlimit::ensure(args.total_connections() + 64)?;
+    crate::fdlimit::ensure(args.total_connections() + super::SPARE_FDS)?;
     let run = args.run_id.clone().unwrap_or_else(run_id);
     let queue = crate::processes::queue_name(args, &run);
     // Per run (per worker): a worker's producers reach only its own

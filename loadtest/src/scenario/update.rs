@@ -227,7 +227,7 @@ pub async fn run(
     workers: usize,
 ) -> Result<UpdateRunReport, RunError> {
     let server = super::resolve(gateway).await?;
-    crate::fdlimit::ensure(u64::from(args.connections) + 64)?;
+    crate::fdlimit::ensure(u64::from(args.connections) + super::SPARE_FDS)?;
     let run = args.run_id.clone().unwrap_or_else(run_id);
     let app = format!("{}-{run}-updaters", args.app_prefix);
     let progress = !args.quiet;
