@@ -320,7 +320,7 @@ pub enum Exit {
 
 /// The first heartbeat comes at a random point of the first interval so that
 /// ten thousand connections opened within a second do not beat in unison.
-fn heartbeat_timer(interval: Duration) -> tokio::time::Interval {
+pub(crate) fn heartbeat_timer(interval: Duration) -> tokio::time::Interval {
     let first = interval.mul_f64(0.25 + 0.75 * fastrand::f64());
     let mut timer = tokio::time::interval_at(Instant::now() + first, interval);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -334,14 +334,14 @@ async fn notified(wake: Option<&Notify>) {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
 
-async fn tick(timer: Option<&mut tokio::time::Interval>) {
+pub(crate) async fn tick(timer: Option<&mut tokio::time::Interval>) {
     match timer {
         Some(t) => {
             t.tick().await;

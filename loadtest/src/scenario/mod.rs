@@ -164,6 +164,23 @@ pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// The drain after sending: waits while `in_flight()` says something is
+/// still on its way, at most `limit`; how long it waited.
+pub(crate) async fn drain(limit: Duration, in_flight: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    let end = started + limit;
+    while in_flight() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+/// A report's `mode`: "open" with `--rate` (a fixed schedule), "closed"
+/// without (a window of messages in flight).
+pub(crate) fn loop_mode(rate: Option<f64>) -> String {
+    if rate.is_some() { "open" } else { "closed" }.into()
+}
+
 /// Runs the scenario `args` names; the caller owns `switch` and closes the
 /// connections afterwards.
 pub async fn run(
@@ -418,13 +435,10 @@ async fn drive_traffic(
     let sent_for = started.elapsed();
 
     // Drain: wait for what is still in flight.
-    let drain_started = Instant::now();
-    let drain_end = drain_started + args.drain();
-    while tally.delivered.load(Relaxed) < tally.expected.load(Relaxed) && Instant::now() < drain_end
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let drained_for = drain_started.elapsed();
+    let drained_for = drain(args.drain(), || {
+        tally.delivered.load(Relaxed) < tally.expected.load(Relaxed)
+    })
+    .await;
 
     let sent = tally.sent.load(Relaxed);
     let expected = tally.expected.load(Relaxed);
@@ -445,12 +459,7 @@ async fn drive_traffic(
         delivered_per_second: delivered as f64 / secs(sent_for + drained_for),
         latency_us: Percentiles::of(&latency),
         latency_spectrum: SpectrumPoint::spectrum(&latency),
-        mode: if args.rate.is_some() {
-            "open"
-        } else {
-            "closed"
-        }
-        .into(),
+        mode: loop_mode(args.rate),
         offered_rate: args.rate,
         schedule_lag_us: args.rate.map(|_| Percentiles::of(&tally.lag())),
         group_members: None,

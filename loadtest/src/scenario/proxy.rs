@@ -28,19 +28,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::{Args, Gateway, Scenario};
 use crate::clock;
-use crate::report::{ErrorsReport, Percentiles, Raw, SpectrumPoint};
-use crate::session::Session;
-use crate::tally::{counts, histogram};
+use crate::report::{Percentiles, Raw, SpectrumPoint};
+use crate::tally::histogram;
 use crate::timeline::Timeline;
 use crate::traffic::scheduled_ns;
 use crate::wire;
@@ -48,10 +45,10 @@ use crate::wire;
 pub use self::http::UPSTREAM_BODY;
 use self::http::{HttpConn, upstream_server};
 pub use self::report::{ProxyRunReport, ProxyTraffic};
-use super::conn::{Opener, Read, close, heartbeat_timer, open_all, read, tick};
+use super::conn::{self, Conn, Errors};
 use super::observe::Observer;
 use super::queue::QueueConnect;
-use super::{RunError, run_id, secs};
+use super::{RunError, loop_mode, run_id, secs};
 
 /// A proxied request that takes longer is an error (the server's own
 /// default proxy timeout is 30 s).
@@ -61,18 +58,9 @@ struct ProxyTally {
     requests: AtomicU64,
     completed: AtomicU64,
     ok: AtomicU64,
-    disconnects: AtomicU64,
-    error_count: AtomicU64,
-    errors: Mutex<BTreeMap<String, u64>>,
+    errors: Errors,
     statuses: Mutex<BTreeMap<u16, u64>>,
     latency: Mutex<Histogram<u64>>,
-}
-
-impl ProxyTally {
-    fn record_error(&self, text: String) {
-        self.error_count.fetch_add(1, Relaxed);
-        *self.errors.lock().unwrap().entry(text).or_insert(0) += 1;
-    }
 }
 
 /// Runs the proxy scenario; every connection is closed before it returns.
@@ -82,7 +70,7 @@ pub async fn run(
     workers: usize,
 ) -> Result<ProxyRunReport, RunError> {
     let server = super::resolve(gateway).await?;
-    crate::fdlimit::ensure(args.total_connections() + 64)?;
+    crate::fdlimit::ensure(args.total_connections() + super::SPARE_FDS)?;
     let run = args.run_id.clone().unwrap_or_else(run_id);
     let app = crate::processes::proxy_app(args, &run);
     let progress = !args.quiet;
@@ -104,54 +92,43 @@ pub async fn run(
         }
     };
 
-    let connect_started = Instant::now();
-    let identified_so_far = Arc::new(AtomicU64::new(0));
-    let opener = Opener::new(args, server, &gateway.url, identified_so_far.clone());
     let shape = crate::identity::Shape::from_args(args);
-    let mut open_errors = BTreeMap::new();
-    let clients = (0..args.connections)
-        .map(|i| {
-            let client = format!("{run}-u{i}");
-            let identify = wire::identify(
-                &client,
-                &app,
-                args.auth.as_deref(),
-                Some(&upstream),
-                shape.metadata(u64::from(i)),
-            );
-            (client, identify)
-        })
-        .collect();
-    let receivers = observer
-        .connecting(
-            &identified_so_far,
-            open_all(&opener, args, clients, &mut open_errors),
-        )
-        .await;
-    let connect_seconds = secs(connect_started.elapsed());
-    let requested = u64::from(args.connections);
-    let identified = receivers.len() as u64;
-    if receivers.is_empty() {
-        return Err(RunError::no_connections(&open_errors));
-    }
+    let mut opened = conn::connect(&mut observer, args, server, &gateway.url, || {
+        [(0..args.connections)
+            .map(|i| {
+                let client = format!("{run}-u{i}");
+                let identify = wire::identify(
+                    &client,
+                    &app,
+                    args.auth.as_deref(),
+                    Some(&upstream),
+                    shape.metadata(u64::from(i)),
+                );
+                (client, identify)
+            })
+            .collect()]
+    })
+    .await;
+    let identified = opened.identified;
+    opened.check_every_group()?;
     if progress {
-        eprintln!("connect: {identified}/{requested} identified in {connect_seconds:.2} s");
+        eprintln!("{}", opened.progress_line());
     }
+    let [receivers] = std::mem::take(&mut opened.groups);
     let tally = Arc::new(ProxyTally {
         requests: AtomicU64::new(0),
         completed: AtomicU64::new(0),
         ok: AtomicU64::new(0),
-        disconnects: AtomicU64::new(0),
-        error_count: AtomicU64::new(0),
-        errors: Mutex::new(BTreeMap::new()),
+        errors: Errors::default(),
         statuses: Mutex::new(BTreeMap::new()),
         latency: Mutex::new(histogram()),
     });
     let mut idle = Vec::new();
     for session in receivers {
-        let (tally, stop) = (tally.clone(), stop_rx.clone());
+        let conn = Conn::new(session, stop_rx.clone());
+        let tally = tally.clone();
         idle.push(tokio::spawn(async move {
-            stay(session, &tally, stop).await;
+            stay(conn, &tally.errors).await;
         }));
     }
     tokio::time::sleep(args.idle()).await;
@@ -192,7 +169,7 @@ pub async fn run(
                     point.delivered_per_second,
                     tally.ok.load(Relaxed),
                     point.p99_us as f64 / 1000.0,
-                    tally.error_count.load(Relaxed),
+                    tally.errors.count.load(Relaxed),
                 );
             }
         },
@@ -204,10 +181,7 @@ pub async fn run(
         // worker's receivers and upstream: keep them up until all are done.
         crate::processes::sent_and_wait().await?;
     }
-    let _ = stop_tx.send(true);
-    for task in idle {
-        let _ = tokio::time::timeout(Duration::from_secs(4), task).await;
-    }
+    conn::stop_all(&stop_tx, idle).await;
 
     let t = &tally;
     let (completed, ok) = (t.completed.load(Relaxed), t.ok.load(Relaxed));
@@ -224,19 +198,13 @@ pub async fn run(
         app,
         upstream_served: args.upstream.is_none().then(|| served.load(Relaxed)),
         upstream,
-        connect: QueueConnect {
-            requested,
-            identified,
-            failed: requested - identified,
-            seconds: connect_seconds,
-            errors: counts(&open_errors),
-        },
+        connect: QueueConnect::of(&opened),
         server: observed.server,
         client: observed.client,
         traffic: ProxyTraffic {
             senders: u64::from(args.senders),
             receivers: identified,
-            mode: if rate.is_some() { "open" } else { "closed" }.into(),
+            mode: loop_mode(rate),
             offered_rate: args.rate,
             seconds: secs(sent_for),
             requests: t.requests.load(Relaxed),
@@ -255,11 +223,7 @@ pub async fn run(
             latency_spectrum: SpectrumPoint::spectrum(&latency),
         },
         rss_by_connections: observed.rss_by_connections,
-        errors: ErrorsReport {
-            count: t.error_count.load(Relaxed),
-            disconnects: t.disconnects.load(Relaxed),
-            texts: counts(&t.errors.lock().unwrap()),
-        },
+        errors: t.errors.report(),
         processes: 1,
         raw: args.worker.map(|_| Raw {
             traffic_latency: Raw::pairs(&latency),
@@ -285,34 +249,13 @@ fn proxy_request(gateway: &Gateway, app: &str, auth: Option<&str>) -> String {
 }
 
 /// A receiver: heartbeats, and reads (and ignores) what it gets, until stopped.
-async fn stay(session: Session, tally: &ProxyTally, mut stop: watch::Receiver<bool>) {
-    let mut beat = heartbeat_timer(&session);
-    let Session {
-        mut ws, keepalive, ..
-    } = session;
+async fn stay(mut conn: Conn, errors: &Errors) {
     let end = loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break None,
-            msg = ws.next() => match read(msg) {
-                Read::Packet(_) | Read::Ignore => {}
-                Read::End(e) => break Some(e),
-            },
-            _ = tick(beat.as_mut()) => {
-                let packet = keepalive.as_ref().expect("timer only with keepalive").packet.clone();
-                if let Err(e) = ws.send(Message::Text(packet)).await {
-                    break Some(format!("heartbeat send: {e}"));
-                }
-            }
+        if let Err(end) = conn.next(None).await {
+            break end;
         }
     };
-    match end {
-        None => close(ws).await,
-        Some(e) => {
-            tally.disconnects.fetch_add(1, Relaxed);
-            tally.record_error(e);
-        }
-    }
+    conn.finish(end, errors).await;
 }
 
 /// One sender connection: a request at a time until the deadline.
@@ -356,7 +299,7 @@ async fn send_loop(
                     })
                 }
                 Err(e) => {
-                    tally.record_error(format!("tcp connect: {e}"));
+                    tally.errors.record(format!("tcp connect: {e}"));
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -372,19 +315,20 @@ async fn send_loop(
                 if status == 200 {
                     tally.ok.fetch_add(1, Relaxed);
                 } else {
-                    tally.record_error(format!("status {status}"));
+                    tally.errors.record(format!("status {status}"));
                 }
                 if !keep {
                     conn = None;
                 }
             }
             Ok(Err(e)) => {
-                tally.disconnects.fetch_add(1, Relaxed);
-                tally.record_error(e);
+                tally.errors.lost(e);
                 conn = None;
             }
             Err(_) => {
-                tally.record_error(format!("no response within {REQUEST_TIMEOUT:?}"));
+                tally
+                    .errors
+                    .record(format!("no response within {REQUEST_TIMEOUT:?}"));
                 conn = None;
             }
         }

@@ -22,14 +22,14 @@ mod report;
 
 pub use report::{QueueConnect, QueueRunReport, QueueTraffic};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -39,21 +39,18 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::{Args, Gateway, Scenario};
 use crate::clock;
-use crate::report::{ErrorsReport, Percentiles, Raw, SpectrumPoint};
-use crate::session::Session;
-use crate::tally::{counts, histogram};
+use crate::report::{Percentiles, Raw, SpectrumPoint};
+use crate::tally::histogram;
 use crate::timeline::Timeline;
 use crate::traffic::{due, scheduled_ns};
 use crate::wire::{self, Inbound};
 
-use super::conn::{Opener, Read, close, heartbeat_timer, open_all, read, sleep_until, tick};
+use super::conn::{self, Conn, End, Errors};
 use super::observe::Observer;
-use super::{RunError, run_id, secs};
+use super::{RunError, drain, loop_mode, run_id, secs};
 
 /// The most QUEUEs one producer writes before it reads again.
 const MAX_BATCH: u64 = 1024;
-/// How long the connection tasks get to close politely at the end.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Bits of [`Ids`]: what has been seen of one message id.
 const CONFIRMED: u8 = 1;
@@ -94,9 +91,7 @@ struct QueueTally {
     delivered: AtomicU64,
     duplicates: AtomicU64,
     undecodable: AtomicU64,
-    disconnects: AtomicU64,
-    error_count: AtomicU64,
-    errors: Mutex<BTreeMap<String, u64>>,
+    errors: Errors,
     confirm_latency: Mutex<Histogram<u64>>,
     latency: Mutex<Histogram<u64>>,
     ids: Mutex<Ids>,
@@ -112,18 +107,11 @@ impl QueueTally {
             delivered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
-            disconnects: AtomicU64::new(0),
-            error_count: AtomicU64::new(0),
-            errors: Mutex::new(BTreeMap::new()),
+            errors: Errors::default(),
             confirm_latency: Mutex::new(histogram()),
             latency: Mutex::new(histogram()),
             ids: Mutex::new(Ids::default()),
         }
-    }
-
-    fn record_error(&self, text: String) {
-        self.error_count.fetch_add(1, Relaxed);
-        *self.errors.lock().unwrap().entry(text).or_insert(0) += 1;
     }
 
     fn record(h: &Mutex<Histogram<u64>>, micros: u64) {
@@ -163,7 +151,7 @@ pub async fn run(
     workers: usize,
 ) -> Result<QueueRunReport, RunError> {
     let server = super::resolve(gateway).await?;
-    crate::fdlimit::ensure(args.total_connections() + 64)?;
+    crate::fdlimit::ensure(args.total_connections() + super::SPARE_FDS)?;
     let run = args.run_id.clone().unwrap_or_else(run_id);
     let queue = crate::processes::queue_name(args, &run);
     // Per run (per worker): a worker's producers reach only its own
@@ -175,48 +163,40 @@ pub async fn run(
     let mut observer = Observer::start(args).await?;
 
     // Connect: consumers, then producers.
-    let connect_started = Instant::now();
-    let identified_so_far = Arc::new(AtomicU64::new(0));
-    let opener = Opener::new(args, server, &gateway.url, identified_so_far.clone());
-    let mut open_errors = BTreeMap::new();
     let shape = crate::identity::Shape::from_args(args);
     let auth = args.auth.as_deref();
     let identify = |client: String, app: &str, i: u32| {
         let packet = wire::identify(&client, app, auth, None, shape.metadata(u64::from(i)));
         (client, packet)
     };
-    let consumer_clients = (0..args.connections)
-        .map(|i| identify(format!("{run}-c{i}"), &consumer_app, i))
-        .collect();
-    let producer_clients = (0..args.senders)
-        .map(|i| identify(format!("{run}-p{i}"), &producer_app, i))
-        .collect();
-    let (consumers, producers) = observer
-        .connecting(&identified_so_far, async {
-            let consumers = open_all(&opener, args, consumer_clients, &mut open_errors).await;
-            let producers = open_all(&opener, args, producer_clients, &mut open_errors).await;
-            (consumers, producers)
-        })
-        .await;
-    let connect_seconds = secs(connect_started.elapsed());
-    let requested = u64::from(args.connections) + u64::from(args.senders);
-    let identified = (consumers.len() + producers.len()) as u64;
+    let mut opened = conn::connect(&mut observer, args, server, &gateway.url, || {
+        [
+            (0..args.connections)
+                .map(|i| identify(format!("{run}-c{i}"), &consumer_app, i))
+                .collect(),
+            (0..args.senders)
+                .map(|i| identify(format!("{run}-p{i}"), &producer_app, i))
+                .collect(),
+        ]
+    })
+    .await;
+    let identified = opened.identified;
     tally.identified.store(identified, Relaxed);
-    if consumers.is_empty() || producers.is_empty() {
-        return Err(RunError::no_connections(&open_errors));
-    }
+    opened.check_every_group()?;
     if progress {
-        eprintln!("connect: {identified}/{requested} identified in {connect_seconds:.2} s");
+        eprintln!("{}", opened.progress_line());
     }
+    let [consumers, producers] = std::mem::take(&mut opened.groups);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (n_producers, n_consumers) = (producers.len() as u64, consumers.len() as u64);
     let mut tasks = Vec::new();
     for session in consumers {
-        let (tally, stop, queue) = (tally.clone(), stop_rx.clone(), queue.clone());
+        let conn = Conn::new(session, stop_rx.clone());
+        let (tally, queue) = (tally.clone(), queue.clone());
         let credits = args.credits;
         tasks.push(tokio::spawn(async move {
-            consume(session, &queue, credits, &tally, stop).await;
+            consume(conn, &queue, credits, &tally).await;
         }));
     }
     tokio::time::sleep(args.idle()).await;
@@ -234,9 +214,10 @@ pub async fn run(
         deadline: started + args.duration(),
     });
     for session in producers {
-        let (tally, stop, plan) = (tally.clone(), stop_rx.clone(), plan.clone());
+        let conn = Conn::new(session, stop_rx.clone());
+        let (tally, plan) = (tally.clone(), plan.clone());
         tasks.push(tokio::spawn(async move {
-            produce(session, &plan, &tally, stop).await;
+            produce(conn, &plan, &tally).await;
         }));
     }
     let (timeline, ended) = Timeline::record(
@@ -257,7 +238,7 @@ pub async fn run(
                     point.delivered_per_second,
                     tally.duplicates.load(Relaxed),
                     point.p99_us as f64 / 1000.0,
-                    tally.error_count.load(Relaxed),
+                    tally.errors.count.load(Relaxed),
                 );
             }
         },
@@ -266,16 +247,8 @@ pub async fn run(
     let sent_for = ended - started;
 
     // Drain: every QUEUE confirmed (or refused) and every confirmed id delivered.
-    let drain_started = Instant::now();
-    let drain_end = drain_started + args.drain();
-    while (tally.unconfirmed() > 0 || tally.lost() > 0) && Instant::now() < drain_end {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let drained_for = drain_started.elapsed();
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        let _ = tokio::time::timeout(CLOSE_GRACE * 2, task).await;
-    }
+    let drained_for = drain(args.drain(), || tally.unconfirmed() > 0 || tally.lost() > 0).await;
+    conn::stop_all(&stop_tx, tasks).await;
 
     let t = &tally;
     let (sent, queued) = (t.sent.load(Relaxed), t.confirmed.load(Relaxed));
@@ -290,12 +263,7 @@ pub async fn run(
         producers: n_producers,
         consumers: n_consumers,
         credits: args.credits,
-        mode: if args.rate.is_some() {
-            "open"
-        } else {
-            "closed"
-        }
-        .into(),
+        mode: loop_mode(args.rate),
         offered_rate: args.rate,
         seconds: secs(sent_for),
         drain_seconds: secs(drained_for),
@@ -321,22 +289,12 @@ pub async fn run(
         scenario: Scenario::Queue,
         params: args.clone(),
         queue,
-        connect: QueueConnect {
-            requested,
-            identified,
-            failed: requested - identified,
-            seconds: connect_seconds,
-            errors: counts(&open_errors),
-        },
+        connect: QueueConnect::of(&opened),
         server: observed.server,
         client: observed.client,
         traffic,
         rss_by_connections: observed.rss_by_connections,
-        errors: ErrorsReport {
-            count: t.error_count.load(Relaxed),
-            disconnects: t.disconnects.load(Relaxed),
-            texts: counts(&t.errors.lock().unwrap()),
-        },
+        errors: t.errors.report(),
         processes: 1,
         raw: args.worker.map(|_| Raw {
             traffic_latency: Raw::pairs(&latency),
@@ -359,7 +317,7 @@ fn common_packet(packet: &Inbound<'_>, tally: &QueueTally) -> Option<Result<(), 
             Some(Err(format!("op {}: {}", packet.op, packet.error_text())))
         }
         op => {
-            tally.record_error(format!("unexpected op {op}"));
+            tally.errors.record(format!("unexpected op {op}"));
             Some(Ok(()))
         }
     }
@@ -377,16 +335,7 @@ fn queue_frame(out: &mut String, plan: &Plan, nonce: u64, t: u64) {
 
 /// One producer: QUEUE within the window (or on schedule) until the
 /// deadline, then wait for the outstanding confirms until stopped.
-async fn produce(
-    session: Session,
-    plan: &Plan,
-    tally: &QueueTally,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut beat = heartbeat_timer(&session);
-    let Session {
-        mut ws, keepalive, ..
-    } = session;
+async fn produce(mut conn: Conn, plan: &Plan, tally: &QueueTally) {
     // nonce -> the time stamped in its payload.
     let mut pending: HashMap<u64, u64> = HashMap::new();
     let mut nonce = 0u64;
@@ -410,19 +359,19 @@ async fn produce(
                     queue_frame(&mut frame, plan, nonce, t);
                     pending.insert(nonce, t);
                     nonce += 1;
-                    if let Err(e) = ws.feed(Message::text(frame.as_str())).await {
+                    if let Err(e) = conn.ws.feed(Message::text(frame.as_str())).await {
                         failed = Some(format!("websocket send: {e}"));
                         break;
                     }
                 }
                 tally.sent.fetch_add(n, Relaxed);
                 if failed.is_none()
-                    && let Err(e) = ws.flush().await
+                    && let Err(e) = conn.ws.flush().await
                 {
                     failed = Some(format!("websocket send: {e}"));
                 }
                 if let Some(e) = failed {
-                    break Some(e);
+                    break End::Lost(e);
                 }
             }
         }
@@ -435,34 +384,17 @@ async fn produce(
                 Some((Instant::now() + wait).min(plan.deadline))
             }
         };
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break None,
-            msg = ws.next() => match read(msg) {
-                Read::Packet(text) => {
-                    if let Err(e) = producer_packet(&text, &mut pending, tally) {
-                        break Some(e);
-                    }
-                }
-                Read::Ignore => {}
-                Read::End(e) => break Some(e),
-            },
-            _ = tick(beat.as_mut()) => {
-                let packet = keepalive.as_ref().expect("timer only with keepalive").packet.clone();
-                if let Err(e) = ws.send(Message::Text(packet)).await {
-                    break Some(format!("heartbeat send: {e}"));
+        match conn.next(wake_at).await {
+            Ok(Some(text)) => {
+                if let Err(e) = producer_packet(&text, &mut pending, tally) {
+                    break End::Lost(e);
                 }
             }
-            _ = sleep_until(wake_at) => {}
+            Ok(None) => {}
+            Err(end) => break end,
         }
     };
-    match end {
-        None => close(ws).await,
-        Some(e) => {
-            tally.disconnects.fetch_add(1, Relaxed);
-            tally.record_error(e);
-        }
-    }
+    conn.finish(end, &tally.errors).await;
 }
 
 fn producer_packet(
@@ -484,7 +416,7 @@ fn producer_packet(
     let packet = match Inbound::parse(text) {
         Ok(p) => p,
         Err(e) => {
-            tally.record_error(format!("undecodable packet: {e}"));
+            tally.errors.record(format!("undecodable packet: {e}"));
             return Ok(());
         }
     };
@@ -515,7 +447,9 @@ fn producer_packet(
                 }
             }
         }
-        tally.record_error(format!("op 3: {}", packet.error_text()));
+        tally
+            .errors
+            .record(format!("op 3: {}", packet.error_text()));
         return Ok(());
     }
     if packet.t.as_deref() != Some("QUEUE_CONFIRM") {
@@ -533,7 +467,9 @@ fn producer_packet(
         return Ok(());
     };
     let Some(t) = pending.remove(&nonce) else {
-        tally.record_error("QUEUE_CONFIRM for an unknown nonce".into());
+        tally
+            .errors
+            .record("QUEUE_CONFIRM for an unknown nonce".into());
         return Ok(());
     };
     QueueTally::record(
@@ -547,75 +483,45 @@ fn producer_packet(
 
 /// One consumer: `credits` QUEUE_REQUESTs up front, then QUEUE_ACK and a
 /// new QUEUE_REQUEST per delivery, until stopped.
-async fn consume(
-    session: Session,
-    queue: &str,
-    credits: u32,
-    tally: &QueueTally,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut beat = heartbeat_timer(&session);
-    let Session {
-        mut ws, keepalive, ..
-    } = session;
+async fn consume(mut conn: Conn, queue: &str, credits: u32, tally: &QueueTally) {
     let queue_json = serde_json::to_string(queue).expect("a string");
     let request = format!(r#"{{"op":4,"t":"QUEUE_REQUEST","d":{{"queue":{queue_json}}}}}"#);
-    let mut end = None;
-    for _ in 0..credits {
-        if let Err(e) = ws.feed(Message::text(request.as_str())).await {
-            end = Some(format!("websocket send: {e}"));
-            break;
+    let ws = &mut conn.ws;
+    let requested = async {
+        for _ in 0..credits {
+            ws.feed(Message::text(request.as_str())).await?;
         }
-    }
-    if end.is_none()
-        && let Err(e) = ws.flush().await
-    {
-        end = Some(format!("websocket send: {e}"));
-    }
-    let end = match end {
-        Some(e) => Some(e),
-        None => loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break None,
-                msg = ws.next() => match read(msg) {
-                    Read::Packet(text) => match consumer_packet(&text, tally) {
-                        Ok(Some(id)) => {
-                            let ack = format!(
-                                r#"{{"op":4,"t":"QUEUE_ACK","d":{{"queue":{queue_json},"id":{}}}}}"#,
-                                serde_json::to_string(&id).expect("a string")
-                            );
-                            let sent = async {
-                                ws.feed(Message::text(ack)).await?;
-                                ws.feed(Message::text(request.as_str())).await?;
-                                ws.flush().await
-                            };
-                            if let Err(e) = sent.await {
-                                break Some(format!("websocket send: {e}"));
-                            }
+        ws.flush().await
+    };
+    let end = match requested.await {
+        Err(e) => End::Lost(format!("websocket send: {e}")),
+        Ok(()) => loop {
+            match conn.next(None).await {
+                Ok(Some(text)) => match consumer_packet(&text, tally) {
+                    Ok(Some(id)) => {
+                        let ack = format!(
+                            r#"{{"op":4,"t":"QUEUE_ACK","d":{{"queue":{queue_json},"id":{}}}}}"#,
+                            serde_json::to_string(&id).expect("a string")
+                        );
+                        let ws = &mut conn.ws;
+                        let sent = async {
+                            ws.feed(Message::text(ack)).await?;
+                            ws.feed(Message::text(request.as_str())).await?;
+                            ws.flush().await
+                        };
+                        if let Err(e) = sent.await {
+                            break End::Lost(format!("websocket send: {e}"));
                         }
-                        Ok(None) => {}
-                        Err(e) => break Some(e),
-                    },
-                    Read::Ignore => {}
-                    Read::End(e) => break Some(e),
-                },
-                _ = tick(beat.as_mut()) => {
-                    let packet = keepalive.as_ref().expect("timer only with keepalive").packet.clone();
-                    if let Err(e) = ws.send(Message::Text(packet)).await {
-                        break Some(format!("heartbeat send: {e}"));
                     }
-                }
+                    Ok(None) => {}
+                    Err(e) => break End::Lost(e),
+                },
+                Ok(None) => {}
+                Err(end) => break end,
             }
         },
     };
-    match end {
-        None => close(ws).await,
-        Some(e) => {
-            tally.disconnects.fetch_add(1, Relaxed);
-            tally.record_error(e);
-        }
-    }
+    conn.finish(end, &tally.errors).await;
 }
 
 /// A consumer's packet: `Ok(Some(id))` for a QUEUE delivery to acknowledge.
@@ -636,7 +542,7 @@ fn consumer_packet(text: &str, tally: &QueueTally) -> Result<Option<String>, Str
     let packet = match Inbound::parse(text) {
         Ok(p) => p,
         Err(e) => {
-            tally.record_error(format!("undecodable packet: {e}"));
+            tally.errors.record(format!("undecodable packet: {e}"));
             return Ok(None);
         }
     };
@@ -644,7 +550,9 @@ fn consumer_packet(text: &str, tally: &QueueTally) -> Result<Option<String>, Str
         return r.map(|()| None);
     }
     if packet.op == wire::OP_INVALID {
-        tally.record_error(format!("op 3: {}", packet.error_text()));
+        tally
+            .errors
+            .record(format!("op 3: {}", packet.error_text()));
         return Ok(None);
     }
     if packet.t.as_deref() != Some("QUEUE") {
@@ -735,6 +643,6 @@ mod tests {
         producer_packet(refused, &mut pending, &tally).unwrap();
         assert!(pending.is_empty());
         assert_eq!(tally.refused.load(Relaxed), 1);
-        assert_eq!(tally.error_count.load(Relaxed), 1);
+        assert_eq!(tally.errors.count.load(Relaxed), 1);
     }
 }

@@ -24,14 +24,12 @@
 //! The scenario runs on its own, like `queue`: its connections and phases
 //! live here; it has no open loop (`--rate`) and no `--processes`.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -45,21 +43,18 @@ use crate::identity::Shape;
 use crate::report::{
     ClientReport, ErrorsReport, Percentiles, RssPoint, ServerReport, SpectrumPoint, TimelinePoint,
 };
-use crate::session::Session;
 use crate::tally::{ErrorCount, counts, histogram};
 use crate::timeline::Timeline;
 use crate::wire::{self, Inbound};
 
-use super::conn::{Opener, Read, close, heartbeat_timer, open_all, read, tick};
+use super::conn::{self, Conn, End, Errors};
 use super::observe::Observer;
-use super::{RunError, run_id, secs};
+use super::{RunError, drain, run_id, secs};
 
 /// Length of the `rooms` list.
 pub const ROOMS: u64 = 4;
 /// Distinct room numbers (0 .. ROOM_VALUES-1).
 const ROOM_VALUES: u64 = 1000;
-/// How long the client tasks get to close politely at the end.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// The metadata after update number `u` of client `id`. Updates are
 /// numbered from [`ROOMS`] (the identify carries the state "after" updates
@@ -131,9 +126,7 @@ struct UpdateTally {
     /// Updates of the batches whose probe was answered no_route.
     stale_updates: AtomicU64,
     undecodable: AtomicU64,
-    disconnects: AtomicU64,
-    error_count: AtomicU64,
-    errors: Mutex<BTreeMap<String, u64>>,
+    errors: Errors,
     /// Batch round trip: first update written to the probe's delivery, µs.
     latency: Mutex<Histogram<u64>>,
 }
@@ -147,16 +140,9 @@ impl UpdateTally {
             stale: AtomicU64::new(0),
             stale_updates: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
-            disconnects: AtomicU64::new(0),
-            error_count: AtomicU64::new(0),
-            errors: Mutex::new(BTreeMap::new()),
+            errors: Errors::default(),
             latency: Mutex::new(histogram()),
         }
-    }
-
-    fn record_error(&self, text: String) {
-        self.error_count.fetch_add(1, Relaxed);
-        *self.errors.lock().unwrap().entry(text).or_insert(0) += 1;
     }
 
     /// Sent updates whose probe has not come back.
@@ -241,7 +227,7 @@ pub async fn run(
     workers: usize,
 ) -> Result<UpdateRunReport, RunError> {
     let server = super::resolve(gateway).await?;
-    crate::fdlimit::ensure(u64::from(args.connections) + 64)?;
+    crate::fdlimit::ensure(u64::from(args.connections) + super::SPARE_FDS)?;
     let run = args.run_id.clone().unwrap_or_else(run_id);
     let app = format!("{}-{run}-updaters", args.app_prefix);
     let progress = !args.quiet;
@@ -249,45 +235,36 @@ pub async fn run(
     let mut observer = Observer::start(args).await?;
 
     // Connect.
-    let connect_started = Instant::now();
-    let identified_so_far = Arc::new(AtomicU64::new(0));
-    let opener = Opener::new(args, server, &gateway.url, identified_so_far.clone());
-    let mut open_errors = BTreeMap::new();
     let shape = Shape::from_args(args);
     let auth = args.auth.as_deref();
-    let clients = (0..args.connections)
-        .map(|i| {
-            let client = format!("{run}-u{i}");
-            let metadata = initial_metadata(&shape, u64::from(i));
-            let packet = wire::identify(&client, &app, auth, None, metadata);
-            (client, packet)
-        })
-        .collect();
-    // open_all keeps the order of the clients it was given, less failures;
-    // each session's id is recovered from its position below.
-    let sessions = observer
-        .connecting(&identified_so_far, async {
-            open_all(&opener, args, clients, &mut open_errors).await
-        })
-        .await;
-    let connect_seconds = secs(connect_started.elapsed());
-    let requested = u64::from(args.connections);
-    let identified = sessions.len() as u64;
-    if sessions.is_empty() {
-        return Err(RunError::no_connections(&open_errors));
-    }
-    if !open_errors.is_empty() {
+    // The connect phase keeps the order of the clients it was given, less
+    // failures; each session's id is recovered from its position below.
+    let mut opened = conn::connect(&mut observer, args, server, &gateway.url, || {
+        [(0..args.connections)
+            .map(|i| {
+                let client = format!("{run}-u{i}");
+                let metadata = initial_metadata(&shape, u64::from(i));
+                let packet = wire::identify(&client, &app, auth, None, metadata);
+                (client, packet)
+            })
+            .collect()]
+    })
+    .await;
+    let (requested, identified) = (opened.requested, opened.identified);
+    opened.check_every_group()?;
+    if !opened.errors.is_empty() {
         // A client's metadata id is its position among the clients asked
         // for; with failures the sessions no longer say whose they are.
         return Err(RunError::NotAllIdentified {
             identified,
             requested,
-            first: RunError::first_errors(&open_errors),
+            first: RunError::first_errors(&opened.errors),
         });
     }
     if progress {
-        eprintln!("connect: {identified}/{requested} identified in {connect_seconds:.2} s");
+        eprintln!("{}", opened.progress_line());
     }
+    let [sessions] = std::mem::take(&mut opened.groups);
     tokio::time::sleep(args.idle()).await;
     observer.ready(identified).await?;
 
@@ -303,8 +280,9 @@ pub async fn run(
         .into_iter()
         .enumerate()
         .map(|(i, session)| {
-            let (tally, stop, plan) = (tally.clone(), stop_rx.clone(), plan.clone());
-            tokio::spawn(async move { update(session, i as u64, &plan, &tally, stop).await })
+            let conn = Conn::new(session, stop_rx.clone());
+            let (tally, plan) = (tally.clone(), plan.clone());
+            tokio::spawn(async move { update(conn, i as u64, &plan, &tally).await })
         })
         .collect();
     let (timeline, ended) = Timeline::record(
@@ -324,7 +302,7 @@ pub async fn run(
                     point.delivered_per_second,
                     tally.stale.load(Relaxed),
                     point.p99_us as f64 / 1000.0,
-                    tally.error_count.load(Relaxed),
+                    tally.errors.count.load(Relaxed),
                 );
             }
         },
@@ -333,16 +311,8 @@ pub async fn run(
     let sent_for = ended - started;
 
     // Drain: every batch's probe back.
-    let drain_started = Instant::now();
-    let drain_end = drain_started + args.drain();
-    while tally.outstanding() > 0 && Instant::now() < drain_end {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let drained_for = drain_started.elapsed();
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        let _ = tokio::time::timeout(CLOSE_GRACE * 2, task).await;
-    }
+    let drained_for = drain(args.drain(), || tally.outstanding() > 0).await;
+    conn::stop_all(&stop_tx, tasks).await;
 
     let t = &tally;
     let (sent, applied) = (t.sent.load(Relaxed), t.applied.load(Relaxed));
@@ -369,44 +339,33 @@ pub async fn run(
         scenario: Scenario::Update,
         params: args.clone(),
         application: app,
+        // Not QueueConnect: no `failed`, every client identified or the
+        // run stopped above.
         connect: UpdateConnect {
             requested,
             identified,
-            seconds: connect_seconds,
-            errors: counts(&open_errors),
+            seconds: opened.seconds,
+            errors: counts(&opened.errors),
         },
         server: observed.server,
         client: observed.client,
         traffic,
         rss_by_connections: observed.rss_by_connections,
         timeline: timeline.points,
-        errors: ErrorsReport {
-            count: t.error_count.load(Relaxed),
-            disconnects: t.disconnects.load(Relaxed),
-            texts: counts(&t.errors.lock().unwrap()),
-        },
+        errors: t.errors.report(),
     })
 }
 
 /// One client: a batch of `window` updates and its probe, wait for the
 /// probe, again, until the deadline; then wait to be stopped.
-async fn update(
-    session: Session,
-    id: u64,
-    plan: &Plan,
-    tally: &UpdateTally,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut beat = heartbeat_timer(&session);
-    let Session {
-        mut ws, keepalive, ..
-    } = session;
+async fn update(mut conn: Conn, id: u64, plan: &Plan, tally: &UpdateTally) {
     let mut next = ROOMS;
     let mut batch: Option<Batch> = None;
     let mut frame = String::new();
     let end = loop {
         if batch.is_none() && Instant::now() < plan.deadline {
             let started_ns = clock::now_ns();
+            let ws = &mut conn.ws;
             let sent = async {
                 for u in next..next + plan.window {
                     update_frame(&mut frame, id, u);
@@ -418,7 +377,7 @@ async fn update(
                 ws.flush().await
             };
             if let Err(e) = sent.await {
-                break Some(format!("websocket send: {e}"));
+                break End::Lost(format!("websocket send: {e}"));
             }
             tally.sent.fetch_add(plan.window, Relaxed);
             tally.probes.fetch_add(1, Relaxed);
@@ -429,56 +388,45 @@ async fn update(
             });
             next += plan.window;
         }
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break None,
-            msg = ws.next() => match read(msg) {
-                Read::Packet(text) => match answer(&text) {
-                    Answer::Delivered { u } => match batch.take() {
-                        Some(b) if b.last == u => {
-                            tally.applied.fetch_add(b.updates, Relaxed);
-                            let us = clock::now_ns().saturating_sub(b.started_ns) / 1000;
-                            let _ = tally.latency.lock().unwrap().record(us.max(1));
-                        }
-                        other => {
-                            batch = other;
-                            tally.record_error(format!("probe for update {u} not expected"));
-                        }
-                    },
-                    Answer::NoRoute => match batch.take() {
-                        Some(b) => {
-                            tally.stale.fetch_add(1, Relaxed);
-                            tally.stale_updates.fetch_add(b.updates, Relaxed);
-                            tally.record_error("op 3: no_route (probe: an update was not visible)".into());
-                        }
-                        None => tally.record_error("op 3: no_route without a probe".into()),
-                    },
-                    Answer::Invalid(e) => tally.record_error(format!("op 3: {e}")),
-                    Answer::Other => {}
-                    Answer::End(e) => break Some(e),
-                    Answer::Undecodable(e) => {
-                        tally.undecodable.fetch_add(1, Relaxed);
-                        tally.record_error(format!("undecodable packet: {e}"));
-                    }
-                },
-                Read::Ignore => {}
-                Read::End(e) => break Some(e),
-            },
-            _ = tick(beat.as_mut()) => {
-                let packet = keepalive.as_ref().expect("timer only with keepalive").packet.clone();
-                if let Err(e) = ws.send(Message::Text(packet)).await {
-                    break Some(format!("heartbeat send: {e}"));
+        let text = match conn.next(None).await {
+            Ok(Some(text)) => text,
+            Ok(None) => continue,
+            Err(end) => break end,
+        };
+        match answer(&text) {
+            Answer::Delivered { u } => match batch.take() {
+                Some(b) if b.last == u => {
+                    tally.applied.fetch_add(b.updates, Relaxed);
+                    let us = clock::now_ns().saturating_sub(b.started_ns) / 1000;
+                    let _ = tally.latency.lock().unwrap().record(us.max(1));
                 }
+                other => {
+                    batch = other;
+                    tally
+                        .errors
+                        .record(format!("probe for update {u} not expected"));
+                }
+            },
+            Answer::NoRoute => match batch.take() {
+                Some(b) => {
+                    tally.stale.fetch_add(1, Relaxed);
+                    tally.stale_updates.fetch_add(b.updates, Relaxed);
+                    tally
+                        .errors
+                        .record("op 3: no_route (probe: an update was not visible)".into());
+                }
+                None => tally.errors.record("op 3: no_route without a probe".into()),
+            },
+            Answer::Invalid(e) => tally.errors.record(format!("op 3: {e}")),
+            Answer::Other => {}
+            Answer::End(e) => break End::Lost(e),
+            Answer::Undecodable(e) => {
+                tally.undecodable.fetch_add(1, Relaxed);
+                tally.errors.record(format!("undecodable packet: {e}"));
             }
         }
     };
-    match end {
-        None => close(ws).await,
-        Some(e) => {
-            tally.disconnects.fetch_add(1, Relaxed);
-            tally.record_error(e);
-        }
-    }
+    conn.finish(end, &tally.errors).await;
 }
 
 /// The update scenario's result: the JSON on stdout.

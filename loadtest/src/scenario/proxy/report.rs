@@ -14,7 +14,6 @@ use crate::report::{
     TimelinePoint,
 };
 use crate::scenario::queue::QueueConnect;
-use crate::tally::merge_counts;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ProxyRunReport {
@@ -150,7 +149,6 @@ impl ProxyRunReport {
         }
         let mut upstreams: Vec<&str> = parts.iter().map(|p| p.upstream.as_str()).collect();
         upstreams.dedup();
-        let requested = sum(&|p| p.connect.requested);
         let served: Vec<u64> = parts.iter().filter_map(|p| p.upstream_served).collect();
         ProxyRunReport {
             tool: env!("CARGO_PKG_NAME").into(),
@@ -160,13 +158,7 @@ impl ProxyRunReport {
             app: parts[0].app.clone(),
             upstream: upstreams.join(", "),
             upstream_served: (!served.is_empty()).then(|| served.iter().sum()),
-            connect: QueueConnect {
-                requested,
-                identified,
-                failed: requested.saturating_sub(identified),
-                seconds: parts.iter().map(|p| p.connect.seconds).fold(0.0, f64::max),
-                errors: merge_counts(parts.iter().map(|p| &p.connect.errors)),
-            },
+            connect: QueueConnect::merged(parts.iter().map(|p| &p.connect), identified),
             server: crate::scenario::server_report(
                 &probe,
                 args.server_pid,

@@ -12,7 +12,8 @@ use crate::report::{
     ClientReport, ErrorsReport, Percentiles, Raw, RssPoint, ServerReport, SpectrumPoint,
     TimelinePoint,
 };
-use crate::tally::{ErrorCount, merge_counts};
+use crate::scenario::conn::Opened;
+use crate::tally::{ErrorCount, counts, merge_counts};
 
 /// The queue scenario's result: the JSON on stdout.
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,6 +50,36 @@ pub struct QueueConnect {
     pub failed: u64,
     pub seconds: f64,
     pub errors: Vec<ErrorCount>,
+}
+
+impl QueueConnect {
+    /// This process's connect phase (queue and proxy).
+    pub(in crate::scenario) fn of<const N: usize>(opened: &Opened<N>) -> QueueConnect {
+        QueueConnect {
+            requested: opened.requested,
+            identified: opened.identified,
+            failed: opened.requested - opened.identified,
+            seconds: opened.seconds,
+            errors: counts(&opened.errors),
+        }
+    }
+
+    /// The workers' connect phases as one (queue and proxy): counts add
+    /// up, the connect time is the longest; `identified` is the
+    /// coordinator's count.
+    pub(crate) fn merged<'a>(
+        parts: impl Iterator<Item = &'a QueueConnect> + Clone,
+        identified: u64,
+    ) -> QueueConnect {
+        let requested: u64 = parts.clone().map(|c| c.requested).sum();
+        QueueConnect {
+            requested,
+            identified,
+            failed: requested.saturating_sub(identified),
+            seconds: parts.clone().map(|c| c.seconds).fold(0.0, f64::max),
+            errors: merge_counts(parts.map(|c| &c.errors)),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -181,7 +212,6 @@ impl QueueRunReport {
             max(&|p| p.traffic.drain_seconds),
         );
         let (queued, delivered) = (sum(&|p| p.traffic.queued), sum(&|p| p.traffic.delivered));
-        let requested = sum(&|p| p.connect.requested);
         let first = &parts[0];
         let traffic = QueueTraffic {
             producers: sum(&|p| p.traffic.producers),
@@ -213,13 +243,7 @@ impl QueueRunReport {
             scenario: Scenario::Queue,
             params: args.clone(),
             queue: first.queue.clone(),
-            connect: QueueConnect {
-                requested,
-                identified,
-                failed: requested.saturating_sub(identified),
-                seconds: max(&|p| p.connect.seconds),
-                errors: merge_counts(parts.iter().map(|p| &p.connect.errors)),
-            },
+            connect: QueueConnect::merged(parts.iter().map(|p| &p.connect), identified),
             server: crate::scenario::server_report(
                 &probe,
                 args.server_pid,
