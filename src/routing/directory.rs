@@ -493,7 +493,9 @@ impl Directory {
     /// may have been about these very buckets). Empty answers are not
     /// kept (see [`Place::remembered`]).
     pub fn remember(&mut self, home: usize, keys: Vec<ValueKey>, answer: Located) {
-        if self.forgotten.get(home).is_none_or(|&seq| seq > answer.seq) {
+        if self.forgotten.get(home).is_none_or(|&seq| seq > answer.seq)
+            || keys.len() > REMEMBERED_MAX
+        {
             return;
         }
         if self.remembered.len() + keys.len() > REMEMBERED_MAX {
@@ -809,6 +811,12 @@ mod tests {
             assert!(d.remembered() <= REMEMBERED_MAX);
         }
         assert!(d.remembered() < 20, "starts again when full");
+        // One answer bigger than the whole table (a `$in` with that many
+        // values) is not kept at all.
+        let many: Vec<ValueKey> = (0..=REMEMBERED_MAX as i64).map(|u| key("b", u)).collect();
+        let holders = vec![vec![(1, open(1))]; many.len()];
+        d.remember(1, many, Located { holders, seq: 0 });
+        assert!(d.remembered() < 20);
     }
 
     #[test]
