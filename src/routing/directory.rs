@@ -696,16 +696,22 @@ mod tests {
     #[test]
     fn repeated_touches_cost_one_entry_per_message() {
         let mut d = Directory::new(0, 2);
-        let k = (0..)
-            .map(|u| key("a", u))
-            .find(|k| home_of(k, 2) == 1)
-            .unwrap();
+        let (_, k) = user_homed(2, |home| home == 1);
         let touched = vec![Touched::Value(k.clone()); 5];
         let out = d.record(touched, |_| Count::default(), |_| open(3));
         let [(1, DirMsg::Values { from: 0, counts })] = out.as_slice() else {
             panic!("one message to the home: {out:?}");
         };
         assert_eq!(counts, &vec![(k, open(3))]);
+    }
+
+    /// The first user id of application "a" whose bucket's home, among
+    /// `shards`, passes `home`.
+    fn user_homed(shards: usize, home: impl Fn(usize) -> bool) -> (i64, ValueKey) {
+        (0..)
+            .map(|u| (u, key("a", u)))
+            .find(|(_, k)| home(home_of(k, shards)))
+            .unwrap()
     }
 
     /// Shard 0 asks the home of a bucket and remembers the answer.
@@ -721,10 +727,7 @@ mod tests {
     fn a_remembered_answer_is_forgotten_when_its_bucket_changes() {
         let mut w = World::new(4);
         // A user on shard 3; an asker that is not the home.
-        let user = (0..)
-            .find(|&u| ![0, 3].contains(&home_of(&key("a", u), 4)))
-            .unwrap();
-        let k = key("a", user);
+        let (user, k) = user_homed(4, |home| ![0, 3].contains(&home));
         w.change(3, "a", user, 1);
         assert_eq!(ask_and_remember(&mut w, 0, &k), vec![(3, 1)]);
         assert_eq!(
@@ -754,26 +757,12 @@ mod tests {
     #[test]
     fn an_answer_older_than_a_forget_taken_in_is_not_remembered() {
         let mut w = World::new(2);
-        let k = (0..)
-            .map(|u| key("a", u))
-            .find(|k| home_of(k, 2) == 1)
-            .unwrap();
-        let ScalarKey::Int(user) = k.scalar else {
-            unreachable!()
-        };
+        let (user, k) = user_homed(2, |home| home == 1);
         w.change(1, "a", user, 1);
         // Shard 0 is answered, but before the answer arrives the bucket
         // changes and the forget (sent on another lane) overtakes it.
         let answer = w.dirs[1].answer(std::slice::from_ref(&k), 0);
-        let out = {
-            w.values[1].borrow_mut().insert(k.clone(), open(2));
-            w.dirs[1].record(vec![Touched::Value(k.clone())], |_| open(2), |_| open(2))
-        };
-        assert!(
-            matches!(out.as_slice(), [(0, DirMsg::Forget { .. })]),
-            "{out:?}"
-        );
-        w.deliver(out);
+        assert!(w.change(1, "a", user, 1).contains(&"directory_forget"));
         w.dirs[0].remember(1, vec![k.clone()], answer);
         assert_eq!(w.dirs[0].remembered(), 0);
     }
@@ -781,17 +770,11 @@ mod tests {
     #[test]
     fn empty_answers_and_the_home_itself_are_not_remembered() {
         let mut w = World::new(2);
-        let k = (0..)
-            .map(|u| key("a", u))
-            .find(|k| home_of(k, 2) == 1)
-            .unwrap();
+        let (user, k) = user_homed(2, |home| home == 1);
         assert_eq!(ask_and_remember(&mut w, 0, &k), vec![]);
         assert_eq!(w.dirs[0].remembered(), 0);
         // Nobody watches an empty bucket, so a holder arriving sends no
         // forget, and asking again finds it.
-        let ScalarKey::Int(user) = k.scalar else {
-            unreachable!()
-        };
         assert!(!w.change(0, "a", user, 1).contains(&"directory_forget"));
         assert_eq!(ask_and_remember(&mut w, 0, &k), vec![(0, 1)]);
         // The home answering itself registers no watcher.
