@@ -2,7 +2,7 @@
 //! variables > an optional TOML file > defaults, then passed down. Nothing
 //! else in the server reads the environment.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -109,6 +109,15 @@ pub struct Config {
     /// Waiting QUEUE_REQUEST credits one connection may hold on every
     /// queue together.
     pub max_queue_requests: usize,
+    // The cluster (src/cluster).
+    /// Where this node gossips (UDP); `None`: a single node.
+    pub cluster_addr: Option<SocketAddr>,
+    /// Signs every gossip packet; required with `cluster_addr`.
+    pub cluster_secret: Option<String>,
+    /// Other nodes to join through, `host:port` each (resolved on each try).
+    pub peers: Vec<String>,
+    /// How long a suspected node has to answer before it is declared down.
+    pub cluster_down_after: Duration,
 }
 
 pub const DEFAULT_PORT: u16 = 4567;
@@ -145,6 +154,11 @@ pub const DEFAULT_MAX_QUEUE_BYTES: usize = 256 << 20;
 pub const DEFAULT_MAX_TOTAL_QUEUE_BYTES: usize = 1 << 30;
 pub const DEFAULT_MAX_QUERY_RESULTS: usize = 1000;
 pub const DEFAULT_MAX_QUEUE_REQUESTS: usize = 10_000;
+pub const DEFAULT_CLUSTER_DOWN_AFTER_MS: u64 = 4_000;
+/// The shortest cluster secret accepted, in bytes.
+pub const MIN_CLUSTER_SECRET: usize = 16;
+/// The longest node name in a cluster: it travels in every gossip packet.
+pub const MAX_CLUSTER_NODE_NAME: usize = 64;
 
 /// Command-line flags. Every flag can also come from the environment
 /// variable named beside it, and from the `--config` TOML file under its
@@ -273,6 +287,18 @@ pub struct Flags {
     /// Queues: waiting QUEUE_REQUEST credits one connection may hold on every queue together (each queue also allows at most --max-queue-length); QUEUE_REQUEST past it is invalid [default: 10000]
     #[arg(long, env = "MAX_QUEUE_REQUESTS")]
     max_queue_requests: Option<usize>,
+    /// Cluster: the UDP address (ip:port) this node gossips on, which the other nodes must be able to reach (not 0.0.0.0); port 0 picks a free one; unset runs a single node [default: none]
+    #[arg(long, env = "CLUSTER_ADDR")]
+    cluster_addr: Option<SocketAddr>,
+    /// Cluster: the shared secret every gossip packet is signed with (HMAC-SHA256), at least 16 bytes; required with --cluster-addr; a node with another secret is never admitted [default: none]
+    #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// Cluster: other nodes to join through, host:port separated by commas; names are resolved again on every try, so one DNS name for every node (a Kubernetes headless service) works [default: none]
+    #[arg(long, env = "PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Cluster: milliseconds a node that missed its probes has to answer before it is declared down and leaves every route; a dead node is out within about this plus 2 s [default: 4000]
+    #[arg(long, env = "CLUSTER_DOWN_AFTER")]
+    cluster_down_after: Option<u64>,
     /// TOML file with any of the settings above as snake_case keys
     #[arg(long, env = "CONFIG")]
     config: Option<PathBuf>,
@@ -321,6 +347,10 @@ struct FileConfig {
     max_total_queue_bytes: Option<usize>,
     max_query_results: Option<usize>,
     max_queue_requests: Option<usize>,
+    cluster_addr: Option<SocketAddr>,
+    cluster_secret: Option<String>,
+    peers: Option<Vec<String>>,
+    cluster_down_after: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -499,6 +529,26 @@ impl Config {
                 .max_queue_requests
                 .or(file.max_queue_requests)
                 .unwrap_or(DEFAULT_MAX_QUEUE_REQUESTS),
+            cluster_addr: flags.cluster_addr.or(file.cluster_addr),
+            cluster_secret: flags
+                .cluster_secret
+                .or(file.cluster_secret)
+                .filter(|s| !s.is_empty()),
+            peers: if flags.peers.is_empty() {
+                file.peers.unwrap_or_default()
+            } else {
+                flags.peers
+            }
+            .into_iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+            cluster_down_after: Duration::from_millis(
+                flags
+                    .cluster_down_after
+                    .or(file.cluster_down_after)
+                    .unwrap_or(DEFAULT_CLUSTER_DOWN_AFTER_MS),
+            ),
         };
         config.validate()?;
         Ok(config)
@@ -582,6 +632,60 @@ impl Config {
         }
         if self.max_queue_requests == 0 {
             return invalid("max_queue_requests", "must be at least 1");
+        }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let invalid = |name, reason: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                reason: reason.into(),
+            })
+        };
+        if self.cluster_down_after < Duration::from_millis(100)
+            || self.cluster_down_after > Duration::from_secs(600)
+        {
+            return invalid("cluster_down_after", "must be between 100 and 600000 ms");
+        }
+        let Some(addr) = self.cluster_addr else {
+            if !self.peers.is_empty() {
+                return invalid(
+                    "peers",
+                    "needs --cluster-addr, the address this node gossips on",
+                );
+            }
+            return Ok(());
+        };
+        if addr.ip().is_unspecified() {
+            return invalid(
+                "cluster_addr",
+                "must be an address the other nodes can reach, not 0.0.0.0 or ::",
+            );
+        }
+        match &self.cluster_secret {
+            None => {
+                return invalid(
+                    "cluster_secret",
+                    "required with --cluster-addr: every gossip packet is signed with it",
+                );
+            }
+            Some(secret) if secret.len() < MIN_CLUSTER_SECRET => {
+                return invalid("cluster_secret", "must be at least 16 bytes");
+            }
+            Some(_) => {}
+        }
+        if self.node_name.is_empty() || self.node_name.len() > MAX_CLUSTER_NODE_NAME {
+            return invalid(
+                "node_name",
+                "must be 1 to 64 bytes in a cluster (it travels in every gossip packet)",
+            );
+        }
+        if let Some(bad) = self.peers.iter().find(|p| p.rsplit_once(':').is_none()) {
+            return Err(ConfigError::Invalid {
+                name: "peers",
+                reason: format!("{bad:?} is not host:port"),
+            });
         }
         Ok(())
     }

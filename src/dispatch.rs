@@ -32,6 +32,7 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
         ShardMsg::ClientEvent { packet } => shard.notify_subscribers(&packet),
         ShardMsg::Shutdown => shard.shutdown(),
         ShardMsg::Queue(msg) => queue::owner::handle(shard, msg),
+        ShardMsg::ClusterView(view) => shard.cluster.set_view(view),
         request => {
             let reply_to = match &request {
                 ShardMsg::Pick { reply_to, .. }
@@ -81,7 +82,7 @@ fn metrics(shard: &Shard) -> Snapshot {
     let (queues, queue_bytes) = shard.queues.held();
     routing::locate::catch_up(shard);
     let directory = shard.directory.as_ref().map_or((0, 0, 0), |d| d.sizes());
-    shard.metrics.snapshot(
+    let mut snapshot = shard.metrics.snapshot(
         shard.id,
         Gauges {
             connections: shard.open_connections() as u64,
@@ -94,5 +95,7 @@ fn metrics(shard: &Shard) -> Snapshot {
             directory_remembered: directory.2 as u64,
         },
         shard.queues.rows(),
-    )
+    );
+    snapshot.cluster = shard.cluster.stats();
+    snapshot
 }

@@ -11,6 +11,8 @@
 //! - [`routing::pick`]: the decomposable choice of a SEND's recipient.
 //! - [`routing::directory`]: which shards can hold a match: application
 //!   counts replicated on every shard, indexed values homed by hash.
+//! - [`cluster::node`], [`cluster::seal`]: who a node is and what this
+//!   node knows of the others; gossip packets signed with the secret.
 //!
 //! Runtime (glommio, one executor per shard):
 //! - [`server`]: starts the shards and stops them on a signal.
@@ -28,9 +30,12 @@
 //!   timers, and the write-ahead log with recovery.
 //! - [`proxy`]: `POST /api/v1/proxy`: a request routed like SEND, sent to
 //!   the chosen client's address with hyper, the answer relayed back.
+//! - [`cluster`]: the cluster's membership, gossiped over UDP by shard 0
+//!   and published to every shard.
 //! - [`config`]: flags, environment, file, defaults.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod gateway;

@@ -50,8 +50,12 @@ fn main() {
         }
     };
     tracing::info!(addr = %server.addr, shards, "singyeong started");
-    // The one line on stdout: tests and scripts read the bound address here.
+    // The one line on stdout (two in a cluster): tests and scripts read the
+    // bound addresses here.
     println!("listening on {}", server.addr);
+    if let Some(cluster) = server.cluster_addr {
+        println!("cluster on {cluster}");
+    }
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down");
     }

@@ -19,6 +19,8 @@ use crate::shard::{Mesh, Shard, ShardMsg};
 /// A running server: its address and the handles to stop it.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where this node gossips, when it is part of a cluster.
+    pub cluster_addr: Option<SocketAddr>,
     mesh: Mesh<ShardMsg>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
 }
@@ -40,6 +42,22 @@ pub enum StartError {
         addr: SocketAddr,
         reason: String,
     },
+    #[error("cannot gossip on the cluster address {addr} (UDP): {reason}")]
+    Cluster { addr: SocketAddr, reason: String },
+}
+
+/// What a starting shard reports: where it listens, or why it cannot.
+type Ready = Result<Bound, Unready>;
+
+struct Bound {
+    addr: SocketAddr,
+    /// Shard 0 in a cluster: where it gossips.
+    cluster: Option<SocketAddr>,
+}
+
+enum Unready {
+    Listen(String),
+    Cluster(String),
 }
 
 /// The CPUs this process may run on, in order (the kernel's
@@ -99,6 +117,7 @@ impl Server {
         let cpus = allowed_cpus();
         let mut threads = Vec::new();
         let mut addr = SocketAddr::new(config.bind, config.port);
+        let mut cluster_addr = None;
         for id in 0..config.shards {
             // Pin one shard per CPU the process may use (taskset, a
             // container's cpuset) when there are enough; more shards than
@@ -131,12 +150,22 @@ impl Server {
                 })
                 .map_err(|source| StartError::Executor { shard: id, source })?;
             match ready_rx.recv() {
-                Ok(Ok(bound)) => addr = bound,
-                Ok(Err(reason)) => {
+                Ok(Ok(bound)) => {
+                    addr = bound.addr;
+                    cluster_addr = cluster_addr.or(bound.cluster);
+                }
+                Ok(Err(Unready::Listen(reason))) => {
                     stop_all(&mesh, id);
                     return Err(StartError::Listen {
                         shard: id,
                         addr,
+                        reason,
+                    });
+                }
+                Ok(Err(Unready::Cluster(reason))) => {
+                    stop_all(&mesh, id + 1);
+                    return Err(StartError::Cluster {
+                        addr: config.cluster_addr.unwrap_or(addr),
                         reason,
                     });
                 }
@@ -153,6 +182,7 @@ impl Server {
         }
         Ok(Server {
             addr,
+            cluster_addr,
             mesh,
             threads,
         })
@@ -251,7 +281,7 @@ async fn run_shard(
     // The shard mesh and the routing directory's lane.
     (mesh, directory_lane): (Mesh<ShardMsg>, Mesh<crate::routing::directory::DirMsg>),
     addr: SocketAddr,
-    ready: mpsc::Sender<Result<SocketAddr, String>>,
+    ready: mpsc::Sender<Ready>,
     // Recovered messages, the boot number, and the server-wide queue budget.
     queues: (crate::queue::RecoveredShard, u64, Arc<crate::queue::Budget>),
     draining: Arc<AtomicUsize>,
@@ -259,7 +289,7 @@ async fn run_shard(
     let listener = match TcpListener::bind(addr) {
         Ok(listener) => listener,
         Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
+            let _ = ready.send(Err(Unready::Listen(e.to_string())));
             return;
         }
     };
@@ -281,8 +311,23 @@ async fn run_shard(
             wake_lane: crate::routing::locate::wake,
         },
     ));
-    let _ = ready.send(Ok(bound));
+    // Shard 0 runs the cluster's membership.
+    let gossip = match start_gossip(id, &shard.config, &mesh) {
+        Ok(gossip) => gossip,
+        Err(reason) => {
+            let _ = ready.send(Err(Unready::Cluster(reason)));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(Bound {
+        addr: bound,
+        cluster: gossip.as_ref().map(|g| g.local_addr()),
+    }));
     tracing::debug!(shard = id, %bound, "listening");
+    let gossip_task = gossip.map(|gossip| {
+        shard.cluster.set_gossip(gossip.clone());
+        glommio::spawn_local(gossip.run()).detach()
+    });
 
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
     let flush_queue =
@@ -317,6 +362,14 @@ async fn run_shard(
         glommio::yield_if_needed().await;
     }
     accept.cancel();
+    // Leave the cluster first: the others take this node out of their
+    // routes at once rather than after the failure timeout.
+    if let Some(gossip) = shard.cluster.gossip() {
+        gossip.leave().await;
+    }
+    if let Some(task) = gossip_task {
+        task.cancel();
+    }
     // Give connections a moment to finish their goodbyes. A shard whose
     // connections are done keeps answering the mesh until every shard is
     // done: a connection elsewhere may be waiting on its answer (a SEND in
@@ -347,6 +400,39 @@ async fn run_shard(
         task.cancel();
     }
     flusher.cancel();
+}
+
+/// On shard 0 of a cluster node: the gossip, bound, publishing each new
+/// view of the cluster to every shard.
+fn start_gossip(
+    id: usize,
+    config: &Config,
+    mesh: &Mesh<ShardMsg>,
+) -> Result<Option<Rc<crate::cluster::Gossip>>, String> {
+    let (0, Some(addr)) = (id, config.cluster_addr) else {
+        return Ok(None);
+    };
+    let settings = crate::cluster::Settings {
+        addr,
+        secret: config
+            .cluster_secret
+            .clone()
+            .unwrap_or_default()
+            .into_bytes(),
+        peers: config.peers.clone(),
+        name: config.node_name.clone(),
+        shards: config.shards as u16,
+        down_after: config.cluster_down_after,
+    };
+    let mesh = mesh.clone();
+    let publish = Box::new(move |view: Arc<crate::cluster::ClusterView>| {
+        for shard in 0..mesh.shards() {
+            mesh.send(shard, ShardMsg::ClusterView(view.clone()));
+        }
+    });
+    let gossip = crate::cluster::Gossip::bind(&settings, publish).map_err(|e| e.to_string())?;
+    tracing::info!(addr = %gossip.local_addr(), peers = ?config.peers, "cluster: gossiping");
+    Ok(Some(Rc::new(gossip)))
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {

@@ -52,13 +52,19 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Response {
             Err(denied) => denied,
             Ok(()) => Response::json(200, &crate::queue::stats(shard).await),
         },
+        ("GET", "/api/v1/cluster") => match authorize(shard, req) {
+            Err(denied) => denied,
+            Ok(()) => Response::json(200, &shard.cluster.view().to_json()),
+        },
         ("GET", "/metrics") => match authorize(shard, req) {
             Err(denied) => denied,
             Ok(()) => metrics(shard).await,
         },
         ("GET" | "HEAD", "/") => Response::json(302, &json!({"location": "/gateway/websocket"}))
             .with_header("location", "/gateway/websocket"),
-        (_, "/api/version" | "/" | "/metrics" | "/api/v1/queues") => method_not_allowed("GET"),
+        (_, "/api/version" | "/" | "/metrics" | "/api/v1/queues" | "/api/v1/cluster") => {
+            method_not_allowed("GET")
+        }
         (_, "/api/v1/query" | "/api/v1/proxy") => method_not_allowed("POST"),
         _ => not_found(),
     }

@@ -249,6 +249,7 @@ impl ShardMetrics {
             routing_overlapped: self.routing_overlapped.get(),
             cross_shard: read(&self.cross_shard),
             queues,
+            cluster: None,
         }
     }
 }
@@ -303,6 +304,8 @@ pub struct Snapshot {
     pub cross_shard: Vec<u64>,
     /// The queues the shard owns.
     pub queues: Vec<QueueRow>,
+    /// From the shard that runs the cluster's gossip.
+    pub cluster: Option<crate::cluster::ClusterStats>,
 }
 
 #[cfg(test)]

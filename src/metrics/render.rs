@@ -420,6 +420,9 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
     );
     queue_families(&mut registry, snapshots, max_queues);
     limit_families(&mut registry, snapshots);
+    if let Some(cluster) = snapshots.iter().find_map(|s| s.cluster) {
+        cluster_families(&mut registry, &cluster);
+    }
     registry.register_with_unit(
         "routing_latency",
         "Time to route a SEND or BROADCAST, from decoding to handing it to the recipients' shards",
@@ -460,6 +463,57 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
     let _ = prometheus_client::encoding::text::encode_registry(&mut out, &process);
     let _ = prometheus_client::encoding::text::encode_eof(&mut out);
     out
+}
+
+/// The node's membership and its gossip traffic (no shard label: one
+/// shard runs the gossip for the node).
+fn cluster_families(registry: &mut Registry, stats: &crate::cluster::ClusterStats) {
+    use crate::cluster::{MemberState, RejectReason};
+    fn one_label<M>(name: &str, rows: impl Iterator<Item = (&'static str, M)>) -> Labeled<M> {
+        Labeled {
+            rows: rows
+                .map(|(value, m)| (vec![(name.to_string(), value.to_string())], m))
+                .collect(),
+        }
+    }
+    registry.register(
+        "cluster_members",
+        "Other nodes of the cluster this node knows, by state (down ones are kept a while)",
+        one_label(
+            "state",
+            MemberState::ALL
+                .iter()
+                .zip(stats.members)
+                .map(|(state, n)| (state.label(), ConstGauge::new(n as i64))),
+        ),
+    );
+    let gossip = stats.gossip;
+    registry.register(
+        "cluster_gossip_packets_received",
+        "Gossip packets received with a good signature",
+        ConstCounter::new(gossip.received),
+    );
+    registry.register(
+        "cluster_gossip_packets_sent",
+        "Gossip packets sent",
+        ConstCounter::new(gossip.sent),
+    );
+    registry.register(
+        "cluster_gossip_send_errors",
+        "Gossip packets the socket refused to send",
+        ConstCounter::new(gossip.send_errors),
+    );
+    registry.register(
+        "cluster_gossip_packets_rejected",
+        "Gossip packets dropped: not gossip, truncated, bad signature (another secret), oversized, or unusable once opened",
+        one_label(
+            "reason",
+            RejectReason::ALL
+                .iter()
+                .zip(gossip.rejected)
+                .map(|(reason, n)| (reason.label(), ConstCounter::new(n))),
+        ),
+    );
 }
 
 fn resident_bytes() -> Option<u64> {

@@ -158,11 +158,14 @@ pub enum ShardMsg {
         reply_to: ReplyTo,
         ask: crate::queue::QueueAsk,
     },
+    /// The cluster's members changed: the new view, from the shard that
+    /// runs the gossip (see [`crate::cluster`]).
+    ClusterView(Arc<crate::cluster::ClusterView>),
 }
 
 impl ShardMsg {
     /// Every [`ShardMsg::kind`], in the order of its index.
-    pub const KINDS: [&'static str; 25] = [
+    pub const KINDS: [&'static str; 26] = [
         "pick",
         "deliver",
         "send_one",
@@ -188,6 +191,7 @@ impl ShardMsg {
         "directory_apps",
         "directory_values",
         "directory_forget",
+        "cluster_view",
     ];
 
     /// What the message is, as an index into [`ShardMsg::KINDS`]: the
@@ -220,6 +224,7 @@ impl ShardMsg {
             },
             ShardMsg::PickSend { .. } => 19,
             ShardMsg::Locate { .. } => 20,
+            ShardMsg::ClusterView(_) => 25,
         }
     }
 

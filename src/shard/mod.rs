@@ -78,6 +78,9 @@ pub struct Shard {
     /// Like `queues`, held here for the routing code, which reads it
     /// through `&Shard`; built by the caller.
     pub directory: Option<crate::routing::locate::DirectoryLink>,
+    /// What this node knows of the cluster (and, on shard 0, the gossip
+    /// that learns it). Held here like `queues`, for the code above.
+    pub cluster: crate::cluster::ShardCluster,
 }
 
 /// What the layers above the shard do when the shard needs them: the
@@ -129,6 +132,7 @@ impl Shard {
             flush: Rc::default(),
             queues,
             directory,
+            cluster: Default::default(),
         }
     }
 

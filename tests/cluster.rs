@@ -1,0 +1,322 @@
+//! Cluster membership over real processes on loopback: nodes find each
+//! other through their peers, a killed node is declared down within the
+//! failure timeout and rejoins when restarted, a paused node comes back, a
+//! node with another secret is never admitted, and garbage sent to the
+//! gossip port is counted and harms nothing.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use serde_json::Value;
+
+const SECRET: &str = "a cluster secret for the tests";
+
+/// A free UDP port on loopback, chosen ahead so that a node can be
+/// restarted on the same gossip address.
+fn gossip_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+}
+
+fn start_node(
+    name: &str,
+    gossip: SocketAddr,
+    peers: &[SocketAddr],
+    secret: &str,
+    down_after_ms: Option<u64>,
+) -> Server {
+    let gossip = gossip.to_string();
+    let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+    let peers = peers.join(",");
+    let down_after = down_after_ms.map(|ms| ms.to_string());
+    let mut args = vec![
+        "--shards",
+        "1",
+        "--no-durable",
+        "--node-name",
+        name,
+        "--cluster-addr",
+        &gossip,
+        "--cluster-secret",
+        secret,
+    ];
+    if !peers.is_empty() {
+        args.extend(["--peers", &peers]);
+    }
+    if let Some(ms) = &down_after {
+        args.extend(["--cluster-down-after", ms]);
+    }
+    let server = Server::start(&args);
+    let mut lines = Vec::new();
+    wait_until(
+        "the gossip address on stdout",
+        Duration::from_secs(2),
+        || {
+            lines.extend(server.extra_stdout_lines());
+            !lines.is_empty()
+        },
+    );
+    assert_eq!(lines, [format!("cluster on {gossip}")]);
+    server
+}
+
+/// `GET /api/v1/cluster`.
+fn cluster(server: &Server) -> Value {
+    let response = server.http("GET", "/api/v1/cluster", &[], None);
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
+}
+
+/// The state of the member named `name` as `server` sees it, and its boot.
+fn member(server: &Server, name: &str) -> Option<(String, u64)> {
+    cluster(server)["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["name"] == name)
+        .map(|m| {
+            (
+                m["state"].as_str().expect("state").to_string(),
+                m["boot"].as_u64().expect("boot"),
+            )
+        })
+}
+
+fn alive(server: &Server, name: &str) -> bool {
+    member(server, name).is_some_and(|(state, _)| state == "alive")
+}
+
+/// Polls `done` until it holds; panics after `timeout`. Returns how long
+/// it took.
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+fn metric(server: &Server, series: &str) -> u64 {
+    let body = server.http("GET", "/metrics", &[], None).text();
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+}
+
+const JOIN: Duration = Duration::from_secs(10);
+
+#[test]
+fn three_nodes_join_a_killed_one_is_dropped_within_the_default_timeout_and_rejoins() {
+    let (ga, gb, gc) = (gossip_addr(), gossip_addr(), gossip_addr());
+    // A knows nobody; B and C know only A: membership spreads by gossip.
+    let a = start_node("a", ga, &[], SECRET, None);
+    let b = start_node("b", gb, &[ga], SECRET, None);
+    let mut c = start_node("c", gc, &[ga], SECRET, None);
+    for (server, others) in [(&a, ["b", "c"]), (&b, ["a", "c"]), (&c, ["a", "b"])] {
+        for other in others {
+            wait_until(&format!("{other} alive"), JOIN, || alive(server, other));
+        }
+    }
+    let view = cluster(&a);
+    assert_eq!(view["enabled"], true);
+    assert_eq!(view["node"]["name"], "a");
+    assert_eq!(view["node"]["addr"], ga.to_string());
+    assert_eq!(view["node"]["shards"], 1);
+    assert_eq!(metric(&a, "singyeong_cluster_members{state=\"alive\"}"), 2);
+    assert!(metric(&a, "singyeong_cluster_gossip_packets_received_total") > 0);
+
+    let (_, first_boot) = member(&a, "c").expect("c known");
+    c.kill();
+    // The default suspicion timeout (4 s) plus probing: within 10 s.
+    let took = wait_until("c down on a", Duration::from_secs(10), || {
+        member(&a, "c").is_some_and(|(s, _)| s == "down")
+    });
+    wait_until("c down on b", Duration::from_secs(3), || {
+        member(&b, "c").is_some_and(|(s, _)| s == "down")
+    });
+    assert!(
+        took >= Duration::from_secs(2),
+        "declared down after {took:?}: no suspicion?"
+    );
+    assert_eq!(metric(&a, "singyeong_cluster_members{state=\"down\"}"), 1);
+
+    // Restarted on the same address, it is a new run of c and rejoins.
+    let c = start_node("c", gc, &[ga], SECRET, None);
+    for server in [&a, &b] {
+        wait_until("c back", JOIN, || {
+            member(server, "c").is_some_and(|(s, boot)| s == "alive" && boot > first_boot)
+        });
+    }
+    wait_until("c sees a and b", JOIN, || alive(&c, "a") && alive(&c, "b"));
+}
+
+#[test]
+fn a_paused_node_is_declared_down_and_rejoins_when_resumed() {
+    let (ga, gb) = (gossip_addr(), gossip_addr());
+    let a = start_node("a", ga, &[gb], SECRET, Some(1000));
+    let b = start_node("b", gb, &[ga], SECRET, Some(1000));
+    wait_until("joined", JOIN, || alive(&a, "b") && alive(&b, "a"));
+    let (_, boot) = member(&a, "b").expect("b known");
+    b.signal("STOP");
+    wait_until("b down", Duration::from_secs(8), || {
+        member(&a, "b").is_some_and(|(s, _)| s == "down")
+    });
+    b.signal("CONT");
+    // b learns it was declared down and comes back as a new run.
+    wait_until("b alive again", JOIN, || {
+        member(&a, "b").is_some_and(|(s, new_boot)| s == "alive" && new_boot > boot)
+    });
+    wait_until("b sees a", JOIN, || alive(&b, "a"));
+}
+
+#[test]
+fn a_node_that_shuts_down_leaves_at_once() {
+    let (ga, gb) = (gossip_addr(), gossip_addr());
+    let a = start_node("a", ga, &[gb], SECRET, Some(10_000));
+    let mut b = start_node("b", gb, &[ga], SECRET, Some(10_000));
+    wait_until("joined", JOIN, || alive(&a, "b"));
+    b.terminate();
+    assert!(b.wait_exit(Duration::from_secs(10)).is_some(), "b exits");
+    // Far sooner than the 10 s suspicion: b said goodbye.
+    wait_until("b down", Duration::from_secs(3), || {
+        member(&a, "b").is_some_and(|(s, _)| s == "down")
+    });
+}
+
+#[test]
+fn a_node_with_another_secret_is_never_admitted() {
+    let (ga, gx) = (gossip_addr(), gossip_addr());
+    let a = start_node("a", ga, &[], SECRET, None);
+    let x = start_node("x", gx, &[ga], "another secret, same length!!", None);
+    let bad = "singyeong_cluster_gossip_packets_rejected_total{reason=\"bad_signature\"}";
+    // x announces every 2 s; a refuses each announce.
+    wait_until("a refused x", JOIN, || metric(&a, bad) >= 2);
+    assert_eq!(member(&a, "x"), None, "{}", cluster(&a));
+    assert_eq!(cluster(&x)["members"], Value::Array(Vec::new()));
+    assert!(
+        a.log_tail().contains("bad signature"),
+        "the refusal is logged:\n{}",
+        a.log_tail()
+    );
+}
+
+#[test]
+fn garbage_on_the_gossip_port_is_counted_and_harms_nothing() {
+    let (ga, gb) = (gossip_addr(), gossip_addr());
+    let a = start_node("a", ga, &[gb], SECRET, None);
+    let b = start_node("b", gb, &[ga], SECRET, None);
+    wait_until("joined", JOIN, || alive(&a, "b"));
+    let rejected = |reason: &str| {
+        metric(
+            &a,
+            &format!("singyeong_cluster_gossip_packets_rejected_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    let before: Vec<u64> = ["not_gossip", "truncated", "bad_signature", "oversized"]
+        .iter()
+        .map(|r| rejected(r))
+        .collect();
+
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng as u8
+            })
+            .collect()
+    };
+    // Not gossip (QUIC-looking), a bare tag, a forged signature, and a
+    // datagram far larger than any node sends.
+    let mut quic = noise(60);
+    quic[0] = 0xc3;
+    socket.send_to(&quic, ga).unwrap();
+    socket.send_to(&[0x1c; 10], ga).unwrap();
+    let mut forged = vec![0x1c];
+    forged.extend(noise(300));
+    socket.send_to(&forged, ga).unwrap();
+    let mut big = vec![0x1c];
+    big.extend(noise(20_000));
+    socket.send_to(&big, ga).unwrap();
+    socket.send_to(&[], ga).unwrap();
+
+    wait_until("every datagram counted", Duration::from_secs(5), || {
+        rejected("oversized") > before[3]
+    });
+    assert_eq!(
+        rejected("not_gossip"),
+        before[0] + 2,
+        "noise and the empty datagram"
+    );
+    assert_eq!(rejected("truncated"), before[1] + 1);
+    assert!(rejected("bad_signature") > before[2]);
+    // Nothing else moved: the members, the gateway.
+    assert!(alive(&a, "b") && alive(&b, "a"));
+    assert_eq!(a.http("GET", "/api/version", &[], None).status, 200);
+}
+
+#[test]
+fn a_single_node_says_clustering_is_off_and_the_endpoint_needs_the_password() {
+    let server = Server::start(&["--auth", "pw"]);
+    let denied = server.http("GET", "/api/v1/cluster", &[], None);
+    assert_eq!(denied.status, 401);
+    let ok = server.http("GET", "/api/v1/cluster", &[("authorization", "pw")], None);
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json()["enabled"], false);
+    let post = server.http(
+        "POST",
+        "/api/v1/cluster",
+        &[("authorization", "pw")],
+        Some("{}"),
+    );
+    assert_eq!(post.status, 405);
+    let metrics = server
+        .http("GET", "/metrics", &[("authorization", "pw")], None)
+        .text();
+    assert!(
+        !metrics.contains("singyeong_cluster_members"),
+        "no cluster families"
+    );
+    assert!(server.extra_stdout_lines().is_empty());
+}
+
+#[test]
+fn a_taken_gossip_port_or_a_bad_cluster_setting_refuses_to_start() {
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--cluster-addr", &taken, "--cluster-secret", SECRET],
+            "cannot gossip on the cluster address",
+        ),
+        (&["--cluster-addr", "127.0.0.1:0"], "cluster_secret"),
+        (
+            &["--cluster-addr", "127.0.0.1:0", "--cluster-secret", "short"],
+            "at least 16 bytes",
+        ),
+        (
+            &["--cluster-addr", "0.0.0.0:7000", "--cluster-secret", SECRET],
+            "not 0.0.0.0",
+        ),
+        (&["--peers", "127.0.0.1:7000"], "needs --cluster-addr"),
+    ];
+    for (args, expected) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_singyeong"))
+            .env_clear()
+            .args(["--bind", "127.0.0.1", "--port", "0", "--no-durable"])
+            .args(args)
+            .output()
+            .expect("run singyeong");
+        assert!(!out.status.success(), "{args:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
