@@ -41,7 +41,8 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
                 | ShardMsg::Metrics { reply_to }
                 | ShardMsg::Claim { reply_to, .. }
                 | ShardMsg::QueueAsk { reply_to, .. }
-                | ShardMsg::Locate { reply_to, .. } => *reply_to,
+                | ShardMsg::Locate { reply_to, .. }
+                | ShardMsg::Links { reply_to } => *reply_to,
                 _ => unreachable!("only requests reach here"),
             };
             shard.reply(reply_to, request);
@@ -70,6 +71,12 @@ pub fn answer(shard: &Shard, msg: ShardMsg) -> Option<Reply> {
             app, client, owner, ..
         } => Reply::Claimed(shard.record_claim(app, client, owner)),
         ShardMsg::QueueAsk { ask, .. } => Reply::Queue(queue::owner::answer(shard, ask)),
+        ShardMsg::Links { .. } => Reply::Links(
+            shard
+                .cluster
+                .links()
+                .map_or_else(Vec::new, |links| links.links()),
+        ),
         ShardMsg::Locate { keys, reply_to } => {
             Reply::Located(routing::locate::answer_locate(shard, &keys, reply_to.shard))
         }
@@ -97,5 +104,9 @@ fn metrics(shard: &Shard) -> Snapshot {
         shard.queues.rows(),
     );
     snapshot.cluster = shard.cluster.stats();
+    snapshot.links = shard
+        .cluster
+        .links()
+        .map(|links| (links.stats(), links.links().len() as u64));
     snapshot
 }

@@ -118,6 +118,22 @@ impl Server {
         let mut threads = Vec::new();
         let mut addr = SocketAddr::new(config.bind, config.port);
         let mut cluster_addr = None;
+        let prepared = match config.cluster_addr {
+            Some(at) => Some(crate::cluster::Prepared::bind(at, config.shards).map_err(|e| {
+                StartError::Cluster {
+                    addr: at,
+                    reason: format!("cannot bind the link sockets: {e}"),
+                }
+            })?),
+            None => None,
+        };
+        let (boot_links, mut link_sockets) = match prepared {
+            Some(p) => (
+                Some((p.boot, p.ports)),
+                p.sockets.into_iter().map(Some).collect(),
+            ),
+            None => (None, Vec::new()),
+        };
         for id in 0..config.shards {
             // Pin one shard per CPU the process may use (taskset, a
             // container's cpuset) when there are enough; more shards than
@@ -132,6 +148,14 @@ impl Server {
             let shard_queues = recovered.next().unwrap_or_default();
             let shard_draining = draining.clone();
             let shard_budget = queue_budget.clone();
+            let shard_cluster = match (&boot_links, link_sockets.get_mut(id)) {
+                (Some((boot, ports)), Some(socket)) => socket.take().map(|socket| ShardLinks {
+                    socket,
+                    boot: *boot,
+                    ports: ports.clone(),
+                }),
+                _ => None,
+            };
             let mut builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
             if !config.spin_before_park.is_zero() {
                 builder = builder.spin_before_park(config.spin_before_park);
@@ -146,6 +170,7 @@ impl Server {
                         ready_tx,
                         (shard_queues, boot, shard_budget),
                         shard_draining,
+                        shard_cluster,
                     )
                 })
                 .map_err(|source| StartError::Executor { shard: id, source })?;
@@ -285,6 +310,7 @@ async fn run_shard(
     // Recovered messages, the boot number, and the server-wide queue budget.
     queues: (crate::queue::RecoveredShard, u64, Arc<crate::queue::Budget>),
     draining: Arc<AtomicUsize>,
+    cluster: Option<ShardLinks>,
 ) {
     let listener = match TcpListener::bind(addr) {
         Ok(listener) => listener,
@@ -311,8 +337,17 @@ async fn run_shard(
             wake_lane: crate::routing::locate::wake,
         },
     ));
-    // Shard 0 runs the cluster's membership.
-    let gossip = match start_gossip(id, &shard.config, &mesh) {
+    // Every shard of a cluster node has a link endpoint; shard 0 also runs
+    // the membership.
+    let links = match cluster.as_ref().map(|c| start_links(&shard, c)) {
+        Some(Err(reason)) => {
+            let _ = ready.send(Err(Unready::Cluster(reason)));
+            return;
+        }
+        Some(Ok(links)) => Some(links),
+        None => None,
+    };
+    let gossip = match start_gossip(id, &shard.config, &mesh, cluster.as_ref()) {
         Ok(gossip) => gossip,
         Err(reason) => {
             let _ = ready.send(Err(Unready::Cluster(reason)));
@@ -327,6 +362,21 @@ async fn run_shard(
     let gossip_task = gossip.map(|gossip| {
         shard.cluster.set_gossip(gossip.clone());
         glommio::spawn_local(gossip.run()).detach()
+    });
+    let link_tasks = links.map(|links| {
+        shard.cluster.set_links(links.clone());
+        let tick = glommio::spawn_local({
+            let shard = shard.clone();
+            let links = links.clone();
+            async move {
+                loop {
+                    glommio::timer::sleep(LINK_TICK).await;
+                    links.reconcile(&shard.cluster.view());
+                }
+            }
+        })
+        .detach();
+        [glommio::spawn_local(links.run()).detach(), tick]
     });
 
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
@@ -370,6 +420,9 @@ async fn run_shard(
     if let Some(task) = gossip_task {
         task.cancel();
     }
+    for task in link_tasks.into_iter().flatten() {
+        task.cancel();
+    }
     // Give connections a moment to finish their goodbyes. A shard whose
     // connections are done keeps answering the mesh until every shard is
     // done: a connection elsewhere may be waiting on its answer (a SEND in
@@ -408,8 +461,9 @@ fn start_gossip(
     id: usize,
     config: &Config,
     mesh: &Mesh<ShardMsg>,
+    cluster: Option<&ShardLinks>,
 ) -> Result<Option<Rc<crate::cluster::Gossip>>, String> {
-    let (0, Some(addr)) = (id, config.cluster_addr) else {
+    let (0, Some(addr), Some(cluster)) = (id, config.cluster_addr, cluster) else {
         return Ok(None);
     };
     let settings = crate::cluster::Settings {
@@ -422,6 +476,8 @@ fn start_gossip(
         peers: config.peers.clone(),
         name: config.node_name.clone(),
         shards: config.shards as u16,
+        links: cluster.ports.clone(),
+        boot: cluster.boot,
         down_after: config.cluster_down_after,
     };
     let mesh = mesh.clone();
@@ -433,6 +489,34 @@ fn start_gossip(
     let gossip = crate::cluster::Gossip::bind(&settings, publish).map_err(|e| e.to_string())?;
     tracing::info!(addr = %gossip.local_addr(), peers = ?config.peers, "cluster: gossiping");
     Ok(Some(Rc::new(gossip)))
+}
+
+/// A shard's link socket, bound before the shards started, with the
+/// node's run id and every shard's link port.
+struct ShardLinks {
+    socket: std::net::UdpSocket,
+    boot: u64,
+    ports: Vec<u16>,
+}
+
+/// How often a shard checks its links: dials what is missing, closes
+/// links that never proved the secret, pings the rest.
+const LINK_TICK: Duration = Duration::from_secs(1);
+
+/// This shard's link endpoint.
+fn start_links(shard: &Shard, cluster: &ShardLinks) -> Result<Rc<crate::cluster::link::Endpoint>, String> {
+    let config = &shard.config;
+    let socket = cluster.socket.try_clone().map_err(|e| e.to_string())?;
+    let me = crate::cluster::link::Me {
+        name: config.node_name.clone(),
+        boot: cluster.boot,
+        shard: shard.id as u16,
+        shards: config.shards as u16,
+    };
+    let secret = config.cluster_secret.clone().unwrap_or_default().into_bytes();
+    crate::cluster::link::Endpoint::new(socket, secret, me)
+        .map(Rc::new)
+        .map_err(|e| format!("cannot start the link endpoint: {e}"))
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {

@@ -41,6 +41,10 @@ pub struct Settings {
     pub peers: Vec<String>,
     pub name: String,
     pub shards: u16,
+    /// Each shard's link port.
+    pub links: Vec<u16>,
+    /// This run of the node (see [`NodeId::boot`]).
+    pub boot: u64,
     /// How long a suspect member has to refute before it is declared down.
     pub down_after: Duration,
 }
@@ -147,14 +151,12 @@ impl Gossip {
         let std_socket = std::net::UdpSocket::bind(settings.addr)?;
         let local = std_socket.local_addr()?;
         let socket = glommio::net::UdpSocket::from(socket2::Socket::from(std_socket));
-        let boot = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64);
         let me = NodeId {
             addr: local,
-            boot,
+            boot: settings.boot,
             name: settings.name.clone(),
             shards: settings.shards,
+            links: settings.links.clone(),
         };
         let foca = Foca::new(
             me.clone(),

@@ -9,21 +9,58 @@
 //! gossip through the mesh whenever a member's state changes.
 
 pub mod gossip;
+pub mod link;
 pub mod node;
 pub mod seal;
+pub mod tls;
 
 use std::cell::RefCell;
+use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use gossip::{Gossip, GossipStats, RejectReason, Settings};
 pub use node::{ClusterView, MemberState, NodeId};
 
-/// A shard's share of the cluster: the view, and on shard 0 the gossip.
+/// What a cluster node sets up before its shards start: its run id, and
+/// one link socket per shard, so that the gossip can advertise every
+/// shard's port from the start.
+pub struct Prepared {
+    pub boot: u64,
+    pub sockets: Vec<UdpSocket>,
+    pub ports: Vec<u16>,
+}
+
+impl Prepared {
+    /// Binds `shards` link sockets on `addr`'s IP, on ports the kernel
+    /// picks.
+    pub fn bind(addr: SocketAddr, shards: usize) -> std::io::Result<Prepared> {
+        let sockets = (0..shards)
+            .map(|_| link::bind_socket(SocketAddr::new(addr.ip(), 0)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let ports = sockets
+            .iter()
+            .map(|s| s.local_addr().map(|a| a.port()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let boot = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        Ok(Prepared {
+            boot,
+            sockets,
+            ports,
+        })
+    }
+}
+
+/// A shard's share of the cluster: the view, its link endpoint, and on
+/// shard 0 the gossip.
 #[derive(Default)]
 pub struct ShardCluster {
     view: RefCell<Arc<ClusterView>>,
     gossip: RefCell<Option<Rc<Gossip>>>,
+    links: RefCell<Option<Rc<link::Endpoint>>>,
 }
 
 impl ShardCluster {
@@ -32,8 +69,23 @@ impl ShardCluster {
         self.view.borrow().clone()
     }
 
+    /// A new view from the gossip: the links follow it at once.
     pub fn set_view(&self, view: Arc<ClusterView>) {
+        if let Some(links) = self.links() {
+            if let Some(this) = &view.this {
+                links.set_boot(this.boot);
+            }
+            links.reconcile(&view);
+        }
         *self.view.borrow_mut() = view;
+    }
+
+    pub fn set_links(&self, links: Rc<link::Endpoint>) {
+        *self.links.borrow_mut() = Some(links);
+    }
+
+    pub fn links(&self) -> Option<Rc<link::Endpoint>> {
+        self.links.borrow().clone()
     }
 
     /// On the shard that runs it: the gossip.
@@ -55,6 +107,33 @@ impl ShardCluster {
             members: self.view.borrow().counts(),
         })
     }
+}
+
+/// The body of `GET /api/v1/cluster`: the view, each member with the
+/// links this node's shards have to it (`links`: shard here, shard there,
+/// round trip) and how many it should have (`links_expected`).
+pub fn describe(view: &ClusterView, links: &[(usize, link::LinkInfo)]) -> serde_json::Value {
+    let mut json = view.to_json();
+    let shards = view.this.as_ref().map_or(1, |t| t.shards as usize);
+    let Some(members) = json["members"].as_array_mut() else {
+        return json;
+    };
+    for (member, out) in view.members.iter().zip(members) {
+        let rows: Vec<serde_json::Value> = links
+            .iter()
+            .filter(|(_, l)| l.peer.addr == member.id.addr && l.peer.boot == member.id.boot)
+            .map(|(shard, l)| {
+                serde_json::json!({
+                    "shard": shard,
+                    "peer_shard": l.peer.shard,
+                    "rtt_us": l.rtt.as_micros() as u64,
+                })
+            })
+            .collect();
+        out["links"] = rows.into();
+        out["links_expected"] = link::link_count(shards, member.id.links.len()).into();
+    }
+    json
 }
 
 /// The cluster's part of a metrics snapshot.

@@ -22,6 +22,9 @@ pub struct NodeId {
     pub name: String,
     /// Its shard count.
     pub shards: u16,
+    /// The UDP port of each shard's link endpoint, by shard, on
+    /// `addr`'s IP.
+    pub links: Vec<u16>,
 }
 
 impl NodeId {
@@ -34,6 +37,7 @@ impl NodeId {
             boot: 0,
             name: String::new(),
             shards: 0,
+            links: Vec::new(),
         }
     }
 }
@@ -200,6 +204,7 @@ mod tests {
             boot,
             name: format!("n{port}"),
             shards: 2,
+            links: vec![port + 1, port + 2],
         }
     }
 

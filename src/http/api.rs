@@ -54,7 +54,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Response {
         },
         ("GET", "/api/v1/cluster") => match authorize(shard, req) {
             Err(denied) => denied,
-            Ok(()) => Response::json(200, &shard.cluster.view().to_json()),
+            Ok(()) => Response::json(200, &cluster(shard).await),
         },
         ("GET", "/metrics") => match authorize(shard, req) {
             Err(denied) => denied,
@@ -94,6 +94,26 @@ fn authorize(shard: &Shard, req: &Request) -> Result<(), Response> {
             &json!({"status": "error", "error": "not authorized"}),
         ))
     }
+}
+
+/// `GET /api/v1/cluster`: the members as this node knows them, with the
+/// links every shard has to each.
+async fn cluster(shard: &Rc<Shard>) -> Value {
+    let view = shard.cluster.view();
+    if view.this.is_none() {
+        return view.to_json();
+    }
+    let links: Vec<_> = shard
+        .scatter(|reply_to| ShardMsg::Links { reply_to })
+        .await
+        .into_iter()
+        .enumerate()
+        .flat_map(|(from, reply)| match reply {
+            Reply::Links(links) => links.into_iter().map(|l| (from, l)).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    crate::cluster::describe(&view, &links)
 }
 
 /// `GET /metrics`: every shard's counters, gathered now.

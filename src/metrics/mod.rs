@@ -250,6 +250,7 @@ impl ShardMetrics {
             cross_shard: read(&self.cross_shard),
             queues,
             cluster: None,
+            links: None,
         }
     }
 }
@@ -306,6 +307,8 @@ pub struct Snapshot {
     pub queues: Vec<QueueRow>,
     /// From the shard that runs the cluster's gossip.
     pub cluster: Option<crate::cluster::ClusterStats>,
+    /// This shard's links to other nodes: counters, and how many are up.
+    pub links: Option<(crate::cluster::link::LinkStats, u64)>,
 }
 
 #[cfg(test)]

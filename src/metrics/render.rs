@@ -423,6 +423,9 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
     if let Some(cluster) = snapshots.iter().find_map(|s| s.cluster) {
         cluster_families(&mut registry, &cluster);
     }
+    if snapshots.iter().any(|s| s.links.is_some()) {
+        link_families(&mut registry, snapshots);
+    }
     registry.register_with_unit(
         "routing_latency",
         "Time to route a SEND or BROADCAST, from decoding to handing it to the recipients' shards",
@@ -513,6 +516,59 @@ fn cluster_families(registry: &mut Registry, stats: &crate::cluster::ClusterStat
                 .zip(gossip.rejected)
                 .map(|(reason, n)| (reason.label(), ConstCounter::new(n))),
         ),
+    );
+}
+
+/// Each shard's links to other nodes.
+fn link_families(registry: &mut Registry, snapshots: &[Snapshot]) {
+    use crate::cluster::link::{LinkError, LinkStats};
+    let stats = |s: &Snapshot| s.links.map(|(stats, _)| stats).unwrap_or_default();
+    registry.register(
+        "cluster_links",
+        "Links to other nodes' shards that proved the cluster secret",
+        per_shard(snapshots, |s| {
+            ConstGauge::new(s.links.map_or(0, |(_, up)| up) as i64)
+        }),
+    );
+    let by_direction = |value: fn(&LinkStats) -> (u64, u64)| Labeled {
+        rows: snapshots
+            .iter()
+            .flat_map(|s| {
+                let (received, sent) = value(&stats(s));
+                [("received", received), ("sent", sent)].map(|(direction, n)| {
+                    let mut labels = shard_label(s);
+                    labels.push(("direction".into(), direction.into()));
+                    (labels, ConstCounter::new(n))
+                })
+            })
+            .collect(),
+    };
+    registry.register(
+        "cluster_link_frames",
+        "Frames on links to other nodes",
+        by_direction(|s| (s.frames_in, s.frames_out)),
+    );
+    registry.register(
+        "cluster_link_bytes",
+        "Bytes of frames on links to other nodes",
+        by_direction(|s| (s.bytes_in, s.bytes_out)),
+    );
+    registry.register(
+        "cluster_link_errors",
+        "Links closed or lost: a frame that did not decode (bad_frame), a first frame that was not a valid hello with the secret's proof (bad_hello), no hello in time (hello_timeout), the connection failing (lost)",
+        Labeled {
+            rows: snapshots
+                .iter()
+                .flat_map(|s| {
+                    let errors = stats(s).errors;
+                    LinkError::ALL.iter().zip(errors).map(move |(why, n)| {
+                        let mut labels = shard_label(s);
+                        labels.push(("reason".into(), why.label().into()));
+                        (labels, ConstCounter::new(n))
+                    })
+                })
+                .collect(),
+        },
     );
 }
 

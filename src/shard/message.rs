@@ -161,11 +161,13 @@ pub enum ShardMsg {
     /// The cluster's members changed: the new view, from the shard that
     /// runs the gossip (see [`crate::cluster`]).
     ClusterView(Arc<crate::cluster::ClusterView>),
+    /// Reply with this shard's verified links to other nodes.
+    Links { reply_to: ReplyTo },
 }
 
 impl ShardMsg {
     /// Every [`ShardMsg::kind`], in the order of its index.
-    pub const KINDS: [&'static str; 26] = [
+    pub const KINDS: [&'static str; 28] = [
         "pick",
         "deliver",
         "send_one",
@@ -192,6 +194,8 @@ impl ShardMsg {
         "directory_values",
         "directory_forget",
         "cluster_view",
+        "links",
+        "reply_links",
     ];
 
     /// What the message is, as an index into [`ShardMsg::KINDS`]: the
@@ -221,10 +225,12 @@ impl ShardMsg {
                 Reply::Metrics(_) => 17,
                 Reply::Queue(_) => 18,
                 Reply::Located(_) => 21,
+                Reply::Links(_) => 27,
             },
             ShardMsg::PickSend { .. } => 19,
             ShardMsg::Locate { .. } => 20,
             ShardMsg::ClusterView(_) => 25,
+            ShardMsg::Links { .. } => 26,
         }
     }
 
@@ -290,6 +296,7 @@ pub enum Reply {
     Queue(crate::queue::QueueReply),
     /// The holders of the buckets asked about, with counts.
     Located(crate::routing::directory::Located),
+    Links(Vec<crate::cluster::link::LinkInfo>),
 }
 
 #[cfg(test)]
