@@ -4,10 +4,12 @@
 //! - [`node`]: who a node is and what this node knows of the others (pure).
 //! - [`seal`]: gossip packets signed with the cluster secret (pure).
 //! - [`gossip`]: membership, SWIM over UDP, run on shard 0.
+//! - [`frame`]: frames on the links between nodes, and their codec (pure).
 //!
 //! Every shard holds the latest [`ClusterView`], published by shard 0's
 //! gossip through the mesh whenever a member's state changes.
 
+pub mod frame;
 pub mod gossip;
 pub mod node;
 pub mod seal;
