@@ -11,8 +11,9 @@
 //! - [`routing::pick`]: the decomposable choice of a SEND's recipient.
 //! - [`routing::directory`]: which shards can hold a match: application
 //!   counts replicated on every shard, indexed values homed by hash.
-//! - [`cluster::node`], [`cluster::seal`]: who a node is and what this
-//!   node knows of the others; gossip packets signed with the secret.
+//! - [`cluster::node`], [`cluster::seal`], [`cluster::frame`]: who a node
+//!   is and what this node knows of the others; gossip packets signed
+//!   with the secret; the frames of links between nodes.
 //!
 //! Runtime (glommio, one executor per shard):
 //! - [`server`]: starts the shards and stops them on a signal.
@@ -31,7 +32,8 @@
 //! - [`proxy`]: `POST /api/v1/proxy`: a request routed like SEND, sent to
 //!   the chosen client's address with hyper, the answer relayed back.
 //! - [`cluster`]: the cluster's membership, gossiped over UDP by shard 0
-//!   and published to every shard.
+//!   and published to every shard; [`cluster::link`]: each shard's QUIC
+//!   links to its counterparts on the other nodes.
 //! - [`config`]: flags, environment, file, defaults.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 

@@ -118,21 +118,24 @@ impl Server {
         let mut threads = Vec::new();
         let mut addr = SocketAddr::new(config.bind, config.port);
         let mut cluster_addr = None;
-        let prepared = match config.cluster_addr {
-            Some(at) => Some(crate::cluster::Prepared::bind(at, config.shards).map_err(|e| {
-                StartError::Cluster {
-                    addr: at,
-                    reason: format!("cannot bind the link sockets: {e}"),
-                }
-            })?),
-            None => None,
-        };
-        let (boot_links, mut link_sockets) = match prepared {
+        let prepared =
+            match config.cluster_addr {
+                Some(at) => Some(crate::cluster::Prepared::bind(at, config.shards).map_err(
+                    |e| StartError::Cluster {
+                        addr: at,
+                        reason: e,
+                    },
+                )?),
+                None => None,
+            };
+        // Each shard takes its link socket; shard 0 the gossip socket too.
+        let (node, mut link_sockets, mut gossip_socket) = match prepared {
             Some(p) => (
-                Some((p.boot, p.ports)),
+                Some((p.boot, p.gossip_addr, p.ports)),
                 p.sockets.into_iter().map(Some).collect(),
+                Some(p.gossip),
             ),
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), None),
         };
         for id in 0..config.shards {
             // Pin one shard per CPU the process may use (taskset, a
@@ -148,12 +151,16 @@ impl Server {
             let shard_queues = recovered.next().unwrap_or_default();
             let shard_draining = draining.clone();
             let shard_budget = queue_budget.clone();
-            let shard_cluster = match (&boot_links, link_sockets.get_mut(id)) {
-                (Some((boot, ports)), Some(socket)) => socket.take().map(|socket| ShardLinks {
-                    socket,
-                    boot: *boot,
-                    ports: ports.clone(),
-                }),
+            let shard_cluster = match (&node, link_sockets.get_mut(id)) {
+                (Some((boot, gossip, ports)), Some(socket)) => {
+                    socket.take().map(|socket| ShardLinks {
+                        socket,
+                        gossip_socket: gossip_socket.take(),
+                        gossip: *gossip,
+                        boot: *boot,
+                        ports: ports.clone(),
+                    })
+                }
                 _ => None,
             };
             let mut builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
@@ -162,16 +169,16 @@ impl Server {
             }
             let handle = builder
                 .spawn(move || {
-                    run_shard(
+                    run_shard(ShardStart {
                         id,
-                        shard_config,
-                        shard_mesh,
+                        config: shard_config,
+                        mesh: shard_mesh,
                         addr,
-                        ready_tx,
-                        (shard_queues, boot, shard_budget),
-                        shard_draining,
-                        shard_cluster,
-                    )
+                        ready: ready_tx,
+                        queues: (shard_queues, boot, shard_budget),
+                        draining: shard_draining,
+                        cluster: shard_cluster,
+                    })
                 })
                 .map_err(|source| StartError::Executor { shard: id, source })?;
             match ready_rx.recv() {
@@ -300,18 +307,34 @@ fn stop_all(mesh: &Mesh<ShardMsg>, started: usize) {
     }
 }
 
-async fn run_shard(
+/// What one shard starts with.
+struct ShardStart {
     id: usize,
     config: Arc<Config>,
-    // The shard mesh and the routing directory's lane.
-    (mesh, directory_lane): (Mesh<ShardMsg>, Mesh<crate::routing::directory::DirMsg>),
+    /// The shard mesh and the routing directory's lane.
+    mesh: (Mesh<ShardMsg>, Mesh<crate::routing::directory::DirMsg>),
+    /// Where to listen, and whom to tell once listening.
     addr: SocketAddr,
     ready: mpsc::Sender<Ready>,
-    // Recovered messages, the boot number, and the server-wide queue budget.
+    /// Recovered messages, the boot number, and the server-wide queue budget.
     queues: (crate::queue::RecoveredShard, u64, Arc<crate::queue::Budget>),
+    /// Shards whose connections have not yet finished on shutdown.
     draining: Arc<AtomicUsize>,
+    /// In a cluster: the sockets bound for this shard.
     cluster: Option<ShardLinks>,
-) {
+}
+
+async fn run_shard(start: ShardStart) {
+    let ShardStart {
+        id,
+        config,
+        mesh: (mesh, directory_lane),
+        addr,
+        ready,
+        queues,
+        draining,
+        mut cluster,
+    } = start;
     let listener = match TcpListener::bind(addr) {
         Ok(listener) => listener,
         Err(e) => {
@@ -347,7 +370,7 @@ async fn run_shard(
         Some(Ok(links)) => Some(links),
         None => None,
     };
-    let gossip = match start_gossip(id, &shard.config, &mesh, cluster.as_ref()) {
+    let gossip = match start_gossip(&shard.config, &mesh, cluster.as_mut()) {
         Ok(gossip) => gossip,
         Err(reason) => {
             let _ = ready.send(Err(Unready::Cluster(reason)));
@@ -458,16 +481,18 @@ async fn run_shard(
 /// On shard 0 of a cluster node: the gossip, bound, publishing each new
 /// view of the cluster to every shard.
 fn start_gossip(
-    id: usize,
     config: &Config,
     mesh: &Mesh<ShardMsg>,
-    cluster: Option<&ShardLinks>,
+    cluster: Option<&mut ShardLinks>,
 ) -> Result<Option<Rc<crate::cluster::Gossip>>, String> {
-    let (0, Some(addr), Some(cluster)) = (id, config.cluster_addr, cluster) else {
+    let Some(cluster) = cluster else {
+        return Ok(None);
+    };
+    let Some(socket) = cluster.gossip_socket.take() else {
         return Ok(None);
     };
     let settings = crate::cluster::Settings {
-        addr,
+        socket,
         secret: config
             .cluster_secret
             .clone()
@@ -486,7 +511,7 @@ fn start_gossip(
             mesh.send(shard, ShardMsg::ClusterView(view.clone()));
         }
     });
-    let gossip = crate::cluster::Gossip::bind(&settings, publish).map_err(|e| e.to_string())?;
+    let gossip = crate::cluster::Gossip::new(settings, publish).map_err(|e| e.to_string())?;
     tracing::info!(addr = %gossip.local_addr(), peers = ?config.peers, "cluster: gossiping");
     Ok(Some(Rc::new(gossip)))
 }
@@ -495,6 +520,10 @@ fn start_gossip(
 /// node's run id and every shard's link port.
 struct ShardLinks {
     socket: std::net::UdpSocket,
+    /// Shard 0's: the gossip socket.
+    gossip_socket: Option<std::net::UdpSocket>,
+    /// The node's gossip address.
+    gossip: SocketAddr,
     boot: u64,
     ports: Vec<u16>,
 }
@@ -504,16 +533,24 @@ struct ShardLinks {
 const LINK_TICK: Duration = Duration::from_secs(1);
 
 /// This shard's link endpoint.
-fn start_links(shard: &Shard, cluster: &ShardLinks) -> Result<Rc<crate::cluster::link::Endpoint>, String> {
+fn start_links(
+    shard: &Shard,
+    cluster: &ShardLinks,
+) -> Result<Rc<crate::cluster::link::Endpoint>, String> {
     let config = &shard.config;
     let socket = cluster.socket.try_clone().map_err(|e| e.to_string())?;
     let me = crate::cluster::link::Me {
         name: config.node_name.clone(),
+        addr: cluster.gossip,
         boot: cluster.boot,
         shard: shard.id as u16,
         shards: config.shards as u16,
     };
-    let secret = config.cluster_secret.clone().unwrap_or_default().into_bytes();
+    let secret = config
+        .cluster_secret
+        .clone()
+        .unwrap_or_default()
+        .into_bytes();
     crate::cluster::link::Endpoint::new(socket, secret, me)
         .map(Rc::new)
         .map_err(|e| format!("cannot start the link endpoint: {e}"))

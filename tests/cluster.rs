@@ -29,13 +29,24 @@ fn start_node(
     secret: &str,
     down_after_ms: Option<u64>,
 ) -> Server {
+    start_node_with(name, "1", gossip, peers, secret, down_after_ms)
+}
+
+fn start_node_with(
+    name: &str,
+    shards: &str,
+    gossip: SocketAddr,
+    peers: &[SocketAddr],
+    secret: &str,
+    down_after_ms: Option<u64>,
+) -> Server {
     let gossip = gossip.to_string();
     let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
     let peers = peers.join(",");
     let down_after = down_after_ms.map(|ms| ms.to_string());
     let mut args = vec![
         "--shards",
-        "1",
+        shards,
         "--no-durable",
         "--node-name",
         name,
@@ -86,6 +97,21 @@ fn member(server: &Server, name: &str) -> Option<(String, u64)> {
         })
 }
 
+/// Whether `server`'s shards have every link they should with `name`.
+fn linked(server: &Server, name: &str) -> bool {
+    let view = cluster(server);
+    let Some(member) = view["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["name"] == name)
+    else {
+        return false;
+    };
+    let expected = member["links_expected"].as_u64().expect("links_expected");
+    expected > 0 && member["links"].as_array().map(Vec::len) == Some(expected as usize)
+}
+
 fn alive(server: &Server, name: &str) -> bool {
     member(server, name).is_some_and(|(state, _)| state == "alive")
 }
@@ -114,19 +140,34 @@ const JOIN: Duration = Duration::from_secs(10);
 fn three_nodes_join_a_killed_one_is_dropped_within_the_default_timeout_and_rejoins() {
     let (ga, gb, gc) = (gossip_addr(), gossip_addr(), gossip_addr());
     // A knows nobody; B and C know only A: membership spreads by gossip.
-    let a = start_node("a", ga, &[], SECRET, None);
+    // A has two shards, so its links to the others are not one to one.
+    let a = start_node_with("a", "2", ga, &[], SECRET, None);
     let b = start_node("b", gb, &[ga], SECRET, None);
     let mut c = start_node("c", gc, &[ga], SECRET, None);
     for (server, others) in [(&a, ["b", "c"]), (&b, ["a", "c"]), (&c, ["a", "b"])] {
         for other in others {
             wait_until(&format!("{other} alive"), JOIN, || alive(server, other));
+            wait_until(&format!("links to {other}"), JOIN, || linked(server, other));
         }
     }
+    let view = cluster(&a);
+    let to_b = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "b")
+        .unwrap();
+    assert_eq!(
+        to_b["links_expected"], 2,
+        "a's two shards each link to b's one"
+    );
+    assert!(to_b["links"][0]["rtt_us"].as_u64().is_some());
+    assert_eq!(metric(&b, "singyeong_cluster_links{shard=\"0\"}"), 3);
     let view = cluster(&a);
     assert_eq!(view["enabled"], true);
     assert_eq!(view["node"]["name"], "a");
     assert_eq!(view["node"]["addr"], ga.to_string());
-    assert_eq!(view["node"]["shards"], 1);
+    assert_eq!(view["node"]["shards"], 2);
     assert_eq!(metric(&a, "singyeong_cluster_members{state=\"alive\"}"), 2);
     assert!(metric(&a, "singyeong_cluster_gossip_packets_received_total") > 0);
 
@@ -153,6 +194,9 @@ fn three_nodes_join_a_killed_one_is_dropped_within_the_default_timeout_and_rejoi
         });
     }
     wait_until("c sees a and b", JOIN, || alive(&c, "a") && alive(&c, "b"));
+    wait_until("links to the new c", JOIN, || {
+        linked(&a, "c") && linked(&b, "c")
+    });
 }
 
 #[test]
@@ -248,6 +292,14 @@ fn garbage_on_the_gossip_port_is_counted_and_harms_nothing() {
     socket.send_to(&big, ga).unwrap();
     socket.send_to(&[], ga).unwrap();
 
+    // The same noise on a's link port, where QUIC ignores what does not
+    // parse.
+    let link_port = cluster(&a)["node"]["link_ports"][0].as_u64().unwrap() as u16;
+    let link = SocketAddr::from(([127, 0, 0, 1], link_port));
+    for datagram in [&quic, &forged, &big, &Vec::new()] {
+        socket.send_to(datagram, link).unwrap();
+    }
+
     wait_until("every datagram counted", Duration::from_secs(5), || {
         rejected("oversized") > before[3]
     });
@@ -258,8 +310,16 @@ fn garbage_on_the_gossip_port_is_counted_and_harms_nothing() {
     );
     assert_eq!(rejected("truncated"), before[1] + 1);
     assert!(rejected("bad_signature") > before[2]);
-    // Nothing else moved: the members, the gateway.
+    // Nothing else moved: the members, their links, the gateway.
     assert!(alive(&a, "b") && alive(&b, "a"));
+    wait_until("links", JOIN, || linked(&a, "b") && linked(&b, "a"));
+    assert_eq!(
+        metric(
+            &a,
+            "singyeong_cluster_link_errors_total{shard=\"0\",reason=\"bad_frame\"}"
+        ),
+        0
+    );
     assert_eq!(a.http("GET", "/api/version", &[], None).status, 200);
 }
 

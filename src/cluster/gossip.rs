@@ -34,9 +34,10 @@ const SEED_RETRY_ALONE: Duration = Duration::from_secs(2);
 const SEED_RETRY: Duration = Duration::from_secs(30);
 
 /// What the gossip needs from the configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Settings {
-    pub addr: SocketAddr,
+    /// Bound on `--cluster-addr` before the shards started.
+    pub socket: std::net::UdpSocket,
     pub secret: Vec<u8>,
     pub peers: Vec<String>,
     pub name: String,
@@ -145,12 +146,10 @@ fn swim_config(down_after: Duration) -> foca::Config {
 }
 
 impl Gossip {
-    /// Binds the gossip socket (without SO_REUSEPORT: a second process on
-    /// the same address is refused instead of sharing it).
-    pub fn bind(settings: &Settings, publish: Box<dyn Fn(Arc<ClusterView>)>) -> io::Result<Gossip> {
-        let std_socket = std::net::UdpSocket::bind(settings.addr)?;
-        let local = std_socket.local_addr()?;
-        let socket = glommio::net::UdpSocket::from(socket2::Socket::from(std_socket));
+    /// The gossip on its socket; on the shard's own thread.
+    pub fn new(settings: Settings, publish: Box<dyn Fn(Arc<ClusterView>)>) -> io::Result<Gossip> {
+        let local = settings.socket.local_addr()?;
+        let socket = glommio::net::UdpSocket::from(socket2::Socket::from(settings.socket));
         let me = NodeId {
             addr: local,
             boot: settings.boot,
@@ -172,7 +171,7 @@ impl Gossip {
             socket,
             local,
             sealer: Sealer::new(&settings.secret),
-            seeds: settings.peers.clone(),
+            seeds: settings.peers,
             foca: RefCell::new(foca),
             runtime: RefCell::new(AccumulatingRuntime::new()),
             roster: RefCell::new(Roster::default()),

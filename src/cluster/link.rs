@@ -4,7 +4,7 @@
 //!
 //! The driver is small because quinn-proto does the protocol: a datagram
 //! in, a timer due, or a frame to send each change one connection's
-//! state, after which [`Endpoint::pump`] carries out what the connection
+//! state, after which `Endpoint::pump` carries out what the connection
 //! asks for, synchronously: events handled, frames read, datagrams sent
 //! (a non-blocking `sendto` each; a full socket buffer drops the datagram,
 //! which QUIC retransmits). Only two things wait: the receive loop and the
@@ -156,6 +156,8 @@ pub fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 #[derive(Debug, Clone)]
 pub struct Me {
     pub name: String,
+    /// The node's gossip address.
+    pub addr: SocketAddr,
     pub boot: u64,
     pub shard: u16,
     pub shards: u16,
@@ -275,6 +277,7 @@ impl Endpoint {
         self.links
             .borrow()
             .values()
+            .filter(|l| !l.closing)
             .filter_map(|l| {
                 Some(LinkInfo {
                     peer: l.peer.clone()?,
@@ -332,14 +335,10 @@ impl Endpoint {
 
     fn on_datagram(&self, now: Instant, from: SocketAddr, data: &[u8]) {
         let mut out = Vec::new();
-        let event = self.quic.borrow_mut().handle(
-            now,
-            from,
-            None,
-            None,
-            BytesMut::from(data),
-            &mut out,
-        );
+        let event =
+            self.quic
+                .borrow_mut()
+                .handle(now, from, None, None, BytesMut::from(data), &mut out);
         match event {
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
                 if let Some(link) = self.links.borrow_mut().get_mut(&ch) {
@@ -411,7 +410,9 @@ impl Endpoint {
                 continue;
             }
             for shard in counterparts(me.shard as usize, me.shards as usize, ports.len()) {
-                let Some(&port) = ports.get(shard) else { continue };
+                let Some(&port) = ports.get(shard) else {
+                    continue;
+                };
                 wanted.push((
                     PeerShard {
                         addr: member.id.addr,
@@ -425,9 +426,9 @@ impl Endpoint {
         // Close links whose peer is no longer a live member (in any state
         // but down; a suspect may still answer).
         let live = |p: &PeerShard| {
-            view.members.iter().any(|m| {
-                m.id.addr == p.addr && m.id.boot == p.boot && m.state != MemberState::Down
-            })
+            view.members
+                .iter()
+                .any(|m| m.id.addr == p.addr && m.id.boot == p.boot && m.state != MemberState::Down)
         };
         let stale: Vec<ConnectionHandle> = self
             .links
@@ -456,11 +457,9 @@ impl Endpoint {
             self.fail(ch, LinkError::HelloTimeout, now);
         }
         for (peer, remote) in wanted {
-            let pending = self
-                .links
-                .borrow()
-                .values()
-                .any(|l| l.dialed.as_ref() == Some(&peer) || l.peer.as_ref() == Some(&peer));
+            let pending = self.links.borrow().values().any(|l| {
+                !l.closing && (l.dialed.as_ref() == Some(&peer) || l.peer.as_ref() == Some(&peer))
+            });
             let recent = self
                 .dialed_at
                 .borrow()
@@ -528,13 +527,23 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Queues raw bytes on the link to `peer`, as a hostile or broken
+    /// peer would send them.
+    #[cfg(test)]
+    fn send_raw(&self, peer: &PeerShard, bytes: &[u8]) {
+        let ch = self.by_peer.borrow()[peer];
+        if let Some(link) = self.links.borrow_mut().get_mut(&ch) {
+            link.queued.extend_from_slice(bytes);
+        }
+        self.pump(ch, Instant::now());
+    }
+
     /// Carries out everything connection `ch` asks for after a change.
     fn pump(&self, ch: ConnectionHandle, now: Instant) {
         let mut frames = Vec::new();
         let mut failure = None;
         let mut transmits = Vec::new();
-        let mut drained = false;
-        {
+        let drained = {
             let mut links = self.links.borrow_mut();
             let Some(link) = links.get_mut(&ch) else {
                 return;
@@ -554,16 +563,20 @@ impl Endpoint {
                         }
                     }
                     Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => {
-                        while link.conn.streams().accept(Dir::Uni).is_some() {}
+                        // What came with the opening is read now: no
+                        // Readable event follows for it.
+                        while let Some(id) = link.conn.streams().accept(Dir::Uni) {
+                            let read = link.read(id, &mut frames);
+                            self.count(|s| s.bytes_in += read as u64);
+                        }
                     }
                     Event::Stream(StreamEvent::Readable { id }) => {
                         let read = link.read(id, &mut frames);
                         self.count(|s| s.bytes_in += read as u64);
                     }
-                    Event::ConnectionLost { reason } => {
-                        if !link.closing {
-                            failure = Some((LinkError::Lost, reason.to_string()));
-                        }
+                    Event::ConnectionLost { reason } if !link.closing => {
+                        link.closing = true;
+                        failure = Some((LinkError::Lost, reason.to_string()));
                     }
                     _ => {}
                 }
@@ -574,8 +587,8 @@ impl Endpoint {
                 transmits.push((buf[..t.size].to_vec(), t.destination));
                 buf.clear();
             }
-            drained = link.conn.is_drained();
-        }
+            link.conn.is_drained()
+        };
         for (datagram, to) in transmits {
             self.send(&datagram, to);
         }
@@ -665,7 +678,10 @@ impl Endpoint {
             Side::Acceptor => Side::Dialer,
         };
         let expected = tls::proof(&self.secret, &exported, theirs);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], &hello.proof[..])) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            &expected[..],
+            &hello.proof[..],
+        )) {
             return Err("wrong proof of the cluster secret".into());
         }
         let addr = match &link.dialed {
@@ -676,7 +692,10 @@ impl Endpoint {
                 ));
             }
             Some(dialed) => dialed.addr,
-            None => hello.gossip_addr().ok_or("no gossip address in the hello")?,
+            None => hello
+                .addr
+                .parse()
+                .map_err(|_| format!("no gossip address in the hello: {:?}", hello.addr))?,
         };
         Ok(PeerShard {
             addr,
@@ -698,8 +717,11 @@ impl Endpoint {
                 return;
             }
             link.closing = true;
-            link.conn
-                .close(now, VarInt::from_u32(1), bytes::Bytes::copy_from_slice(reason));
+            link.conn.close(
+                now,
+                VarInt::from_u32(1),
+                bytes::Bytes::copy_from_slice(reason),
+            );
         } else {
             return;
         }
@@ -740,11 +762,14 @@ impl Endpoint {
     fn send(&self, datagram: &[u8], to: SocketAddr) {
         // Non-blocking: a full socket buffer drops the datagram, and QUIC's
         // loss recovery sends it again.
-        let _ = self.sender.send_to_with_flags(
+        let sent = self.sender.send_to_with_flags(
             datagram,
             &socket2::SockAddr::from(to),
             libc::MSG_DONTWAIT,
         );
+        if let Err(e) = sent {
+            tracing::trace!(%to, error = %e, "cluster: link datagram not sent");
+        }
     }
 
     fn count(&self, f: impl FnOnce(&mut LinkStats)) {
@@ -793,6 +818,7 @@ impl Link {
             version: frame::LINK_VERSION,
             schema: frame::SCHEMA,
             name: me.name.clone(),
+            addr: me.addr.to_string(),
             boot: me.boot,
             shard: me.shard,
             shards: me.shards,
@@ -885,6 +911,161 @@ mod tests {
         assert_eq!(counterparts(0, 2, 4), vec![0, 2]);
         assert_eq!(counterparts(3, 4, 2), vec![1]);
         assert_eq!(link_count(2, 4), 4);
+    }
+
+    /// Two endpoints on one executor: `a` (lower, so it dials) and `b`,
+    /// each knowing the other as an alive member.
+    struct Pair {
+        a: Rc<Endpoint>,
+        b: Rc<Endpoint>,
+        view_a: ClusterView,
+        view_b: ClusterView,
+    }
+
+    fn node_id(port: u16, link: u16) -> NodeId {
+        NodeId {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            boot: 7,
+            name: format!("n{port}"),
+            shards: 1,
+            links: vec![link],
+        }
+    }
+
+    fn endpoint(gossip_port: u16, secret: &[u8]) -> Rc<Endpoint> {
+        let socket = bind_socket(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let me = Me {
+            name: format!("n{gossip_port}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], gossip_port)),
+            boot: 7,
+            shard: 0,
+            shards: 1,
+        };
+        let endpoint = Rc::new(Endpoint::new(socket, secret.to_vec(), me).unwrap());
+        glommio::spawn_local(endpoint.clone().run()).detach();
+        endpoint
+    }
+
+    fn pair(secret_a: &[u8], secret_b: &[u8]) -> Pair {
+        let a = endpoint(1, secret_a);
+        let b = endpoint(2, secret_b);
+        let (ia, ib) = (
+            node_id(1, a.local_addr().port()),
+            node_id(2, b.local_addr().port()),
+        );
+        let view = |this: &NodeId, other: &NodeId| ClusterView {
+            this: Some(this.clone()),
+            members: vec![super::super::node::Member {
+                id: other.clone(),
+                state: MemberState::Alive,
+                since_ms: 0,
+            }],
+        };
+        Pair {
+            view_a: view(&ia, &ib),
+            view_b: view(&ib, &ia),
+            a,
+            b,
+        }
+    }
+
+    /// Polls `done` every 10 ms for up to 5 s.
+    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        for _ in 0..500 {
+            if done() {
+                return true;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        done()
+    }
+
+    fn on_executor<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { f().await })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn b_as_seen_by_a() -> PeerShard {
+        PeerShard {
+            addr: SocketAddr::from(([127, 0, 0, 1], 2)),
+            boot: 7,
+            shard: 0,
+        }
+    }
+
+    #[test]
+    fn a_link_comes_up_proves_the_secret_and_measures_its_round_trip() {
+        on_executor(async || {
+            let p = pair(b"the same secret!", b"the same secret!");
+            p.b.reconcile(&p.view_b);
+            assert!(p.b.links().is_empty(), "the higher node does not dial");
+            p.a.reconcile(&p.view_a);
+            assert!(eventually(|| p.a.links().len() == 1 && p.b.links().len() == 1).await);
+            assert_eq!(p.a.links()[0].peer, b_as_seen_by_a());
+            assert_eq!(
+                p.b.links()[0].peer.addr,
+                SocketAddr::from(([127, 0, 0, 1], 1))
+            );
+            // A reconcile pings; the pong gives the round trip.
+            p.a.reconcile(&p.view_a);
+            assert!(
+                eventually(|| p.a.stats().frames_in >= 2).await,
+                "hello and pong"
+            );
+            assert!(p.a.links()[0].rtt > Duration::ZERO);
+            assert_eq!(p.a.stats().errors, [0; 4]);
+            assert_eq!(p.b.stats().errors, [0; 4]);
+            // A second reconcile does not dial again.
+            p.a.reconcile(&p.view_a);
+            assert_eq!(p.a.links.borrow().len(), 1);
+        });
+    }
+
+    #[test]
+    fn a_peer_with_another_secret_is_refused_on_both_sides() {
+        on_executor(async || {
+            let p = pair(b"the one secret!!", b"another secret!!");
+            p.b.reconcile(&p.view_b);
+            p.a.reconcile(&p.view_a);
+            let bad_hello = LinkError::BadHello as usize;
+            assert!(
+                eventually(
+                    || p.a.stats().errors[bad_hello] == 1 && p.b.stats().errors[bad_hello] == 1
+                )
+                .await
+            );
+            assert!(p.a.links().is_empty() && p.b.links().is_empty());
+            assert_eq!(
+                p.a.send_frame(&b_as_seen_by_a(), &Frame::Ping { seq: 0, sent_us: 0 }),
+                Err(SendError::NotConnected)
+            );
+        });
+    }
+
+    #[test]
+    fn an_oversized_or_corrupt_frame_closes_the_link_and_is_counted() {
+        on_executor(async || {
+            let bad_frame = LinkError::BadFrame as usize;
+            for hostile in [
+                // A length prefix far past the limit: refused before any body.
+                (u32::MAX).to_le_bytes().to_vec(),
+                // A frame whose body is not an archive of a Frame.
+                [8u32.to_le_bytes().to_vec(), vec![0xff; 8]].concat(),
+            ] {
+                let p = pair(b"the same secret!", b"the same secret!");
+                p.b.reconcile(&p.view_b);
+                p.a.reconcile(&p.view_a);
+                assert!(eventually(|| p.b.links().len() == 1).await);
+                p.a.send_raw(&b_as_seen_by_a(), &hostile);
+                assert!(eventually(|| p.b.stats().errors[bad_frame] == 1).await);
+                assert!(p.b.links().is_empty());
+                // The sender learns the link is gone.
+                assert!(eventually(|| p.a.links().is_empty()).await);
+            }
+        });
     }
 
     #[test]

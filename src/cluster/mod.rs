@@ -4,10 +4,16 @@
 //! - [`node`]: who a node is and what this node knows of the others (pure).
 //! - [`seal`]: gossip packets signed with the cluster secret (pure).
 //! - [`gossip`]: membership, SWIM over UDP, run on shard 0.
+//! - [`frame`]: frames on the links between nodes, and their codec (pure).
+//! - [`tls`]: the links' TLS, and the proof of the secret.
+//! - [`link`]: each shard's QUIC endpoint and its links to the
+//!   counterpart shards of the other nodes.
 //!
 //! Every shard holds the latest [`ClusterView`], published by shard 0's
-//! gossip through the mesh whenever a member's state changes.
+//! gossip through the mesh whenever a member's state changes; its links
+//! follow each new view.
 
+pub mod frame;
 pub mod gossip;
 pub mod link;
 pub mod node;
@@ -28,26 +34,37 @@ pub use node::{ClusterView, MemberState, NodeId};
 /// shard's port from the start.
 pub struct Prepared {
     pub boot: u64,
+    /// The gossip socket, bound on `--cluster-addr` (for shard 0).
+    pub gossip: UdpSocket,
+    pub gossip_addr: SocketAddr,
+    /// Each shard's link socket, and its port.
     pub sockets: Vec<UdpSocket>,
     pub ports: Vec<u16>,
 }
 
 impl Prepared {
-    /// Binds `shards` link sockets on `addr`'s IP, on ports the kernel
-    /// picks.
-    pub fn bind(addr: SocketAddr, shards: usize) -> std::io::Result<Prepared> {
+    /// Binds the gossip socket on `addr` (without SO_REUSEPORT: a second
+    /// process on the same address is refused instead of sharing it) and
+    /// `shards` link sockets on its IP, on ports the kernel picks.
+    pub fn bind(addr: SocketAddr, shards: usize) -> Result<Prepared, String> {
+        let gossip = UdpSocket::bind(addr).map_err(|e| e.to_string())?;
+        let gossip_addr = gossip.local_addr().map_err(|e| e.to_string())?;
         let sockets = (0..shards)
             .map(|_| link::bind_socket(SocketAddr::new(addr.ip(), 0)))
-            .collect::<std::io::Result<Vec<_>>>()?;
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| format!("cannot bind a link socket: {e}"))?;
         let ports = sockets
             .iter()
             .map(|s| s.local_addr().map(|a| a.port()))
-            .collect::<std::io::Result<Vec<_>>>()?;
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| e.to_string())?;
         let boot = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
         Ok(Prepared {
             boot,
+            gossip,
+            gossip_addr,
             sockets,
             ports,
         })

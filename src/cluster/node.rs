@@ -137,6 +137,7 @@ impl ClusterView {
                 "addr": id.addr.to_string(),
                 "boot": id.boot,
                 "shards": id.shards,
+                "link_ports": id.links,
             })
         };
         let members: Vec<Value> = self

@@ -162,7 +162,9 @@ pub enum ShardMsg {
     /// runs the gossip (see [`crate::cluster`]).
     ClusterView(Arc<crate::cluster::ClusterView>),
     /// Reply with this shard's verified links to other nodes.
-    Links { reply_to: ReplyTo },
+    Links {
+        reply_to: ReplyTo,
+    },
 }
 
 impl ShardMsg {

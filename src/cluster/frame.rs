@@ -1,0 +1,505 @@
+//! Frames on the links between nodes.
+//!
+//! A link is a QUIC stream; one frame on it is a 4-byte little-endian
+//! length, then that many bytes of an rkyv archive of [`Frame`]. A
+//! receiver trusts nothing in it: the length is held to a limit before the
+//! body is buffered, and the archive is validated (bytecheck) before it is
+//! read, then copied out into owned values.
+//!
+//! No frame type may be recursive, directly or not: validating a
+//! recursive archived type recurses as deep as the bytes nest it, so a
+//! small hostile frame could overflow the stack (rkyv issue #684). Whatever
+//! may nest (queries, payloads) travels as a byte string re-parsed by our
+//! own parsers, under our own limits.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// The link protocol: what the frames mean.
+pub const LINK_VERSION: u16 = 1;
+
+/// The archived layout of [`Frame`]. Bump it with any change to `Frame` or
+/// the types in it (a field, a variant, an order, a type): two layouts do
+/// not reject each other's bytes reliably, so the handshake must. The
+/// `layout_is_pinned` test fails on any change of layout, as a reminder.
+pub const SCHEMA: u32 = 0x5f1e_0002;
+
+const PREFIX: usize = 4;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// First frame each side sends on a new link.
+    Hello(Hello),
+    Ping {
+        seq: u64,
+        sent_us: u64,
+    },
+    Pong {
+        seq: u64,
+        sent_us: u64,
+    },
+    /// Sent before closing a link on purpose.
+    Goodbye {
+        reason: String,
+    },
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Hello {
+    /// [`LINK_VERSION`] of the sender.
+    pub version: u16,
+    /// [`SCHEMA`] of the sender.
+    pub schema: u32,
+    /// The node's name.
+    pub name: String,
+    /// The node's gossip address (`ip:port`), which names it in the
+    /// cluster: how the accepting side knows which member dialed.
+    pub addr: String,
+    /// The node's run id.
+    pub boot: u64,
+    /// Which shard of that node speaks on this link.
+    pub shard: u16,
+    /// Its shard count.
+    pub shards: u16,
+    /// HMAC proving the cluster secret.
+    pub proof: [u8; 32],
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum FrameError {
+    /// The length prefix announces more than the limit: refused before any
+    /// byte of the body is buffered.
+    #[error("frame of {len} bytes announced, the limit is {max}")]
+    TooLarge { len: usize, max: usize },
+    /// The bytes are not a valid archive of a Frame.
+    #[error("invalid frame: {0}")]
+    Invalid(String),
+}
+
+/// Appends `frame`, length prefix included, to `out`.
+///
+/// # Panics
+///
+/// If the frame cannot be archived: only with a string of 1 GiB or more
+/// (rkyv's limit under 32-bit lengths), far past any receiver's limit.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    // Archived on its own rather than in place in `out`: rkyv aligns
+    // relative to the start of its buffer, and the receiver decodes from an
+    // aligned buffer of its own.
+    let body = rkyv::to_bytes::<rancor::Error>(frame).expect("frame too large to archive");
+    let len = u32::try_from(body.len()).expect("frame longer than 4 GiB");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+/// Reassembles frames from a stream's bytes as they arrive in chunks.
+pub struct FrameReader {
+    max_frame: usize,
+    buf: Vec<u8>,
+    /// Bytes at the front of `buf` already returned as frames.
+    read: usize,
+    /// Where the first prefix not yet checked starts (or will start): past
+    /// the end of `buf` while a body is incomplete.
+    next_prefix: usize,
+    /// Once set, nothing more is accepted; it is returned after the frames
+    /// already complete in `buf`, and from then on.
+    error: Option<FrameError>,
+    /// Reused for each body: network bytes are not aligned, archives must be.
+    aligned: AlignedVec,
+}
+
+impl FrameReader {
+    pub fn new(max_frame: usize) -> Self {
+        FrameReader {
+            max_frame,
+            buf: Vec::new(),
+            read: 0,
+            next_prefix: 0,
+            error: None,
+            aligned: AlignedVec::new(),
+        }
+    }
+
+    /// Adds received bytes. Never buffers more than 4 + `max_frame` bytes
+    /// of one frame: each prefix is checked as soon as its 4 bytes are in.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if self.read > 0 {
+            self.buf.drain(..self.read);
+            self.next_prefix -= self.read;
+            self.read = 0;
+        }
+        // Stored in steps, each up to the end of a body or of a prefix, so
+        // that a refused prefix stops the copy before its body.
+        while !bytes.is_empty() {
+            let until = if self.buf.len() < self.next_prefix {
+                self.next_prefix
+            } else {
+                self.next_prefix + PREFIX
+            };
+            let (now, rest) = bytes.split_at((until - self.buf.len()).min(bytes.len()));
+            self.buf.extend_from_slice(now);
+            bytes = rest;
+            let unchecked = self.buf.get(self.next_prefix..).unwrap_or_default();
+            if let Some(len) = unchecked.first_chunk().map(announced) {
+                if len > self.max_frame {
+                    self.buf.truncate(self.next_prefix);
+                    self.error = Some(FrameError::TooLarge {
+                        len,
+                        max: self.max_frame,
+                    });
+                    return;
+                }
+                self.next_prefix += PREFIX + len;
+            }
+        }
+    }
+
+    /// The next complete frame, if any: `Ok(None)` = need more bytes. After
+    /// an `Err` the reader is poisoned: every later call returns the same
+    /// error (the link is to be closed).
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let pending = &self.buf[self.read..];
+        let body = pending
+            .first_chunk()
+            .and_then(|prefix| pending[PREFIX..].get(..announced(prefix)));
+        let Some(body) = body else {
+            return match &self.error {
+                Some(error) => Err(error.clone()),
+                None => Ok(None),
+            };
+        };
+        self.read += PREFIX + body.len();
+        self.aligned.clear();
+        self.aligned.extend_from_slice(body);
+        match decode(&self.aligned) {
+            Ok(frame) => Ok(Some(frame)),
+            Err(error) => {
+                // Whatever follows a broken frame cannot be trusted to be
+                // frames at all.
+                self.buf = Vec::new();
+                self.read = 0;
+                self.next_prefix = 0;
+                self.error = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// Bytes buffered and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.read
+    }
+}
+
+fn announced(prefix: &[u8; PREFIX]) -> usize {
+    u32::from_le_bytes(*prefix) as usize
+}
+
+fn decode(aligned: &[u8]) -> Result<Frame, FrameError> {
+    let invalid = |error: rancor::Error| FrameError::Invalid(error.to_string());
+    let archived = rkyv::access::<ArchivedFrame, rancor::Error>(aligned).map_err(invalid)?;
+    rkyv::deserialize::<Frame, rancor::Error>(archived).map_err(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAX: usize = 1 << 16;
+
+    fn hello() -> Frame {
+        Frame::Hello(Hello {
+            version: LINK_VERSION,
+            schema: SCHEMA,
+            name: "node-a".into(),
+            addr: "10.0.0.1:7000".into(),
+            boot: 0x0123_4567_89ab_cdef,
+            shard: 3,
+            shards: 8,
+            proof: [0xa5; 32],
+        })
+    }
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            hello(),
+            Frame::Ping {
+                seq: 1,
+                sent_us: u64::MAX,
+            },
+            Frame::Pong { seq: 2, sent_us: 0 },
+            Frame::Goodbye {
+                reason: "shutting down".into(),
+            },
+            Frame::Goodbye {
+                reason: String::new(),
+            },
+        ]
+    }
+
+    fn encoded(frame: &Frame) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(frame, &mut out);
+        out
+    }
+
+    /// Everything the reader gives until it needs more bytes or fails.
+    fn drain(reader: &mut FrameReader) -> (Vec<Frame>, Option<FrameError>) {
+        let mut frames = Vec::new();
+        loop {
+            match reader.next_frame() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => return (frames, None),
+                Err(error) => return (frames, Some(error)),
+            }
+        }
+    }
+
+    /// A frame whose body is `body`, prefix and all.
+    fn raw(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn every_variant_round_trips() {
+        for frame in samples() {
+            let mut reader = FrameReader::new(MAX);
+            reader.push(&encoded(&frame));
+            assert_eq!(reader.next_frame(), Ok(Some(frame)));
+            assert_eq!(reader.next_frame(), Ok(None));
+            assert_eq!(reader.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn one_push_and_byte_by_byte_decode_alike() {
+        let mut stream = Vec::new();
+        for frame in samples() {
+            encode(&frame, &mut stream);
+        }
+
+        let mut whole = FrameReader::new(MAX);
+        whole.push(&stream);
+        assert_eq!(drain(&mut whole), (samples(), None));
+
+        let mut bytewise = FrameReader::new(MAX);
+        let mut frames = Vec::new();
+        for byte in &stream {
+            bytewise.push(std::slice::from_ref(byte));
+            let (more, error) = drain(&mut bytewise);
+            assert_eq!(error, None);
+            frames.extend(more);
+        }
+        assert_eq!(frames, samples());
+        assert_eq!(bytewise.buffered(), 0);
+    }
+
+    #[test]
+    fn an_oversized_prefix_is_refused_before_its_body() {
+        let mut reader = FrameReader::new(100);
+        let too_large = FrameError::TooLarge { len: 101, max: 100 };
+        reader.push(&101u32.to_le_bytes()[..3]);
+        assert_eq!(reader.next_frame(), Ok(None));
+        reader.push(&101u32.to_le_bytes()[3..]);
+        assert_eq!(reader.next_frame(), Err(too_large.clone()));
+        assert!(reader.buffered() <= 4);
+        reader.push(&[0; 1000]);
+        assert!(reader.buffered() <= 4);
+        assert_eq!(reader.next_frame(), Err(too_large.clone()));
+        assert_eq!(reader.next_frame(), Err(too_large));
+    }
+
+    #[test]
+    fn frames_before_an_oversized_prefix_still_come_out() {
+        let mut stream = encoded(&hello());
+        stream.extend_from_slice(&u32::MAX.to_le_bytes());
+        stream.extend_from_slice(&[7; 64]);
+        let mut reader = FrameReader::new(MAX);
+        reader.push(&stream);
+        let too_large = FrameError::TooLarge {
+            len: u32::MAX as usize,
+            max: MAX,
+        };
+        assert_eq!(drain(&mut reader), (vec![hello()], Some(too_large)));
+        assert_eq!(reader.buffered(), 0);
+    }
+
+    #[test]
+    fn a_zero_length_frame_is_invalid() {
+        let mut reader = FrameReader::new(MAX);
+        reader.push(&[0; 4]);
+        assert!(matches!(reader.next_frame(), Err(FrameError::Invalid(_))));
+    }
+
+    #[test]
+    fn garbage_is_invalid_and_poisons() {
+        let mut reader = FrameReader::new(MAX);
+        reader.push(&raw(&[0xff; 96]));
+        reader.push(&encoded(&hello()));
+        let error = reader.next_frame().unwrap_err();
+        assert!(matches!(error, FrameError::Invalid(_)));
+        assert_eq!(reader.buffered(), 0);
+        reader.push(&encoded(&hello()));
+        assert_eq!(reader.next_frame(), Err(error.clone()));
+        assert_eq!(reader.next_frame(), Err(error));
+    }
+
+    #[test]
+    fn a_corrupted_variant_tag_is_invalid() {
+        let mut bytes = encoded(&hello());
+        // The root of an archive sits at its end; an enum's starts with its tag.
+        let tag = bytes.len() - std::mem::size_of::<ArchivedFrame>();
+        bytes[tag] = 0xee;
+        let mut reader = FrameReader::new(MAX);
+        reader.push(&bytes);
+        assert!(matches!(reader.next_frame(), Err(FrameError::Invalid(_))));
+    }
+
+    /// Fails when `Frame`'s archived layout changes: bump [`SCHEMA`], then
+    /// update the bytes here.
+    #[test]
+    fn layout_is_pinned() {
+        assert_eq!(SCHEMA, 0x5f1e_0002);
+        assert_eq!(samples().len(), GOLDEN.len());
+        for (frame, golden) in samples().iter().zip(GOLDEN) {
+            assert_eq!(hex(&encoded(frame)), golden, "{frame:?}");
+        }
+    }
+
+    const GOLDEN: [&str; 5] = [
+        concat!(
+            "6000000031302e302e302e313a37303030000000000000000000000001000000",
+            "02001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
+            "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
+            "00000000",
+        ),
+        concat!(
+            "5000000001000000000000000100000000000000ffffffffffffffff00000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000",
+        ),
+        concat!(
+            "5000000002000000000000000200000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000",
+        ),
+        concat!(
+            "600000007368757474696e6720646f776e000000030000008d000000ecffffff",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "00000000",
+        ),
+        concat!(
+            "5000000003000000ffffffffffffffff00000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000",
+        ),
+    ];
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn any_frame() -> impl Strategy<Value = Frame> {
+        let text = "(?s).{0,300}";
+        prop_oneof![
+            (
+                any::<u16>(),
+                any::<u32>(),
+                (text, text),
+                any::<u64>(),
+                any::<u16>(),
+                any::<u16>(),
+                any::<[u8; 32]>(),
+            )
+                .prop_map(
+                    |(version, schema, (name, addr), boot, shard, shards, proof)| {
+                        Frame::Hello(Hello {
+                            version,
+                            schema,
+                            name,
+                            addr,
+                            boot,
+                            shard,
+                            shards,
+                            proof,
+                        })
+                    }
+                ),
+            (any::<u64>(), any::<u64>()).prop_map(|(seq, sent_us)| Frame::Ping { seq, sent_us }),
+            (any::<u64>(), any::<u64>()).prop_map(|(seq, sent_us)| Frame::Pong { seq, sent_us }),
+            text.prop_map(|reason| Frame::Goodbye { reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_frames_round_trip(
+            frames in prop::collection::vec(any_frame(), 1..8),
+            chunk in 1usize..200,
+        ) {
+            let mut stream = Vec::new();
+            for frame in &frames {
+                encode(frame, &mut stream);
+            }
+            let mut whole = FrameReader::new(MAX);
+            whole.push(&stream);
+            prop_assert_eq!(drain(&mut whole), (frames.clone(), None));
+
+            let mut chunked = FrameReader::new(MAX);
+            let mut decoded = Vec::new();
+            for bytes in stream.chunks(chunk) {
+                chunked.push(bytes);
+                let (more, error) = drain(&mut chunked);
+                prop_assert_eq!(error, None);
+                decoded.extend(more);
+            }
+            prop_assert_eq!(decoded, frames);
+            prop_assert_eq!(chunked.buffered(), 0);
+        }
+
+        #[test]
+        fn arbitrary_chunks_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..2048),
+            chunks in prop::collection::vec(1usize..64, 1..64),
+            max in 0usize..256,
+        ) {
+            let mut reader = FrameReader::new(max);
+            let mut rest = &bytes[..];
+            for size in chunks.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (now, later) = rest.split_at((*size).min(rest.len()));
+                reader.push(now);
+                rest = later;
+                drain(&mut reader);
+                prop_assert!(reader.buffered() < PREFIX + max);
+            }
+        }
+
+        #[test]
+        fn a_flipped_body_byte_never_panics(
+            frame in any_frame(),
+            at in any::<prop::sample::Index>(),
+            mask in 1u8..,
+        ) {
+            let mut bytes = encoded(&frame);
+            let at = PREFIX + at.index(bytes.len() - PREFIX);
+            bytes[at] ^= mask;
+            let mut reader = FrameReader::new(MAX);
+            reader.push(&bytes);
+            match reader.next_frame() {
+                Ok(Some(_)) | Err(FrameError::Invalid(_)) => {}
+                other => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+    }
+}
