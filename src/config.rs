@@ -118,6 +118,8 @@ pub struct Config {
     pub peers: Vec<String>,
     /// How long a suspected node has to answer before it is declared down.
     pub cluster_down_after: Duration,
+    /// Longest wait for another node's answer to a routing request.
+    pub cluster_request_timeout: Duration,
 }
 
 pub const DEFAULT_PORT: u16 = 4567;
@@ -155,6 +157,7 @@ pub const DEFAULT_MAX_TOTAL_QUEUE_BYTES: usize = 1 << 30;
 pub const DEFAULT_MAX_QUERY_RESULTS: usize = 1000;
 pub const DEFAULT_MAX_QUEUE_REQUESTS: usize = 10_000;
 pub const DEFAULT_CLUSTER_DOWN_AFTER_MS: u64 = 4_000;
+pub const DEFAULT_CLUSTER_REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// The shortest cluster secret accepted, in bytes.
 pub const MIN_CLUSTER_SECRET: usize = 16;
 /// The longest node name in a cluster: it travels in every gossip packet.
@@ -299,6 +302,9 @@ pub struct Flags {
     /// Cluster: milliseconds a node that missed its probes has to answer before it is declared down and leaves every route; a dead node is out within about this plus 2 s [default: 4000]
     #[arg(long, env = "CLUSTER_DOWN_AFTER")]
     cluster_down_after: Option<u64>,
+    /// Cluster: milliseconds a BROADCAST or QUERY_NODES waits for each other node's answer; a node that misses it counts as having no match (and is counted in /metrics), without holding up the others [default: 2000]
+    #[arg(long, env = "CLUSTER_REQUEST_TIMEOUT")]
+    cluster_request_timeout: Option<u64>,
     /// TOML file with any of the settings above as snake_case keys
     #[arg(long, env = "CONFIG")]
     config: Option<PathBuf>,
@@ -351,6 +357,7 @@ struct FileConfig {
     cluster_secret: Option<String>,
     peers: Option<Vec<String>>,
     cluster_down_after: Option<u64>,
+    cluster_request_timeout: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -549,6 +556,12 @@ impl Config {
                     .or(file.cluster_down_after)
                     .unwrap_or(DEFAULT_CLUSTER_DOWN_AFTER_MS),
             ),
+            cluster_request_timeout: Duration::from_millis(
+                flags
+                    .cluster_request_timeout
+                    .or(file.cluster_request_timeout)
+                    .unwrap_or(DEFAULT_CLUSTER_REQUEST_TIMEOUT_MS),
+            ),
         };
         config.validate()?;
         Ok(config)
@@ -647,6 +660,9 @@ impl Config {
             || self.cluster_down_after > Duration::from_secs(600)
         {
             return invalid("cluster_down_after", "must be between 100 and 600000 ms");
+        }
+        if self.cluster_request_timeout.is_zero() {
+            return invalid("cluster_request_timeout", "must be at least 1 ms");
         }
         let Some(addr) = self.cluster_addr else {
             if !self.peers.is_empty() {

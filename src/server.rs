@@ -388,6 +388,13 @@ async fn run_shard(start: ShardStart) {
     });
     let link_tasks = links.map(|links| {
         shard.cluster.set_links(links.clone());
+        // Weak: the shard holds the endpoint, which holds this handler.
+        let (weak_shard, weak_links) = (Rc::downgrade(&shard), Rc::downgrade(&links));
+        links.on_request(Rc::new(move |peer, id, request| {
+            if let (Some(shard), Some(links)) = (weak_shard.upgrade(), weak_links.upgrade()) {
+                crate::routing::remote::answer(shard, links, peer, id, request);
+            }
+        }));
         let tick = glommio::spawn_local({
             let shard = shard.clone();
             let links = links.clone();

@@ -380,3 +380,114 @@ fn a_taken_gossip_port_or_a_bad_cluster_setting_refuses_to_start() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// Three linked nodes: `a` with two shards, `b` and `c` with one.
+fn three_linked() -> (Server, Server, Server) {
+    let (ga, gb, gc) = (gossip_addr(), gossip_addr(), gossip_addr());
+    let a = start_node_with("a", "2", ga, &[], SECRET, None);
+    let b = start_node("b", gb, &[ga], SECRET, None);
+    let c = start_node("c", gc, &[ga], SECRET, None);
+    for (server, others) in [(&a, ["b", "c"]), (&b, ["a", "c"]), (&c, ["a", "b"])] {
+        for other in others {
+            wait_until(&format!("links to {other}"), JOIN, || linked(server, other));
+        }
+    }
+    (a, b, c)
+}
+
+#[test]
+fn broadcast_and_query_nodes_reach_clients_on_every_node() {
+    use common::{Client, Encoding, ids, meta};
+    use serde_json::json;
+    let (a, b, c) = three_linked();
+    let room = |n: i64| json!({"room": meta("integer", json!(n))});
+    let mut clients = Vec::new();
+    for (server, id, n) in [(&a, "a1", 1), (&a, "a2", 2), (&b, "b1", 1), (&c, "c1", 1)] {
+        let mut client = Client::ready(server, Encoding::Json, "chat", id);
+        client.set_metadata(room(n));
+        clients.push(client);
+    }
+    let mut sender = Client::ready(&b, Encoding::Msgpack, "chat", "sender");
+    let mut other_app = Client::ready(&c, Encoding::Json, "other", "o1");
+
+    // QUERY_NODES from b sees the clients of every node, each named by its
+    // node.
+    let in_room_1 = json!({"application": "chat", "ops": [{"path": "/room", "op": "$eq", "to": {"value": 1}}]});
+    let found = sender.query_nodes(in_room_1.clone());
+    assert_eq!(
+        ids(&found),
+        ["a1", "b1", "c1"].map(String::from).into(),
+        "{found:?}"
+    );
+    for node in &found {
+        let expected = &node["client_id"].as_str().unwrap()[..1];
+        assert_eq!(node["node"], expected, "{node}");
+    }
+    let everyone = sender.query_ids(json!({"application": "chat", "ops": []}));
+    assert_eq!(everyone.len(), 5);
+
+    // BROADCAST from b reaches room 1 on all three nodes, once each, and
+    // nobody else.
+    sender.broadcast(in_room_1, json!("n1"), json!({"hello": [1, 2.5, "x"]}));
+    for client in clients.iter_mut().filter(|c| c.id() != "a2") {
+        client.expect_message("BROADCAST", &json!("n1"), &json!({"hello": [1, 2.5, "x"]}));
+    }
+    for client in &mut clients {
+        client.expect_nothing(Duration::from_millis(200));
+    }
+    other_app.expect_nothing(Duration::from_millis(1));
+    sender.expect_nothing(Duration::from_millis(1));
+
+    // A BROADCAST matching nobody anywhere is still a no_route.
+    sender.broadcast(
+        json!({"application": "chat", "ops": [{"path": "/room", "op": "$eq", "to": {"value": 9}}]}),
+        json!("n2"),
+        json!(1),
+    );
+    sender.expect_invalid(common::texts::NO_ROUTE);
+
+    // The HTTP query merges every node too.
+    let http = a.http_query(&json!({"application": "chat", "ops": []}), None);
+    assert_eq!(http.status, 200);
+    assert_eq!(ids(http.json().as_array().unwrap()).len(), 5);
+    let sent = metric(&b, "singyeong_cluster_requests_total{shard=\"0\",direction=\"sent\"}");
+    assert!(sent >= 4, "b asked a and c twice each: {sent}");
+    assert!(
+        metric(&a, "singyeong_cluster_requests_total{shard=\"0\",direction=\"received\"}")
+            + metric(&a, "singyeong_cluster_requests_total{shard=\"1\",direction=\"received\"}")
+            >= 2
+    );
+}
+
+#[test]
+fn a_node_that_does_not_answer_in_time_counts_as_no_match() {
+    use common::{Client, Encoding, ids};
+    use serde_json::json;
+    let (ga, gb) = (gossip_addr(), gossip_addr());
+    // A long suspicion timeout: b stays a member while it is stopped.
+    let a = start_node_with("a", "1", ga, &[gb], SECRET, Some(30_000));
+    let b = start_node_with("b", "1", gb, &[ga], SECRET, Some(30_000));
+    wait_until("links", JOIN, || linked(&a, "b") && linked(&b, "a"));
+    let mut on_a = Client::ready(&a, Encoding::Json, "app", "x");
+    let _on_b = Client::ready(&b, Encoding::Json, "app", "y");
+    let all = json!({"application": "app", "ops": []});
+    assert_eq!(ids(&on_a.query_nodes(all.clone())).len(), 2);
+    b.signal("STOP");
+    let started = Instant::now();
+    assert_eq!(
+        ids(&on_a.query_nodes(all.clone())),
+        ["x".to_string()].into(),
+        "only a's client"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "waited the 2 s deadline, not more: {took:?}"
+    );
+    assert_eq!(
+        metric(&a, "singyeong_cluster_request_failures_total{shard=\"0\",reason=\"timeout\"}"),
+        1
+    );
+    b.signal("CONT");
+    wait_until("b answers again", JOIN, || ids(&on_a.query_nodes(all.clone())).len() == 2);
+}

@@ -23,7 +23,7 @@ pub const LINK_VERSION: u16 = 1;
 /// the types in it (a field, a variant, an order, a type): two layouts do
 /// not reject each other's bytes reliably, so the handshake must. The
 /// `layout_is_pinned` test fails on any change of layout, as a reminder.
-pub const SCHEMA: u32 = 0x5f1e_0002;
+pub const SCHEMA: u32 = 0x5f1e_0003;
 
 const PREFIX: usize = 4;
 
@@ -43,6 +43,47 @@ pub enum Frame {
     Goodbye {
         reason: String,
     },
+    /// A question for the node at the other end, answered by a
+    /// [`Frame::Response`] with the same `id`.
+    Request {
+        id: u64,
+        body: Request,
+    },
+    Response {
+        id: u64,
+        body: Response,
+    },
+}
+
+/// What one node asks another to do among its own clients. Queries and
+/// payloads are JSON bytes, re-parsed by the receiver with its own limits.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Request {
+    /// BROADCAST: deliver the dispatch (`event`, `payload`) to every local
+    /// match of `query`; answered with [`Response::Delivered`].
+    Broadcast {
+        query: Vec<u8>,
+        event: String,
+        payload: Vec<u8>,
+    },
+    /// QUERY_NODES: describe the local matches, at most `count` clients and
+    /// about `bytes` of JSON; answered with [`Response::Nodes`].
+    Nodes {
+        query: Vec<u8>,
+        count: u32,
+        bytes: u32,
+    },
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Response {
+    /// Clients delivered to.
+    Delivered(u64),
+    /// `<client>` objects (a JSON array), and how many matched in all.
+    Nodes { nodes: Vec<u8>, matched: u64 },
+    /// The request could not be carried out (a query that does not parse
+    /// here, say); the asker counts this node as having no match.
+    Refused(String),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -239,6 +280,29 @@ mod tests {
             Frame::Goodbye {
                 reason: String::new(),
             },
+            Frame::Request {
+                id: 9,
+                body: Request::Broadcast {
+                    query: br#"{"application":"a"}"#.to_vec(),
+                    event: "e".into(),
+                    payload: b"{}".to_vec(),
+                },
+            },
+            Frame::Request {
+                id: 10,
+                body: Request::Nodes {
+                    query: b"{}".to_vec(),
+                    count: 1000,
+                    bytes: 4096,
+                },
+            },
+            Frame::Response {
+                id: 9,
+                body: Response::Nodes {
+                    nodes: b"[]".to_vec(),
+                    matched: 3,
+                },
+            },
         ]
     }
 
@@ -366,17 +430,17 @@ mod tests {
     /// update the bytes here.
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(SCHEMA, 0x5f1e_0002);
+        assert_eq!(SCHEMA, 0x5f1e_0003);
         assert_eq!(samples().len(), GOLDEN.len());
         for (frame, golden) in samples().iter().zip(GOLDEN) {
             assert_eq!(hex(&encoded(frame)), golden, "{frame:?}");
         }
     }
 
-    const GOLDEN: [&str; 5] = [
+    const GOLDEN: [&str; 8] = [
         concat!(
             "6000000031302e302e302e313a37303030000000000000000000000001000000",
-            "02001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
+            "03001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
             "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "00000000",
         ),
@@ -400,6 +464,22 @@ mod tests {
             "5000000003000000ffffffffffffffff00000000000000000000000000000000",
             "0000000000000000000000000000000000000000000000000000000000000000",
             "0000000000000000000000000000000000000000",
+        ),
+        concat!(
+            "680000007b226170706c69636174696f6e223a2261227d7b7d00000004000000",
+            "00000000090000000000000000000000d4ffffff1300000065ffffffffffffff",
+            "d7ffffff02000000000000000000000000000000000000000000000000000000",
+            "000000000000000000000000",
+        ),
+        concat!(
+            "580000007b7d00000000000004000000000000000a0000000000000001000000",
+            "e4ffffff02000000e80300000010000000000000000000000000000000000000",
+            "00000000000000000000000000000000000000000000000000000000",
+        ),
+        concat!(
+            "580000005b5d0000000000000500000000000000090000000000000001000000",
+            "e4ffffff02000000000000000300000000000000000000000000000000000000",
+            "00000000000000000000000000000000000000000000000000000000",
         ),
     ];
 
@@ -436,6 +516,51 @@ mod tests {
             (any::<u64>(), any::<u64>()).prop_map(|(seq, sent_us)| Frame::Ping { seq, sent_us }),
             (any::<u64>(), any::<u64>()).prop_map(|(seq, sent_us)| Frame::Pong { seq, sent_us }),
             text.prop_map(|reason| Frame::Goodbye { reason }),
+            (
+                any::<u64>(),
+                prop::collection::vec(any::<u8>(), 0..200),
+                text,
+                prop::collection::vec(any::<u8>(), 0..200),
+            )
+                .prop_map(|(id, query, event, payload)| Frame::Request {
+                    id,
+                    body: Request::Broadcast {
+                        query,
+                        event,
+                        payload,
+                    },
+                }),
+            (
+                any::<u64>(),
+                prop::collection::vec(any::<u8>(), 0..200),
+                any::<u32>(),
+                any::<u32>()
+            )
+                .prop_map(|(id, query, count, bytes)| Frame::Request {
+                    id,
+                    body: Request::Nodes {
+                        query,
+                        count,
+                        bytes
+                    },
+                }),
+            (any::<u64>(), any::<u64>()).prop_map(|(id, n)| Frame::Response {
+                id,
+                body: Response::Delivered(n),
+            }),
+            (
+                any::<u64>(),
+                prop::collection::vec(any::<u8>(), 0..200),
+                any::<u64>()
+            )
+                .prop_map(|(id, nodes, matched)| Frame::Response {
+                    id,
+                    body: Response::Nodes { nodes, matched },
+                }),
+            (any::<u64>(), text).prop_map(|(id, why)| Frame::Response {
+                id,
+                body: Response::Refused(why),
+            }),
         ]
     }
 

@@ -31,7 +31,7 @@ use quinn_proto::{
     ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt,
 };
 
-use super::frame::{self, Frame, FrameReader, Hello};
+use super::frame::{self, Frame, FrameReader, Hello, Request, Response};
 use super::node::{ClusterView, MemberState, NodeId};
 use super::tls::{self, Side};
 
@@ -122,6 +122,28 @@ pub enum SendError {
     Congested,
 }
 
+/// Why a request to another node got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteError {
+    /// No verified link to that node's shard.
+    NotConnected,
+    /// Too much already waiting for it.
+    Congested,
+    /// The link closed before the answer came.
+    Lost,
+    /// No answer within the deadline.
+    TimedOut,
+}
+
+impl From<SendError> for RemoteError {
+    fn from(e: SendError) -> RemoteError {
+        match e {
+            SendError::NotConnected => RemoteError::NotConnected,
+            SendError::Congested => RemoteError::Congested,
+        }
+    }
+}
+
 /// Counters of one shard's links, for `/metrics`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LinkStats {
@@ -130,7 +152,25 @@ pub struct LinkStats {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub errors: [u64; LinkError::ALL.len()],
+    /// Requests this shard sent to other nodes, and answered for them.
+    pub requests_out: u64,
+    pub requests_in: u64,
+    /// Requests sent that got no answer: timed out, or their link failed
+    /// (not connected, congested or lost).
+    pub request_timeouts: u64,
+    pub request_failures: u64,
 }
+
+/// A request sent, waiting for its answer.
+struct Waiting {
+    peer: PeerShard,
+    answer: Option<Result<Response, RemoteError>>,
+    waker: Option<std::task::Waker>,
+}
+
+/// What the layer above does with a request from another node: answer it,
+/// eventually, with [`Endpoint::respond`].
+pub type OnRequest = Rc<dyn Fn(PeerShard, u64, Request)>;
 
 /// One verified link, as `/api/v1/cluster` shows it.
 #[derive(Debug, Clone)]
@@ -201,6 +241,9 @@ pub struct Endpoint {
     stats: Cell<LinkStats>,
     /// Set when a deadline moved earlier, for the timer loop.
     kicked: Cell<bool>,
+    pending: RefCell<HashMap<u64, Waiting>>,
+    next_request: Cell<u64>,
+    on_request: RefCell<Option<OnRequest>>,
 }
 
 fn transport() -> Arc<TransportConfig> {
@@ -256,11 +299,94 @@ impl Endpoint {
             next_timeout: Cell::new(None),
             stats: Cell::default(),
             kicked: Cell::new(false),
+            pending: RefCell::default(),
+            next_request: Cell::new(0),
+            on_request: RefCell::new(None),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Who answers requests from other nodes.
+    pub fn on_request(&self, handler: OnRequest) {
+        *self.on_request.borrow_mut() = Some(handler);
+    }
+
+    /// Asks `peer` and waits at most `deadline` for its answer.
+    pub async fn request(
+        &self,
+        peer: &PeerShard,
+        body: Request,
+        deadline: Duration,
+    ) -> Result<Response, RemoteError> {
+        let id = self.next_request.get();
+        self.next_request.set(id + 1);
+        self.pending.borrow_mut().insert(
+            id,
+            Waiting {
+                peer: peer.clone(),
+                answer: None,
+                waker: None,
+            },
+        );
+        // Whatever happens below, the entry goes with this future.
+        struct Forget<'a>(&'a Endpoint, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.pending.borrow_mut().remove(&self.1);
+            }
+        }
+        let _forget = Forget(self, id);
+        self.count(|s| s.requests_out += 1);
+        let result = match self.send_frame(peer, &Frame::Request { id, body }) {
+            Err(e) => Err(RemoteError::from(e)),
+            Ok(()) => {
+                let answer = std::future::poll_fn(|cx| {
+                    let mut pending = self.pending.borrow_mut();
+                    let Some(waiting) = pending.get_mut(&id) else {
+                        return std::task::Poll::Ready(Err(RemoteError::Lost));
+                    };
+                    match waiting.answer.take() {
+                        Some(answer) => std::task::Poll::Ready(answer),
+                        None => {
+                            waiting.waker = Some(cx.waker().clone());
+                            std::task::Poll::Pending
+                        }
+                    }
+                });
+                let late = async {
+                    glommio::timer::sleep(deadline).await;
+                    Err(RemoteError::TimedOut)
+                };
+                futures_lite::future::or(answer, late).await
+            }
+        };
+        match result {
+            Err(RemoteError::TimedOut) => self.count(|s| s.request_timeouts += 1),
+            Err(_) => self.count(|s| s.request_failures += 1),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    /// Answers request `id` from `peer`.
+    pub fn respond(&self, peer: &PeerShard, id: u64, body: Response) {
+        // A peer whose link is gone has stopped waiting.
+        let _ = self.send_frame(peer, &Frame::Response { id, body });
+    }
+
+    fn answered(&self, peer: &PeerShard, id: u64, answer: Result<Response, RemoteError>) {
+        let mut pending = self.pending.borrow_mut();
+        if let Some(waiting) = pending.get_mut(&id)
+            && waiting.peer == *peer
+        {
+            waiting.answer = Some(answer);
+            if let Some(waker) = waiting.waker.take() {
+                waker.wake();
+            }
+        }
     }
 
     pub fn stats(&self) -> LinkStats {
@@ -656,6 +782,15 @@ impl Endpoint {
                 tracing::info!(%reason, "cluster: a peer closed a link");
                 self.close(ch, b"goodbye", now);
             }
+            (Some(peer), Frame::Request { id, body }) => {
+                self.count(|s| s.requests_in += 1);
+                let handler = self.on_request.borrow().clone();
+                match handler {
+                    Some(handler) => handler(peer, id, body),
+                    None => self.respond(&peer, id, Response::Refused("not ready".into())),
+                }
+            }
+            (Some(peer), Frame::Response { id, body }) => self.answered(&peer, id, Ok(body)),
         }
     }
 
@@ -729,8 +864,26 @@ impl Endpoint {
         self.pump(ch, now);
     }
 
+    /// Takes the link out of use: no more sends, and whoever waits for an
+    /// answer over it hears at once that none is coming.
     fn unregister(&self, ch: ConnectionHandle) {
-        self.by_peer.borrow_mut().retain(|_, c| *c != ch);
+        let mut gone = Vec::new();
+        self.by_peer.borrow_mut().retain(|peer, c| {
+            if *c == ch {
+                gone.push(peer.clone());
+            }
+            *c != ch
+        });
+        let waiting: Vec<(u64, PeerShard)> = self
+            .pending
+            .borrow()
+            .iter()
+            .filter(|(_, w)| gone.contains(&w.peer))
+            .map(|(id, w)| (*id, w.peer.clone()))
+            .collect();
+        for (id, peer) in waiting {
+            self.answered(&peer, id, Err(RemoteError::Lost));
+        }
     }
 
     fn forget(&self, ch: ConnectionHandle) {

@@ -554,6 +554,30 @@ fn link_families(registry: &mut Registry, snapshots: &[Snapshot]) {
         by_direction(|s| (s.bytes_in, s.bytes_out)),
     );
     registry.register(
+        "cluster_requests",
+        "Routing requests (BROADCAST, QUERY_NODES) sent to other nodes and received from them",
+        by_direction(|s| (s.requests_in, s.requests_out)),
+    );
+    registry.register(
+        "cluster_request_failures",
+        "Routing requests to other nodes that got no answer: past --cluster-request-timeout (timeout), or over a link that was down, congested or lost (unreachable); that node counted as having no match",
+        Labeled {
+            rows: snapshots
+                .iter()
+                .flat_map(|s| {
+                    let st = stats(s);
+                    [("timeout", st.request_timeouts), ("unreachable", st.request_failures)].map(
+                        |(reason, n)| {
+                            let mut labels = shard_label(s);
+                            labels.push(("reason".into(), reason.into()));
+                            (labels, ConstCounter::new(n))
+                        },
+                    )
+                })
+                .collect(),
+        },
+    );
+    registry.register(
         "cluster_link_errors",
         "Links closed or lost: a frame that did not decode (bad_frame), a first frame that was not a valid hello with the secret's proof (bad_hello), no hello in time (hello_timeout), the connection failing (lost)",
         Labeled {

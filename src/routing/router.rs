@@ -14,7 +14,7 @@ use crate::routing::directory::Next;
 use crate::routing::locate::{Lookup, locate};
 use crate::routing::pick::{Pick, choose, global_average};
 use crate::routing::pipeline::Slot;
-use crate::shard::{ConnRef, Dispatch, NodesCap, Picked, Reply, Shard, ShardMsg};
+use crate::shard::{ConnRef, Dispatch, NodeList, NodesCap, Picked, Reply, Shard, ShardMsg};
 
 /// How many times one SEND (or proxy pick) may choose a client. A choice is
 /// tried again only when its client turned out to be gone (it disconnected
@@ -258,7 +258,23 @@ pub async fn broadcast(
     count
 }
 
+/// One round of a BROADCAST: this node's shards and the other nodes at
+/// once.
 async fn broadcast_round(shard: &Shard, query: &Arc<Query>, packet: &Arc<Dispatch>) -> u64 {
+    let (here, elsewhere) = futures_lite::future::zip(
+        local_broadcast_round(shard, query, packet),
+        super::remote::broadcast(shard, query, packet),
+    )
+    .await;
+    here + elsewhere
+}
+
+/// One round of a BROADCAST among this node's clients.
+pub(crate) async fn local_broadcast_round(
+    shard: &Shard,
+    query: &Arc<Query>,
+    packet: &Arc<Dispatch>,
+) -> u64 {
     let place = locate(shard, query, Lookup::Exact).await;
     shard
         .ask_some(&place.shards, |reply_to| ShardMsg::Broadcast {
@@ -330,22 +346,46 @@ async fn nodes_uncounted(shard: &Shard, query: Arc<Query>, cap: NodesCap) -> Nod
     found
 }
 
-/// Asks every shard that can hold a match for its part and keeps, in shard
-/// order, what fits the cap as a whole.
+/// Asks every shard of this node that can hold a match, and the other
+/// nodes, for their parts, and keeps what fits the cap as a whole: this
+/// node's clients first, in shard order, then the other nodes'.
 async fn nodes_round(shard: &Shard, query: &Arc<Query>, cap: NodesCap) -> Nodes {
+    let (mut lists, elsewhere) = futures_lite::future::zip(
+        local_node_lists(shard, query, cap),
+        super::remote::nodes(shard, query, cap),
+    )
+    .await;
+    lists.extend(elsewhere);
+    merge_node_lists(lists, cap)
+}
+
+/// QUERY_NODES among this node's clients only (what another node asks).
+pub(crate) async fn local_nodes(shard: &Shard, query: &Arc<Query>, cap: NodesCap) -> Nodes {
+    merge_node_lists(local_node_lists(shard, query, cap).await, cap)
+}
+
+async fn local_node_lists(shard: &Shard, query: &Arc<Query>, cap: NodesCap) -> Vec<NodeList> {
     let place = locate(shard, query, Lookup::Exact).await;
-    let replies = shard
+    shard
         .ask_some(&place.shards, |reply_to| ShardMsg::Nodes {
             reply_to,
             query: query.clone(),
             cap,
         })
-        .await;
+        .await
+        .into_iter()
+        .filter_map(|reply| match reply {
+            Reply::Nodes(list) => Some(list),
+            _ => None,
+        })
+        .collect()
+}
+
+fn merge_node_lists(lists: Vec<NodeList>, cap: NodesCap) -> Nodes {
     let mut out = Nodes::default();
     let mut bytes = 0;
     let mut full = false;
-    for reply in replies {
-        let Reply::Nodes(list) = reply else { continue };
+    for list in lists {
         out.matched += list.matched;
         for (node, size) in list.nodes {
             full = full || out.nodes.len() >= cap.count || bytes + size > cap.bytes;

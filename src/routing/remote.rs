@@ -1,0 +1,178 @@
+//! Routing across nodes, both halves: what a shard asks the other nodes
+//! of the cluster for a BROADCAST or a QUERY_NODES, and what it does when
+//! another node asks it. A node answers for all of its shards, as a shard
+//! answers for its clients, so the asking side merges node answers exactly
+//! as it merges shard answers.
+//!
+//! Each request goes over this shard's link to its counterpart shard on
+//! the other node (see `cluster::link`), with a deadline
+//! (`--cluster-request-timeout`): a node that does not answer in time, or
+//! whose link is down, counts as having no match and is counted in
+//! `/metrics`; it never holds up the others.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::cluster::MemberState;
+use crate::cluster::frame::{Request, Response};
+use crate::cluster::link::{Endpoint, PeerShard, RemoteError};
+use crate::query::Query;
+use crate::shard::{Dispatch, NodeList, NodesCap, Shard};
+
+/// One shard of every other live node: the one this shard links to.
+fn targets(shard: &Shard) -> Vec<PeerShard> {
+    let view = shard.cluster.view();
+    view.members
+        .iter()
+        .filter(|m| m.state != MemberState::Down && !m.id.links.is_empty())
+        .map(|m| PeerShard {
+            addr: m.id.addr,
+            boot: m.id.boot,
+            shard: (shard.id % m.id.links.len()) as u16,
+        })
+        .collect()
+}
+
+/// Sends `request` to every other live node at once and gathers what each
+/// answered, in the members' order, within the deadline.
+async fn ask_all(shard: &Shard, request: Request) -> Vec<Result<Response, RemoteError>> {
+    let Some(endpoint) = shard.cluster.links() else {
+        return Vec::new();
+    };
+    let deadline = shard.config.cluster_request_timeout;
+    let asks: Vec<_> = targets(shard)
+        .into_iter()
+        .map(|peer| {
+            let endpoint = endpoint.clone();
+            let request = request.clone();
+            glommio::spawn_local(async move { endpoint.request(&peer, request, deadline).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(asks.len());
+    for ask in asks {
+        answers.push(ask.await);
+    }
+    answers
+}
+
+/// BROADCAST on the other nodes: how many clients they delivered to.
+pub async fn broadcast(shard: &Shard, query: &Query, packet: &Dispatch) -> u64 {
+    if shard.cluster.links().is_none() {
+        return 0;
+    }
+    let request = Request::Broadcast {
+        query: json_bytes(&query.to_json()),
+        event: packet.t.to_string(),
+        payload: json_bytes(&packet.d),
+    };
+    ask_all(shard, request)
+        .await
+        .into_iter()
+        .map(|answer| match answer {
+            Ok(Response::Delivered(n)) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// QUERY_NODES on the other nodes: each node's part, as a shard's.
+pub async fn nodes(shard: &Shard, query: &Query, cap: NodesCap) -> Vec<NodeList> {
+    if shard.cluster.links().is_none() {
+        return Vec::new();
+    }
+    let request = Request::Nodes {
+        query: json_bytes(&query.to_json()),
+        count: cap.count.min(u32::MAX as usize) as u32,
+        bytes: cap.bytes.min(u32::MAX as usize) as u32,
+    };
+    // In the members' order (by address), whatever order they answered in.
+    ask_all(shard, request)
+        .await
+        .into_iter()
+        .filter_map(|answer| match answer {
+            Ok(Response::Nodes { nodes, matched }) => Some(node_list(&nodes, matched)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A node's answer as a shard's: each client with its size as JSON.
+fn node_list(nodes: &[u8], matched: u64) -> NodeList {
+    let nodes = match serde_json::from_slice::<Value>(nodes) {
+        Ok(Value::Array(nodes)) => nodes,
+        _ => Vec::new(),
+    };
+    NodeList {
+        nodes: nodes
+            .into_iter()
+            .map(|node| {
+                let size = json_bytes(&node).len();
+                (node, size)
+            })
+            .collect(),
+        matched,
+    }
+}
+
+fn json_bytes(value: &Value) -> Vec<u8> {
+    // Serializing a Value cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Answers a request from another node, among this node's own clients
+/// only (an answer never asks further nodes).
+pub fn answer(shard: Rc<Shard>, endpoint: Rc<Endpoint>, peer: PeerShard, id: u64, request: Request) {
+    glommio::spawn_local(async move {
+        let response = match request {
+            Request::Broadcast {
+                query,
+                event,
+                payload,
+            } => match (parse_query(&query), event_name(&event), parse_json(&payload)) {
+                (Ok(query), Some(t), Ok(d)) => {
+                    let packet = Arc::new(Dispatch { t, d });
+                    let n = super::router::local_broadcast_round(&shard, &Arc::new(query), &packet)
+                        .await;
+                    Response::Delivered(n)
+                }
+                (Err(e), _, _) | (_, _, Err(e)) => Response::Refused(e),
+                (_, None, _) => Response::Refused(format!("unknown event {event:?}")),
+            },
+            Request::Nodes {
+                query,
+                count,
+                bytes,
+            } => match parse_query(&query) {
+                Ok(query) => {
+                    let cap = NodesCap {
+                        count: (count as usize).min(shard.config.max_query_results),
+                        bytes: (bytes as usize).min(shard.config.max_query_answer_bytes()),
+                    };
+                    let found = super::router::local_nodes(&shard, &Arc::new(query), cap).await;
+                    Response::Nodes {
+                        nodes: json_bytes(&Value::Array(found.nodes)),
+                        matched: found.matched,
+                    }
+                }
+                Err(e) => Response::Refused(e),
+            },
+        };
+        endpoint.respond(&peer, id, response);
+    })
+    .detach();
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))
+}
+
+fn parse_query(bytes: &[u8]) -> Result<Query, String> {
+    Query::parse(&parse_json(bytes)?).map_err(|e| format!("bad query: {e}"))
+}
+
+/// The dispatch names a node may be asked to deliver.
+fn event_name(event: &str) -> Option<&'static str> {
+    ["SEND", "BROADCAST"].into_iter().find(|e| *e == event)
+}
