@@ -7,6 +7,7 @@
 //! - `parse`: query JSON → [`Query`], current op dialect; `legacy`: the
 //!   older `{"<key>": {"$op": V}}` dialect. Both feed the same AST, and may
 //!   be mixed in one `ops` list.
+//! - `canonical`: [`Query::to_json`], a query back to current-dialect JSON.
 //! - `path`: `/key/inner/0` paths, resolved against [`Metadata`].
 //! - `compare`: equality and order of two values (numbers, strings,
 //!   versions, deep equality).
@@ -24,6 +25,7 @@
 //! [`Metadata`]: crate::metadata::Metadata
 
 mod ast;
+mod canonical;
 mod compare;
 mod error;
 mod eval;

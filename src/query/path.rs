@@ -19,6 +19,8 @@
 //! Segments are unescaped and list indices pre-parsed once, when the query
 //! is parsed, since the path is then resolved once per client.
 
+use std::fmt;
+
 use semver::Version;
 use serde_json::Value;
 
@@ -115,6 +117,19 @@ impl Path {
             version_typed: false,
             version: None,
         })
+    }
+}
+
+/// The path as text that [`Path::parse`] reads back as an equal path:
+/// each segment escaped (`~` as `~0`, then `/` as `~1`), so a key taken
+/// literally from the legacy dialect (`a/b`) stays one segment.
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for segment in std::iter::once(&self.key).chain(self.rest.iter().map(|s| &s.name)) {
+            f.write_str("/")?;
+            f.write_str(&segment.replace('~', "~0").replace('/', "~1"))?;
+        }
+        Ok(())
     }
 }
 
@@ -244,5 +259,15 @@ mod tests {
         assert!(!Path::parse("/a/b").unwrap().is_top_level());
         assert_eq!(Path::parse("/a~1b").unwrap().key(), "a/b");
         assert_eq!(Path::top_level("k"), Path::parse("/k").unwrap());
+    }
+
+    #[test]
+    fn display_parses_back() {
+        for text in ["/a", "/a/b/0", "/m/", "/m//x", "/x~1y/t~0/~01/~10", "/é/ü"] {
+            let path = Path::parse(text).unwrap();
+            assert_eq!(path.to_string(), text);
+            assert_eq!(Path::parse(&path.to_string()).unwrap(), path);
+        }
+        assert_eq!(Path::top_level("a/~b").to_string(), "/a~1~0b");
     }
 }

@@ -25,6 +25,15 @@ pub enum SelectorKind {
 }
 
 impl SelectorKind {
+    /// The wire name, `$min`/`$max`/`$avg`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SelectorKind::Min => "$min",
+            SelectorKind::Max => "$max",
+            SelectorKind::Avg => "$avg",
+        }
+    }
+
     fn from_name(name: &str) -> Option<(SelectorKind, &'static str)> {
         match name {
             "$min" => Some((SelectorKind::Min, "$min")),
@@ -93,6 +102,7 @@ mod tests {
                     key: "load".into()
                 }
             );
+            assert_eq!(kind.name(), name);
         }
         assert_eq!(parse(json!(null)), Ok(None));
         assert_eq!(Selector::parse(None), Ok(None));

@@ -242,6 +242,141 @@ fn query_like() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Every comparison op by wire name.
+const CMP_OPS: [&str; 10] = [
+    "$eq",
+    "$ne",
+    "$gt",
+    "$gte",
+    "$lt",
+    "$lte",
+    "$in",
+    "$nin",
+    "$contains",
+    "$ncontains",
+];
+
+/// One `"$op": V` entry of a legacy op (a list for `$in`/`$nin`).
+fn legacy_cmp() -> impl Strategy<Value = (&'static str, Value)> {
+    (
+        prop::sample::select(CMP_OPS.to_vec()),
+        value(),
+        prop::collection::vec(value(), 0..3),
+    )
+        .prop_map(|(op, v, xs)| match op {
+            "$in" | "$nin" => (op, Value::Array(xs)),
+            _ => (op, v),
+        })
+}
+
+/// A legacy `{"<key>": {"$op": V, ...}}` op: several `$op`s per object,
+/// logical ones nested, keys taken literally (`/` and `~` included).
+fn legacy_op() -> impl Strategy<Value = Value> {
+    let object = |entries: Vec<(&str, Value)>| {
+        Value::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        )
+    };
+    let body = prop::collection::vec(legacy_cmp(), 1..3)
+        .prop_map(object)
+        .prop_recursive(2, 12, 3, move |inner| {
+            let logical = (
+                prop::sample::select(vec!["$and", "$or", "$nor"]),
+                prop::collection::vec(inner, 0..3),
+            )
+                .prop_map(|(op, items)| (op, Value::Array(items)));
+            prop::collection::vec(prop_oneof![legacy_cmp(), logical], 1..3).prop_map(object)
+        });
+    (prop::sample::select(vec!["a", "k", "a/b", "t~0"]), body).prop_map(|(k, b)| json!({ k: b }))
+}
+
+/// Paths with escapes, empty inner segments and non-ASCII segments.
+fn odd_path() -> impl Strategy<Value = String> {
+    let segments = vec!["a", "~0", "~1", "x~1y~0", "0", "01", "é", " ", ""];
+    let keys = segments[..segments.len() - 1].to_vec();
+    (
+        prop::sample::select(keys),
+        prop::collection::vec(prop::sample::select(segments), 0..3),
+    )
+        .prop_map(|(key, rest)| {
+            std::iter::once(key)
+                .chain(rest)
+                .map(|s| format!("/{s}"))
+                .collect()
+        })
+}
+
+/// A comparison between two odd paths, with the noise parse tolerates
+/// (null default, a `type` other than version).
+fn odd_comparison() -> impl Strategy<Value = Value> {
+    (
+        odd_path(),
+        prop::sample::select(SCALAR_OPS.to_vec()),
+        odd_path(),
+        prop::option::of(value()),
+        prop::sample::select(vec![json!("version"), json!("string"), json!(null)]),
+    )
+        .prop_map(|(p, op, other, default, ty)| {
+            json!({"path": p, "op": op, "to": {"path": other, "default": default, "type": ty}})
+        })
+}
+
+/// Whole queries, both dialects mixed, each field absent, null or set.
+fn query_json() -> impl Strategy<Value = Value> {
+    let op = prop_oneof![op(), plannable(), legacy_op(), odd_comparison()];
+    let text = || prop::option::of(prop::sample::select(vec!["", "app", "a/~b"]));
+    let flag = || prop::option::of(any::<bool>());
+    let selector = (
+        prop::sample::select(vec!["$min", "$max", "$avg"]),
+        prop::sample::select(KEYS.to_vec()),
+    );
+    (
+        (text(), flag(), text()),
+        (flag(), flag()),
+        prop::option::of(prop::collection::vec(op, 0..4)),
+        prop::option::of(selector),
+        any::<bool>(),
+    )
+        .prop_map(
+            |((application, restricted, key), (droppable, optional), ops, selector, nulls)| {
+                let q = json!({
+                    "application": application, "restricted": restricted, "key": key,
+                    "droppable": droppable, "optional": optional, "ops": ops,
+                    "selector": selector.map(|(kind, key)| json!({ kind: key })),
+                });
+                // Absent fields, or the same as explicit nulls.
+                match q {
+                    Value::Object(map) if !nulls => {
+                        Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+                    }
+                    q => q,
+                }
+            },
+        )
+}
+
+/// `q`'s canonical JSON parses back to `q`, also after a trip as bytes,
+/// and is a fixed point.
+fn round_trips(q: &Query) -> Result<(), TestCaseError> {
+    let canonical = q.to_json();
+    let back = Query::parse(&canonical);
+    prop_assert_eq!(back.as_ref(), Ok(q), "{}", canonical);
+    if let Ok(back) = back {
+        prop_assert_eq!(&back.to_json(), &canonical);
+    }
+    // Read back with sonic-rs, as the server reads client JSON: serde_json's
+    // default parser is not correctly rounded, and would bring
+    // -4.5744279469711886e-178 back one ulp off.
+    let bytes = serde_json::to_vec(&canonical).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let received: Value =
+        sonic_rs::from_slice(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(Query::parse(&received), Ok(q.clone()), "{}", canonical);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -356,5 +491,28 @@ proptest! {
     fn valid_ops_always_parse(o in op()) {
         let parsed = Query::parse(&json!({ "ops": [o] }));
         prop_assert!(parsed.is_ok(), "{:?}", parsed);
+    }
+
+    #[test]
+    fn canonical_json_round_trips(v in query_json()) {
+        let q = Query::parse(&v).map_err(|e| TestCaseError::fail(format!("{v}: {e}")))?;
+        round_trips(&q)?;
+    }
+
+    /// Whatever odd JSON happens to parse round-trips too.
+    #[test]
+    fn canonical_json_round_trips_whatever_parses(v in query_like()) {
+        for input in [json!({ "ops": [v.clone()] }), json!({ "ops": v.clone() }), v] {
+            if let Ok(q) = Query::parse(&input) {
+                round_trips(&q)?;
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_json_keeps_every_float(f in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
+        let q = Query::parse(&json!({"ops": [{"path": "/a", "op": "$eq", "to": {"value": f}}]}))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        round_trips(&q)?;
     }
 }
