@@ -412,7 +412,8 @@ fn broadcast_and_query_nodes_reach_clients_on_every_node() {
 
     // QUERY_NODES from b sees the clients of every node, each named by its
     // node.
-    let in_room_1 = json!({"application": "chat", "ops": [{"path": "/room", "op": "$eq", "to": {"value": 1}}]});
+    let in_room_1 =
+        json!({"application": "chat", "ops": [{"path": "/room", "op": "$eq", "to": {"value": 1}}]});
     let found = sender.query_nodes(in_room_1.clone());
     assert_eq!(
         ids(&found),
@@ -450,12 +451,19 @@ fn broadcast_and_query_nodes_reach_clients_on_every_node() {
     let http = a.http_query(&json!({"application": "chat", "ops": []}), None);
     assert_eq!(http.status, 200);
     assert_eq!(ids(http.json().as_array().unwrap()).len(), 5);
-    let sent = metric(&b, "singyeong_cluster_requests_total{shard=\"0\",direction=\"sent\"}");
+    let sent = metric(
+        &b,
+        "singyeong_cluster_requests_total{shard=\"0\",direction=\"sent\"}",
+    );
     assert!(sent >= 4, "b asked a and c twice each: {sent}");
     assert!(
-        metric(&a, "singyeong_cluster_requests_total{shard=\"0\",direction=\"received\"}")
-            + metric(&a, "singyeong_cluster_requests_total{shard=\"1\",direction=\"received\"}")
-            >= 2
+        metric(
+            &a,
+            "singyeong_cluster_requests_total{shard=\"0\",direction=\"received\"}"
+        ) + metric(
+            &a,
+            "singyeong_cluster_requests_total{shard=\"1\",direction=\"received\"}"
+        ) >= 2
     );
 }
 
@@ -485,9 +493,14 @@ fn a_node_that_does_not_answer_in_time_counts_as_no_match() {
         "waited the 2 s deadline, not more: {took:?}"
     );
     assert_eq!(
-        metric(&a, "singyeong_cluster_request_failures_total{shard=\"0\",reason=\"timeout\"}"),
+        metric(
+            &a,
+            "singyeong_cluster_request_failures_total{shard=\"0\",reason=\"timeout\"}"
+        ),
         1
     );
     b.signal("CONT");
-    wait_until("b answers again", JOIN, || ids(&on_a.query_nodes(all.clone())).len() == 2);
+    wait_until("b answers again", JOIN, || {
+        ids(&on_a.query_nodes(all.clone())).len() == 2
+    });
 }

@@ -100,7 +100,7 @@ pub async fn nodes(shard: &Shard, query: &Query, cap: NodesCap) -> Vec<NodeList>
 
 /// A node's answer as a shard's: each client with its size as JSON.
 fn node_list(nodes: &[u8], matched: u64) -> NodeList {
-    let nodes = match serde_json::from_slice::<Value>(nodes) {
+    let nodes = match parse_json(nodes) {
         Ok(Value::Array(nodes)) => nodes,
         _ => Vec::new(),
     };
@@ -123,14 +123,24 @@ fn json_bytes(value: &Value) -> Vec<u8> {
 
 /// Answers a request from another node, among this node's own clients
 /// only (an answer never asks further nodes).
-pub fn answer(shard: Rc<Shard>, endpoint: Rc<Endpoint>, peer: PeerShard, id: u64, request: Request) {
+pub fn answer(
+    shard: Rc<Shard>,
+    endpoint: Rc<Endpoint>,
+    peer: PeerShard,
+    id: u64,
+    request: Request,
+) {
     glommio::spawn_local(async move {
         let response = match request {
             Request::Broadcast {
                 query,
                 event,
                 payload,
-            } => match (parse_query(&query), event_name(&event), parse_json(&payload)) {
+            } => match (
+                parse_query(&query),
+                event_name(&event),
+                parse_json(&payload),
+            ) {
                 (Ok(query), Some(t), Ok(d)) => {
                     let packet = Arc::new(Dispatch { t, d });
                     let n = super::router::local_broadcast_round(&shard, &Arc::new(query), &packet)
@@ -164,8 +174,11 @@ pub fn answer(shard: Rc<Shard>, endpoint: Rc<Endpoint>, peer: PeerShard, id: u64
     .detach();
 }
 
+/// sonic-rs, as for clients' JSON: it reads back every float exactly as
+/// serde_json wrote it (serde_json's own parser does not, without its
+/// `float_roundtrip` feature).
 fn parse_json(bytes: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))
+    sonic_rs::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))
 }
 
 fn parse_query(bytes: &[u8]) -> Result<Query, String> {
