@@ -302,7 +302,7 @@ pub struct Flags {
     /// Cluster: milliseconds a node that missed its probes has to answer before it is declared down and leaves every route; a dead node is out within about this plus 2 s [default: 4000]
     #[arg(long, env = "CLUSTER_DOWN_AFTER")]
     cluster_down_after: Option<u64>,
-    /// Cluster: milliseconds a BROADCAST or QUERY_NODES waits for each other node's answer; a node that misses it counts as having no match (and is counted in /metrics), without holding up the others [default: 2000]
+    /// Cluster: milliseconds a SEND, BROADCAST or QUERY_NODES waits for each other node's answer; a node that misses it counts as having no match (and is counted in /metrics), without holding up the others [default: 2000]
     #[arg(long, env = "CLUSTER_REQUEST_TIMEOUT")]
     cluster_request_timeout: Option<u64>,
     /// TOML file with any of the settings above as snake_case keys

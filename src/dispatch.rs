@@ -42,7 +42,8 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
                 | ShardMsg::Claim { reply_to, .. }
                 | ShardMsg::QueueAsk { reply_to, .. }
                 | ShardMsg::Locate { reply_to, .. }
-                | ShardMsg::Links { reply_to } => *reply_to,
+                | ShardMsg::Links { reply_to }
+                | ShardMsg::DeliverAsk { reply_to, .. } => *reply_to,
                 _ => unreachable!("only requests reach here"),
             };
             shard.reply(reply_to, request);
@@ -71,6 +72,9 @@ pub fn answer(shard: &Shard, msg: ShardMsg) -> Option<Reply> {
             app, client, owner, ..
         } => Reply::Claimed(shard.record_claim(app, client, owner)),
         ShardMsg::QueueAsk { ask, .. } => Reply::Queue(queue::owner::answer(shard, ask)),
+        ShardMsg::DeliverAsk { target, packet, .. } => {
+            Reply::Delivered(u64::from(shard.deliver(target, &packet)))
+        }
         ShardMsg::Links { .. } => Reply::Links(
             shard
                 .cluster

@@ -504,3 +504,121 @@ fn a_node_that_does_not_answer_in_time_counts_as_no_match() {
         ids(&on_a.query_nodes(all.clone())).len() == 2
     });
 }
+
+#[test]
+fn send_reaches_clients_on_every_node_uniformly_by_key_and_by_selector() {
+    use common::{Client, Encoding, meta};
+    use serde_json::json;
+    let (a, b, c) = three_linked();
+    let load = |n: i64, id: &str| json!({"load": meta("integer", json!(n)), "uid": meta("string", json!(id))});
+    let mut clients = Vec::new();
+    for (server, id, n) in [(&a, "a1", 5), (&a, "a2", 1), (&b, "b1", 3), (&c, "c1", 9)] {
+        let mut client = Client::ready(server, Encoding::Json, "work", id);
+        client.set_metadata(load(n, id));
+        clients.push(client);
+    }
+    let mut on_b = Client::ready(&b, Encoding::Json, "senders", "from-b");
+    let mut on_c = Client::ready(&c, Encoding::Etf, "senders", "from-c");
+    let count_received = |clients: &mut Vec<Client>| -> Vec<usize> {
+        clients
+            .iter_mut()
+            .map(|client| {
+                let mut n = 0;
+                while let common::Event::Packet(_) = client.next_event(Duration::from_millis(150)) {
+                    n += 1;
+                }
+                n
+            })
+            .collect()
+    };
+
+    // A unique id on another node: exactly that client.
+    on_b.send_to(
+        json!({"application": "work", "ops": [{"path": "/uid", "op": "$eq", "to": {"value": "c1"}}]}),
+        json!("to-c1"),
+        json!({"x": 1}),
+    );
+    clients[3].expect_message("SEND", &json!("to-c1"), &json!({"x": 1}));
+
+    // Uniform over clients, not nodes: 80 SENDs from b reach all four
+    // (each with probability 1/4 per SEND; none left out by chance but
+    // once in 10^9 runs).
+    for i in 0..80 {
+        on_b.send_to(
+            json!({"application": "work", "ops": []}),
+            json!(i),
+            json!(i),
+        );
+    }
+    on_b.sync();
+    let got = count_received(&mut clients);
+    assert_eq!(got.iter().sum::<usize>(), 80, "{got:?}");
+    assert!(got.iter().all(|&n| n > 0), "every client chosen: {got:?}");
+
+    // `key`: the same client whichever node the SEND enters.
+    for sender in [&mut on_b, &mut on_c] {
+        for nonce in 0..3 {
+            sender.send_to(
+                json!({"application": "work", "key": "order-17", "ops": []}),
+                json!(nonce),
+                json!("keyed"),
+            );
+        }
+        sender.sync();
+    }
+    let got = count_received(&mut clients);
+    assert_eq!(
+        got.iter().filter(|&&n| n > 0).count(),
+        1,
+        "one client: {got:?}"
+    );
+    assert_eq!(got.iter().sum::<usize>(), 6);
+
+    // Selectors take the best of every node: $max load is c1 (9), $min is
+    // a2 (1), $avg (4.5) is a1 (5) or b1 (3): a1 is 0.5 away, b1 1.5.
+    for (selector, expected) in [("$max", 3), ("$min", 1), ("$avg", 0)] {
+        on_b.send_to(
+            json!({"application": "work", "ops": [], "selector": {selector: "load"}}),
+            json!(selector),
+            json!(null),
+        );
+        on_b.sync();
+        let got = count_received(&mut clients);
+        let mut want = vec![0; 4];
+        want[expected] = 1;
+        assert_eq!(got, want, "{selector}");
+    }
+
+    // Nothing matches anywhere: no_route; `optional` falls back to the
+    // whole application across nodes.
+    let nobody = json!({"application": "work", "ops": [{"path": "/load", "op": "$gt", "to": {"value": 100}}]});
+    on_b.send_to(nobody.clone(), json!("n"), json!(1));
+    on_b.expect_invalid(common::texts::NO_ROUTE);
+    let mut optional = nobody;
+    optional["optional"] = json!(true);
+    on_b.send_to(optional, json!("o"), json!(1));
+    on_b.sync();
+    assert_eq!(count_received(&mut clients).iter().sum::<usize>(), 1);
+}
+
+#[test]
+fn one_senders_messages_to_a_client_on_another_node_arrive_in_order() {
+    use common::{Client, Encoding};
+    use serde_json::json;
+    let (ga, gb) = (gossip_addr(), gossip_addr());
+    let a = start_node_with("a", "2", ga, &[gb], SECRET, None);
+    let b = start_node_with("b", "2", gb, &[ga], SECRET, None);
+    wait_until("links", JOIN, || linked(&a, "b") && linked(&b, "a"));
+    let mut receiver = Client::ready(&a, Encoding::Json, "app", "receiver");
+    receiver.set_metadata(json!({"uid": common::meta("string", json!("receiver"))}));
+    let mut sender = Client::ready(&b, Encoding::Msgpack, "app", "sender");
+    let target = json!({"application": "app", "ops": [{"path": "/uid", "op": "$eq", "to": {"value": "receiver"}}]});
+    for i in 0..300 {
+        sender.send_to(target.clone(), json!(i), json!({"seq": i}));
+    }
+    for i in 0..300 {
+        receiver.expect_message("SEND", &json!(i), &json!({"seq": i}));
+    }
+    sender.sync();
+    sender.expect_nothing(Duration::from_millis(50));
+}

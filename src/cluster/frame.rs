@@ -23,7 +23,7 @@ pub const LINK_VERSION: u16 = 1;
 /// the types in it (a field, a variant, an order, a type): two layouts do
 /// not reject each other's bytes reliably, so the handshake must. The
 /// `layout_is_pinned` test fails on any change of layout, as a reminder.
-pub const SCHEMA: u32 = 0x5f1e_0003;
+pub const SCHEMA: u32 = 0x5f1e_0004;
 
 const PREFIX: usize = 4;
 
@@ -73,6 +73,19 @@ pub enum Request {
         count: u32,
         bytes: u32,
     },
+    /// SEND, first step: this node's summary of its matches (`avg`: the
+    /// cluster's average for a `$avg` selector's second round); answered
+    /// with [`Response::Pick`].
+    Pick { query: Vec<u8>, avg: Option<f64> },
+    /// SEND, last step: deliver to one of this node's matches, chosen as
+    /// the summary promised; answered with [`Response::Delivered`] (0: its
+    /// matches had gone, choose again elsewhere).
+    Send {
+        query: Vec<u8>,
+        avg: Option<f64>,
+        event: String,
+        payload: Vec<u8>,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -81,6 +94,16 @@ pub enum Response {
     Delivered(u64),
     /// `<client>` objects (a JSON array), and how many matched in all.
     Nodes { nodes: Vec<u8>, matched: u64 },
+    /// A node's matches summed up as one shard's pick: how many, the best
+    /// rendezvous score, the best selector value, and the selector's sum
+    /// and count (see `routing::pick::summarize`).
+    Pick {
+        count: u64,
+        keyed: Option<u64>,
+        selected: Option<f64>,
+        sum: f64,
+        numeric: u64,
+    },
     /// The request could not be carried out (a query that does not parse
     /// here, say); the asker counts this node as having no match.
     Refused(String),
@@ -430,7 +453,7 @@ mod tests {
     /// update the bytes here.
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(SCHEMA, 0x5f1e_0003);
+        assert_eq!(SCHEMA, 0x5f1e_0004);
         assert_eq!(samples().len(), GOLDEN.len());
         for (frame, golden) in samples().iter().zip(GOLDEN) {
             assert_eq!(hex(&encoded(frame)), golden, "{frame:?}");
@@ -440,7 +463,7 @@ mod tests {
     const GOLDEN: [&str; 8] = [
         concat!(
             "6000000031302e302e302e313a37303030000000000000000000000001000000",
-            "03001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
+            "04001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
             "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "00000000",
         ),
@@ -548,6 +571,38 @@ mod tests {
                 id,
                 body: Response::Delivered(n),
             }),
+            (
+                any::<u64>(),
+                prop::collection::vec(any::<u8>(), 0..200),
+                prop::option::of(-1e9f64..1e9),
+                text,
+            )
+                .prop_map(|(id, query, avg, event)| Frame::Request {
+                    id,
+                    body: Request::Send {
+                        query: query.clone(),
+                        avg,
+                        event,
+                        payload: query,
+                    },
+                }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<Option<u64>>(),
+                prop::option::of(-1e9f64..1e9),
+                any::<u64>(),
+            )
+                .prop_map(|(id, count, keyed, selected, numeric)| Frame::Response {
+                    id,
+                    body: Response::Pick {
+                        count,
+                        keyed,
+                        selected,
+                        sum: 0.5,
+                        numeric,
+                    },
+                }),
             (
                 any::<u64>(),
                 prop::collection::vec(any::<u8>(), 0..200),

@@ -149,6 +149,38 @@ pub fn global_average<'a>(picks: impl IntoIterator<Item = &'a Pick>) -> Option<f
     (n > 0).then(|| sum / n as f64)
 }
 
+/// Sums up one node's shard picks as one pick, so that the nodes of a
+/// cluster are chosen among exactly as shards are: the count is the sum,
+/// the best rendezvous score and selector value are the best of the
+/// shards', and the `$avg` sum and count add up. The client indexes it
+/// names mean nothing outside the node (the node chooses its own client
+/// again, by the same rule, when it delivers); they only say that a
+/// candidate exists.
+pub fn summarize(query: &Query, picks: &[Pick]) -> Pick {
+    let mut out = Pick::default();
+    for p in picks {
+        out.count += p.count;
+        out.sum += p.sum;
+        out.numeric += p.numeric;
+        out.random = out.random.or(p.random);
+        if let Some((score, idx)) = p.keyed
+            && out.keyed.is_none_or(|(best, _)| score > best)
+        {
+            out.keyed = Some((score, idx));
+        }
+        if let Some((value, idx)) = p.selected {
+            let better = match query.selector.as_ref().map(|s| s.kind) {
+                Some(SelectorKind::Max) => |a: f64, b: f64| a > b,
+                _ => |a: f64, b: f64| a < b,
+            };
+            if out.selected.is_none_or(|(best, _)| better(value, best)) {
+                out.selected = Some((value, idx));
+            }
+        }
+    }
+    out
+}
+
 /// Combines the shards' picks (indexed by shard) into the one client to
 /// deliver to: `(shard, client)`.
 pub fn choose(
@@ -194,4 +226,108 @@ pub fn choose(
         target -= p.count;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn query(extra: serde_json::Value) -> Query {
+        let mut q = json!({"application": "a", "ops": []});
+        q.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        Query::parse(&q).unwrap()
+    }
+
+    /// One shard's pick with distinct scores: `n` is the shard's number,
+    /// so no two shards tie.
+    fn shard_pick(n: u32, count: u64, score: u64, value: f64) -> Pick {
+        let some = count > 0;
+        Pick {
+            count,
+            random: some.then_some(n),
+            keyed: some.then_some((score * 1000 + n as u64, n)),
+            selected: some.then_some((value + n as f64 / 1000.0, n)),
+            sum: if some { value * count as f64 } else { 0.0 },
+            numeric: count,
+        }
+    }
+
+    fn groups() -> impl Strategy<Value = Vec<Vec<(u64, u64, f64)>>> {
+        prop::collection::vec(
+            prop::collection::vec((0u64..4, 0u64..1000, -50.0f64..50.0), 1..4),
+            1..5,
+        )
+    }
+
+    proptest! {
+        /// Nodes summed up by `summarize` are chosen among as their shards
+        /// would be all together: by `key` and by `$min`/`$max`, the node
+        /// chosen holds the client the whole cluster's choice names.
+        #[test]
+        fn a_summary_chooses_the_node_holding_the_overall_choice(groups in groups()) {
+            let mut n = 0u32;
+            let mut all = Vec::new();
+            let mut owner = Vec::new();
+            let mut by_node = Vec::new();
+            for (g, group) in groups.iter().enumerate() {
+                let mut picks = Vec::new();
+                for &(count, score, value) in group {
+                    let pick = shard_pick(n, count, score, value);
+                    all.push(pick.clone());
+                    owner.push(g);
+                    picks.push(pick);
+                    n += 1;
+                }
+                by_node.push(picks);
+            }
+            let mut rng = fastrand::Rng::with_seed(1);
+            for extra in [
+                json!({"key": "k"}),
+                json!({"selector": {"$min": "v"}}),
+                json!({"selector": {"$max": "v"}}),
+            ] {
+                let q = query(extra);
+                let summaries: Vec<Pick> = by_node.iter().map(|p| summarize(&q, p)).collect();
+                let overall = choose(&q, &all, &mut rng).map(|(shard, _)| owner[shard]);
+                let node = choose(&q, &summaries, &mut rng).map(|(node, _)| node);
+                prop_assert_eq!(overall, node);
+            }
+            // Counts and the `$avg` sum add up, so the cluster's average is
+            // the one over every shard.
+            let q = query(json!({"selector": {"$avg": "v"}}));
+            let summaries: Vec<Pick> = by_node.iter().map(|p| summarize(&q, p)).collect();
+            prop_assert_eq!(
+                summaries.iter().map(|p| p.count).sum::<u64>(),
+                all.iter().map(|p| p.count).sum::<u64>()
+            );
+            match (global_average(&summaries), global_average(&all)) {
+                (Some(a), Some(b)) => prop_assert!((a - b).abs() < 1e-9),
+                (a, b) => prop_assert_eq!(a, b),
+            }
+        }
+    }
+
+    #[test]
+    fn a_summary_draws_nodes_in_proportion_to_their_matches() {
+        // A node with three matches against one with one: over many draws,
+        // the first is chosen about three times as often, as each of its
+        // clients is as likely as the other node's.
+        let q = query(json!({}));
+        let nodes = [
+            summarize(&q, &[shard_pick(0, 1, 0, 0.0), shard_pick(1, 2, 0, 0.0)]),
+            summarize(&q, &[shard_pick(2, 1, 0, 0.0)]),
+        ];
+        assert_eq!(nodes[0].count, 3);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let first = (0..40_000)
+            .filter(|_| choose(&q, &nodes, &mut rng).unwrap().0 == 0)
+            .count();
+        assert!((29_000..31_000).contains(&first), "{first}");
+        assert_eq!(summarize(&q, &[]), Pick::default());
+    }
 }

@@ -1,6 +1,6 @@
 //! Routing across nodes, both halves: what a shard asks the other nodes
-//! of the cluster for a BROADCAST or a QUERY_NODES, and what it does when
-//! another node asks it. A node answers for all of its shards, as a shard
+//! of the cluster for a SEND, a BROADCAST or a QUERY_NODES, and what it
+//! does when another node asks it. A node answers for all of its shards, as a shard
 //! answers for its clients, so the asking side merges node answers exactly
 //! as it merges shard answers.
 //!
@@ -19,6 +19,10 @@ use crate::cluster::MemberState;
 use crate::cluster::frame::{Request, Response};
 use crate::cluster::link::{Endpoint, PeerShard, RemoteError};
 use crate::query::Query;
+use crate::query::SelectorKind;
+use crate::routing::pick::{Pick, choose, global_average};
+use crate::routing::pipeline::Slot;
+use crate::routing::router::{self, MAX_PICKS, OneSend};
 use crate::shard::{Dispatch, NodeList, NodesCap, Shard};
 
 /// One shard of every other live node: the one this shard links to.
@@ -35,18 +39,33 @@ fn targets(shard: &Shard) -> Vec<PeerShard> {
         .collect()
 }
 
+/// Whether this node has other live nodes to route to.
+pub fn spans_nodes(shard: &Shard) -> bool {
+    shard.cluster.links().is_some() && !targets(shard).is_empty()
+}
+
 /// Sends `request` to every other live node at once and gathers what each
 /// answered, in the members' order, within the deadline.
 async fn ask_all(shard: &Shard, request: Request) -> Vec<Result<Response, RemoteError>> {
+    ask_each(shard, &targets(shard), request).await
+}
+
+async fn ask_each(
+    shard: &Shard,
+    peers: &[PeerShard],
+    request: Request,
+) -> Vec<Result<Response, RemoteError>> {
     let Some(endpoint) = shard.cluster.links() else {
-        return Vec::new();
+        return peers
+            .iter()
+            .map(|_| Err(RemoteError::NotConnected))
+            .collect();
     };
     let deadline = shard.config.cluster_request_timeout;
-    let asks: Vec<_> = targets(shard)
-        .into_iter()
+    let asks: Vec<_> = peers
+        .iter()
         .map(|peer| {
-            let endpoint = endpoint.clone();
-            let request = request.clone();
+            let (endpoint, peer, request) = (endpoint.clone(), peer.clone(), request.clone());
             glommio::spawn_local(async move { endpoint.request(&peer, request, deadline).await })
         })
         .collect();
@@ -55,6 +74,113 @@ async fn ask_all(shard: &Shard, request: Request) -> Vec<Result<Response, Remote
         answers.push(ask.await);
     }
     answers
+}
+
+/// SEND in a cluster: every node sums up its matches as one pick (this
+/// node's first), one node is chosen among them exactly as a shard is
+/// among shards (so the choice is uniform over clients, not nodes; `key`
+/// and selectors take the best of the nodes' best), and that node
+/// delivers, choosing its own client by the same rule. A node whose
+/// matches had gone by then, or that does not answer, is passed over and
+/// the choice made again. The sender hears `no_route` only when no node
+/// has a match.
+///
+/// Holding the slot's turn until the chosen node confirms keeps one
+/// sender's SENDs in order across nodes, at the price of a round trip per
+/// SEND to another node (narrowing which nodes are asked comes next).
+pub async fn send(shard: &Shard, job: Box<OneSend>, slot: Option<&Slot>) -> bool {
+    let mut query = job.query.clone();
+    let mut relaxed = false;
+    let mut turn_taken = false;
+    for _ in 0..MAX_PICKS {
+        let peers = targets(shard);
+        let mut picks = summaries(shard, &peers, &query, None).await;
+        let total: u64 = picks.iter().map(|p| p.count).sum();
+        if total == 0 {
+            if query.optional && !relaxed {
+                relaxed = true;
+                query = Arc::new(router::relaxed(&query));
+                continue;
+            }
+            break;
+        }
+        let avg = match query.selector.as_ref().map(|s| s.kind) {
+            Some(SelectorKind::Avg) => {
+                let Some(avg) = global_average(&picks) else {
+                    break;
+                };
+                picks = summaries(shard, &peers, &query, Some(avg)).await;
+                Some(avg)
+            }
+            _ => None,
+        };
+        let Some((nth, _)) = choose(&query, &picks, &mut shard.rng.borrow_mut()) else {
+            break;
+        };
+        if let (Some(slot), false) = (slot, turn_taken) {
+            slot.turn().await;
+            turn_taken = true;
+        }
+        let delivered = match nth {
+            0 => router::deliver_on_node(shard, &query, avg, &job.packet).await,
+            n => {
+                let request = Request::Send {
+                    query: json_bytes(&query.to_json()),
+                    avg,
+                    event: job.packet.t.to_string(),
+                    payload: json_bytes(&job.packet.d),
+                };
+                let answer = ask_each(shard, &peers[n - 1..n], request).await;
+                matches!(answer.first(), Some(Ok(Response::Delivered(1))))
+            }
+        };
+        if delivered {
+            return true;
+        }
+        shard.metrics.repick();
+    }
+    router::answer_no_route(shard, job.no_route, &job.packet);
+    false
+}
+
+/// Every node's pick, this node's first, then `peers`' in order (a node
+/// that does not answer counts as having no match).
+async fn summaries(
+    shard: &Shard,
+    peers: &[PeerShard],
+    query: &Arc<Query>,
+    avg: Option<f64>,
+) -> Vec<Pick> {
+    let request = Request::Pick {
+        query: json_bytes(&query.to_json()),
+        avg,
+    };
+    let (here, there) = futures_lite::future::zip(
+        router::node_pick(shard, query, avg),
+        ask_each(shard, peers, request),
+    )
+    .await;
+    std::iter::once(here)
+        .chain(there.into_iter().map(|answer| match answer {
+            Ok(Response::Pick {
+                count,
+                keyed,
+                selected,
+                sum,
+                numeric,
+            }) => Pick {
+                count,
+                // The client index means nothing here: the node chooses
+                // its own client again when it delivers.
+                random: (count > 0).then_some(0),
+                keyed: keyed.map(|score| (score, 0)),
+                selected: selected.map(|value| (value, 0)),
+                sum,
+                numeric,
+            },
+            _ => Pick::default(),
+        }))
+        .collect()
 }
 
 /// BROADCAST on the other nodes: how many clients they delivered to.
@@ -146,6 +272,38 @@ pub fn answer(
                     let n = super::router::local_broadcast_round(&shard, &Arc::new(query), &packet)
                         .await;
                     Response::Delivered(n)
+                }
+                (Err(e), _, _) | (_, _, Err(e)) => Response::Refused(e),
+                (_, None, _) => Response::Refused(format!("unknown event {event:?}")),
+            },
+            Request::Pick { query, avg } => match parse_query(&query) {
+                Ok(query) => {
+                    let pick = router::node_pick(&shard, &Arc::new(query), avg).await;
+                    Response::Pick {
+                        count: pick.count,
+                        keyed: pick.keyed.map(|(score, _)| score),
+                        selected: pick.selected.map(|(value, _)| value),
+                        sum: pick.sum,
+                        numeric: pick.numeric,
+                    }
+                }
+                Err(e) => Response::Refused(e),
+            },
+            Request::Send {
+                query,
+                avg,
+                event,
+                payload,
+            } => match (
+                parse_query(&query),
+                event_name(&event),
+                parse_json(&payload),
+            ) {
+                (Ok(query), Some(t), Ok(d)) => {
+                    let packet = Arc::new(Dispatch { t, d });
+                    let delivered =
+                        router::deliver_on_node(&shard, &Arc::new(query), avg, &packet).await;
+                    Response::Delivered(u64::from(delivered))
                 }
                 (Err(e), _, _) | (_, _, Err(e)) => Response::Refused(e),
                 (_, None, _) => Response::Refused(format!("unknown event {event:?}")),

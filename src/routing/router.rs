@@ -93,6 +93,9 @@ impl NoRoute {
 /// the SENDs of one connection, picked concurrently, are handed over in the
 /// order they were read (see [`super::pipeline`]).
 pub async fn send(shard: &Shard, mut job: Box<OneSend>, slot: Option<&Slot>) -> bool {
+    if super::remote::spans_nodes(shard) {
+        return super::remote::send(shard, job, slot).await;
+    }
     while job.picks_left > 0 {
         job.picks_left -= 1;
         let lookup = match (job.picks_left, job.ask_afresh) {
@@ -209,7 +212,7 @@ fn deliver_here(shard: &Shard, query: &Query, packet: &Dispatch) -> bool {
 }
 
 /// Answers the sender of `packet` that nothing matched (if it asked to be).
-fn answer_no_route(shard: &Shard, no_route: Option<NoRoute>, packet: &Dispatch) {
+pub(crate) fn answer_no_route(shard: &Shard, no_route: Option<NoRoute>, packet: &Dispatch) {
     let Some(no_route) = no_route else { return };
     let to = no_route.sender;
     let extra = no_route.extra_info(packet);
@@ -520,6 +523,78 @@ async fn combine(
 
 type ShardPick = (Pick, Vec<Picked>);
 
+/// This node's matches of `query`, summed up as one pick: what the nodes
+/// of a cluster compare to choose one of them for a SEND. `avg`: the
+/// cluster's average, in a `$avg` selector's second round.
+pub(crate) async fn node_pick(shard: &Shard, query: &Arc<Query>, avg: Option<f64>) -> Pick {
+    let place = locate(shard, query, Lookup::Exact).await;
+    if place.is_empty() {
+        return Pick::default();
+    }
+    let picks: Vec<Pick> = pick_round(shard, query, avg, false, &place.shards)
+        .await
+        .into_iter()
+        .map(|(pick, _)| pick)
+        .collect();
+    crate::routing::pick::summarize(query, &picks)
+}
+
+/// Delivers `packet` to one of this node's matches, chosen by the rule
+/// [`node_pick`] summed them up by (uniformly, by `key`, by the selector
+/// with the cluster's `avg`), and says whether it did: the node of a
+/// cluster chosen for a SEND. A chosen client gone meanwhile is chosen
+/// again among the rest of this node's.
+pub(crate) async fn deliver_on_node(
+    shard: &Shard,
+    query: &Arc<Query>,
+    avg: Option<f64>,
+    packet: &Arc<Dispatch>,
+) -> bool {
+    for _ in 0..MAX_PICKS {
+        let place = locate(shard, query, Lookup::Exact).await;
+        if place.is_empty() {
+            return false;
+        }
+        let picks = pick_round(shard, query, avg, false, &place.shards).await;
+        let only_picks: Vec<Pick> = picks.iter().map(|(p, _)| p.clone()).collect();
+        let Some((nth, client)) = choose(query, &only_picks, &mut shard.rng.borrow_mut()) else {
+            return false;
+        };
+        let conn = picks[nth]
+            .1
+            .iter()
+            .find(|p| p.idx == client)
+            .map(|p| p.conn);
+        let delivered = match conn {
+            None => false,
+            Some(conn) => {
+                let target = ConnRef {
+                    shard: place.shards[nth],
+                    client,
+                    conn,
+                };
+                if target.shard == shard.id {
+                    shard.deliver(target, packet)
+                } else {
+                    let reply = shard
+                        .ask(target.shard, |reply_to| ShardMsg::DeliverAsk {
+                            reply_to,
+                            target,
+                            packet: packet.clone(),
+                        })
+                        .await;
+                    matches!(reply, Reply::Delivered(1))
+                }
+            }
+        };
+        if delivered {
+            return true;
+        }
+        shard.metrics.repick();
+    }
+    false
+}
+
 /// The picks of `shards`, in their order.
 async fn pick_round(
     shard: &Shard,
@@ -550,7 +625,7 @@ fn total(picks: &[ShardPick]) -> u64 {
 
 /// The fallback of an `optional` query: same application and restricted
 /// rule, no ops, no selector.
-fn relaxed(query: &Query) -> Query {
+pub(crate) fn relaxed(query: &Query) -> Query {
     Query {
         ops: Vec::new(),
         selector: None,

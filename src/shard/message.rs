@@ -165,11 +165,18 @@ pub enum ShardMsg {
     Links {
         reply_to: ReplyTo,
     },
+    /// Deliver to one client of this shard and reply whether it was still
+    /// there (`Delivered(1)` or `(0)`): a SEND another node waits on.
+    DeliverAsk {
+        reply_to: ReplyTo,
+        target: ConnRef,
+        packet: Arc<Dispatch>,
+    },
 }
 
 impl ShardMsg {
     /// Every [`ShardMsg::kind`], in the order of its index.
-    pub const KINDS: [&'static str; 28] = [
+    pub const KINDS: [&'static str; 29] = [
         "pick",
         "deliver",
         "send_one",
@@ -198,6 +205,7 @@ impl ShardMsg {
         "cluster_view",
         "links",
         "reply_links",
+        "deliver_ask",
     ];
 
     /// What the message is, as an index into [`ShardMsg::KINDS`]: the
@@ -233,6 +241,7 @@ impl ShardMsg {
             ShardMsg::Locate { .. } => 20,
             ShardMsg::ClusterView(_) => 25,
             ShardMsg::Links { .. } => 26,
+            ShardMsg::DeliverAsk { .. } => 28,
         }
     }
 
