@@ -33,6 +33,7 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
         ShardMsg::Shutdown => shard.shutdown(),
         ShardMsg::Queue(msg) => queue::owner::handle(shard, msg),
         ShardMsg::ClusterView(view) => shard.cluster.set_view(view),
+        ShardMsg::RemoteApps { node, apps } => shard.cluster.set_remote_apps(node, apps),
         request => {
             let reply_to = match &request {
                 ShardMsg::Pick { reply_to, .. }
@@ -43,7 +44,8 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
                 | ShardMsg::QueueAsk { reply_to, .. }
                 | ShardMsg::Locate { reply_to, .. }
                 | ShardMsg::Links { reply_to }
-                | ShardMsg::DeliverAsk { reply_to, .. } => *reply_to,
+                | ShardMsg::DeliverAsk { reply_to, .. }
+                | ShardMsg::AppCounts { reply_to } => *reply_to,
                 _ => unreachable!("only requests reach here"),
             };
             shard.reply(reply_to, request);
@@ -72,6 +74,14 @@ pub fn answer(shard: &Shard, msg: ShardMsg) -> Option<Reply> {
             app, client, owner, ..
         } => Reply::Claimed(shard.record_claim(app, client, owner)),
         ShardMsg::QueueAsk { ask, .. } => Reply::Queue(queue::owner::answer(shard, ask)),
+        ShardMsg::AppCounts { .. } => Reply::AppCounts(
+            shard
+                .store
+                .borrow()
+                .app_counts()
+                .map(|(app, n)| (app.clone(), n))
+                .collect(),
+        ),
         ShardMsg::DeliverAsk { target, packet, .. } => {
             Reply::Delivered(u64::from(shard.deliver(target, &packet)))
         }

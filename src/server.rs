@@ -395,6 +395,16 @@ async fn run_shard(start: ShardStart) {
                 crate::routing::remote::answer(shard, links, peer, id, request);
             }
         }));
+        let weak_shard = Rc::downgrade(&shard);
+        links.on_apps(Rc::new(move |peer, counts| {
+            if let Some(shard) = weak_shard.upgrade() {
+                crate::routing::remote::take_apps(&shard, peer, counts);
+            }
+        }));
+        // Shard 0 tells the other nodes which applications this one holds.
+        let share = (shard.id == 0).then(|| {
+            glommio::spawn_local(crate::routing::remote::share_apps(shard.clone())).detach()
+        });
         let tick = glommio::spawn_local({
             let shard = shard.clone();
             let links = links.clone();
@@ -406,7 +416,9 @@ async fn run_shard(start: ShardStart) {
             }
         })
         .detach();
-        [glommio::spawn_local(links.run()).detach(), tick]
+        let mut tasks = vec![glommio::spawn_local(links.run()).detach(), tick];
+        tasks.extend(share);
+        tasks
     });
 
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();

@@ -112,6 +112,16 @@ fn linked(server: &Server, name: &str) -> bool {
     expected > 0 && member["links"].as_array().map(Vec::len) == Some(expected as usize)
 }
 
+/// How many clients `server` last heard member `name` holds.
+fn clients_of(server: &Server, name: &str) -> Option<u64> {
+    cluster(server)["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["name"] == name)?["clients"]
+        .as_u64()
+}
+
 fn alive(server: &Server, name: &str) -> bool {
     member(server, name).is_some_and(|(state, _)| state == "alive")
 }
@@ -519,6 +529,17 @@ fn send_reaches_clients_on_every_node_uniformly_by_key_and_by_selector() {
     }
     let mut on_b = Client::ready(&b, Encoding::Json, "senders", "from-b");
     let mut on_c = Client::ready(&c, Encoding::Etf, "senders", "from-c");
+    // Each node tells the others how many clients it holds of which
+    // application; until it has, a SEND may not consider it (see the
+    // README), so the uniform and keyed checks below wait for that.
+    let servers = [("a", &a), ("b", &b), ("c", &c)];
+    for (name, server) in servers {
+        for (other, _) in servers.iter().filter(|(o, _)| *o != name) {
+            wait_until("tables of applications", JOIN, || {
+                clients_of(server, other) == Some(2)
+            });
+        }
+    }
     let count_received = |clients: &mut Vec<Client>| -> Vec<usize> {
         clients
             .iter_mut()
@@ -621,4 +642,49 @@ fn one_senders_messages_to_a_client_on_another_node_arrive_in_order() {
     }
     sender.sync();
     sender.expect_nothing(Duration::from_millis(50));
+}
+
+#[test]
+fn a_send_asks_only_nodes_holding_its_application_yet_finds_a_client_that_just_connected() {
+    use common::{Client, Encoding};
+    use serde_json::json;
+    let (ga, gb) = (gossip_addr(), gossip_addr());
+    let a = start_node("a", ga, &[gb], SECRET, None);
+    let b = start_node("b", gb, &[ga], SECRET, None);
+    wait_until("links", JOIN, || linked(&a, "b") && linked(&b, "a"));
+    let mut sender = Client::ready(&b, Encoding::Json, "senders", "sender");
+    let mut local = Client::ready(&b, Encoding::Json, "local", "peer");
+    wait_until("b's table on a", JOIN, || clients_of(&a, "b") == Some(2));
+    wait_until("a's table on b", JOIN, || clients_of(&b, "a") == Some(0));
+    let asked = || {
+        metric(
+            &b,
+            "singyeong_cluster_requests_total{shard=\"0\",direction=\"sent\"}",
+        )
+    };
+    let before = asked();
+    // a holds no client of "local": b never asks it.
+    for i in 0..20 {
+        sender.send_to(
+            json!({"application": "local", "ops": []}),
+            json!(i),
+            json!(i),
+        );
+    }
+    sender.sync();
+    for i in 0..20 {
+        local.expect_message("SEND", &json!(i), &json!(i));
+    }
+    assert_eq!(asked(), before, "no request to a");
+
+    // A client of a new application on a, sent to at once from b: found,
+    // though a's table may not name the application yet.
+    let mut fresh = Client::ready(&a, Encoding::Json, "fresh", "new");
+    sender.send_to(
+        json!({"application": "fresh", "ops": []}),
+        json!("hi"),
+        json!(1),
+    );
+    fresh.expect_message("SEND", &json!("hi"), &json!(1));
+    sender.expect_nothing(Duration::from_millis(100));
 }

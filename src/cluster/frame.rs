@@ -23,7 +23,7 @@ pub const LINK_VERSION: u16 = 1;
 /// the types in it (a field, a variant, an order, a type): two layouts do
 /// not reject each other's bytes reliably, so the handshake must. The
 /// `layout_is_pinned` test fails on any change of layout, as a reminder.
-pub const SCHEMA: u32 = 0x5f1e_0004;
+pub const SCHEMA: u32 = 0x5f1e_0005;
 
 const PREFIX: usize = 4;
 
@@ -52,6 +52,12 @@ pub enum Frame {
     Response {
         id: u64,
         body: Response,
+    },
+    /// The sender's node's clients per application, every application it
+    /// holds clients of (the whole table, sent when it changes): which
+    /// nodes a query of an application needs to ask.
+    Apps {
+        counts: Vec<(String, u64)>,
     },
 }
 
@@ -453,7 +459,7 @@ mod tests {
     /// update the bytes here.
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(SCHEMA, 0x5f1e_0004);
+        assert_eq!(SCHEMA, 0x5f1e_0005);
         assert_eq!(samples().len(), GOLDEN.len());
         for (frame, golden) in samples().iter().zip(GOLDEN) {
             assert_eq!(hex(&encoded(frame)), golden, "{frame:?}");
@@ -463,7 +469,7 @@ mod tests {
     const GOLDEN: [&str; 8] = [
         concat!(
             "6000000031302e302e302e313a37303030000000000000000000000001000000",
-            "04001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
+            "05001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
             "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "00000000",
         ),

@@ -172,6 +172,10 @@ struct Waiting {
 /// eventually, with [`Endpoint::respond`].
 pub type OnRequest = Rc<dyn Fn(PeerShard, u64, Request)>;
 
+/// What the layer above does with a node's table of clients per
+/// application.
+pub type OnApps = Rc<dyn Fn(PeerShard, Vec<(String, u64)>)>;
+
 /// One verified link, as `/api/v1/cluster` shows it.
 #[derive(Debug, Clone)]
 pub struct LinkInfo {
@@ -244,6 +248,7 @@ pub struct Endpoint {
     pending: RefCell<HashMap<u64, Waiting>>,
     next_request: Cell<u64>,
     on_request: RefCell<Option<OnRequest>>,
+    on_apps: RefCell<Option<OnApps>>,
 }
 
 fn transport() -> Arc<TransportConfig> {
@@ -302,6 +307,7 @@ impl Endpoint {
             pending: RefCell::default(),
             next_request: Cell::new(0),
             on_request: RefCell::new(None),
+            on_apps: RefCell::new(None),
         })
     }
 
@@ -312,6 +318,16 @@ impl Endpoint {
     /// Who answers requests from other nodes.
     pub fn on_request(&self, handler: OnRequest) {
         *self.on_request.borrow_mut() = Some(handler);
+    }
+
+    /// Who takes other nodes' tables of clients per application.
+    pub fn on_apps(&self, handler: OnApps) {
+        *self.on_apps.borrow_mut() = Some(handler);
+    }
+
+    /// The peers this shard has a verified link to.
+    pub fn peers(&self) -> Vec<PeerShard> {
+        self.by_peer.borrow().keys().cloned().collect()
     }
 
     /// Asks `peer` and waits at most `deadline` for its answer.
@@ -791,6 +807,12 @@ impl Endpoint {
                 }
             }
             (Some(peer), Frame::Response { id, body }) => self.answered(&peer, id, Ok(body)),
+            (Some(peer), Frame::Apps { counts }) => {
+                let handler = self.on_apps.borrow().clone();
+                if let Some(handler) = handler {
+                    handler(peer, counts);
+                }
+            }
         }
     }
 

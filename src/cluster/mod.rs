@@ -21,6 +21,7 @@ pub mod seal;
 pub mod tls;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -78,7 +79,13 @@ pub struct ShardCluster {
     view: RefCell<Arc<ClusterView>>,
     gossip: RefCell<Option<Rc<Gossip>>>,
     links: RefCell<Option<Rc<link::Endpoint>>>,
+    /// Each other node's clients per application, as it last sent them,
+    /// by (gossip address, run).
+    remote_apps: RefCell<HashMap<(SocketAddr, u64), Arc<NodeApps>>>,
 }
+
+/// One node's clients per application.
+pub type NodeApps = HashMap<String, u64>;
 
 impl ShardCluster {
     /// What this node knows of the cluster now.
@@ -94,7 +101,33 @@ impl ShardCluster {
             }
             links.reconcile(&view);
         }
+        // Tables of nodes that left (or ran again as a new run) go.
+        self.remote_apps.borrow_mut().retain(|(addr, boot), _| {
+            view.members
+                .iter()
+                .any(|m| m.id.addr == *addr && m.id.boot == *boot && m.state != MemberState::Down)
+        });
         *self.view.borrow_mut() = view;
+    }
+
+    /// Every other node's latest table of clients per application.
+    pub fn remote_apps(&self) -> HashMap<(SocketAddr, u64), Arc<NodeApps>> {
+        self.remote_apps.borrow().clone()
+    }
+
+    /// Another node's latest table of clients per application.
+    pub fn set_remote_apps(&self, node: (SocketAddr, u64), apps: Arc<NodeApps>) {
+        self.remote_apps.borrow_mut().insert(node, apps);
+    }
+
+    /// Whether node (`addr`, `boot`) may hold clients of `app`: yes unless
+    /// its table says none (a node not heard from yet may).
+    pub fn may_hold(&self, addr: SocketAddr, boot: u64, app: Option<&str>) -> bool {
+        let Some(app) = app else { return true };
+        self.remote_apps
+            .borrow()
+            .get(&(addr, boot))
+            .is_none_or(|apps| apps.get(app).is_some_and(|&n| n > 0))
     }
 
     pub fn set_links(&self, links: Rc<link::Endpoint>) {
@@ -129,7 +162,11 @@ impl ShardCluster {
 /// The body of `GET /api/v1/cluster`: the view, each member with the
 /// links this node's shards have to it (`links`: shard here, shard there,
 /// round trip) and how many it should have (`links_expected`).
-pub fn describe(view: &ClusterView, links: &[(usize, link::LinkInfo)]) -> serde_json::Value {
+pub fn describe(
+    view: &ClusterView,
+    links: &[(usize, link::LinkInfo)],
+    apps: &HashMap<(SocketAddr, u64), Arc<NodeApps>>,
+) -> serde_json::Value {
     let mut json = view.to_json();
     let shards = view.this.as_ref().map_or(1, |t| t.shards as usize);
     let Some(members) = json["members"].as_array_mut() else {
@@ -149,6 +186,9 @@ pub fn describe(view: &ClusterView, links: &[(usize, link::LinkInfo)]) -> serde_
             .collect();
         out["links"] = rows.into();
         out["links_expected"] = link::link_count(shards, member.id.links.len()).into();
+        out["clients"] = apps
+            .get(&(member.id.addr, member.id.boot))
+            .map_or(serde_json::Value::Null, |a| a.values().sum::<u64>().into());
     }
     json
 }

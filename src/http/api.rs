@@ -113,7 +113,7 @@ async fn cluster(shard: &Rc<Shard>) -> Value {
             _ => Vec::new(),
         })
         .collect();
-    crate::cluster::describe(&view, &links)
+    crate::cluster::describe(&view, &links, &shard.cluster.remote_apps())
 }
 
 /// `GET /metrics`: every shard's counters, gathered now.

@@ -117,6 +117,15 @@ impl Apps {
         })
     }
 
+    /// Every application with clients here, and how many (restricted or
+    /// not).
+    pub fn counts(&self) -> impl Iterator<Item = (&Arc<str>, usize)> {
+        self.slots.iter().flatten().filter_map(|app| {
+            let n = app.clients[0].len() + app.clients[1].len();
+            (n > 0).then_some((&app.name, n))
+        })
+    }
+
     pub fn name(&self, id: u32) -> Option<&Arc<str>> {
         Some(&self.slots.get(id as usize)?.as_ref()?.name)
     }

@@ -330,6 +330,11 @@ impl ClientStore {
         self.touched.as_ref().is_some_and(|t| !t.is_empty())
     }
 
+    /// Every application with clients in this store, and how many.
+    pub fn app_counts(&self) -> impl Iterator<Item = (&Arc<str>, usize)> {
+        self.apps.counts()
+    }
+
     /// How many clients of `app` this store holds.
     pub fn app_count(&self, app: &str) -> Count {
         let Some(id) = self.apps.id(app) else {

@@ -10,27 +10,37 @@
 //! whose link is down, counts as having no match and is counted in
 //! `/metrics`; it never holds up the others.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::cluster::MemberState;
-use crate::cluster::frame::{Request, Response};
+use crate::cluster::frame::{Frame, Request, Response};
 use crate::cluster::link::{Endpoint, PeerShard, RemoteError};
 use crate::query::Query;
 use crate::query::SelectorKind;
 use crate::routing::pick::{Pick, choose, global_average};
 use crate::routing::pipeline::Slot;
 use crate::routing::router::{self, MAX_PICKS, OneSend};
-use crate::shard::{Dispatch, NodeList, NodesCap, Shard};
+use crate::shard::{Dispatch, NodeList, NodesCap, Reply, Shard, ShardMsg};
 
-/// One shard of every other live node: the one this shard links to.
-fn targets(shard: &Shard) -> Vec<PeerShard> {
+/// How often shard 0 checks whether this node's clients per application
+/// changed, and sends the table to the other nodes if so.
+const APPS_EVERY: Duration = Duration::from_millis(100);
+/// How often the table is sent even unchanged.
+const APPS_REFRESH: Duration = Duration::from_secs(5);
+
+/// One shard of every other live node that may hold clients of `app`
+/// (`None`: any application): the one this shard links to.
+fn targets(shard: &Shard, app: Option<&str>) -> Vec<PeerShard> {
     let view = shard.cluster.view();
     view.members
         .iter()
         .filter(|m| m.state != MemberState::Down && !m.id.links.is_empty())
+        .filter(|m| shard.cluster.may_hold(m.id.addr, m.id.boot, app))
         .map(|m| PeerShard {
             addr: m.id.addr,
             boot: m.id.boot,
@@ -39,15 +49,30 @@ fn targets(shard: &Shard) -> Vec<PeerShard> {
         .collect()
 }
 
-/// Whether this node has other live nodes to route to.
-pub fn spans_nodes(shard: &Shard) -> bool {
-    shard.cluster.links().is_some() && !targets(shard).is_empty()
+/// Whether another live node may hold a match of `query` (`everywhere`:
+/// whatever the nodes' tables of applications say).
+pub fn spans_nodes(shard: &Shard, query: &Query, everywhere: bool) -> bool {
+    let app = if everywhere {
+        None
+    } else {
+        query.application.as_deref()
+    };
+    shard.cluster.links().is_some() && !targets(shard, app).is_empty()
+}
+
+/// Whether a SEND that found no match among the nodes whose tables it
+/// trusted should ask the others before answering `no_route`: their tables
+/// may be behind a client that just connected.
+pub fn may_be_elsewhere(shard: &Shard, job: &OneSend) -> bool {
+    !job.everywhere && spans_nodes(shard, &job.query, true)
 }
 
 /// Sends `request` to every other live node at once and gathers what each
-/// answered, in the members' order, within the deadline.
+/// answered, in the members' order, within the deadline. (Every node: a
+/// BROADCAST or QUERY_NODES must not miss a client that connected a
+/// moment ago, which a node's table of applications may not show yet.)
 async fn ask_all(shard: &Shard, request: Request) -> Vec<Result<Response, RemoteError>> {
-    ask_each(shard, &targets(shard), request).await
+    ask_each(shard, &targets(shard, None), request).await
 }
 
 async fn ask_each(
@@ -88,15 +113,26 @@ async fn ask_each(
 /// Holding the slot's turn until the chosen node confirms keeps one
 /// sender's SENDs in order across nodes, at the price of a round trip per
 /// SEND to another node (narrowing which nodes are asked comes next).
-pub async fn send(shard: &Shard, job: Box<OneSend>, slot: Option<&Slot>) -> bool {
+pub async fn send(shard: &Shard, mut job: Box<OneSend>, slot: Option<&Slot>) -> bool {
     let mut query = job.query.clone();
     let mut relaxed = false;
     let mut turn_taken = false;
+    // Nodes whose table says they hold no client of the application are
+    // skipped; before answering `no_route`, they are asked too, in case
+    // their table was behind.
     for _ in 0..MAX_PICKS {
-        let peers = targets(shard);
+        let app = match job.everywhere {
+            true => None,
+            false => query.application.as_deref(),
+        };
+        let peers = targets(shard, app);
         let mut picks = summaries(shard, &peers, &query, None).await;
         let total: u64 = picks.iter().map(|p| p.count).sum();
         if total == 0 {
+            if !job.everywhere && targets(shard, None).len() > peers.len() {
+                job.everywhere = true;
+                continue;
+            }
             if query.optional && !relaxed {
                 relaxed = true;
                 query = Arc::new(router::relaxed(&query));
@@ -239,6 +275,73 @@ fn node_list(nodes: &[u8], matched: u64) -> NodeList {
             })
             .collect(),
         matched,
+    }
+}
+
+/// On shard 0: sends this node's clients per application to the other
+/// nodes whenever it changes (checked every [`APPS_EVERY`]), to a node as
+/// soon as its link is up, and to all every [`APPS_REFRESH`].
+pub async fn share_apps(shard: Rc<Shard>) {
+    let mut last: Option<Vec<(String, u64)>> = None;
+    let mut told: Vec<PeerShard> = Vec::new();
+    let mut refreshed = Instant::now();
+    loop {
+        glommio::timer::sleep(APPS_EVERY).await;
+        let Some(endpoint) = shard.cluster.links() else {
+            continue;
+        };
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for reply in shard
+            .scatter(|reply_to| ShardMsg::AppCounts { reply_to })
+            .await
+        {
+            if let Reply::AppCounts(apps) = reply {
+                for (app, n) in apps {
+                    *counts.entry(app.to_string()).or_default() += n as u64;
+                }
+            }
+        }
+        let counts: Vec<(String, u64)> = counts.into_iter().collect();
+        let peers = endpoint.peers();
+        let changed = last.as_ref() != Some(&counts);
+        let refresh = refreshed.elapsed() >= APPS_REFRESH;
+        let to: Vec<&PeerShard> = peers
+            .iter()
+            .filter(|p| changed || refresh || !told.contains(p))
+            .collect();
+        if to.is_empty() {
+            continue;
+        }
+        let frame = Frame::Apps {
+            counts: counts.clone(),
+        };
+        for peer in to {
+            let _ = endpoint.send_frame(peer, &frame);
+        }
+        if refresh || changed {
+            refreshed = Instant::now();
+        }
+        last = Some(counts);
+        told = peers;
+    }
+}
+
+/// Another node's table of clients per application, for every shard of
+/// this node.
+pub fn take_apps(shard: &Shard, peer: PeerShard, counts: Vec<(String, u64)>) {
+    let apps = Arc::new(counts.into_iter().collect::<crate::cluster::NodeApps>());
+    for to in 0..shard.shards() {
+        let msg = ShardMsg::RemoteApps {
+            node: (peer.addr, peer.boot),
+            apps: apps.clone(),
+        };
+        if to == shard.id {
+            shard
+                .cluster
+                .set_remote_apps((peer.addr, peer.boot), apps.clone());
+        } else {
+            shard.on_shard(to, msg);
+        }
     }
 }
 

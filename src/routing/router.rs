@@ -42,6 +42,10 @@ pub struct OneSend {
     /// A choice missed: the next one asks the directory afresh, trusting
     /// no remembered answer.
     ask_afresh: bool,
+    /// In a cluster: every other node is asked, trusting no node's table
+    /// of applications (set once a choice that trusted them found
+    /// nothing, before `no_route` is answered).
+    pub(crate) everywhere: bool,
 }
 
 impl OneSend {
@@ -52,6 +56,7 @@ impl OneSend {
             no_route,
             picks_left: MAX_PICKS,
             ask_afresh: false,
+            everywhere: false,
         }
     }
 }
@@ -93,7 +98,7 @@ impl NoRoute {
 /// the SENDs of one connection, picked concurrently, are handed over in the
 /// order they were read (see [`super::pipeline`]).
 pub async fn send(shard: &Shard, mut job: Box<OneSend>, slot: Option<&Slot>) -> bool {
-    if super::remote::spans_nodes(shard) {
+    if super::remote::spans_nodes(shard, &job.query, job.everywhere) {
         return super::remote::send(shard, job, slot).await;
     }
     while job.picks_left > 0 {
@@ -139,6 +144,10 @@ pub async fn send(shard: &Shard, mut job: Box<OneSend>, slot: Option<&Slot>) -> 
         }
         shard.metrics.repick();
     }
+    if super::remote::may_be_elsewhere(shard, &job) {
+        job.everywhere = true;
+        return Box::pin(super::remote::send(shard, job, slot)).await;
+    }
     answer_no_route(shard, job.no_route, &job.packet);
     false
 }
@@ -161,7 +170,7 @@ pub fn pick_send(shard: &Rc<Shard>, query: Arc<Query>, job: Box<OneSend>, retry:
     if deliver_here(shard, &query, &job.packet) {
         return;
     }
-    if retry {
+    if retry || super::remote::may_be_elsewhere(shard, &job) {
         choose_again(shard, job);
     } else {
         answer_no_route(shard, job.no_route, &job.packet);

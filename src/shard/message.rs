@@ -165,6 +165,16 @@ pub enum ShardMsg {
     Links {
         reply_to: ReplyTo,
     },
+    /// Another node's clients per application (from the shard whose link
+    /// received it).
+    RemoteApps {
+        node: (std::net::SocketAddr, u64),
+        apps: Arc<crate::cluster::NodeApps>,
+    },
+    /// Reply with this shard's clients per application.
+    AppCounts {
+        reply_to: ReplyTo,
+    },
     /// Deliver to one client of this shard and reply whether it was still
     /// there (`Delivered(1)` or `(0)`): a SEND another node waits on.
     DeliverAsk {
@@ -176,7 +186,7 @@ pub enum ShardMsg {
 
 impl ShardMsg {
     /// Every [`ShardMsg::kind`], in the order of its index.
-    pub const KINDS: [&'static str; 29] = [
+    pub const KINDS: [&'static str; 32] = [
         "pick",
         "deliver",
         "send_one",
@@ -206,6 +216,9 @@ impl ShardMsg {
         "links",
         "reply_links",
         "deliver_ask",
+        "remote_apps",
+        "app_counts",
+        "reply_app_counts",
     ];
 
     /// What the message is, as an index into [`ShardMsg::KINDS`]: the
@@ -236,12 +249,15 @@ impl ShardMsg {
                 Reply::Queue(_) => 18,
                 Reply::Located(_) => 21,
                 Reply::Links(_) => 27,
+                Reply::AppCounts(_) => 31,
             },
             ShardMsg::PickSend { .. } => 19,
             ShardMsg::Locate { .. } => 20,
             ShardMsg::ClusterView(_) => 25,
             ShardMsg::Links { .. } => 26,
             ShardMsg::DeliverAsk { .. } => 28,
+            ShardMsg::RemoteApps { .. } => 29,
+            ShardMsg::AppCounts { .. } => 30,
         }
     }
 
@@ -308,6 +324,7 @@ pub enum Reply {
     /// The holders of the buckets asked about, with counts.
     Located(crate::routing::directory::Located),
     Links(Vec<crate::cluster::link::LinkInfo>),
+    AppCounts(Vec<(Arc<str>, usize)>),
 }
 
 #[cfg(test)]
