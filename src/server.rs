@@ -459,6 +459,9 @@ async fn run_shard(start: ShardStart) {
     if let Some(gossip) = shard.cluster.gossip() {
         gossip.leave().await;
     }
+    if let Some(links) = shard.cluster.links() {
+        links.goodbye("shutting down");
+    }
     if let Some(task) = gossip_task {
         task.cancel();
     }

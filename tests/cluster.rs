@@ -233,13 +233,22 @@ fn a_node_that_shuts_down_leaves_at_once() {
     let (ga, gb) = (gossip_addr(), gossip_addr());
     let a = start_node("a", ga, &[gb], SECRET, Some(10_000));
     let mut b = start_node("b", gb, &[ga], SECRET, Some(10_000));
-    wait_until("joined", JOIN, || alive(&a, "b"));
+    wait_until("joined", JOIN, || linked(&a, "b"));
     b.terminate();
     assert!(b.wait_exit(Duration::from_secs(10)).is_some(), "b exits");
-    // Far sooner than the 10 s suspicion: b said goodbye.
+    // Far sooner than the 10 s suspicion: b said goodbye, to the gossip
+    // and on its links, which close without counting as lost.
     wait_until("b down", Duration::from_secs(3), || {
         member(&a, "b").is_some_and(|(s, _)| s == "down")
     });
+    assert_eq!(metric(&a, "singyeong_cluster_links{shard=\"0\"}"), 0);
+    assert_eq!(
+        metric(
+            &a,
+            "singyeong_cluster_link_errors_total{shard=\"0\",reason=\"lost\"}"
+        ),
+        0
+    );
 }
 
 #[test]

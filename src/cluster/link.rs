@@ -325,6 +325,22 @@ impl Endpoint {
         *self.on_apps.borrow_mut() = Some(handler);
     }
 
+    /// Says goodbye on every link and closes it (shutdown): the peers
+    /// stop sending at once instead of waiting for QUIC's idle timeout.
+    pub fn goodbye(&self, reason: &str) {
+        let now = Instant::now();
+        let frame = Frame::Goodbye {
+            reason: reason.to_string(),
+        };
+        for peer in self.peers() {
+            let _ = self.send_frame(&peer, &frame);
+        }
+        let open: Vec<ConnectionHandle> = self.links.borrow().keys().copied().collect();
+        for ch in open {
+            self.close(ch, reason.as_bytes(), now);
+        }
+    }
+
     /// The peers this shard has a verified link to.
     pub fn peers(&self) -> Vec<PeerShard> {
         self.by_peer.borrow().keys().cloned().collect()
@@ -701,7 +717,7 @@ impl Endpoint {
                 match event {
                     Event::Connected => {
                         if let Err(e) = link.send_hello(&self.secret, &self.me.borrow()) {
-                            failure = Some((LinkError::BadHello, e));
+                            failure = Some((Some(LinkError::BadHello), e));
                         }
                     }
                     Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => {
@@ -718,7 +734,12 @@ impl Endpoint {
                     }
                     Event::ConnectionLost { reason } if !link.closing => {
                         link.closing = true;
-                        failure = Some((LinkError::Lost, reason.to_string()));
+                        // The peer closing on purpose (a goodbye, its
+                        // shutdown) is no failure.
+                        let on_purpose =
+                            matches!(reason, quinn_proto::ConnectionError::ApplicationClosed(_));
+                        failure =
+                            Some(((!on_purpose).then_some(LinkError::Lost), reason.to_string()));
                     }
                     _ => {}
                 }
@@ -745,9 +766,14 @@ impl Endpoint {
             }
         }
         if let Some((why, detail)) = failure {
-            self.count(|s| s.errors[why as usize] += 1);
             self.unregister(ch);
-            tracing::info!(reason = why.label(), %detail, "cluster: link lost");
+            match why {
+                Some(why) => {
+                    self.count(|s| s.errors[why as usize] += 1);
+                    tracing::info!(reason = why.label(), %detail, "cluster: link lost");
+                }
+                None => tracing::debug!(%detail, "cluster: the peer closed a link"),
+            }
         }
         if drained {
             self.forget(ch);
