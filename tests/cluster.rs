@@ -5,6 +5,11 @@
 //! gossip port is counted and harms nothing.
 
 mod common;
+// The proxy test below uses a real upstream; the rest of its helpers
+// serve tests/proxy.rs.
+#[allow(dead_code)]
+#[path = "proxy/upstream.rs"]
+mod upstream;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -110,6 +115,21 @@ fn linked(server: &Server, name: &str) -> bool {
     };
     let expected = member["links_expected"].as_u64().expect("links_expected");
     expected > 0 && member["links"].as_array().map(Vec::len) == Some(expected as usize)
+}
+
+/// Whether every thread of process `pid` is stopped (a SIGSTOP takes
+/// effect on each thread as it next runs, which a loaded machine delays).
+fn stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name's closing parenthesis.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    })
 }
 
 /// How many clients `server` last heard member `name` holds.
@@ -500,6 +520,7 @@ fn a_node_that_does_not_answer_in_time_counts_as_no_match() {
     let all = json!({"application": "app", "ops": []});
     assert_eq!(ids(&on_a.query_nodes(all.clone())).len(), 2);
     b.signal("STOP");
+    wait_until("b stopped", Duration::from_secs(5), || stopped(b.pid()));
     let started = Instant::now();
     assert_eq!(
         ids(&on_a.query_nodes(all.clone())),
@@ -619,6 +640,14 @@ fn send_reaches_clients_on_every_node_uniformly_by_key_and_by_selector() {
         assert_eq!(got, want, "{selector}");
     }
 
+    // QUERY_NODES with a selector describes the one client chosen over
+    // every node.
+    let best =
+        on_b.query_nodes(json!({"application": "work", "ops": [], "selector": {"$max": "load"}}));
+    assert_eq!(best.len(), 1, "{best:?}");
+    assert_eq!(best[0]["client_id"], "c1");
+    assert_eq!(best[0]["node"], "c");
+
     // Nothing matches anywhere: no_route; `optional` falls back to the
     // whole application across nodes.
     let nobody = json!({"application": "work", "ops": [{"path": "/load", "op": "$gt", "to": {"value": 100}}]});
@@ -696,4 +725,40 @@ fn a_send_asks_only_nodes_holding_its_application_yet_finds_a_client_that_just_c
     );
     fresh.expect_message("SEND", &json!("hi"), &json!(1));
     sender.expect_nothing(Duration::from_millis(100));
+}
+
+#[test]
+fn the_proxy_reaches_an_upstream_behind_a_client_on_another_node() {
+    use common::{Client, Encoding};
+    use serde_json::json;
+    let (a, b, _c) = three_linked();
+    let up = upstream::Upstream::start("behind-b");
+    let _client = Client::ready_with(
+        &b,
+        Encoding::Json,
+        "web",
+        "w1",
+        json!({"ip": up.ip(), "metadata": {}}),
+    );
+    let body =
+        json!({"method": "GET", "route": "/hello", "query": {"application": "web", "ops": []}});
+    let response = a.http(
+        "POST",
+        "/api/v1/proxy",
+        &[("Content-Type", "application/json")],
+        Some(&body.to_string()),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(up.requests(), 1);
+    // Nothing of the application anywhere: the proxy's no-route answer.
+    let none =
+        json!({"method": "GET", "route": "/", "query": {"application": "nobody", "ops": []}});
+    let response = a.http(
+        "POST",
+        "/api/v1/proxy",
+        &[("Content-Type", "application/json")],
+        Some(&none.to_string()),
+    );
+    assert_ne!(response.status, 200);
+    assert_eq!(up.requests(), 1);
 }

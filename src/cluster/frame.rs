@@ -23,7 +23,7 @@ pub const LINK_VERSION: u16 = 1;
 /// the types in it (a field, a variant, an order, a type): two layouts do
 /// not reject each other's bytes reliably, so the handshake must. The
 /// `layout_is_pinned` test fails on any change of layout, as a reminder.
-pub const SCHEMA: u32 = 0x5f1e_0005;
+pub const SCHEMA: u32 = 0x5f1e_0006;
 
 const PREFIX: usize = 4;
 
@@ -92,6 +92,10 @@ pub enum Request {
         event: String,
         payload: Vec<u8>,
     },
+    /// The proxy, and QUERY_NODES with a selector: describe the one
+    /// client of this node a SEND would go to; answered with
+    /// [`Response::Nodes`] holding it (or none: its matches had gone).
+    Describe { query: Vec<u8>, avg: Option<f64> },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -459,7 +463,7 @@ mod tests {
     /// update the bytes here.
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(SCHEMA, 0x5f1e_0005);
+        assert_eq!(SCHEMA, 0x5f1e_0006);
         assert_eq!(samples().len(), GOLDEN.len());
         for (frame, golden) in samples().iter().zip(GOLDEN) {
             assert_eq!(hex(&encoded(frame)), golden, "{frame:?}");
@@ -469,7 +473,7 @@ mod tests {
     const GOLDEN: [&str; 8] = [
         concat!(
             "6000000031302e302e302e313a37303030000000000000000000000001000000",
-            "05001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
+            "06001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
             "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "00000000",
         ),

@@ -111,10 +111,9 @@ async fn pick_target(
     query.restricted = false;
     // The chosen client's shard describes it along with its pick, so its
     // address comes back without another round trip.
-    let (_, node) = router::pick_described(shard, Arc::new(query), true)
+    let node = router::pick_described(shard, Arc::new(query))
         .await
         .ok_or(ProxyError::NoRoute)?;
-    let node = node.ok_or(ProxyError::NoRoute)?;
     let id = node["client_id"].as_str().unwrap_or_default().to_string();
     let ip = node["metadata"]["ip"]
         .as_str()

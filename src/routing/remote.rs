@@ -1,8 +1,8 @@
 //! Routing across nodes, both halves: what a shard asks the other nodes
 //! of the cluster for a SEND, a BROADCAST or a QUERY_NODES, and what it
-//! does when another node asks it. A node answers for all of its shards, as a shard
-//! answers for its clients, so the asking side merges node answers exactly
-//! as it merges shard answers.
+//! does when another node asks it. A node answers for all of its shards,
+//! as a shard answers for its clients, so the asking side merges node
+//! answers exactly as it merges shard answers.
 //!
 //! Each request goes over this shard's link to its counterpart shard on
 //! the other node (see `cluster::link`), with a deadline
@@ -101,72 +101,97 @@ async fn ask_each(
     answers
 }
 
-/// SEND in a cluster: every node sums up its matches as one pick (this
-/// node's first), one node is chosen among them exactly as a shard is
+/// Where a SEND, or the choice of one client to describe, stands across
+/// the nodes of a cluster.
+struct Choosing {
+    /// The query, relaxed once an `optional` query found no match.
+    query: Arc<Query>,
+    relaxed: bool,
+    /// Every live node is asked, trusting no node's table of applications.
+    everywhere: bool,
+}
+
+impl Choosing {
+    fn new(query: Arc<Query>, everywhere: bool) -> Choosing {
+        Choosing {
+            query,
+            relaxed: false,
+            everywhere,
+        }
+    }
+}
+
+/// One choice of a node: every node sums its matches up as one pick (this
+/// node's first), and one node is drawn among them exactly as a shard is
 /// among shards (so the choice is uniform over clients, not nodes; `key`
-/// and selectors take the best of the nodes' best), and that node
-/// delivers, choosing its own client by the same rule. A node whose
-/// matches had gone by then, or that does not answer, is passed over and
-/// the choice made again. The sender hears `no_route` only when no node
-/// has a match.
-///
-/// Holding the slot's turn until the chosen node confirms keeps one
-/// sender's SENDs in order across nodes, at the price of a round trip per
-/// SEND to another node (narrowing which nodes are asked comes next).
-pub async fn send(shard: &Shard, mut job: Box<OneSend>, slot: Option<&Slot>) -> bool {
-    let mut query = job.query.clone();
-    let mut relaxed = false;
-    let mut turn_taken = false;
-    // Nodes whose table says they hold no client of the application are
-    // skipped; before answering `no_route`, they are asked too, in case
-    // their table was behind.
-    for _ in 0..MAX_PICKS {
-        let app = match job.everywhere {
+/// and selectors take the best of the nodes' best). Nodes whose table says
+/// they hold no client of the application are skipped until nothing is
+/// found, then asked too, in case their table was behind; `optional`
+/// relaxes only once no node has a match. `None`: no node has one. The
+/// node is `None` for this one; with the cluster's average for `$avg`.
+async fn choose_node(shard: &Shard, c: &mut Choosing) -> Option<(Option<PeerShard>, Option<f64>)> {
+    loop {
+        let app = match c.everywhere {
             true => None,
-            false => query.application.as_deref(),
+            false => c.query.application.as_deref(),
         };
         let peers = targets(shard, app);
-        let mut picks = summaries(shard, &peers, &query, None).await;
-        let total: u64 = picks.iter().map(|p| p.count).sum();
-        if total == 0 {
-            if !job.everywhere && targets(shard, None).len() > peers.len() {
-                job.everywhere = true;
+        let mut picks = summaries(shard, &peers, &c.query, None).await;
+        if picks.iter().all(|p| p.count == 0) {
+            if !c.everywhere && targets(shard, None).len() > peers.len() {
+                c.everywhere = true;
                 continue;
             }
-            if query.optional && !relaxed {
-                relaxed = true;
-                query = Arc::new(router::relaxed(&query));
+            if c.query.optional && !c.relaxed {
+                c.relaxed = true;
+                c.query = Arc::new(router::relaxed(&c.query));
                 continue;
             }
-            break;
+            return None;
         }
-        let avg = match query.selector.as_ref().map(|s| s.kind) {
+        let avg = match c.query.selector.as_ref().map(|s| s.kind) {
             Some(SelectorKind::Avg) => {
-                let Some(avg) = global_average(&picks) else {
-                    break;
-                };
-                picks = summaries(shard, &peers, &query, Some(avg)).await;
+                let avg = global_average(&picks)?;
+                picks = summaries(shard, &peers, &c.query, Some(avg)).await;
                 Some(avg)
             }
             _ => None,
         };
-        let Some((nth, _)) = choose(&query, &picks, &mut shard.rng.borrow_mut()) else {
+        let (nth, _) = choose(&c.query, &picks, &mut shard.rng.borrow_mut())?;
+        let node = nth.checked_sub(1).map(|n| peers[n].clone());
+        return Some((node, avg));
+    }
+}
+
+/// SEND in a cluster: a node is chosen ([`choose_node`]) and delivers,
+/// choosing its own client by the same rule. A node whose matches had gone
+/// by then, or that does not answer, is passed over and the choice made
+/// again. The sender hears `no_route` only when no node has a match.
+///
+/// Holding the slot's turn until the chosen node confirms keeps one
+/// sender's SENDs in order across nodes, at the price of a round trip per
+/// SEND to another node.
+pub async fn send(shard: &Shard, job: Box<OneSend>, slot: Option<&Slot>) -> bool {
+    let mut c = Choosing::new(job.query.clone(), job.everywhere);
+    let mut turn_taken = false;
+    for _ in 0..MAX_PICKS {
+        let Some((node, avg)) = choose_node(shard, &mut c).await else {
             break;
         };
         if let (Some(slot), false) = (slot, turn_taken) {
             slot.turn().await;
             turn_taken = true;
         }
-        let delivered = match nth {
-            0 => router::deliver_on_node(shard, &query, avg, &job.packet).await,
-            n => {
+        let delivered = match node {
+            None => router::deliver_on_node(shard, &c.query, avg, &job.packet).await,
+            Some(peer) => {
                 let request = Request::Send {
-                    query: json_bytes(&query.to_json()),
+                    query: json_bytes(&c.query.to_json()),
                     avg,
                     event: job.packet.t.to_string(),
                     payload: json_bytes(&job.packet.d),
                 };
-                let answer = ask_each(shard, &peers[n - 1..n], request).await;
+                let answer = ask_each(shard, &[peer], request).await;
                 matches!(answer.first(), Some(Ok(Response::Delivered(1))))
             }
         };
@@ -177,6 +202,37 @@ pub async fn send(shard: &Shard, mut job: Box<OneSend>, slot: Option<&Slot>) -> 
     }
     router::answer_no_route(shard, job.no_route, &job.packet);
     false
+}
+
+/// The `<client>` object of the one client a SEND would go to, over every
+/// node (the proxy, a selector in QUERY_NODES).
+pub async fn describe(shard: &Shard, query: Arc<Query>) -> Option<Value> {
+    let mut c = Choosing::new(query, false);
+    for _ in 0..MAX_PICKS {
+        let (node, avg) = choose_node(shard, &mut c).await?;
+        let found = match node {
+            None => router::describe_on_node(shard, &c.query, avg).await,
+            Some(peer) => {
+                let request = Request::Describe {
+                    query: json_bytes(&c.query.to_json()),
+                    avg,
+                };
+                match ask_each(shard, &[peer], request).await.pop() {
+                    Some(Ok(Response::Nodes { nodes, .. })) => node_list(&nodes, 0)
+                        .nodes
+                        .into_iter()
+                        .next()
+                        .map(|(n, _)| n),
+                    _ => None,
+                }
+            }
+        };
+        if found.is_some() {
+            return found;
+        }
+        shard.metrics.repick();
+    }
+    None
 }
 
 /// Every node's pick, this node's first, then `peers`' in order (a node
@@ -365,19 +421,11 @@ pub fn answer(
                 query,
                 event,
                 payload,
-            } => match (
-                parse_query(&query),
-                event_name(&event),
-                parse_json(&payload),
-            ) {
-                (Ok(query), Some(t), Ok(d)) => {
-                    let packet = Arc::new(Dispatch { t, d });
-                    let n = super::router::local_broadcast_round(&shard, &Arc::new(query), &packet)
-                        .await;
-                    Response::Delivered(n)
-                }
-                (Err(e), _, _) | (_, _, Err(e)) => Response::Refused(e),
-                (_, None, _) => Response::Refused(format!("unknown event {event:?}")),
+            } => match parse_dispatch(&query, &event, &payload) {
+                Ok((query, packet)) => Response::Delivered(
+                    router::local_broadcast_round(&shard, &query, &packet).await,
+                ),
+                Err(e) => Response::Refused(e),
             },
             Request::Pick { query, avg } => match parse_query(&query) {
                 Ok(query) => {
@@ -397,19 +445,22 @@ pub fn answer(
                 avg,
                 event,
                 payload,
-            } => match (
-                parse_query(&query),
-                event_name(&event),
-                parse_json(&payload),
-            ) {
-                (Ok(query), Some(t), Ok(d)) => {
-                    let packet = Arc::new(Dispatch { t, d });
-                    let delivered =
-                        router::deliver_on_node(&shard, &Arc::new(query), avg, &packet).await;
-                    Response::Delivered(u64::from(delivered))
+            } => match parse_dispatch(&query, &event, &payload) {
+                Ok((query, packet)) => Response::Delivered(u64::from(
+                    router::deliver_on_node(&shard, &query, avg, &packet).await,
+                )),
+                Err(e) => Response::Refused(e),
+            },
+            Request::Describe { query, avg } => match parse_query(&query) {
+                Ok(query) => {
+                    let found = router::describe_on_node(&shard, &Arc::new(query), avg).await;
+                    let nodes: Vec<Value> = found.into_iter().collect();
+                    Response::Nodes {
+                        matched: nodes.len() as u64,
+                        nodes: json_bytes(&Value::Array(nodes)),
+                    }
                 }
-                (Err(e), _, _) | (_, _, Err(e)) => Response::Refused(e),
-                (_, None, _) => Response::Refused(format!("unknown event {event:?}")),
+                Err(e) => Response::Refused(e),
             },
             Request::Nodes {
                 query,
@@ -440,6 +491,18 @@ pub fn answer(
 /// `float_roundtrip` feature).
 fn parse_json(bytes: &[u8]) -> Result<Value, String> {
     sonic_rs::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))
+}
+
+/// The query and dispatch of a SEND or BROADCAST another node asks for.
+fn parse_dispatch(
+    query: &[u8],
+    event: &str,
+    payload: &[u8],
+) -> Result<(Arc<Query>, Arc<Dispatch>), String> {
+    let query = parse_query(query)?;
+    let t = event_name(event).ok_or_else(|| format!("unknown event {event:?}"))?;
+    let d = parse_json(payload)?;
+    Ok((Arc::new(query), Arc::new(Dispatch { t, d })))
 }
 
 fn parse_query(bytes: &[u8]) -> Result<Query, String> {

@@ -339,7 +339,7 @@ async fn nodes_uncounted(shard: &Shard, query: Arc<Query>, cap: NodesCap) -> Nod
             optional: false,
             ..(*query).clone()
         });
-        let Some((_, node)) = pick_described(shard, strict, true).await else {
+        let Some(node) = pick_described(shard, strict).await else {
             // `optional` drops the selector with the ops: every client of
             // the application.
             return match query.optional {
@@ -347,7 +347,7 @@ async fn nodes_uncounted(shard: &Shard, query: Arc<Query>, cap: NodesCap) -> Nod
                 false => Nodes::default(),
             };
         };
-        let nodes: Vec<Value> = node.into_iter().collect();
+        let nodes = vec![node];
         let matched = nodes.len() as u64;
         return Nodes { nodes, matched };
     }
@@ -414,11 +414,10 @@ fn merge_node_lists(lists: Vec<NodeList>, cap: NodesCap) -> Nodes {
 /// Chooses the one client a SEND would go to, over every shard, with its
 /// `<client>` object when `describe` asks for it (the proxy, a selector in
 /// QUERY_NODES). A choice whose client has gone is made again.
-pub async fn pick_described(
-    shard: &Shard,
-    query: Arc<Query>,
-    describe: bool,
-) -> Option<(ConnRef, Option<Value>)> {
+pub async fn pick_described(shard: &Shard, query: Arc<Query>) -> Option<Value> {
+    if super::remote::spans_nodes(shard, &query, true) {
+        return super::remote::describe(shard, query).await;
+    }
     for attempt in 0..MAX_PICKS {
         if attempt > 0 {
             shard.metrics.repick();
@@ -427,8 +426,8 @@ pub async fn pick_described(
             true => Lookup::Everywhere,
             false => Lookup::Exact,
         };
-        match pick_once(shard, query.clone(), describe, lookup).await {
-            Chosen::Found(target, node) => return Some((target, node)),
+        match pick_once(shard, query.clone(), true, lookup).await {
+            Chosen::Found(_, node) => return node,
             Chosen::NoMatch => return None,
             Chosen::Lost | Chosen::Shard(..) => continue,
         }
@@ -548,11 +547,44 @@ pub(crate) async fn node_pick(shard: &Shard, query: &Arc<Query>, avg: Option<f64
     crate::routing::pick::summarize(query, &picks)
 }
 
-/// Delivers `packet` to one of this node's matches, chosen by the rule
-/// [`node_pick`] summed them up by (uniformly, by `key`, by the selector
-/// with the cluster's `avg`), and says whether it did: the node of a
-/// cluster chosen for a SEND. A chosen client gone meanwhile is chosen
-/// again among the rest of this node's.
+/// One of this node's matches, chosen by the rule [`node_pick`] summed
+/// them up by (uniformly, by `key`, by the selector with the cluster's
+/// `avg`), with its `<client>` object when `describe`: what the node of a
+/// cluster chosen for a SEND (or a description) does. `None`: no match
+/// left here.
+async fn choose_on_node(
+    shard: &Shard,
+    query: &Arc<Query>,
+    avg: Option<f64>,
+    describe: bool,
+) -> Option<Chosen> {
+    let place = locate(shard, query, Lookup::Exact).await;
+    if place.is_empty() {
+        return None;
+    }
+    let picks = pick_round(shard, query, avg, describe, &place.shards).await;
+    let only_picks: Vec<Pick> = picks.iter().map(|(p, _)| p.clone()).collect();
+    let (nth, client) = choose(query, &only_picks, &mut shard.rng.borrow_mut())?;
+    let picked = picks
+        .into_iter()
+        .nth(nth)
+        .and_then(|(_, named)| named.into_iter().find(|p| p.idx == client));
+    Some(match picked {
+        Some(picked) => Chosen::Found(
+            ConnRef {
+                shard: place.shards[nth],
+                client,
+                conn: picked.conn,
+            },
+            picked.node,
+        ),
+        None => Chosen::Lost,
+    })
+}
+
+/// Delivers `packet` to one of this node's matches ([`choose_on_node`])
+/// and says whether it did. A chosen client gone meanwhile is chosen again
+/// among the rest of this node's.
 pub(crate) async fn deliver_on_node(
     shard: &Shard,
     query: &Arc<Query>,
@@ -560,41 +592,22 @@ pub(crate) async fn deliver_on_node(
     packet: &Arc<Dispatch>,
 ) -> bool {
     for _ in 0..MAX_PICKS {
-        let place = locate(shard, query, Lookup::Exact).await;
-        if place.is_empty() {
-            return false;
-        }
-        let picks = pick_round(shard, query, avg, false, &place.shards).await;
-        let only_picks: Vec<Pick> = picks.iter().map(|(p, _)| p.clone()).collect();
-        let Some((nth, client)) = choose(query, &only_picks, &mut shard.rng.borrow_mut()) else {
-            return false;
-        };
-        let conn = picks[nth]
-            .1
-            .iter()
-            .find(|p| p.idx == client)
-            .map(|p| p.conn);
-        let delivered = match conn {
-            None => false,
-            Some(conn) => {
-                let target = ConnRef {
-                    shard: place.shards[nth],
-                    client,
-                    conn,
-                };
-                if target.shard == shard.id {
-                    shard.deliver(target, packet)
-                } else {
-                    let reply = shard
-                        .ask(target.shard, |reply_to| ShardMsg::DeliverAsk {
-                            reply_to,
-                            target,
-                            packet: packet.clone(),
-                        })
-                        .await;
-                    matches!(reply, Reply::Delivered(1))
-                }
+        let delivered = match choose_on_node(shard, query, avg, false).await {
+            None => return false,
+            Some(Chosen::Found(target, _)) if target.shard == shard.id => {
+                shard.deliver(target, packet)
             }
+            Some(Chosen::Found(target, _)) => {
+                let reply = shard
+                    .ask(target.shard, |reply_to| ShardMsg::DeliverAsk {
+                        reply_to,
+                        target,
+                        packet: packet.clone(),
+                    })
+                    .await;
+                matches!(reply, Reply::Delivered(1))
+            }
+            Some(_) => false,
         };
         if delivered {
             return true;
@@ -602,6 +615,22 @@ pub(crate) async fn deliver_on_node(
         shard.metrics.repick();
     }
     false
+}
+
+/// The `<client>` object of one of this node's matches
+/// ([`choose_on_node`]).
+pub(crate) async fn describe_on_node(
+    shard: &Shard,
+    query: &Arc<Query>,
+    avg: Option<f64>,
+) -> Option<Value> {
+    for _ in 0..MAX_PICKS {
+        match choose_on_node(shard, query, avg, true).await? {
+            Chosen::Found(_, node) => return node,
+            _ => shard.metrics.repick(),
+        }
+    }
+    None
 }
 
 /// The picks of `shards`, in their order.
