@@ -358,6 +358,7 @@ async fn run_shard(start: ShardStart) {
             answer: crate::dispatch::answer,
             store_changed: crate::routing::locate::publish,
             wake_lane: crate::routing::locate::wake,
+            client_event: crate::routing::remote::announce,
         },
     ));
     // Every shard of a cluster node has a link endpoint; shard 0 also runs
@@ -396,9 +397,9 @@ async fn run_shard(start: ShardStart) {
             }
         }));
         let weak_shard = Rc::downgrade(&shard);
-        links.on_apps(Rc::new(move |peer, counts| {
+        links.on_notice(Rc::new(move |peer, notice| {
             if let Some(shard) = weak_shard.upgrade() {
-                crate::routing::remote::take_apps(&shard, peer, counts);
+                crate::routing::remote::take_notice(&shard, peer, notice);
             }
         }));
         // Shard 0 tells the other nodes which applications this one holds.

@@ -762,3 +762,24 @@ fn the_proxy_reaches_an_upstream_behind_a_client_on_another_node() {
     assert_ne!(response.status, 200);
     assert_eq!(up.requests(), 1);
 }
+
+#[test]
+fn client_updates_reach_subscribers_on_every_node() {
+    use common::{Client, Encoding};
+    use serde_json::json;
+    let (ga, gb) = (gossip_addr(), gossip_addr());
+    let a = start_node_with("a", "2", ga, &[gb], SECRET, None);
+    let b = start_node("b", gb, &[ga], SECRET, None);
+    wait_until("links", JOIN, || linked(&a, "b") && linked(&b, "a"));
+    let mut watcher = Client::ready_with(
+        &a,
+        Encoding::Json,
+        "watchers",
+        "w",
+        json!({"receive_client_updates": true}),
+    );
+    let joiner = Client::ready(&b, Encoding::Msgpack, "workers", "on-b");
+    watcher.expect_client_update("CLIENT_CONNECTED", "workers", "on-b");
+    joiner.close();
+    watcher.expect_client_update("CLIENT_DISCONNECTED", "workers", "on-b");
+}

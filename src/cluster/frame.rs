@@ -23,7 +23,7 @@ pub const LINK_VERSION: u16 = 1;
 /// the types in it (a field, a variant, an order, a type): two layouts do
 /// not reject each other's bytes reliably, so the handshake must. The
 /// `layout_is_pinned` test fails on any change of layout, as a reminder.
-pub const SCHEMA: u32 = 0x5f1e_0006;
+pub const SCHEMA: u32 = 0x5f1e_0007;
 
 const PREFIX: usize = 4;
 
@@ -58,6 +58,13 @@ pub enum Frame {
     /// nodes a query of an application needs to ask.
     Apps {
         counts: Vec<(String, u64)>,
+    },
+    /// CLIENT_CONNECTED or CLIENT_DISCONNECTED (`event`) about a client
+    /// of the sender's node, for this node's subscribers.
+    ClientEvent {
+        event: String,
+        app: String,
+        client: String,
     },
 }
 
@@ -463,7 +470,7 @@ mod tests {
     /// update the bytes here.
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(SCHEMA, 0x5f1e_0006);
+        assert_eq!(SCHEMA, 0x5f1e_0007);
         assert_eq!(samples().len(), GOLDEN.len());
         for (frame, golden) in samples().iter().zip(GOLDEN) {
             assert_eq!(hex(&encoded(frame)), golden, "{frame:?}");
@@ -473,7 +480,7 @@ mod tests {
     const GOLDEN: [&str; 8] = [
         concat!(
             "6000000031302e302e302e313a37303030000000000000000000000001000000",
-            "06001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
+            "07001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
             "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "00000000",
         ),
@@ -626,6 +633,13 @@ mod tests {
                 id,
                 body: Response::Refused(why),
             }),
+            (text, text, text).prop_map(|(event, app, client)| Frame::ClientEvent {
+                event,
+                app,
+                client
+            }),
+            prop::collection::vec((text, any::<u64>()), 0..10)
+                .prop_map(|counts| Frame::Apps { counts }),
         ]
     }
 

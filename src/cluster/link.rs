@@ -172,9 +172,9 @@ struct Waiting {
 /// eventually, with [`Endpoint::respond`].
 pub type OnRequest = Rc<dyn Fn(PeerShard, u64, Request)>;
 
-/// What the layer above does with a node's table of clients per
-/// application.
-pub type OnApps = Rc<dyn Fn(PeerShard, Vec<(String, u64)>)>;
+/// What the layer above does with the one-way frames of another node
+/// ([`Frame::Apps`], [`Frame::ClientEvent`]).
+pub type OnNotice = Rc<dyn Fn(PeerShard, Frame)>;
 
 /// One verified link, as `/api/v1/cluster` shows it.
 #[derive(Debug, Clone)]
@@ -248,7 +248,7 @@ pub struct Endpoint {
     pending: RefCell<HashMap<u64, Waiting>>,
     next_request: Cell<u64>,
     on_request: RefCell<Option<OnRequest>>,
-    on_apps: RefCell<Option<OnApps>>,
+    on_notice: RefCell<Option<OnNotice>>,
 }
 
 fn transport() -> Arc<TransportConfig> {
@@ -307,7 +307,7 @@ impl Endpoint {
             pending: RefCell::default(),
             next_request: Cell::new(0),
             on_request: RefCell::new(None),
-            on_apps: RefCell::new(None),
+            on_notice: RefCell::new(None),
         })
     }
 
@@ -320,9 +320,9 @@ impl Endpoint {
         *self.on_request.borrow_mut() = Some(handler);
     }
 
-    /// Who takes other nodes' tables of clients per application.
-    pub fn on_apps(&self, handler: OnApps) {
-        *self.on_apps.borrow_mut() = Some(handler);
+    /// Who takes other nodes' one-way frames.
+    pub fn on_notice(&self, handler: OnNotice) {
+        *self.on_notice.borrow_mut() = Some(handler);
     }
 
     /// Says goodbye on every link and closes it (shutdown): the peers
@@ -833,10 +833,10 @@ impl Endpoint {
                 }
             }
             (Some(peer), Frame::Response { id, body }) => self.answered(&peer, id, Ok(body)),
-            (Some(peer), Frame::Apps { counts }) => {
-                let handler = self.on_apps.borrow().clone();
+            (Some(peer), notice @ (Frame::Apps { .. } | Frame::ClientEvent { .. })) => {
+                let handler = self.on_notice.borrow().clone();
                 if let Some(handler) = handler {
-                    handler(peer, counts);
+                    handler(peer, notice);
                 }
             }
         }

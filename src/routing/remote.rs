@@ -382,9 +382,59 @@ pub async fn share_apps(shard: Rc<Shard>) {
     }
 }
 
+/// A client of this node connected or left: the other nodes' subscribers
+/// hear of it over this shard's links (one-way; a node whose link is down
+/// misses it, as a disconnected subscriber would).
+pub fn announce(shard: &Shard, packet: &Dispatch) {
+    let Some(endpoint) = shard.cluster.links() else {
+        return;
+    };
+    let payload = &packet.d["payload"];
+    let frame = Frame::ClientEvent {
+        event: packet.t.to_string(),
+        app: payload["app"].as_str().unwrap_or_default().to_string(),
+        client: payload["client_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    };
+    for peer in targets(shard, None) {
+        let _ = endpoint.send_frame(&peer, &frame);
+    }
+}
+
+/// Another node's one-way frame: its table of clients per application,
+/// or a client event for this node's subscribers.
+pub fn take_notice(shard: &Shard, peer: PeerShard, notice: Frame) {
+    match notice {
+        Frame::Apps { counts } => take_apps(shard, peer, counts),
+        Frame::ClientEvent { event, app, client } => {
+            let Some(t) = ["CLIENT_CONNECTED", "CLIENT_DISCONNECTED"]
+                .into_iter()
+                .find(|e| *e == event)
+            else {
+                return;
+            };
+            let packet = Arc::new(Dispatch {
+                t,
+                d: serde_json::json!({"nonce": null, "payload": {"app": app, "client_id": client}}),
+            });
+            for to in 0..shard.shards() {
+                shard.on_shard(
+                    to,
+                    ShardMsg::ClientEvent {
+                        packet: packet.clone(),
+                    },
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Another node's table of clients per application, for every shard of
 /// this node.
-pub fn take_apps(shard: &Shard, peer: PeerShard, counts: Vec<(String, u64)>) {
+fn take_apps(shard: &Shard, peer: PeerShard, counts: Vec<(String, u64)>) {
     let apps = Arc::new(counts.into_iter().collect::<crate::cluster::NodeApps>());
     for to in 0..shard.shards() {
         let msg = ShardMsg::RemoteApps {

@@ -99,6 +99,10 @@ pub struct Above {
     /// routing directory's lane), with its mesh inbox (see
     /// [`Shard::flush_wakes`]): `crate::routing::locate::wake`.
     pub wake_lane: fn(&Shard, usize),
+    /// Told of each CLIENT_CONNECTED / CLIENT_DISCONNECTED of this shard's
+    /// clients, after this node's subscribers were: the other nodes'
+    /// subscribers hear of it too (`crate::routing::remote::announce`).
+    pub client_event: fn(&Shard, &Dispatch),
 }
 
 impl Shard {

@@ -156,6 +156,7 @@ impl Shard {
                 },
             );
         }
+        (self.above.client_event)(self, &packet);
     }
 
     /// Passes a CLIENT_CONNECTED / CLIENT_DISCONNECTED on to this shard's
