@@ -216,14 +216,7 @@ impl Gossip {
         // by its length, not cut short and mistaken for a bad signature.
         let mut buf = vec![0u8; 65_536];
         loop {
-            let (len, from) = match self.socket.recv_from(&mut buf).await {
-                Ok(got) => got,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cluster: gossip receive failed");
-                    glommio::timer::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (len, from) = super::next_datagram(&self.socket, &mut buf, "gossip").await;
             let packet = &buf[..len];
             if len > MAX_PACKET {
                 self.reject(RejectReason::Oversized, from);

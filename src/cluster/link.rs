@@ -459,14 +459,7 @@ impl Endpoint {
     async fn receive_loop(self: &Rc<Self>) {
         let mut buf = vec![0u8; 65_536];
         loop {
-            let (len, from) = match self.socket.recv_from(&mut buf).await {
-                Ok(got) => got,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cluster: link receive failed");
-                    glommio::timer::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (len, from) = super::next_datagram(&self.socket, &mut buf, "link").await;
             self.on_datagram(Instant::now(), from, &buf[..len]);
         }
     }

@@ -30,6 +30,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use gossip::{Gossip, GossipStats, RejectReason, Settings};
 pub use node::{ClusterView, MemberState, NodeId};
 
+/// The next datagram on `socket` into `buf`: its length and sender. A
+/// failed receive is logged (`what`: the socket's use) and retried after
+/// a pause, so a transient error cannot spin a shard.
+pub(crate) async fn next_datagram(
+    socket: &glommio::net::UdpSocket,
+    buf: &mut [u8],
+    what: &str,
+) -> (usize, SocketAddr) {
+    loop {
+        match socket.recv_from(buf).await {
+            Ok(got) => return got,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: {what} receive failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// What a cluster node sets up before its shards start: its run id, and
 /// one link socket per shard, so that the gossip can advertise every
 /// shard's port from the start.
