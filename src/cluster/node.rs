@@ -152,6 +152,53 @@ impl ClusterView {
             .collect();
         json!({"enabled": true, "node": node(this), "members": members})
     }
+
+    /// The home of `key` among this node and the live (not down) members
+    /// with links, by rendezvous hashing over their gossip addresses: every
+    /// node that sees the same members computes the same home, and when a
+    /// member comes or goes only the keys homed on it move. `None`: this
+    /// node is the home (always so with clustering off). Hashed by address
+    /// alone, so a node that restarts on its address is the home of the
+    /// same keys again.
+    pub fn home(&self, key: &[u8]) -> Option<&NodeId> {
+        let this = self.this.as_ref()?;
+        let mut best = (rendezvous_score(this.addr, key), None);
+        for m in &self.members {
+            if m.state == MemberState::Down || m.id.links.is_empty() {
+                continue;
+            }
+            let score = rendezvous_score(m.id.addr, key);
+            if score > best.0 {
+                best = (score, Some(&m.id));
+            }
+        }
+        best.1
+    }
+}
+
+/// A node's score for `key` in rendezvous hashing: FNV-1a over the
+/// address and the key, finished by a 64-bit mixer. Written out rather
+/// than taken from `std`, whose hasher may change between Rust releases:
+/// nodes built by different releases must agree.
+fn rendezvous_score(addr: SocketAddr, key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => eat(&ip.octets()),
+        std::net::IpAddr::V6(ip) => eat(&ip.octets()),
+    }
+    eat(&addr.port().to_le_bytes());
+    eat(&[0xff]);
+    eat(key);
+    // splitmix64's finaliser: FNV's low bits alone are poorly mixed.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// Turns foca's member list, read after each change, into a
@@ -267,6 +314,87 @@ mod tests {
             400,
         );
         assert_eq!(v.members[1].since_ms, 400);
+    }
+
+    fn view_of(this: NodeId, others: &[(NodeId, MemberState)]) -> ClusterView {
+        ClusterView {
+            this: Some(this),
+            members: others
+                .iter()
+                .map(|(id, state)| Member {
+                    id: id.clone(),
+                    state: *state,
+                    since_ms: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_node_agrees_on_a_home_and_only_a_leaving_nodes_keys_move() {
+        let nodes: Vec<NodeId> = (0..4).map(|i| node(7000 + i * 10, 1)).collect();
+        let seen_from = |me: usize, down: Option<usize>| {
+            let others: Vec<(NodeId, MemberState)> = (0..4)
+                .filter(|&i| i != me)
+                .map(|i| {
+                    let state = match down == Some(i) {
+                        true => MemberState::Down,
+                        false => MemberState::Alive,
+                    };
+                    (nodes[i].clone(), state)
+                })
+                .collect();
+            view_of(nodes[me].clone(), &others)
+        };
+        let home = |view: &ClusterView, key: &[u8]| {
+            view.home(key)
+                .map_or_else(|| view.this.as_ref().unwrap().addr, |n| n.addr)
+        };
+        let mut per_node = [0; 4];
+        for k in 0..2000u32 {
+            let key = k.to_le_bytes();
+            let homes: Vec<_> = (0..4).map(|me| home(&seen_from(me, None), &key)).collect();
+            assert!(homes.windows(2).all(|w| w[0] == w[1]), "key {k}: {homes:?}");
+            per_node[nodes.iter().position(|n| n.addr == homes[0]).unwrap()] += 1;
+            // Node 3 goes down: its keys move, no other key does.
+            let after = home(&seen_from(0, Some(3)), &key);
+            if homes[0] != nodes[3].addr {
+                assert_eq!(after, homes[0], "key {k} moved");
+            } else {
+                assert_ne!(after, nodes[3].addr);
+            }
+        }
+        // Roughly even (each near 500).
+        assert!(
+            per_node.iter().all(|&n| (350..650).contains(&n)),
+            "{per_node:?}"
+        );
+    }
+
+    #[test]
+    fn a_restarted_node_is_the_home_of_the_same_keys_and_a_linkless_one_of_none() {
+        let a = node(7000, 1);
+        let b = node(7010, 1);
+        let key = (0..100u32)
+            .map(|k| k.to_le_bytes())
+            .find(|k| {
+                view_of(a.clone(), &[(b.clone(), MemberState::Alive)])
+                    .home(k)
+                    .is_some()
+            })
+            .expect("some key is homed on b");
+        let again = node(7010, 2);
+        let view = view_of(a.clone(), &[(again.clone(), MemberState::Suspect)]);
+        assert_eq!(view.home(&key), Some(&again));
+        let linkless = NodeId {
+            links: Vec::new(),
+            ..node(7010, 2)
+        };
+        assert_eq!(
+            view_of(a, &[(linkless, MemberState::Alive)]).home(&key),
+            None
+        );
+        assert_eq!(ClusterView::default().home(&key), None);
     }
 
     #[test]
