@@ -32,7 +32,10 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
         ShardMsg::ClientEvent { packet } => shard.notify_subscribers(&packet),
         ShardMsg::Shutdown => shard.shutdown(),
         ShardMsg::Queue(msg) => queue::owner::handle(shard, msg),
-        ShardMsg::ClusterView(view) => shard.cluster.set_view(view),
+        ShardMsg::ClusterView(view) => {
+            shard.cluster.set_view(view);
+            queue::cluster::view_changed(shard);
+        }
         ShardMsg::RemoteApps { node, apps } => shard.cluster.set_remote_apps(node, apps),
         request => {
             let reply_to = match &request {

@@ -399,7 +399,12 @@ async fn run_shard(start: ShardStart) {
         let weak_shard = Rc::downgrade(&shard);
         links.on_notice(Rc::new(move |peer, notice| {
             if let Some(shard) = weak_shard.upgrade() {
-                crate::routing::remote::take_notice(&shard, peer, notice);
+                match notice {
+                    crate::cluster::frame::Frame::Queue(frame) => {
+                        crate::queue::cluster::take(&shard, peer, frame)
+                    }
+                    notice => crate::routing::remote::take_notice(&shard, peer, notice),
+                }
             }
         }));
         // Shard 0 tells the other nodes which applications this one holds.

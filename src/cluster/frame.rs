@@ -23,7 +23,7 @@ pub const LINK_VERSION: u16 = 1;
 /// the types in it (a field, a variant, an order, a type): two layouts do
 /// not reject each other's bytes reliably, so the handshake must. The
 /// `layout_is_pinned` test fails on any change of layout, as a reminder.
-pub const SCHEMA: u32 = 0x5f1e_0007;
+pub const SCHEMA: u32 = 0x5f1e_0008;
 
 const PREFIX: usize = 4;
 
@@ -66,6 +66,119 @@ pub enum Frame {
         app: String,
         client: String,
     },
+    /// A queue message between a queue's owner node and the node of one
+    /// of its clients (see `queue::cluster`).
+    Queue(QueueFrame),
+}
+
+/// A connection on the node at one end of the link, as that node numbers
+/// it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireConn {
+    pub shard: u16,
+    pub client: u32,
+    pub conn: u64,
+}
+
+/// What a queue's owner needs to know of a waiting consumer: its
+/// application and its typed metadata (JSON, see
+/// `Metadata::to_typed_json`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct WireConsumer {
+    pub conn: WireConn,
+    pub app: String,
+    pub restricted: bool,
+    pub metadata: Vec<u8>,
+}
+
+/// One-way queue messages. To the owner node: what its clients' QUEUE,
+/// QUEUE_REQUEST, QUEUE_REQUEST_CANCEL and QUEUE_ACK say, their metadata
+/// changes and their leaving, and messages handed over by a node that no
+/// longer owns their queue. From the owner node: deliveries, confirms and
+/// errors for those clients. Payloads, targets and `d`s are JSON bytes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum QueueFrame {
+    Push {
+        from: WireConn,
+        queue: String,
+        target: Vec<u8>,
+        nonce: Vec<u8>,
+        payload: Vec<u8>,
+    },
+    Request {
+        queue: String,
+        consumer: WireConsumer,
+    },
+    Cancel {
+        queue: String,
+        conn: WireConn,
+    },
+    Ack {
+        queue: String,
+        conn: WireConn,
+        id: u64,
+    },
+    Update {
+        queues: Vec<String>,
+        consumer: WireConsumer,
+    },
+    Gone {
+        queues: Vec<String>,
+        conn: WireConn,
+    },
+    /// Message `id` of a queue the receiver owns, held by the sender:
+    /// queued anew by the receiver, which answers [`QueueFrame::Moved`]
+    /// once it is durable.
+    Handoff {
+        queue: String,
+        id: u64,
+        target: Vec<u8>,
+        d: Vec<u8>,
+    },
+    /// The sender holds message `id` (the receiver's) durably now: the
+    /// receiver drops its copy.
+    Moved {
+        queue: String,
+        id: u64,
+    },
+    Deliver {
+        to: WireConn,
+        queue: String,
+        id: u64,
+        d: Vec<u8>,
+    },
+    /// QUEUE_CONFIRM.
+    Confirm {
+        to: WireConn,
+        d: Vec<u8>,
+    },
+    Invalid {
+        to: WireConn,
+        error: String,
+        extra: Vec<u8>,
+    },
+    Revoked {
+        to: WireConn,
+        queue: String,
+        id: u64,
+    },
+    Cancelled {
+        to: WireConn,
+        queue: String,
+    },
+    Refused {
+        to: WireConn,
+        queue: String,
+        error: String,
+        extra: Vec<u8>,
+    },
+    /// The sender no longer owns `queue` and dropped `credits` waiting
+    /// credits of `to`: they are asked of the owner again.
+    Rehome {
+        to: WireConn,
+        queue: String,
+        credits: u32,
+    },
 }
 
 /// What one node asks another to do among its own clients. Queries and
@@ -103,6 +216,10 @@ pub enum Request {
     /// client of this node a SEND would go to; answered with
     /// [`Response::Nodes`] holding it (or none: its matches had gone).
     Describe { query: Vec<u8>, avg: Option<f64> },
+    /// Dead-letter checks of a queue's owner: for each target (a query),
+    /// whether a local client matches it, strictly and without its ops;
+    /// answered with [`Response::Counts`].
+    QueueCounts { targets: Vec<Vec<u8>> },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -124,6 +241,8 @@ pub enum Response {
     /// The request could not be carried out (a query that does not parse
     /// here, say); the asker counts this node as having no match.
     Refused(String),
+    /// Per target of [`Request::QueueCounts`]: (strict, relaxed) matches.
+    Counts(Vec<(u64, u64)>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -343,6 +462,39 @@ mod tests {
                     matched: 3,
                 },
             },
+            Frame::Request {
+                id: 11,
+                body: Request::QueueCounts {
+                    targets: vec![br#"{"application":"a"}"#.to_vec()],
+                },
+            },
+            Frame::Response {
+                id: 11,
+                body: Response::Counts(vec![(1, 0)]),
+            },
+            Frame::Queue(QueueFrame::Request {
+                queue: "jobs".into(),
+                consumer: WireConsumer {
+                    conn: WireConn {
+                        shard: 1,
+                        client: 7,
+                        conn: 0x0102_0304_0506_0708,
+                    },
+                    app: "app".into(),
+                    restricted: true,
+                    metadata: b"{}".to_vec(),
+                },
+            }),
+            Frame::Queue(QueueFrame::Deliver {
+                to: WireConn {
+                    shard: 0,
+                    client: 1,
+                    conn: 2,
+                },
+                queue: "jobs".into(),
+                id: 0xffff_0000_0000_0001,
+                d: b"{}".to_vec(),
+            }),
         ]
     }
 
@@ -470,17 +622,17 @@ mod tests {
     /// update the bytes here.
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(SCHEMA, 0x5f1e_0007);
+        assert_eq!(SCHEMA, 0x5f1e_0008);
         assert_eq!(samples().len(), GOLDEN.len());
         for (frame, golden) in samples().iter().zip(GOLDEN) {
             assert_eq!(hex(&encoded(frame)), golden, "{frame:?}");
         }
     }
 
-    const GOLDEN: [&str; 8] = [
+    const GOLDEN: [&str; 12] = [
         concat!(
             "6000000031302e302e302e313a37303030000000000000000000000001000000",
-            "07001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
+            "08001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
             "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "00000000",
         ),
@@ -520,6 +672,28 @@ mod tests {
             "580000005b5d0000000000000500000000000000090000000000000001000000",
             "e4ffffff02000000000000000300000000000000000000000000000000000000",
             "00000000000000000000000000000000000000000000000000000000",
+        ),
+        concat!(
+            "700000007b226170706c69636174696f6e223a2261227d00ecffffff13000000",
+            "0000000004000000000000000b0000000000000005000000e0ffffff01000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000",
+        ),
+        concat!(
+            "600000000100000000000000000000000000000005000000000000000b000000",
+            "0000000004000000dcffffff0100000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "00000000",
+        ),
+        concat!(
+            "580000007b7d0000000000000800000000000000010000006a6f6273ffffffff",
+            "0000000001000000070000000807060504030201617070ffffffffff01000000",
+            "c4ffffff020000000000000000000000000000000000000000000000",
+        ),
+        concat!(
+            "580000007b7d0000000000000800000000000000080000000000000000000000",
+            "0100000002000000000000006a6f6273ffffffff010000000000ffffc8ffffff",
+            "02000000000000000000000000000000000000000000000000000000",
         ),
     ];
 

@@ -826,7 +826,10 @@ impl Endpoint {
                 }
             }
             (Some(peer), Frame::Response { id, body }) => self.answered(&peer, id, Ok(body)),
-            (Some(peer), notice @ (Frame::Apps { .. } | Frame::ClientEvent { .. })) => {
+            (
+                Some(peer),
+                notice @ (Frame::Apps { .. } | Frame::ClientEvent { .. } | Frame::Queue(_)),
+            ) => {
                 let handler = self.on_notice.borrow().clone();
                 if let Some(handler) = handler {
                     handler(peer, notice);

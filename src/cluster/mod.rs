@@ -103,6 +103,9 @@ pub struct ShardCluster {
     remote_apps: RefCell<HashMap<(SocketAddr, u64), Arc<NodeApps>>>,
 }
 
+/// A node of the cluster as the links name it: its gossip address and run.
+pub type NodeKey = (SocketAddr, u64);
+
 /// One node's clients per application.
 pub type NodeApps = HashMap<String, u64>;
 

@@ -137,6 +137,47 @@ impl Metadata {
         self.entries.shrink_to_fit();
     }
 
+    /// The metadata with its types, `{key: {"type": T, "value": V}}` (the
+    /// shape of a metadata update), for another node of the cluster:
+    /// [`Metadata::from_typed_json`] reads it back.
+    pub fn to_typed_json(&self) -> Value {
+        Value::Object(
+            self.entries
+                .iter()
+                .map(|(k, v)| {
+                    let typed = serde_json::json!({"type": v.ty.name(), "value": v.value});
+                    (k.to_string(), typed)
+                })
+                .collect(),
+        )
+    }
+
+    /// Reads [`Metadata::to_typed_json`] back. Reserved keys and nulls
+    /// (which the server sets itself) are taken as they are; a version is
+    /// parsed again.
+    pub fn from_typed_json(json: &Value) -> Result<Metadata, String> {
+        let Value::Object(map) = json else {
+            return Err("metadata is not an object".into());
+        };
+        let mut md = Metadata::new();
+        for (key, entry) in map {
+            let ty = entry["type"]
+                .as_str()
+                .and_then(MetaType::from_name)
+                .ok_or_else(|| format!("{key}: no known type"))?;
+            let value = entry.get("value").cloned().unwrap_or(Value::Null);
+            let version = match (ty, &value) {
+                (MetaType::Version, Value::String(text)) => Some(Box::new(
+                    semver::Version::parse(text).map_err(|e| format!("{key}: {e}"))?,
+                )),
+                (MetaType::Version, _) => return Err(format!("{key}: version is not a string")),
+                _ => None,
+            };
+            md.insert(key, MetaValue { ty, value, version });
+        }
+        Ok(md)
+    }
+
     /// The metadata as a plain JSON object `{key: value}` (types dropped), as
     /// the `<client>` object of QUERY_NODES and the HTTP query API shows it.
     pub fn to_plain_json(&self) -> Value {

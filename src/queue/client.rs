@@ -13,10 +13,14 @@
 //! the owner's answers (deliveries, revocations, the end of a cancel) come
 //! back in the order it produced them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::state::{Consumer, MsgId};
+use crate::cluster::NodeKey;
+
+/// Credits to ask for again: (queue, its owner node, how many).
+pub type AskAgain = (Arc<str>, Option<NodeKey>, u32);
 
 /// One connection's queues on its own shard.
 #[derive(Debug, Default)]
@@ -35,8 +39,12 @@ pub struct ClientQueues {
 struct Holding {
     /// Credits asked for and not yet used by a delivery that arrived here.
     credits: u32,
-    /// Delivered here, not acked, not taken back by the owner.
-    held: HashSet<MsgId>,
+    /// Delivered here, not acked, not taken back by the owner; each with
+    /// the node that delivered it (`None`: this one), where its ack goes.
+    held: HashMap<MsgId, Option<NodeKey>>,
+    /// The node holding the credits and cancels (`None`: this one): the
+    /// queue's owner when they were sent.
+    at: Option<NodeKey>,
     /// Cancels sent whose end the owner has not yet reported: a delivery
     /// that used one of the cancelled credits may still be on its way.
     cancelling: u32,
@@ -56,13 +64,14 @@ impl ClientQueues {
         }
     }
 
-    /// QUEUE_REQUEST: one more credit, unless the client already holds
-    /// `max` on that queue.
-    pub fn request(&mut self, queue: &Arc<str>, max: usize) -> bool {
+    /// QUEUE_REQUEST: one more credit, asked of the owner `at`, unless the
+    /// client already holds `max` on that queue.
+    pub fn request(&mut self, queue: &Arc<str>, max: usize, at: Option<NodeKey>) -> bool {
         let h = self.queues.entry(queue.clone()).or_default();
         if h.credits as usize >= max {
             return false;
         }
+        h.at = at;
         h.credits += 1;
         self.credits += 1;
         true
@@ -84,17 +93,16 @@ impl ClientQueues {
         self.credits -= taken as usize;
     }
 
-    /// QUEUE_REQUEST_CANCEL: drops the credits. True when the owner must be
-    /// told (it may hold credits of this connection); its answer comes back
-    /// through [`ClientQueues::cancelled`].
-    pub fn cancel(&mut self, queue: &str) -> bool {
-        let Some(h) = self.queues.get_mut(queue) else {
-            return false; // nothing asked for, nothing to withdraw
-        };
+    /// QUEUE_REQUEST_CANCEL: drops the credits. `Some(node)` when that
+    /// node must be told (it may hold credits of this connection); its
+    /// answer comes back through [`ClientQueues::cancelled`].
+    pub fn cancel(&mut self, queue: &str) -> Option<Option<NodeKey>> {
+        // Nothing asked for: nothing to withdraw.
+        let h = self.queues.get_mut(queue)?;
         self.credits -= h.credits as usize;
         h.credits = 0;
         h.cancelling += 1;
-        true
+        Some(h.at)
     }
 
     /// The owner has applied a cancel: every delivery it made before is
@@ -103,21 +111,61 @@ impl ClientQueues {
         self.change(queue, |h| h.cancelling = h.cancelling.saturating_sub(1));
     }
 
-    /// A delivery arrived: it used one credit (none left after a cancel).
-    pub fn delivered(&mut self, queue: &Arc<str>, id: MsgId) {
+    /// A delivery from node `from` arrived: it used one credit (none left
+    /// after a cancel).
+    pub fn delivered(&mut self, queue: &Arc<str>, id: MsgId, from: Option<NodeKey>) {
         let h = self.queues.entry(queue.clone()).or_default();
         let used = h.credits.min(1);
         h.credits -= used;
         self.credits -= used as usize;
-        h.held.insert(id);
+        h.held.insert(id, from);
     }
 
     /// The client acked `id` (whether the owner agrees or not, the client
-    /// no longer counts on holding it).
-    pub fn acked(&mut self, queue: &str, id: MsgId) {
+    /// no longer counts on holding it): the node that delivered it, if it
+    /// was held.
+    pub fn acked(&mut self, queue: &str, id: MsgId) -> Option<Option<NodeKey>> {
+        let mut from = None;
+        self.change(queue, |h| from = h.held.remove(&id));
+        from
+    }
+
+    /// The node holding `credits` of the credits on `queue` dropped them
+    /// (it no longer owns the queue): how many to ask the owner `at` for
+    /// again (none that the client has used or cancelled meanwhile).
+    pub fn rehome(&mut self, queue: &str, credits: u32, at: Option<NodeKey>) -> u32 {
+        let mut again = 0;
         self.change(queue, |h| {
-            h.held.remove(&id);
+            again = credits.min(h.credits);
+            h.at = at;
         });
+        again
+    }
+
+    /// The cluster changed: for each queue whose credits sat with a node
+    /// that is no longer `alive`, the credits to ask its owner (`owner`)
+    /// for again; a cancel sent there will never be answered, and what that
+    /// node delivered is its to deliver again when it returns, so both are
+    /// forgotten.
+    pub fn settle(
+        &mut self,
+        alive: impl Fn(NodeKey) -> bool,
+        owner: impl Fn(&str) -> Option<NodeKey>,
+    ) -> Vec<AskAgain> {
+        let gone = |n: &Option<NodeKey>| n.is_some_and(|n| !alive(n));
+        let mut again = Vec::new();
+        self.queues.retain(|name, h| {
+            h.held.retain(|_, from| !gone(from));
+            if gone(&h.at) {
+                h.cancelling = 0;
+                h.at = owner(name);
+                if h.credits > 0 {
+                    again.push((name.clone(), h.at, h.credits));
+                }
+            }
+            !h.is_empty()
+        });
+        again
     }
 
     /// The owner took `id` back (ack timeout).
@@ -140,20 +188,31 @@ impl ClientQueues {
         names
     }
 
-    /// Queues with waiting credits: their owners match against the
-    /// client's metadata.
-    pub fn requesting(&self) -> Vec<Arc<str>> {
+    /// Queues with waiting credits, each with the node holding them:
+    /// their owners match against the client's metadata.
+    pub fn requesting(&self) -> Vec<(Arc<str>, Option<NodeKey>)> {
         self.queues
             .iter()
             .filter(|(_, h)| h.credits > 0)
-            .map(|(q, _)| q.clone())
+            .map(|(q, h)| (q.clone(), h.at))
             .collect()
     }
 
-    /// Every queue whose owner may hold something of this connection: the
-    /// ones to tell when it goes.
-    pub fn tracked(self) -> Vec<Arc<str>> {
-        self.queues.into_keys().collect()
+    /// Every queue on which a node may hold something of this connection,
+    /// with each such node (credits, cancels, deliveries): the ones to
+    /// tell when it goes.
+    pub fn tracked(self) -> Vec<(Arc<str>, Option<NodeKey>)> {
+        let mut out = Vec::new();
+        for (name, h) in self.queues {
+            let mut nodes: Vec<Option<NodeKey>> = vec![h.at];
+            for from in h.held.into_values() {
+                if !nodes.contains(&from) {
+                    nodes.push(from);
+                }
+            }
+            out.extend(nodes.into_iter().map(|n| (name.clone(), n)));
+        }
+        out
     }
 
     /// How many queues are tracked.
@@ -188,9 +247,9 @@ mod tests {
         let mut c = ClientQueues::new(1);
         for i in 0..1000u64 {
             let name = q(&format!("reply-{i}"));
-            assert!(c.request(&name, 10));
+            assert!(c.request(&name, 10, None));
             assert_eq!(c.waiting_on(), vec![name.to_string()]);
-            c.delivered(&name, i);
+            c.delivered(&name, i, None);
             assert!(c.waiting_on().is_empty());
             assert_eq!(c.len(), 1, "held until acked");
             c.acked(&name, i);
@@ -201,28 +260,28 @@ mod tests {
     #[test]
     fn credits_are_bounded() {
         let mut c = ClientQueues::new(1);
-        assert!(c.request(&q("a"), 2));
-        assert!(c.request(&q("a"), 2));
-        assert!(!c.request(&q("a"), 2));
-        c.delivered(&q("a"), 1);
-        assert!(c.request(&q("a"), 2));
+        assert!(c.request(&q("a"), 2, None));
+        assert!(c.request(&q("a"), 2, None));
+        assert!(!c.request(&q("a"), 2, None));
+        c.delivered(&q("a"), 1, None);
+        assert!(c.request(&q("a"), 2, None));
     }
 
     #[test]
     fn a_cancelled_queue_stays_tracked_until_the_owner_answers() {
         let mut c = ClientQueues::new(1);
-        assert!(!c.cancel("never"), "nothing to cancel");
-        c.request(&q("a"), 5);
-        assert!(c.cancel("a"));
+        assert!(c.cancel("never").is_none(), "nothing to cancel");
+        c.request(&q("a"), 5, None);
+        assert!(c.cancel("a").is_some());
         assert!(c.waiting_on().is_empty());
         // A delivery made before the owner saw the cancel.
-        c.delivered(&q("a"), 7);
+        c.delivered(&q("a"), 7, None);
         c.cancelled("a");
         assert_eq!(c.len(), 1, "7 is still held");
         c.acked("a", 7);
         assert!(c.is_empty());
         // Cancel with nothing in flight: gone when the owner answers.
-        c.request(&q("b"), 5);
+        c.request(&q("b"), 5, None);
         c.cancel("b");
         assert_eq!(c.tracked_names(), vec!["b".to_string()]);
         c.cancelled("b");
@@ -233,15 +292,15 @@ mod tests {
     fn credits_are_counted_across_queues() {
         let mut c = ClientQueues::new(1);
         for name in ["a", "a", "b", "c"] {
-            c.request(&q(name), 5);
+            c.request(&q(name), 5, None);
         }
         assert_eq!(c.credits(), 4);
-        c.delivered(&q("a"), 1);
+        c.delivered(&q("a"), 1, None);
         assert_eq!(c.credits(), 3);
         c.cancel("a");
         assert_eq!(c.credits(), 2);
         // A delivery after the cancel uses no credit.
-        c.delivered(&q("a"), 2);
+        c.delivered(&q("a"), 2, None);
         assert_eq!(c.credits(), 2);
         c.refused("b");
         c.refused("b");
@@ -251,14 +310,14 @@ mod tests {
     #[test]
     fn a_refused_request_is_taken_back() {
         let mut c = ClientQueues::new(1);
-        c.request(&q("a"), 5);
+        c.request(&q("a"), 5, None);
         c.refused("a");
         assert!(
             c.is_empty(),
             "nothing is owed for a queue that was never made"
         );
-        c.request(&q("b"), 5);
-        c.request(&q("b"), 5);
+        c.request(&q("b"), 5, None);
+        c.request(&q("b"), 5, None);
         c.refused("b");
         assert_eq!(c.waiting_on(), vec!["b".to_string()]);
         c.refused("zzz");
@@ -267,14 +326,14 @@ mod tests {
     #[test]
     fn revoked_and_redelivered_messages() {
         let mut c = ClientQueues::new(1);
-        c.request(&q("a"), 5);
-        c.request(&q("a"), 5);
-        c.delivered(&q("a"), 1);
+        c.request(&q("a"), 5, None);
+        c.request(&q("a"), 5, None);
+        c.delivered(&q("a"), 1, None);
         // Ack timeout: taken back, then delivered again with the second
         // credit; the revocation arrives first.
         c.revoked("a", 1);
         assert_eq!(c.len(), 1);
-        c.delivered(&q("a"), 1);
+        c.delivered(&q("a"), 1, None);
         assert!(c.waiting_on().is_empty());
         c.revoked("a", 1);
         assert!(c.is_empty());
@@ -283,7 +342,60 @@ mod tests {
         assert!(c.is_empty());
     }
 
+    fn node(port: u16) -> Option<NodeKey> {
+        Some((([127, 0, 0, 1], port).into(), 1))
+    }
+
+    #[test]
+    fn acks_go_to_the_node_that_delivered() {
+        let mut c = ClientQueues::new(1);
+        c.request(&q("a"), 5, node(1));
+        c.request(&q("a"), 5, node(1));
+        c.delivered(&q("a"), 10, node(1));
+        c.delivered(&q("a"), 11, None);
+        assert_eq!(c.acked("a", 11), Some(None));
+        assert_eq!(c.acked("a", 10), Some(node(1)));
+        assert_eq!(c.acked("a", 12), None, "never held");
+    }
+
+    #[test]
+    fn credits_with_a_node_that_went_are_asked_again_of_the_owner() {
+        let mut c = ClientQueues::new(1);
+        c.request(&q("a"), 5, node(1));
+        c.request(&q("a"), 5, node(1));
+        c.request(&q("b"), 5, node(2));
+        c.delivered(&q("a"), 10, node(1));
+        c.request(&q("c"), 5, node(1));
+        c.cancel("c");
+        let again = c.settle(|n| Some(n) != node(1), |_| node(3));
+        assert_eq!(again, vec![(q("a"), node(3), 1)]);
+        assert_eq!(c.credits(), 2);
+        // Its delivery and the cancel it will never answer are forgotten.
+        assert_eq!(c.acked("a", 10), None);
+        let mut tracked = c.clone_tracked();
+        tracked.sort();
+        assert_eq!(tracked, vec![(q("a"), node(3)), (q("b"), node(2))]);
+        // Nothing changes while the nodes stay.
+        assert!(c.settle(|_| true, |_| None).is_empty());
+    }
+
+    #[test]
+    fn rehomed_credits_are_those_not_used_meanwhile() {
+        let mut c = ClientQueues::new(1);
+        for _ in 0..3 {
+            c.request(&q("a"), 5, node(1));
+        }
+        c.delivered(&q("a"), 10, node(1));
+        assert_eq!(c.rehome("a", 3, node(2)), 2);
+        assert_eq!(c.requesting(), vec![(q("a"), node(2))]);
+        assert_eq!(c.rehome("zzz", 3, None), 0);
+    }
+
     impl ClientQueues {
+        fn clone_tracked(&self) -> Vec<(Arc<str>, Option<NodeKey>)> {
+            self.queues.iter().map(|(n, h)| (n.clone(), h.at)).collect()
+        }
+
         fn tracked_names(&self) -> Vec<String> {
             self.queues.keys().map(|k| k.to_string()).collect()
         }

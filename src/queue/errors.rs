@@ -33,3 +33,27 @@ pub const STORAGE_FAILED: &str = "queue storage failed";
 /// longer than the log's 65,535 bytes): not queued, not confirmed.
 /// `extra_info` has the queue, the nonce and the cause.
 pub const NOT_STORABLE: &str = "queue message cannot be stored";
+/// QUEUE or QUEUE_REQUEST whose queue's owner, another node of the
+/// cluster, cannot be reached now (its link is down): not queued, no
+/// credit taken. `extra_info` has the queue (and the nonce).
+pub const OWNER_UNREACHABLE: &str = "queue owner unreachable";
+
+/// The constant for an error's wire text, as another node of the cluster
+/// names it.
+pub fn known(text: &str) -> Option<&'static str> {
+    [
+        QUEUE_FULL,
+        SERVER_QUEUES_FULL,
+        TOO_MANY_QUEUES,
+        QUEUE_NAME_TOO_LONG,
+        MESSAGE_TOO_LARGE,
+        TOO_MANY_CREDITS,
+        UNKNOWN_MESSAGE,
+        NOT_YOUR_MESSAGE,
+        STORAGE_FAILED,
+        NOT_STORABLE,
+        OWNER_UNREACHABLE,
+    ]
+    .into_iter()
+    .find(|e| *e == text)
+}

@@ -16,6 +16,8 @@
 //! - [`budget`]: the server-wide counters behind `--max-queues` and
 //!   `--max-total-queue-bytes`, shared by every shard.
 //! - [`msg`]: what queues send between shards.
+//! - [`cluster`]: queues across the nodes of a cluster: the owner node,
+//!   the frames between nodes, handing queues over when the owner changes.
 //! - [`errors`]: the wire text of queue errors.
 //!
 //! A queue lives on one shard. QUEUE, QUEUE_REQUEST, QUEUE_REQUEST_CANCEL
@@ -43,6 +45,7 @@
 
 pub mod budget;
 pub mod client;
+pub mod cluster;
 pub mod errors;
 pub mod msg;
 pub mod owner;

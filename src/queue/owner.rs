@@ -41,11 +41,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::budget::Budget;
-use super::client::ClientQueues;
+use super::client::{AskAgain, ClientQueues};
+use super::cluster;
 use super::errors;
-use super::msg::{QueueAsk, QueueMsg, QueueReply};
+use super::msg::{Confirm, Origin, QueueAsk, QueueMsg, QueueReply, Who};
 use super::state::{AckError, Action, Consumer, Message, MsgId, Queue, footprint};
 use super::wal::{AppendError, Record, Wal};
+use crate::cluster::NodeKey;
 use crate::config::Config;
 use crate::metadata::ClientIdx;
 use crate::metrics::Limit;
@@ -112,6 +114,11 @@ pub struct ShardQueues {
     waker: Cell<Option<Waker>>,
     clients: RefCell<HashMap<ClientIdx, ClientQueues>>,
     pub(super) wal: RefCell<Option<Wal>>,
+    /// Messages of queues another node owns, handed over to it and not yet
+    /// taken (see `cluster`): when each was sent.
+    pub(super) handing: RefCell<HashMap<(Arc<str>, MsgId), Instant>>,
+    /// When to look for queues another node owns next.
+    pub(super) next_move: Cell<Instant>,
 }
 
 impl ShardQueues {
@@ -137,6 +144,8 @@ impl ShardQueues {
             waker: Cell::new(None),
             clients: RefCell::default(),
             wal: RefCell::new(None),
+            handing: RefCell::default(),
+            next_move: Cell::new(Instant::now()),
         }
     }
 
@@ -154,7 +163,7 @@ impl ShardQueues {
         }
     }
 
-    fn notify(&self) {
+    pub(super) fn notify(&self) {
         self.woken.set(true);
         if let Some(w) = self.waker.take() {
             w.wake();
@@ -257,7 +266,7 @@ fn snapshot(shard: &Shard, me: ConnRef) -> Option<Arc<Consumer>> {
     let store = shard.store.borrow();
     let entry = store.get(me.client)?;
     let s = Arc::new(Consumer {
-        conn: me,
+        conn: Who::here(me),
         app: entry.app_id.clone(),
         restricted: entry.restricted,
         metadata: Arc::new(entry.metadata.clone()),
@@ -268,8 +277,25 @@ fn snapshot(shard: &Shard, me: ConnRef) -> Option<Arc<Consumer>> {
     Some(s)
 }
 
-fn to_owner(shard: &Shard, queue: &str, msg: QueueMsg) {
-    shard.on_shard(owner(queue, shard.shards()), ShardMsg::Queue(msg));
+/// Sends an owner-bound message to `queue`'s owner on node `node` (`None`:
+/// this one). False when that node cannot be reached now.
+fn to_node(shard: &Shard, node: Option<NodeKey>, queue: &str, msg: QueueMsg) -> bool {
+    match node {
+        None => {
+            shard.on_shard(owner(queue, shard.shards()), ShardMsg::Queue(msg));
+            true
+        }
+        Some(node) => cluster::to_owner_node(shard, node, msg),
+    }
+}
+
+/// Sends a client-bound queue message (its `to` is `who.conn`) to the
+/// client's shard, on this node or another.
+fn to_client(shard: &Shard, who: Who, msg: QueueMsg) {
+    match who.node {
+        None => shard.on_shard(who.conn.shard, ShardMsg::Queue(msg)),
+        Some(node) => cluster::to_client_node(shard, node, msg),
+    }
 }
 
 /// QUEUE: checks the payload size limit here; the owner checks the others
@@ -292,19 +318,20 @@ pub fn client_push(
             json!({"queue": &*queue, "size": size, "max_queue_message_size": max}),
         ));
     }
-    to_owner(
-        shard,
-        &queue.clone(),
-        QueueMsg::Push {
-            from: me,
-            queue,
-            target: Arc::new(target),
-            target_json,
-            nonce,
-            payload,
-        },
-    );
-    Ok(())
+    let at = cluster::owner_node(shard, &queue);
+    let extra = json!({"queue": &*queue, "nonce": nonce.clone()});
+    let push = QueueMsg::Push {
+        from: Origin::Client(Who::here(me)),
+        queue: queue.clone(),
+        target: Arc::new(target),
+        target_json,
+        nonce,
+        payload,
+    };
+    match to_node(shard, at, &queue, push) {
+        true => Ok(()),
+        false => Err((errors::OWNER_UNREACHABLE.into(), extra)),
+    }
 }
 
 /// QUEUE_REQUEST: one more credit. Credits per queue are bounded like the
@@ -312,6 +339,7 @@ pub fn client_push(
 /// `--max-queue-requests`, so a client cannot grow owners' lines without
 /// limit.
 pub fn client_request(shard: &Shard, me: ConnRef, queue: Arc<str>) -> Result<(), (String, Value)> {
+    let at = cluster::owner_node(shard, &queue);
     {
         let max_total = shard.config.max_queue_requests;
         let mut clients = shard.queues.clients.borrow_mut();
@@ -328,7 +356,7 @@ pub fn client_request(shard: &Shard, me: ConnRef, queue: Arc<str>) -> Result<(),
                 json!({"queue": &*queue, "max_queue_requests": max_total}),
             ));
         }
-        if !c.request(&queue, shard.queues.max_len) {
+        if !c.request(&queue, shard.queues.max_len, at) {
             shard.metrics.limit_refused(Limit::QueueRequests);
             return Err((
                 errors::TOO_MANY_CREDITS.into(),
@@ -337,9 +365,78 @@ pub fn client_request(shard: &Shard, me: ConnRef, queue: Arc<str>) -> Result<(),
         }
     }
     if let Some(consumer) = snapshot(shard, me) {
-        to_owner(shard, &queue.clone(), QueueMsg::Request { queue, consumer });
+        let request = QueueMsg::Request {
+            queue: queue.clone(),
+            consumer,
+        };
+        if !to_node(shard, at, &queue, request) {
+            with_client(shard, me, |c| c.refused(&queue));
+            return Err((errors::OWNER_UNREACHABLE.into(), json!({"queue": &*queue})));
+        }
     }
     Ok(())
+}
+
+/// The node that held `credits` of `me`'s credits on `queue` no longer
+/// owns it: they are asked of the owner now.
+fn rehome(shard: &Shard, me: ConnRef, queue: Arc<str>, credits: u32) {
+    let at = cluster::owner_node(shard, &queue);
+    let again = with_client(shard, me, |c| c.rehome(&queue, credits, at)).unwrap_or(0);
+    ask_again(shard, me, &queue, at, again);
+}
+
+/// Sends `n` credits of `me` on `queue` to its owner `at` again.
+fn ask_again(shard: &Shard, me: ConnRef, queue: &Arc<str>, at: Option<NodeKey>, n: u32) {
+    if n == 0 {
+        return;
+    }
+    let Some(consumer) = snapshot(shard, me) else {
+        return;
+    };
+    for _ in 0..n {
+        let request = QueueMsg::Request {
+            queue: queue.clone(),
+            consumer: consumer.clone(),
+        };
+        if !to_node(shard, at, queue, request) {
+            // Unreachable now: the credits stay counted as asked of `at`,
+            // and are asked again when the cluster next changes.
+            tracing::debug!(queue = %queue, "queue owner unreachable; credits kept");
+            return;
+        }
+    }
+}
+
+/// The view of the cluster changed: every client of this shard whose
+/// credits sat with a node that has gone asks the queue's owner now.
+pub fn settle_clients(shard: &Shard) {
+    let view = shard.cluster.view();
+    let alive = |node: NodeKey| {
+        view.members
+            .iter()
+            .any(|m| (m.id.addr, m.id.boot) == node && m.state != crate::cluster::MemberState::Down)
+    };
+    let owner_of = |queue: &str| cluster::owner_node(shard, queue);
+    let again: Vec<(ConnRef, Vec<AskAgain>)> = {
+        let mut clients = shard.queues.clients.borrow_mut();
+        clients
+            .iter_mut()
+            .map(|(&client, c)| {
+                let me = ConnRef {
+                    shard: shard.id,
+                    client,
+                    conn: c.conn,
+                };
+                (me, c.settle(alive, owner_of))
+            })
+            .filter(|(_, again)| !again.is_empty())
+            .collect()
+    };
+    for (me, queues) in again {
+        for (queue, at, n) in queues {
+            ask_again(shard, me, &queue, at, n);
+        }
+    }
 }
 
 /// The client's queue bookkeeping, if `me` is still its connection.
@@ -352,22 +449,27 @@ fn with_client<R>(shard: &Shard, me: ConnRef, f: impl FnOnce(&mut ClientQueues) 
 /// QUEUE_REQUEST_CANCEL: every credit on that queue. Without credits or
 /// messages there, the owner holds nothing of this client to withdraw.
 pub fn client_cancel(shard: &Shard, me: ConnRef, queue: Arc<str>) {
-    if with_client(shard, me, |c| c.cancel(&queue)) == Some(true) {
-        to_owner(shard, &queue.clone(), QueueMsg::Cancel { queue, conn: me });
+    if let Some(at) = with_client(shard, me, |c| c.cancel(&queue)).flatten() {
+        let cancel = QueueMsg::Cancel {
+            queue: queue.clone(),
+            conn: Who::here(me),
+        };
+        to_node(shard, at, &queue, cancel);
     }
 }
 
+/// QUEUE_ACK: to the node that delivered the message (an id this client
+/// does not hold goes to the owner, which answers that it is unknown).
 pub fn client_ack(shard: &Shard, me: ConnRef, queue: Arc<str>, id: MsgId) {
-    with_client(shard, me, |c| c.acked(&queue, id));
-    to_owner(
-        shard,
-        &queue.clone(),
-        QueueMsg::Ack {
-            queue,
-            conn: me,
-            id,
-        },
-    );
+    let at = with_client(shard, me, |c| c.acked(&queue, id))
+        .flatten()
+        .unwrap_or_else(|| cluster::owner_node(shard, &queue));
+    let ack = QueueMsg::Ack {
+        queue: queue.clone(),
+        conn: Who::here(me),
+        id,
+    };
+    to_node(shard, at, &queue, ack);
 }
 
 /// After a metadata update: owners holding credits of this client get the
@@ -385,21 +487,19 @@ pub fn client_updated(shard: &Shard, me: ConnRef) {
     let Some(consumer) = snapshot(shard, me) else {
         return;
     };
-    for (to, queues) in by_owner(shard, queues) {
-        shard.on_shard(
-            to,
-            ShardMsg::Queue(QueueMsg::Update {
-                queues,
-                consumer: consumer.clone(),
-            }),
-        );
+    for ((node, _), queues) in by_owner(shard, queues) {
+        let update = QueueMsg::Update {
+            queues: queues.clone(),
+            consumer: consumer.clone(),
+        };
+        to_node(shard, node, &queues[0], update);
     }
 }
 
 /// The connection ended: owners redeliver what it held and drop its
 /// credits.
 pub fn client_gone(shard: &Shard, me: ConnRef) {
-    let queues: Vec<Arc<str>> = {
+    let queues: Vec<(Arc<str>, Option<NodeKey>)> = {
         let mut clients = shard.queues.clients.borrow_mut();
         match clients.get(&me.client) {
             Some(c) if c.conn == me.conn => {}
@@ -408,15 +508,28 @@ pub fn client_gone(shard: &Shard, me: ConnRef) {
         let c = clients.remove(&me.client).expect("just seen");
         c.tracked()
     };
-    for (to, queues) in by_owner(shard, queues) {
-        shard.on_shard(to, ShardMsg::Queue(QueueMsg::Gone { queues, conn: me }));
+    for ((node, _), queues) in by_owner(shard, queues) {
+        let gone = QueueMsg::Gone {
+            queues: queues.clone(),
+            conn: Who::here(me),
+        };
+        to_node(shard, node, &queues[0], gone);
     }
 }
 
-fn by_owner(shard: &Shard, queues: Vec<Arc<str>>) -> HashMap<usize, Vec<Arc<str>>> {
-    let mut out: HashMap<usize, Vec<Arc<str>>> = HashMap::new();
-    for q in queues {
-        out.entry(owner(&q, shard.shards())).or_default().push(q);
+/// Queues grouped by where their messages go: (node, shard there), the
+/// shard known only for this node (another node routes to its own).
+fn by_owner(
+    shard: &Shard,
+    queues: Vec<(Arc<str>, Option<NodeKey>)>,
+) -> HashMap<(Option<NodeKey>, usize), Vec<Arc<str>>> {
+    let mut out: HashMap<_, Vec<Arc<str>>> = HashMap::new();
+    for (q, node) in queues {
+        let there = match node {
+            None => owner(&q, shard.shards()),
+            Some(_) => 0,
+        };
+        out.entry((node, there)).or_default().push(q);
     }
     out
 }
@@ -441,26 +554,25 @@ pub fn handle(shard: &Shard, msg: QueueMsg) {
                 with_existing(shard, &queue, now, |q, out| q.request(consumer, now, out));
             } else {
                 shard.metrics.limit_refused(Limit::Queues);
-                let to = consumer.conn;
+                let who = consumer.conn;
                 let extra =
                     json!({"queue": &*queue, "max_queues": shard.queues.budget.max_queues()});
-                shard.on_shard(
-                    to.shard,
-                    ShardMsg::Queue(QueueMsg::Refused {
-                        to,
-                        queue,
-                        error: errors::TOO_MANY_QUEUES,
-                        extra,
-                    }),
-                );
+                let refused = QueueMsg::Refused {
+                    to: who.conn,
+                    queue,
+                    error: errors::TOO_MANY_QUEUES,
+                    extra,
+                };
+                to_client(shard, who, refused);
             }
         }
         QueueMsg::Cancel { queue, conn } => {
             with_existing(shard, &queue, now, |q, _| q.cancel(conn));
-            shard.on_shard(
-                conn.shard,
-                ShardMsg::Queue(QueueMsg::Cancelled { to: conn, queue }),
-            );
+            let cancelled = QueueMsg::Cancelled {
+                to: conn.conn,
+                queue,
+            };
+            to_client(shard, conn, cancelled);
         }
         QueueMsg::Ack { queue, conn, id } => {
             let result = with_existing(shard, &queue, now, |q, _| q.ack(conn, id))
@@ -498,16 +610,19 @@ pub fn handle(shard: &Shard, msg: QueueMsg) {
                 with_existing(shard, &queue, now, |q, out| q.gone(conn, now, out));
             }
         }
+        QueueMsg::Moved { queue, id, by } => moved(shard, queue, id, by, now),
         QueueMsg::Deliver {
             to,
             queue,
             id,
             packet,
+            from,
         } => {
-            if with_client(shard, to, |c| c.delivered(&queue, id)).is_some() {
+            if with_client(shard, to, |c| c.delivered(&queue, id, from)).is_some() {
                 shard.deliver(to, &packet);
             }
         }
+        QueueMsg::Rehome { to, queue, credits } => rehome(shard, to, queue, credits),
         QueueMsg::Revoked { to, queue, id } => {
             with_client(shard, to, |c| c.revoked(&queue, id));
         }
@@ -579,10 +694,42 @@ pub fn answer(shard: &Shard, ask: QueueAsk) -> QueueReply {
     }
 }
 
+impl Origin {
+    /// A QUEUE refused: the client hears why; a node handing over is not
+    /// told (it offers the message again later).
+    fn refused(self, shard: &Shard, error: &'static str, extra: Value) {
+        match self {
+            Origin::Client(who) => invalid(shard, who, error, extra),
+            Origin::Handoff { id, .. } => {
+                tracing::warn!(shard = shard.id, id, error, extra = %extra,
+                    "a queue message handed over is refused here for now");
+            }
+        }
+    }
+
+    /// What to send once the message is durable.
+    fn confirm(self, queue: &Arc<str>, id: MsgId, nonce: &Value) -> Confirm {
+        match self {
+            Origin::Client(who) => Confirm::Client(
+                who,
+                Arc::new(Dispatch {
+                    t: "QUEUE_CONFIRM",
+                    d: json!({"queue": &**queue, "id": id.to_string(), "nonce": nonce}),
+                }),
+            ),
+            Origin::Handoff { node, id } => Confirm::Moved {
+                node,
+                queue: queue.clone(),
+                id,
+            },
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn push(
     shard: &Shard,
-    from: ConnRef,
+    from: Origin,
     queue: Arc<str>,
     target: Arc<Query>,
     target_json: Value,
@@ -593,7 +740,7 @@ fn push(
     let queues = &shard.queues;
     let refuse = |limit: Limit, error: &'static str, extra: Value| {
         shard.metrics.limit_refused(limit);
-        invalid(shard, from, error, extra);
+        from.refused(shard, error, extra);
     };
     let (len, held) = queues
         .owned
@@ -608,9 +755,8 @@ fn push(
         );
     }
     if queues.log_failed() {
-        invalid(
+        from.refused(
             shard,
-            from,
             errors::STORAGE_FAILED,
             json!({"queue": &*queue, "nonce": nonce, "error": LOG_FAILED}),
         );
@@ -648,10 +794,7 @@ fn push(
             json!({"queue": &*queue, "nonce": nonce, "max_queues": queues.budget.max_queues()}),
         );
     }
-    let confirm = Arc::new(Dispatch {
-        t: "QUEUE_CONFIRM",
-        d: json!({"queue": &*queue, "id": id.to_string(), "nonce": nonce}),
-    });
+    let confirm = from.confirm(&queue, id, &nonce);
     let msg = Arc::new(Message {
         id,
         target,
@@ -671,7 +814,7 @@ fn push(
             .wal
             .borrow_mut()
             .as_mut()
-            .map(|w| w.append(&record, Some((from, confirm.clone()))));
+            .map(|w| w.append(&record, Some(confirm)));
         let n = match appended {
             Some(Ok(n)) => n,
             Some(Err(AppendError::Encode(e))) => {
@@ -680,11 +823,10 @@ fn push(
                 shard.metrics.queue_log_encode_error();
                 tracing::warn!(shard = shard.id, queue_bytes = queue.len(), error = %e,
                     "QUEUE refused: the queue log cannot represent the message");
-                invalid(
+                from.refused(
                     shard,
-                    from,
                     errors::NOT_STORABLE,
-                    json!({"queue": &*queue, "nonce": confirm.d["nonce"].clone(), "error": e.to_string()}),
+                    json!({"queue": &*queue, "nonce": nonce, "error": e.to_string()}),
                 );
                 return;
             }
@@ -693,24 +835,17 @@ fn push(
                 // queued, so no id. A queue made for it stays idle and is
                 // forgotten like any other.
                 queues.budget.release(bytes);
-                invalid(
+                from.refused(
                     shard,
-                    from,
                     errors::STORAGE_FAILED,
-                    json!({"queue": &*queue, "nonce": confirm.d["nonce"].clone(), "error": LOG_FAILED}),
+                    json!({"queue": &*queue, "nonce": nonce, "error": LOG_FAILED}),
                 );
                 return;
             }
         };
         record_no = n;
     } else {
-        shard.on_shard(
-            from.shard,
-            ShardMsg::Deliver {
-                target: from,
-                packet: confirm,
-            },
-        );
+        confirmed(shard, confirm);
     }
     with_existing(shard, &queue, now, |q, out| q.push(msg, now, out));
     if let Some(o) = queues.owned.borrow_mut().get_mut(&queue) {
@@ -740,8 +875,69 @@ fn any_local(shard: &Shard, query: &Query) -> bool {
         .is_some()
 }
 
-fn invalid(shard: &Shard, to: ConnRef, error: &'static str, extra: Value) {
-    shard.on_shard(to.shard, ShardMsg::Invalid { to, error, extra });
+fn invalid(shard: &Shard, to: Who, error: &'static str, extra: Value) {
+    match to.node {
+        None => shard.on_shard(
+            to.conn.shard,
+            ShardMsg::Invalid {
+                to: to.conn,
+                error,
+                extra,
+            },
+        ),
+        Some(node) => cluster::invalid_to_node(shard, node, to.conn, error, extra),
+    }
+}
+
+/// A QUEUE's record is durable (or, without a log, queued): the producer
+/// hears QUEUE_CONFIRM, or the node that handed the message over drops
+/// its copy.
+pub fn confirmed(shard: &Shard, confirm: Confirm) {
+    match confirm {
+        Confirm::Client(who, packet) => match who.node {
+            None => shard.on_shard(
+                who.conn.shard,
+                ShardMsg::Deliver {
+                    target: who.conn,
+                    packet,
+                },
+            ),
+            Some(node) => cluster::confirm_to_node(shard, node, who.conn, &packet),
+        },
+        Confirm::Moved { node, queue, id } => cluster::moved_to_node(shard, node, queue, id),
+    }
+}
+
+/// A QUEUE's record will not be written (the log failed): the producer
+/// hears why; a node handing the message over keeps it and offers it
+/// again later.
+pub fn not_confirmed(shard: &Shard, confirm: Confirm, error: &str) {
+    if let Confirm::Client(who, packet) = confirm {
+        let mut extra = packet.d.clone();
+        if let Some(o) = extra.as_object_mut() {
+            o.insert("error".into(), Value::String(error.into()));
+        }
+        invalid(shard, who, errors::STORAGE_FAILED, extra);
+    }
+}
+
+/// Node `by` holds message `id` of `queue` (handed over by this shard)
+/// durably now: the copy here goes, and its ack is logged so that a
+/// restart does not bring it back.
+fn moved(shard: &Shard, queue: Arc<str>, id: MsgId, by: NodeKey, now: Instant) {
+    shard
+        .queues
+        .handing
+        .borrow_mut()
+        .remove(&(queue.clone(), id));
+    if let Some(Some(msg)) = with_existing(shard, &queue, now, |q, _| q.moved(id)) {
+        shard.queues.budget.release(msg.bytes);
+        let n = log(shard, Record::Ack { id });
+        if let Some(o) = shard.queues.owned.borrow_mut().get_mut(&queue) {
+            o.last_record = o.last_record.max(n);
+        }
+        tracing::debug!(queue = %queue, id, node = %by.0, "queue message handed over");
+    }
 }
 
 /// Appends a record without a confirm (an ack: never refused); returns its
@@ -817,25 +1013,22 @@ fn perform(shard: &Shard, queue: &Arc<str>, actions: Vec<Action>) {
                 // Not logged: nothing recovery restores depends on it (see
                 // `wal`, Records).
                 deadlines = true;
-                shard.on_shard(
-                    to.shard,
-                    ShardMsg::Queue(QueueMsg::Deliver {
-                        to,
-                        queue: queue.clone(),
-                        id: msg.id,
-                        packet: msg.packet.clone(),
-                    }),
-                );
+                let deliver = QueueMsg::Deliver {
+                    to: to.conn,
+                    queue: queue.clone(),
+                    id: msg.id,
+                    packet: msg.packet.clone(),
+                    from: None,
+                };
+                to_client(shard, to, deliver);
             }
             Action::Revoke { from, id } => {
-                shard.on_shard(
-                    from.shard,
-                    ShardMsg::Queue(QueueMsg::Revoked {
-                        to: from,
-                        queue: queue.clone(),
-                        id,
-                    }),
-                );
+                let revoked = QueueMsg::Revoked {
+                    to: from.conn,
+                    queue: queue.clone(),
+                    id,
+                };
+                to_client(shard, from, revoked);
             }
             Action::Check { id, target } => {
                 shard
@@ -887,6 +1080,7 @@ pub async fn run(shard: Rc<Shard>) {
             let durable_through = shard.queues.wal.borrow().as_ref().map(Wal::durable_through);
             shard.queues.forget_idle(now, durable_through);
         }
+        move_unowned(&shard, now);
         let checks = std::mem::take(&mut *shard.queues.checks.borrow_mut());
         if !checks.is_empty() {
             glommio::spawn_local(check(shard.clone(), checks)).detach();
@@ -895,24 +1089,100 @@ pub async fn run(shard: Rc<Shard>) {
     }
 }
 
-/// Dead-letters the messages whose target matches no connected client.
-async fn check(shard: Rc<Shard>, checks: Vec<Check>) {
-    let targets: Vec<Arc<Query>> = checks.iter().map(|c| c.2.clone()).collect();
+/// For each target: how many shards of this node have a client matching
+/// it strictly, and without its ops (see [`QueueAsk::Count`]).
+pub async fn local_counts(shard: &Shard, targets: &[Arc<Query>]) -> Vec<(u64, u64)> {
     let replies = shard
         .scatter(|reply_to| ShardMsg::QueueAsk {
             reply_to,
-            ask: QueueAsk::Count(targets.clone()),
+            ask: QueueAsk::Count(targets.to_vec()),
         })
         .await;
-    let mut sums = vec![(0u64, 0u64); checks.len()];
-    for reply in replies {
-        if let Reply::Queue(QueueReply::Counts(counts)) = reply {
-            for (sum, (s, r)) in sums.iter_mut().zip(counts) {
-                sum.0 += s;
-                sum.1 += r;
+    let counts = replies.into_iter().filter_map(|reply| match reply {
+        Reply::Queue(QueueReply::Counts(counts)) => Some(counts),
+        _ => None,
+    });
+    sum_counts(targets.len(), counts)
+}
+
+fn sum_counts(n: usize, counts: impl Iterator<Item = Vec<(u64, u64)>>) -> Vec<(u64, u64)> {
+    let mut sums = vec![(0u64, 0u64); n];
+    for counts in counts {
+        for (sum, (s, r)) in sums.iter_mut().zip(counts) {
+            sum.0 += s;
+            sum.1 += r;
+        }
+    }
+    sums
+}
+
+/// Hands over what this shard holds of queues another node owns now (see
+/// `cluster`): waiting credits go back to their clients, which ask the
+/// owner; pending and dead-lettered messages are offered to the owner,
+/// each dropped here once the owner holds it durably. Runs once a
+/// [`cluster::MOVE_EVERY`], and at once after the cluster changes.
+fn move_unowned(shard: &Shard, now: Instant) {
+    if shard.cluster.links().is_none() || now < shard.queues.next_move.get() {
+        return;
+    }
+    shard.queues.next_move.set(now + cluster::MOVE_EVERY);
+    let unowned: Vec<(Arc<str>, NodeKey)> = shard
+        .queues
+        .owned
+        .borrow()
+        .keys()
+        .filter_map(|q| cluster::owner_node(shard, q).map(|node| (q.clone(), node)))
+        .collect();
+    let mut offered = HashSet::new();
+    for (queue, node) in unowned {
+        let credits = with_existing(shard, &queue, now, |q, _| q.withdraw_credits());
+        for (who, credits) in credits.unwrap_or_default() {
+            let rehome = QueueMsg::Rehome {
+                to: who.conn,
+                queue: queue.clone(),
+                credits,
+            };
+            to_client(shard, who, rehome);
+        }
+        let movable = shard
+            .queues
+            .owned
+            .borrow()
+            .get(&queue)
+            .map_or_else(Vec::new, |o| o.queue.movable(cluster::HANDOFF_BATCH));
+        let mut handing = shard.queues.handing.borrow_mut();
+        for msg in movable {
+            let key = (queue.clone(), msg.id);
+            offered.insert(key.clone());
+            if handing
+                .get(&key)
+                .is_some_and(|&at| now.saturating_duration_since(at) < cluster::HANDOFF_RETRY)
+            {
+                continue;
+            }
+            if cluster::hand_off(shard, node, &queue, &msg) {
+                handing.insert(key, now);
             }
         }
     }
+    // Offers of messages delivered or acked here meanwhile are forgotten.
+    shard
+        .queues
+        .handing
+        .borrow_mut()
+        .retain(|key, _| offered.contains(key));
+}
+
+/// Dead-letters the messages whose target matches no connected client (in
+/// a cluster, on any node).
+async fn check(shard: Rc<Shard>, checks: Vec<Check>) {
+    let targets: Vec<Arc<Query>> = checks.iter().map(|c| c.2.clone()).collect();
+    let (here, there) = futures_lite::future::zip(
+        local_counts(&shard, &targets),
+        cluster::counts_elsewhere(&shard, &targets),
+    )
+    .await;
+    let sums = sum_counts(targets.len(), std::iter::once(here).chain(there));
     let now = Instant::now();
     for ((queue, id, _), (strict, relaxed)) in checks.into_iter().zip(sums) {
         with_existing(&shard, &queue, now, |q, out| {

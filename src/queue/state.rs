@@ -16,9 +16,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::msg::Who;
 use crate::metadata::Metadata;
 use crate::query::Query;
-use crate::shard::{ConnRef, Dispatch};
+use crate::shard::Dispatch;
 
 /// A message id, unique for the life of the data directory.
 pub type MsgId = u64;
@@ -52,7 +53,7 @@ pub fn footprint(d: &serde_json::Value, target: &serde_json::Value) -> usize {
 /// consumer's shard sends a fresh one when the client's metadata changes.
 #[derive(Debug)]
 pub struct Consumer {
-    pub conn: ConnRef,
+    pub conn: Who,
     pub app: Arc<str>,
     pub restricted: bool,
     pub metadata: Arc<Metadata>,
@@ -62,14 +63,14 @@ pub struct Consumer {
 #[derive(Debug)]
 pub enum Action {
     /// Send `msg` to the consumer `to` (it used one credit).
-    Deliver { to: ConnRef, msg: Arc<Message> },
+    Deliver { to: Who, msg: Arc<Message> },
     /// Find out whether any connected client matches the target of message
     /// `id`, then call [`Queue::checked`] with the counts.
     Check { id: MsgId, target: Arc<Query> },
     /// The delivery of `id` to `from` timed out and was taken back: tell
     /// the consumer's shard it no longer holds it. Always comes before a
     /// [`Action::Deliver`] of the same message in the same batch.
-    Revoke { from: ConnRef, id: MsgId },
+    Revoke { from: Who, id: MsgId },
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -104,7 +105,7 @@ struct Pending {
 struct InFlight {
     msg: Arc<Message>,
     relaxed: bool,
-    consumer: ConnRef,
+    consumer: Who,
     deadline: Instant,
 }
 
@@ -119,9 +120,9 @@ pub struct Queue {
     dlq_time: Duration,
     pending: BTreeMap<MsgId, Pending>,
     /// One entry per credit, oldest request first.
-    waiting: VecDeque<ConnRef>,
+    waiting: VecDeque<Who>,
     /// The snapshot of every consumer with at least one waiting credit.
-    consumers: HashMap<ConnRef, Arc<Consumer>>,
+    consumers: HashMap<Who, Arc<Consumer>>,
     inflight: HashMap<MsgId, InFlight>,
     timeouts: BTreeSet<(Instant, MsgId)>,
     dead: BTreeMap<MsgId, Dead>,
@@ -248,7 +249,7 @@ impl Queue {
 
     /// Withdraws every waiting credit of `conn` (QUEUE_REQUEST_CANCEL).
     /// Messages already delivered to it stay in flight.
-    pub fn cancel(&mut self, conn: ConnRef) {
+    pub fn cancel(&mut self, conn: Who) {
         self.waiting.retain(|c| *c != conn);
         self.consumers.remove(&conn);
     }
@@ -278,7 +279,7 @@ impl Queue {
 
     /// The consumer disconnected: its credits vanish and what it had in
     /// flight is redelivered at once.
-    pub fn gone(&mut self, conn: ConnRef, now: Instant, out: &mut Vec<Action>) {
+    pub fn gone(&mut self, conn: Who, now: Instant, out: &mut Vec<Action>) {
         self.cancel(conn);
         let mine: Vec<MsgId> = self
             .inflight
@@ -291,8 +292,51 @@ impl Queue {
         }
     }
 
+    /// This node no longer owns the queue (see `super::cluster`): every
+    /// waiting credit is withdrawn, and returned as (consumer, credits) so
+    /// that their clients can ask the owner instead. Messages in flight
+    /// stay until acked or taken back.
+    pub fn withdraw_credits(&mut self) -> Vec<(Who, u32)> {
+        let mut credits: Vec<(Who, u32)> = Vec::new();
+        for conn in self.waiting.drain(..) {
+            match credits.iter_mut().find(|(c, _)| *c == conn) {
+                Some((_, n)) => *n += 1,
+                None => credits.push((conn, 1)),
+            }
+        }
+        self.consumers.clear();
+        credits
+    }
+
+    /// The messages another node may take over: pending and dead-lettered
+    /// ones (not those in flight), oldest first, at most `max`.
+    pub fn movable(&self, max: usize) -> Vec<Arc<Message>> {
+        let mut out: Vec<Arc<Message>> = self
+            .pending
+            .values()
+            .map(|p| p.msg.clone())
+            .chain(self.dead.values().map(|d| d.msg.clone()))
+            .collect();
+        out.sort_by_key(|m| m.id);
+        out.truncate(max);
+        out
+    }
+
+    /// Removes a message another node has taken over, if it is still
+    /// pending or dead-lettered here (one delivered meanwhile stays, to be
+    /// acked or taken back as usual).
+    pub fn moved(&mut self, id: MsgId) -> Option<Arc<Message>> {
+        let msg = match self.pending.remove(&id) {
+            Some(p) => p.msg,
+            None => self.dead.remove(&id)?.msg,
+        };
+        self.returns.retain(|&(_, i)| i != id);
+        self.bytes -= msg.bytes;
+        Some(msg)
+    }
+
     /// QUEUE_ACK from `conn`.
-    pub fn ack(&mut self, conn: ConnRef, id: MsgId) -> Result<Arc<Message>, AckError> {
+    pub fn ack(&mut self, conn: Who, id: MsgId) -> Result<Arc<Message>, AckError> {
         match self.inflight.get(&id) {
             None => Err(AckError::Unknown),
             Some(f) if f.consumer != conn => Err(AckError::NotYours),
@@ -394,7 +438,7 @@ impl Queue {
     }
 
     /// The consumers with waiting credits, oldest first (with repeats).
-    pub fn waiting(&self) -> impl Iterator<Item = ConnRef> + '_ {
+    pub fn waiting(&self) -> impl Iterator<Item = Who> + '_ {
         self.waiting.iter().copied()
     }
 
@@ -452,7 +496,7 @@ impl Queue {
     }
 
     /// Uses one credit of `conn` on the oldest pending message it matches.
-    fn serve_credit(&mut self, conn: ConnRef, now: Instant, out: &mut Vec<Action>) -> bool {
+    fn serve_credit(&mut self, conn: Who, now: Instant, out: &mut Vec<Action>) -> bool {
         let Some(consumer) = self.consumers.get(&conn) else {
             return false;
         };
@@ -473,7 +517,7 @@ impl Queue {
         &mut self,
         msg: Arc<Message>,
         relaxed: bool,
-        conn: ConnRef,
+        conn: Who,
         now: Instant,
         out: &mut Vec<Action>,
     ) {

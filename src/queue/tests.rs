@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use serde_json::json;
 
+use super::msg::Who;
 use super::state::{AckError, Action, Consumer, Message, MsgId, Queue};
 use crate::metadata::{MetaValue, Metadata};
 use crate::query::Query;
@@ -15,12 +16,12 @@ use crate::shard::{ConnRef, Dispatch};
 const ACK: Duration = Duration::from_secs(10);
 const DLQ: Duration = Duration::from_secs(20);
 
-fn conn(n: u32) -> ConnRef {
-    ConnRef {
+fn conn(n: u32) -> Who {
+    Who::here(ConnRef {
         shard: 0,
         client: n,
         conn: n as u64,
-    }
+    })
 }
 
 fn consumer(n: u32, color: &str) -> Arc<Consumer> {
@@ -55,7 +56,7 @@ fn msg(id: MsgId, color: Option<&str>) -> Arc<Message> {
 fn delivered(out: &[Action]) -> Vec<(u32, MsgId)> {
     out.iter()
         .filter_map(|a| match a {
-            Action::Deliver { to, msg } => Some((to.client, msg.id)),
+            Action::Deliver { to, msg } => Some((to.conn.client, msg.id)),
             _ => None,
         })
         .collect()
@@ -64,7 +65,7 @@ fn delivered(out: &[Action]) -> Vec<(u32, MsgId)> {
 fn revoked(out: &[Action]) -> Vec<(u32, MsgId)> {
     out.iter()
         .filter_map(|a| match a {
-            Action::Revoke { from, id } => Some((from.client, *id)),
+            Action::Revoke { from, id } => Some((from.conn.client, *id)),
             _ => None,
         })
         .collect()
@@ -104,6 +105,50 @@ fn unmatched_message_does_not_block_the_ones_behind() {
     q.request(consumer(1, "red"), t, &mut out);
     assert_eq!(delivered(&out), vec![(1, 2)]);
     assert_eq!(q.depth(), 1);
+}
+
+#[test]
+fn a_queue_handed_over_gives_back_its_credits_and_offers_what_is_not_in_flight() {
+    let t = Instant::now();
+    let mut q = Queue::new(ACK, DLQ);
+    let mut out = Vec::new();
+    q.request(consumer(1, "red"), t, &mut out);
+    q.push(msg(1, None), t, &mut out); // in flight to 1
+    q.push(msg(2, Some("green")), t, &mut out); // pending
+    q.push(msg(3, Some("blue")), t, &mut out);
+    q.checked(3, 0, 0, t, &mut out); // dead-lettered
+    for _ in 0..2 {
+        q.request(consumer(2, "red"), t, &mut out);
+    }
+    q.request(consumer(3, "red"), t, &mut out);
+    assert_eq!(delivered(&out), vec![(1, 1)]);
+    assert_eq!((q.depth(), q.in_flight(), q.dead_letters()), (1, 1, 1));
+
+    let mut credits = q.withdraw_credits();
+    credits.sort_by_key(|(who, _)| who.conn.client);
+    assert_eq!(credits, vec![(conn(2), 2), (conn(3), 1)]);
+    assert_eq!(q.credits(), 0);
+    // A message pushed now waits: nobody's credit is left here.
+    out.clear();
+    q.push(msg(4, None), t, &mut out);
+    assert!(delivered(&out).is_empty());
+
+    let ids: Vec<MsgId> = q.movable(10).iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![2, 3, 4], "pending and dead, not in flight");
+    assert_eq!(q.movable(2).len(), 2);
+    let bytes = q.bytes();
+    assert_eq!(q.moved(3).map(|m| m.id), Some(3));
+    assert_eq!(q.bytes(), bytes - msg(3, None).bytes);
+    assert!(q.moved(3).is_none(), "once");
+    assert!(q.moved(1).is_none(), "in flight: stays");
+    assert!(q.moved(2).is_some() && q.moved(4).is_some());
+    // What was in flight is acked as usual; then nothing is left.
+    assert!(q.ack(conn(1), 1).is_ok());
+    assert!(q.is_idle());
+    // No return of the moved dead letter is pending.
+    out.clear();
+    q.tick(t + DLQ * 2, &mut out);
+    assert!(out.is_empty(), "{out:?}");
 }
 
 #[test]
@@ -163,7 +208,7 @@ fn a_timed_out_message_is_revoked_before_it_is_redelivered_to_the_same_client() 
     assert!(matches!(
         out.as_slice(),
         [Action::Revoke { from, id: 1 }, Action::Deliver { to, msg }]
-            if from.client == 1 && to.client == 1 && msg.id == 1
+            if from.conn.client == 1 && to.conn.client == 1 && msg.id == 1
     ));
 }
 

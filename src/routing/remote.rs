@@ -71,7 +71,7 @@ pub fn may_be_elsewhere(shard: &Shard, job: &OneSend) -> bool {
 /// answered, in the members' order, within the deadline. (Every node: a
 /// BROADCAST or QUERY_NODES must not miss a client that connected a
 /// moment ago, which a node's table of applications may not show yet.)
-async fn ask_all(shard: &Shard, request: Request) -> Vec<Result<Response, RemoteError>> {
+pub async fn ask_all(shard: &Shard, request: Request) -> Vec<Result<Response, RemoteError>> {
     ask_each(shard, &targets(shard, None), request).await
 }
 
@@ -501,6 +501,9 @@ pub fn answer(
                 )),
                 Err(e) => Response::Refused(e),
             },
+            Request::QueueCounts { targets } => {
+                crate::queue::cluster::answer_counts(&shard, &targets).await
+            }
             Request::Describe { query, avg } => match parse_query(&query) {
                 Ok(query) => {
                     let found = router::describe_on_node(&shard, &Arc::new(query), avg).await;

@@ -23,6 +23,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod python;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -8,7 +8,9 @@ use std::cmp::Ordering;
 use proptest::prelude::*;
 use serde_json::{Number, Value, json};
 
-use crate::metadata::{ClientEntry, ClientIdx, ClientStore, IndexPlan, MetaType, MetaValue, Probe};
+use crate::metadata::{
+    ClientEntry, ClientIdx, ClientStore, IndexPlan, MetaType, MetaValue, Metadata, Probe,
+};
 
 const APPS: [&str; 3] = ["a1", "a2", "a3"];
 const KEYS: [&str; 3] = ["a", "b", "c"];
@@ -291,5 +293,26 @@ proptest! {
                 prop_assert_eq!(got, expected, "app {:?} restricted {} plan {:?}", app, restricted, plan);
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// What another node of the cluster reads back is what was sent,
+    /// reserved keys, nulls and versions included.
+    #[test]
+    fn typed_json_round_trips(values in values(), reserved in scalar(), null in any::<bool>()) {
+        let mut md = Metadata::new();
+        for (k, v) in values {
+            md.insert(&k, v);
+        }
+        md.insert("ip", MetaValue::plain(reserved));
+        if null {
+            md.insert("namespace", MetaValue::plain(Value::Null));
+        }
+        let wire = serde_json::to_vec(&md.to_typed_json()).unwrap();
+        let back = Metadata::from_typed_json(&sonic_rs::from_slice(&wire).unwrap()).unwrap();
+        prop_assert_eq!(back, md);
     }
 }

@@ -147,7 +147,6 @@ pub mod segment;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::task::Waker;
 
 use serde_json::Value;
@@ -161,7 +160,6 @@ pub use writer::write_loop;
 
 use super::state::MsgId;
 use crate::config::FsyncPolicy;
-use crate::shard::{ConnRef, Dispatch};
 
 /// A record appended and not yet written.
 struct Pending {
@@ -178,7 +176,7 @@ struct Pending {
     at: Option<At>,
 }
 
-type Confirm = (ConnRef, Arc<Dispatch>);
+type Confirm = crate::queue::msg::Confirm;
 
 /// Why [`Wal::append`] refused a record.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

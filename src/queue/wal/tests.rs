@@ -4,7 +4,9 @@ use super::segment::tests::enqueue;
 use super::segment::{self, Layout};
 use super::*;
 use crate::config::Config;
+use crate::shard::{ConnRef, Dispatch};
 use serde_json::json;
+use std::sync::Arc;
 
 fn confirm(id: MsgId) -> Option<Confirm> {
     let to = ConnRef {
@@ -13,8 +15,8 @@ fn confirm(id: MsgId) -> Option<Confirm> {
         conn: 1,
     };
     let d = json!({"queue": "jobs", "id": id.to_string(), "nonce": id});
-    Some((
-        to,
+    Some(Confirm::Client(
+        crate::queue::msg::Who::here(to),
         Arc::new(Dispatch {
             t: "QUEUE_CONFIRM",
             d,
@@ -25,7 +27,10 @@ fn confirm(id: MsgId) -> Option<Confirm> {
 fn confirmed(confirms: &[Confirm]) -> Vec<String> {
     confirms
         .iter()
-        .map(|(_, c)| c.d["id"].as_str().unwrap().to_string())
+        .map(|c| match c {
+            Confirm::Client(_, c) => c.d["id"].as_str().unwrap().to_string(),
+            Confirm::Moved { id, .. } => id.to_string(),
+        })
         .collect()
 }
 

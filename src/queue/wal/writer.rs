@@ -12,14 +12,12 @@ use std::task::Poll;
 use std::time::Duration;
 
 use glommio::io::DmaFile;
-use serde_json::Value;
 
 use super::record::Record;
 use super::segment::{self, At, Layout, Write};
 use super::{CarryJob, Epochs, Pending, lock_dir, segment_name};
 use crate::config::FsyncPolicy;
-use crate::queue::errors;
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::Shard;
 
 /// How often a failed log tries again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -225,14 +223,8 @@ pub async fn write_loop(shard: Rc<Shard>, boot: u64) {
                     }
                     wal.batch_written(batch, &overhead)
                 };
-                for (to, confirm) in confirms {
-                    shard.on_shard(
-                        to.shard,
-                        ShardMsg::Deliver {
-                            target: to,
-                            packet: confirm,
-                        },
-                    );
+                for confirm in confirms {
+                    crate::queue::owner::confirmed(&shard, confirm);
                 }
                 let current = files.open.as_ref().map(|o| o.seg);
                 delete_done(&shard, &mut files, current).await;
@@ -271,19 +263,8 @@ pub async fn write_loop(shard: Rc<Shard>, boot: u64) {
                     tracing::debug!(shard = shard.id, error = %e, "queue log retry failed");
                 }
                 let error = e.to_string();
-                for (to, confirm) in refused {
-                    let mut extra = confirm.d.clone();
-                    if let Some(o) = extra.as_object_mut() {
-                        o.insert("error".into(), Value::String(error.clone()));
-                    }
-                    shard.on_shard(
-                        to.shard,
-                        ShardMsg::Invalid {
-                            to,
-                            error: errors::STORAGE_FAILED,
-                            extra,
-                        },
-                    );
+                for confirm in refused {
+                    crate::queue::owner::not_confirmed(&shard, confirm, &error);
                 }
             }
         }
