@@ -391,9 +391,11 @@ async fn run_shard(start: ShardStart) {
         shard.cluster.set_links(links.clone());
         // Weak: the shard holds the endpoint, which holds this handler.
         let (weak_shard, weak_links) = (Rc::downgrade(&shard), Rc::downgrade(&links));
+        let order = crate::routing::remote::ArrivalOrder::default();
         links.on_request(Rc::new(move |peer, id, request| {
             if let (Some(shard), Some(links)) = (weak_shard.upgrade(), weak_links.upgrade()) {
-                crate::routing::remote::answer(shard, links, peer, id, request);
+                let slot = order.slot(&peer, &request);
+                crate::routing::remote::answer(shard, links, peer, id, request, slot);
             }
         }));
         let weak_shard = Rc::downgrade(&shard);

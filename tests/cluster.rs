@@ -669,13 +669,23 @@ fn one_senders_messages_to_a_client_on_another_node_arrive_in_order() {
     let b = start_node_with("b", "2", gb, &[ga], SECRET, None);
     wait_until("links", JOIN, || linked(&a, "b") && linked(&b, "a"));
     let mut receiver = Client::ready(&a, Encoding::Json, "app", "receiver");
-    receiver.set_metadata(json!({"uid": common::meta("string", json!("receiver"))}));
+    receiver.set_metadata(json!({
+        "uid": common::meta("string", json!("receiver")),
+        "n": common::meta("integer", json!(5)),
+    }));
     let mut sender = Client::ready(&b, Encoding::Msgpack, "app", "sender");
-    let target = json!({"application": "app", "ops": [{"path": "/uid", "op": "$eq", "to": {"value": "receiver"}}]});
-    for i in 0..300 {
+    // Two routes to the same client that take different paths on both
+    // nodes (an indexed value, found through the directory, and a range,
+    // asked of every shard), so a later SEND could overtake an earlier one
+    // anywhere the order were not kept.
+    let by_id = json!({"application": "app", "ops": [{"path": "/uid", "op": "$eq", "to": {"value": "receiver"}}]});
+    let by_range =
+        json!({"application": "app", "ops": [{"path": "/n", "op": "$gte", "to": {"value": 1}}]});
+    for i in 0..1000 {
+        let target = if i % 3 == 0 { &by_range } else { &by_id };
         sender.send_to(target.clone(), json!(i), json!({"seq": i}));
     }
-    for i in 0..300 {
+    for i in 0..1000 {
         receiver.expect_message("SEND", &json!(i), &json!({"seq": i}));
     }
     sender.sync();

@@ -353,6 +353,18 @@ impl Endpoint {
         body: Request,
         deadline: Duration,
     ) -> Result<Response, RemoteError> {
+        self.request_then(peer, body, deadline, || {}).await
+    }
+
+    /// [`Endpoint::request`], calling `sent` once the request is on the
+    /// link (or failed to get there), before waiting for the answer.
+    pub async fn request_then(
+        &self,
+        peer: &PeerShard,
+        body: Request,
+        deadline: Duration,
+        sent: impl FnOnce(),
+    ) -> Result<Response, RemoteError> {
         let id = self.next_request.get();
         self.next_request.set(id + 1);
         self.pending.borrow_mut().insert(
@@ -372,7 +384,9 @@ impl Endpoint {
         }
         let _forget = Forget(self, id);
         self.count(|s| s.requests_out += 1);
-        let result = match self.send_frame(peer, &Frame::Request { id, body }) {
+        let on_link = self.send_frame(peer, &Frame::Request { id, body });
+        sent();
+        let result = match on_link {
             Err(e) => Err(RemoteError::from(e)),
             Ok(()) => {
                 let answer = std::future::poll_fn(|cx| {

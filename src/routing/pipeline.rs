@@ -15,6 +15,13 @@
 //!   ([`Slot::turn`]). So messages from one sender reach one recipient in
 //!   the order sent.
 //!
+//! A routing whose hand-over is a message to another node passes its turn
+//! on as soon as that message is on the link ([`Slot::pass_turn`]), before
+//! the node answers: the link keeps the order, and the node hands over in
+//! arrival order (a pipeline per link on the answering side). Should the
+//! node answer that its match had gone, the SEND is chosen again without
+//! the turn: only then can a later SEND overtake it.
+//!
 //! A heartbeat waits until nothing is in flight ([`Pipeline::drained`]), so
 //! its ack still follows the outcome (a `no_route`, say) of every SEND sent
 //! before it, as clients that use a heartbeat to sync expect.
@@ -66,6 +73,13 @@ impl Pipeline {
             }
         })
         .await;
+        self.enter_now()
+    }
+
+    /// Takes the next slot at once, however many are in flight: for
+    /// callers bounded elsewhere (requests from another node, bounded by
+    /// what its link may hold), which must take slots in arrival order.
+    pub fn enter_now(self: &Rc<Self>) -> Slot {
         let n = self.next.get();
         self.next.set(n + 1);
         let ahead = self.in_flight.get();
@@ -74,7 +88,13 @@ impl Pipeline {
             pipeline: self.clone(),
             n,
             ahead,
+            passed: Cell::new(false),
         }
+    }
+
+    /// Nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.get() == 0
     }
 
     /// Waits until nothing is in flight.
@@ -90,11 +110,16 @@ impl Pipeline {
         .await
     }
 
-    fn finish(&self, n: u64) {
+    fn leave(&self) {
         self.in_flight.set(self.in_flight.get() - 1);
         if let Some(w) = self.room_waker.take() {
             w.wake();
         }
+    }
+
+    /// Slot `n` has handed over (or given up): the turn passes on once
+    /// every slot before it has too.
+    fn pass(&self, n: u64) {
         if n != self.serving.get() {
             self.finished_early.borrow_mut().insert(n);
             return;
@@ -123,14 +148,17 @@ pub struct Slot {
     /// Routings of the same connection still in flight when this one
     /// entered: more than none means the pipeline saved a wait.
     pub ahead: usize,
+    /// The turn was passed on before the slot ended.
+    passed: Cell<bool>,
 }
 
 impl Slot {
-    /// Waits until every routing entered before this one has handed over.
+    /// Waits until every routing entered before this one has handed over
+    /// (at once if this one has passed its turn on already).
     pub async fn turn(&self) {
         poll_fn(|cx| {
             let p = &self.pipeline;
-            if p.serving.get() == self.n {
+            if self.passed.get() || p.serving.get() == self.n {
                 return Poll::Ready(());
             }
             let mut wakers = p.turn_wakers.borrow_mut();
@@ -142,11 +170,20 @@ impl Slot {
         })
         .await
     }
+
+    /// Hands the turn on while this routing is still in flight (its packet
+    /// is on its way in order; it waits for an answer now). Only once.
+    pub fn pass_turn(&self) {
+        if !self.passed.replace(true) {
+            self.pipeline.pass(self.n);
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.pipeline.finish(self.n);
+        self.pass_turn();
+        self.pipeline.leave();
     }
 }
 
@@ -182,6 +219,31 @@ mod tests {
         assert!(block_on(poll_once(c_turn.as_mut())).is_none());
         drop(a);
         assert!(block_on(poll_once(c_turn.as_mut())).is_some());
+    }
+
+    #[test]
+    fn a_passed_turn_moves_on_while_the_slot_stays_in_flight() {
+        let p = Pipeline::new(2);
+        let (a, b) = block_on(async { (p.enter().await, p.enter().await) });
+        let mut b_turn = Box::pin(b.turn());
+        assert!(block_on(poll_once(b_turn.as_mut())).is_none());
+        a.pass_turn();
+        a.pass_turn();
+        assert!(block_on(poll_once(b_turn.as_mut())).is_some());
+        // a still holds its room until it ends.
+        assert!(block_on(poll_once(Box::pin(p.enter()))).is_none());
+        let c = p.enter_now();
+        assert_eq!(c.ahead, 2, "entered at once past the bound");
+        drop(b_turn);
+        drop(b);
+        let mut c_turn = Box::pin(c.turn());
+        assert!(
+            block_on(poll_once(c_turn.as_mut())).is_some(),
+            "a passed, b ended"
+        );
+        drop(c_turn);
+        drop((a, c));
+        assert!(p.is_idle());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! whose link is down, counts as having no match and is counted in
 //! `/metrics`; it never holds up the others.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use crate::cluster::link::{Endpoint, PeerShard, RemoteError};
 use crate::query::Query;
 use crate::query::SelectorKind;
 use crate::routing::pick::{Pick, choose, global_average};
-use crate::routing::pipeline::Slot;
+use crate::routing::pipeline::{Pipeline, Slot};
 use crate::routing::router::{self, MAX_PICKS, OneSend};
 use crate::shard::{Dispatch, NodeList, NodesCap, Reply, Shard, ShardMsg};
 
@@ -101,6 +102,21 @@ async fn ask_each(
     answers
 }
 
+/// Asks one node, calling `sent` once the request is on its way.
+async fn ask_then(
+    shard: &Shard,
+    peer: &PeerShard,
+    request: Request,
+    sent: impl FnOnce(),
+) -> Result<Response, RemoteError> {
+    let Some(endpoint) = shard.cluster.links() else {
+        sent();
+        return Err(RemoteError::NotConnected);
+    };
+    let deadline = shard.config.cluster_request_timeout;
+    endpoint.request_then(peer, request, deadline, sent).await
+}
+
 /// Where a SEND, or the choice of one client to describe, stands across
 /// the nodes of a cluster.
 struct Choosing {
@@ -168,22 +184,18 @@ async fn choose_node(shard: &Shard, c: &mut Choosing) -> Option<(Option<PeerShar
 /// by then, or that does not answer, is passed over and the choice made
 /// again. The sender hears `no_route` only when no node has a match.
 ///
-/// Holding the slot's turn until the chosen node confirms keeps one
-/// sender's SENDs in order across nodes, at the price of a round trip per
-/// SEND to another node.
+/// One sender's SENDs keep their order across nodes: the request goes on
+/// the link on the slot's turn, which passes on at once (the link keeps
+/// the order, and the node delivers in arrival order), so a connection's
+/// SENDs to other nodes are pipelined like its SENDs to other shards.
 pub async fn send(shard: &Shard, job: Box<OneSend>, slot: Option<&Slot>) -> bool {
     let mut c = Choosing::new(job.query.clone(), job.everywhere);
-    let mut turn_taken = false;
     for _ in 0..MAX_PICKS {
         let Some((node, avg)) = choose_node(shard, &mut c).await else {
             break;
         };
-        if let (Some(slot), false) = (slot, turn_taken) {
-            slot.turn().await;
-            turn_taken = true;
-        }
         let delivered = match node {
-            None => router::deliver_on_node(shard, &c.query, avg, &job.packet).await,
+            None => router::deliver_on_node(shard, &c.query, avg, &job.packet, slot).await,
             Some(peer) => {
                 let request = Request::Send {
                     query: json_bytes(&c.query.to_json()),
@@ -191,8 +203,14 @@ pub async fn send(shard: &Shard, job: Box<OneSend>, slot: Option<&Slot>) -> bool
                     event: job.packet.t.to_string(),
                     payload: json_bytes(&job.packet.d),
                 };
-                let answer = ask_each(shard, &[peer], request).await;
-                matches!(answer.first(), Some(Ok(Response::Delivered(1))))
+                if let Some(slot) = slot {
+                    slot.turn().await;
+                }
+                let answer = ask_then(shard, &peer, request, || {
+                    slot.inspect(|s| s.pass_turn());
+                })
+                .await;
+                matches!(answer, Ok(Response::Delivered(1)))
             }
         };
         if delivered {
@@ -456,14 +474,43 @@ fn json_bytes(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// The SENDs each link brings, in the order they arrived: a pipeline per
+/// link, so that this node hands them over in that order (see
+/// `routing::pipeline`) while it chooses their clients concurrently.
+#[derive(Default)]
+pub struct ArrivalOrder(RefCell<HashMap<PeerShard, Rc<Pipeline>>>);
+
+impl ArrivalOrder {
+    /// Pipelines kept before idle ones are dropped.
+    const KEPT: usize = 64;
+
+    /// The slot of a SEND that just arrived from `peer` (`None` for other
+    /// requests). Taken at once, so in arrival order.
+    pub fn slot(&self, peer: &PeerShard, request: &Request) -> Option<Slot> {
+        if !matches!(request, Request::Send { .. }) {
+            return None;
+        }
+        let mut pipelines = self.0.borrow_mut();
+        if pipelines.len() > Self::KEPT {
+            pipelines.retain(|_, p| !p.is_idle());
+        }
+        let pipeline = pipelines
+            .entry(peer.clone())
+            .or_insert_with(|| Pipeline::new(1));
+        Some(pipeline.enter_now())
+    }
+}
+
 /// Answers a request from another node, among this node's own clients
-/// only (an answer never asks further nodes).
+/// only (an answer never asks further nodes). `order`: a SEND's place in
+/// its link's arrival order ([`ArrivalOrder`]).
 pub fn answer(
     shard: Rc<Shard>,
     endpoint: Rc<Endpoint>,
     peer: PeerShard,
     id: u64,
     request: Request,
+    order: Option<Slot>,
 ) {
     glommio::spawn_local(async move {
         let response = match request {
@@ -497,7 +544,7 @@ pub fn answer(
                 payload,
             } => match parse_dispatch(&query, &event, &payload) {
                 Ok((query, packet)) => Response::Delivered(u64::from(
-                    router::deliver_on_node(&shard, &query, avg, &packet).await,
+                    router::deliver_on_node(&shard, &query, avg, &packet, order.as_ref()).await,
                 )),
                 Err(e) => Response::Refused(e),
             },

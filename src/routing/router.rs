@@ -585,26 +585,43 @@ async fn choose_on_node(
 /// Delivers `packet` to one of this node's matches ([`choose_on_node`])
 /// and says whether it did. A chosen client gone meanwhile is chosen again
 /// among the rest of this node's.
+///
+/// With a `slot`, the packet is handed over on its turn, and the turn
+/// passed on once it is (see [`super::pipeline`]).
 pub(crate) async fn deliver_on_node(
     shard: &Shard,
     query: &Arc<Query>,
     avg: Option<f64>,
     packet: &Arc<Dispatch>,
+    slot: Option<&Slot>,
 ) -> bool {
     for _ in 0..MAX_PICKS {
-        let delivered = match choose_on_node(shard, query, avg, false).await {
+        let chosen = choose_on_node(shard, query, avg, false).await;
+        if let (Some(slot), Some(Chosen::Found(..))) = (slot, &chosen) {
+            slot.turn().await;
+        }
+        let delivered = match chosen {
             None => return false,
             Some(Chosen::Found(target, _)) if target.shard == shard.id => {
-                shard.deliver(target, packet)
+                let delivered = shard.deliver(target, packet);
+                slot.inspect(|s| s.pass_turn());
+                delivered
             }
             Some(Chosen::Found(target, _)) => {
-                let reply = shard
-                    .ask(target.shard, |reply_to| ShardMsg::DeliverAsk {
+                let mut ask = std::pin::pin!(shard.ask(target.shard, |reply_to| {
+                    ShardMsg::DeliverAsk {
                         reply_to,
                         target,
                         packet: packet.clone(),
-                    })
-                    .await;
+                    }
+                }));
+                // The first poll puts the packet on the mesh, in order.
+                let first = futures_lite::future::poll_once(ask.as_mut()).await;
+                slot.inspect(|s| s.pass_turn());
+                let reply = match first {
+                    Some(reply) => reply,
+                    None => ask.await,
+                };
                 matches!(reply, Reply::Delivered(1))
             }
             Some(_) => false,
