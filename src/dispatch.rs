@@ -125,5 +125,9 @@ fn metrics(shard: &Shard) -> Snapshot {
         .cluster
         .links()
         .map(|links| (links.stats(), links.links().len() as u64));
+    snapshot.traffic = shard
+        .cluster
+        .links()
+        .map_or_else(Vec::new, |links| links.traffic());
     snapshot
 }

@@ -117,6 +117,21 @@ fn producers_and_consumers_on_every_node_share_one_queue() {
     let (_, payload) = delivered(&mut blue, "jobs");
     assert_eq!(payload, json!("later"));
     red.expect_nothing(Duration::from_millis(100));
+
+    // The traffic with each other node is counted by its address.
+    let metrics = a.http("GET", "/metrics", &[], None).text();
+    for peer in [gb, gc] {
+        for direction in ["received", "sent"] {
+            let series = format!(
+                "singyeong_cluster_peer_frames_total{{peer=\"{peer}\",direction=\"{direction}\"}} "
+            );
+            let n: u64 = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in /metrics"));
+            assert!(n > 0, "{series}");
+        }
+    }
 }
 
 #[test]

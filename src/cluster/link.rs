@@ -18,7 +18,7 @@
 //! counted.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -144,6 +144,15 @@ impl From<SendError> for RemoteError {
     }
 }
 
+/// Frames and bytes exchanged with one peer node, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
 /// Counters of one shard's links, for `/metrics`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LinkStats {
@@ -243,6 +252,9 @@ pub struct Endpoint {
     timer_changed: RefCell<Option<std::task::Waker>>,
     next_timeout: Cell<Option<Instant>>,
     stats: Cell<LinkStats>,
+    /// Frames and bytes by peer node (its gossip address), over every
+    /// run of it.
+    traffic: RefCell<BTreeMap<SocketAddr, PeerTraffic>>,
     /// Set when a deadline moved earlier, for the timer loop.
     kicked: Cell<bool>,
     pending: RefCell<HashMap<u64, Waiting>>,
@@ -303,6 +315,7 @@ impl Endpoint {
             timer_changed: RefCell::new(None),
             next_timeout: Cell::new(None),
             stats: Cell::default(),
+            traffic: RefCell::default(),
             kicked: Cell::new(false),
             pending: RefCell::default(),
             next_request: Cell::new(0),
@@ -437,6 +450,15 @@ impl Endpoint {
 
     pub fn stats(&self) -> LinkStats {
         self.stats.get()
+    }
+
+    /// Frames and bytes by peer node, by address.
+    pub fn traffic(&self) -> Vec<(SocketAddr, PeerTraffic)> {
+        self.traffic
+            .borrow()
+            .iter()
+            .map(|(addr, t)| (*addr, *t))
+            .collect()
     }
 
     /// This shard's run id changed (the node renewed its identity).
@@ -683,9 +705,14 @@ impl Endpoint {
             }
             let before = link.queued.len();
             frame::encode(frame, &mut link.queued);
+            let bytes = (link.queued.len() - before) as u64;
             self.count(|s| {
                 s.frames_out += 1;
-                s.bytes_out += (link.queued.len() - before) as u64;
+                s.bytes_out += bytes;
+            });
+            self.count_peer(Some(peer.addr), |t| {
+                t.frames_out += 1;
+                t.bytes_out += bytes;
             });
         }
         self.pump(ch, Instant::now());
@@ -731,13 +758,15 @@ impl Endpoint {
                         // What came with the opening is read now: no
                         // Readable event follows for it.
                         while let Some(id) = link.conn.streams().accept(Dir::Uni) {
-                            let read = link.read(id, &mut frames);
-                            self.count(|s| s.bytes_in += read as u64);
+                            let read = link.read(id, &mut frames) as u64;
+                            self.count(|s| s.bytes_in += read);
+                            self.count_peer(link.peer_addr(), |t| t.bytes_in += read);
                         }
                     }
                     Event::Stream(StreamEvent::Readable { id }) => {
-                        let read = link.read(id, &mut frames);
-                        self.count(|s| s.bytes_in += read as u64);
+                        let read = link.read(id, &mut frames) as u64;
+                        self.count(|s| s.bytes_in += read);
+                        self.count_peer(link.peer_addr(), |t| t.bytes_in += read);
                     }
                     Event::ConnectionLost { reason } if !link.closing => {
                         link.closing = true;
@@ -791,6 +820,7 @@ impl Endpoint {
     fn on_link_frame(&self, ch: ConnectionHandle, frame: Frame, now: Instant) {
         self.count(|s| s.frames_in += 1);
         let verified = self.links.borrow().get(&ch).and_then(|l| l.peer.clone());
+        self.count_peer(verified.as_ref().map(|p| p.addr), |t| t.frames_in += 1);
         match (verified, frame) {
             (None, Frame::Hello(hello)) => match self.check_hello(ch, &hello) {
                 Ok(peer) => {
@@ -988,9 +1018,22 @@ impl Endpoint {
         f(&mut stats);
         self.stats.set(stats);
     }
+
+    /// Counts traffic with node `addr` (`None`: a link not yet proven, whose
+    /// bytes count in the shard's totals only).
+    fn count_peer(&self, addr: Option<SocketAddr>, f: impl FnOnce(&mut PeerTraffic)) {
+        if let Some(addr) = addr {
+            f(self.traffic.borrow_mut().entry(addr).or_default());
+        }
+    }
 }
 
 impl Link {
+    /// The peer's gossip address: as proven, or as dialed before that.
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.as_ref().or(self.dialed.as_ref()).map(|p| p.addr)
+    }
+
     fn new(
         conn: quinn_proto::Connection,
         side: Side,

@@ -251,6 +251,7 @@ impl ShardMetrics {
             queues,
             cluster: None,
             links: None,
+            traffic: Vec::new(),
         }
     }
 }
@@ -309,6 +310,8 @@ pub struct Snapshot {
     pub cluster: Option<crate::cluster::ClusterStats>,
     /// This shard's links to other nodes: counters, and how many are up.
     pub links: Option<(crate::cluster::link::LinkStats, u64)>,
+    /// This shard's frames and bytes with each other node.
+    pub traffic: Vec<(std::net::SocketAddr, crate::cluster::link::PeerTraffic)>,
 }
 
 #[cfg(test)]

@@ -553,6 +553,42 @@ fn link_families(registry: &mut Registry, snapshots: &[Snapshot]) {
         "Bytes of frames on links to other nodes",
         by_direction(|s| (s.bytes_in, s.bytes_out)),
     );
+    // By peer node, summed over the shards.
+    let mut traffic: std::collections::BTreeMap<std::net::SocketAddr, [u64; 4]> =
+        Default::default();
+    for (addr, t) in snapshots.iter().flat_map(|s| &s.traffic) {
+        let sum = traffic.entry(*addr).or_default();
+        for (into, n) in sum
+            .iter_mut()
+            .zip([t.frames_in, t.frames_out, t.bytes_in, t.bytes_out])
+        {
+            *into += n;
+        }
+    }
+    let by_peer = |first: usize| Labeled {
+        rows: traffic
+            .iter()
+            .flat_map(|(addr, sums)| {
+                [("received", sums[first]), ("sent", sums[first + 1])].map(|(direction, n)| {
+                    let labels = vec![
+                        ("peer".into(), addr.to_string()),
+                        ("direction".into(), direction.into()),
+                    ];
+                    (labels, ConstCounter::new(n))
+                })
+            })
+            .collect(),
+    };
+    registry.register(
+        "cluster_peer_frames",
+        "Frames on links to each other node (by its gossip address), every shard together",
+        by_peer(0),
+    );
+    registry.register(
+        "cluster_peer_bytes",
+        "Bytes of frames on links to each other node (by its gossip address), every shard together",
+        by_peer(2),
+    );
     registry.register(
         "cluster_requests",
         "Routing requests (BROADCAST, QUERY_NODES) sent to other nodes and received from them",

@@ -45,6 +45,9 @@ struct Holding {
     /// The node holding the credits and cancels (`None`: this one): the
     /// queue's owner when they were sent.
     at: Option<NodeKey>,
+    /// Credits counted here that could not be sent to the owner (its link
+    /// was down): sent again by [`ClientQueues::settle`].
+    unsent: u32,
     /// Cancels sent whose end the owner has not yet reported: a delivery
     /// that used one of the cancelled credits may still be on its way.
     cancelling: u32,
@@ -142,11 +145,17 @@ impl ClientQueues {
         again
     }
 
-    /// The cluster changed: for each queue whose credits sat with a node
-    /// that is no longer `alive`, the credits to ask its owner (`owner`)
-    /// for again; a cancel sent there will never be answered, and what that
-    /// node delivered is its to deliver again when it returns, so both are
-    /// forgotten.
+    /// `n` credits on `queue` could not be sent to the owner.
+    pub fn unsent(&mut self, queue: &str, n: u32) {
+        self.change(queue, |h| h.unsent = (h.unsent + n).min(h.credits));
+    }
+
+    /// After the cluster changed, and now and then: for each queue whose
+    /// credits sat with a node that is no longer `alive`, the credits to
+    /// ask its owner (`owner`) for again (a cancel sent there will never be
+    /// answered, and what that node delivered is its to deliver again when
+    /// it returns, so both are forgotten); and credits that could not be
+    /// sent, to send to the owner now.
     pub fn settle(
         &mut self,
         alive: impl Fn(NodeKey) -> bool,
@@ -156,12 +165,16 @@ impl ClientQueues {
         let mut again = Vec::new();
         self.queues.retain(|name, h| {
             h.held.retain(|_, from| !gone(from));
+            let unsent = std::mem::take(&mut h.unsent).min(h.credits);
             if gone(&h.at) {
                 h.cancelling = 0;
                 h.at = owner(name);
                 if h.credits > 0 {
                     again.push((name.clone(), h.at, h.credits));
                 }
+            } else if unsent > 0 {
+                h.at = owner(name);
+                again.push((name.clone(), h.at, unsent));
             }
             !h.is_empty()
         });
@@ -377,6 +390,23 @@ mod tests {
         assert_eq!(tracked, vec![(q("a"), node(3)), (q("b"), node(2))]);
         // Nothing changes while the nodes stay.
         assert!(c.settle(|_| true, |_| None).is_empty());
+    }
+
+    #[test]
+    fn credits_not_sent_are_sent_at_the_next_settling() {
+        let mut c = ClientQueues::new(1);
+        for _ in 0..3 {
+            c.request(&q("a"), 5, node(1));
+        }
+        c.unsent("a", 2);
+        c.delivered(&q("a"), 10, node(1));
+        let again = c.settle(|_| true, |_| node(2));
+        assert_eq!(again, vec![(q("a"), node(2), 2)]);
+        assert!(c.settle(|_| true, |_| node(2)).is_empty(), "once");
+        // Never more than the credits left.
+        c.unsent("a", 9);
+        c.delivered(&q("a"), 11, node(2));
+        assert_eq!(c.settle(|_| true, |_| node(2)), vec![(q("a"), node(2), 1)]);
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub const MOVE_EVERY: Duration = Duration::from_secs(1);
 pub const HANDOFF_BATCH: usize = 256;
 /// An offered message the owner has not taken by then is offered again.
 pub const HANDOFF_RETRY: Duration = Duration::from_secs(5);
+/// Frames kept per node while this shard's link to it is not up.
+const OUTBOX_MAX: usize = 4096;
+/// How often kept frames are tried again.
+pub const OUTBOX_EVERY: Duration = Duration::from_millis(20);
 
 /// The node that owns `queue`: `None` for this one (always, with
 /// clustering off).
@@ -74,6 +78,53 @@ pub fn view_changed(shard: &Shard) {
     super::owner::settle_clients(shard);
     shard.queues.next_move.set(std::time::Instant::now());
     shard.queues.notify();
+}
+
+/// Sends `frame` to `node`, or keeps it until this shard's link to the
+/// node is up (a link of the pair of nodes may come up after another
+/// brought the request this answers), in order behind any kept before.
+/// Kept frames go when the node is down, or past [`OUTBOX_MAX`]; what they
+/// said is then settled as for a lost node (the ack timeout takes a
+/// delivery back).
+fn send_or_keep(shard: &Shard, node: NodeKey, frame: QueueFrame) {
+    let mut outbox = shard.queues.outbox.borrow_mut();
+    if !outbox.contains_key(&node) && send(shard, node, frame.clone()) {
+        return;
+    }
+    let kept = outbox.entry(node).or_default();
+    if kept.len() < OUTBOX_MAX {
+        kept.push_back(frame);
+    } else {
+        tracing::warn!(node = %node.0, "queue frames to a node without a link dropped");
+    }
+    if kept.len() == 1 {
+        shard.queues.notify();
+    }
+}
+
+/// Sends what [`send_or_keep`] kept, in order, while the links take it;
+/// forgets what was kept for nodes that are gone.
+pub fn flush_kept(shard: &Shard) {
+    let mut outbox = shard.queues.outbox.borrow_mut();
+    if outbox.is_empty() {
+        return;
+    }
+    let view = shard.cluster.view();
+    outbox.retain(|node, kept| {
+        let alive = view.members.iter().any(|m| {
+            (m.id.addr, m.id.boot) == *node && m.state != crate::cluster::MemberState::Down
+        });
+        if !alive {
+            return false;
+        }
+        while let Some(frame) = kept.front() {
+            if !send(shard, *node, frame.clone()) {
+                break;
+            }
+            kept.pop_front();
+        }
+        !kept.is_empty()
+    });
 }
 
 /// Sends `frame` to `node` over this shard's link to it; false when there
@@ -220,7 +271,7 @@ pub fn to_client_node(shard: &Shard, node: NodeKey, msg: QueueMsg) {
             return;
         }
     };
-    send(shard, node, frame);
+    send_or_keep(shard, node, frame);
 }
 
 pub fn invalid_to_node(shard: &Shard, node: NodeKey, to: ConnRef, error: &str, extra: Value) {
@@ -229,7 +280,7 @@ pub fn invalid_to_node(shard: &Shard, node: NodeKey, to: ConnRef, error: &str, e
         error: error.to_string(),
         extra: json_bytes(&extra),
     };
-    send(shard, node, frame);
+    send_or_keep(shard, node, frame);
 }
 
 pub fn confirm_to_node(shard: &Shard, node: NodeKey, to: ConnRef, packet: &Dispatch) {
@@ -237,7 +288,7 @@ pub fn confirm_to_node(shard: &Shard, node: NodeKey, to: ConnRef, packet: &Dispa
         to: wire(to),
         d: json_bytes(&packet.d),
     };
-    send(shard, node, frame);
+    send_or_keep(shard, node, frame);
 }
 
 pub fn moved_to_node(shard: &Shard, node: NodeKey, queue: Arc<str>, id: MsgId) {
@@ -245,7 +296,7 @@ pub fn moved_to_node(shard: &Shard, node: NodeKey, queue: Arc<str>, id: MsgId) {
         queue: queue.to_string(),
         id,
     };
-    send(shard, node, frame);
+    send_or_keep(shard, node, frame);
 }
 
 /// Offers message `msg` of `queue` to its owner `node`.

@@ -31,7 +31,7 @@
 //! whatever the limits say.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -48,6 +48,7 @@ use super::msg::{Confirm, Origin, QueueAsk, QueueMsg, QueueReply, Who};
 use super::state::{AckError, Action, Consumer, Message, MsgId, Queue, footprint};
 use super::wal::{AppendError, Record, Wal};
 use crate::cluster::NodeKey;
+use crate::cluster::frame::QueueFrame;
 use crate::config::Config;
 use crate::metadata::ClientIdx;
 use crate::metrics::Limit;
@@ -119,6 +120,9 @@ pub struct ShardQueues {
     pub(super) handing: RefCell<HashMap<(Arc<str>, MsgId), Instant>>,
     /// When to look for queues another node owns next.
     pub(super) next_move: Cell<Instant>,
+    /// Frames for other nodes kept until this shard's link to them is up
+    /// (see `cluster`).
+    pub(super) outbox: RefCell<HashMap<NodeKey, VecDeque<QueueFrame>>>,
 }
 
 impl ShardQueues {
@@ -146,6 +150,7 @@ impl ShardQueues {
             wal: RefCell::new(None),
             handing: RefCell::default(),
             next_move: Cell::new(Instant::now()),
+            outbox: RefCell::default(),
         }
     }
 
@@ -393,22 +398,25 @@ fn ask_again(shard: &Shard, me: ConnRef, queue: &Arc<str>, at: Option<NodeKey>, 
     let Some(consumer) = snapshot(shard, me) else {
         return;
     };
-    for _ in 0..n {
+    for i in 0..n {
         let request = QueueMsg::Request {
             queue: queue.clone(),
             consumer: consumer.clone(),
         };
         if !to_node(shard, at, queue, request) {
-            // Unreachable now: the credits stay counted as asked of `at`,
-            // and are asked again when the cluster next changes.
+            // Unreachable now (its link is not up yet, say): sent again at
+            // the next settling.
+            with_client(shard, me, |c| c.unsent(queue, n - i));
             tracing::debug!(queue = %queue, "queue owner unreachable; credits kept");
             return;
         }
     }
 }
 
-/// The view of the cluster changed: every client of this shard whose
-/// credits sat with a node that has gone asks the queue's owner now.
+/// After the view of the cluster changed, and once a
+/// [`cluster::MOVE_EVERY`]: every client of this shard whose credits sat
+/// with a node that has gone, or could not be sent, asks the queue's owner
+/// now.
 pub fn settle_clients(shard: &Shard) {
     let view = shard.cluster.view();
     let alive = |node: NodeKey| {
@@ -1059,7 +1067,11 @@ pub async fn run(shard: Rc<Shard>) {
             .queues
             .next_deadline()
             .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
-            .min(Duration::from_secs(1));
+            .min(Duration::from_secs(1))
+            .min(match shard.queues.outbox.borrow().is_empty() {
+                true => Duration::MAX,
+                false => cluster::OUTBOX_EVERY,
+            });
         if !wait.is_zero() {
             futures_lite::future::or(glommio::timer::sleep(wait), shard.queues.notified()).await;
         }
@@ -1080,6 +1092,7 @@ pub async fn run(shard: Rc<Shard>) {
             let durable_through = shard.queues.wal.borrow().as_ref().map(Wal::durable_through);
             shard.queues.forget_idle(now, durable_through);
         }
+        cluster::flush_kept(&shard);
         move_unowned(&shard, now);
         let checks = std::mem::take(&mut *shard.queues.checks.borrow_mut());
         if !checks.is_empty() {
@@ -1126,6 +1139,7 @@ fn move_unowned(shard: &Shard, now: Instant) {
         return;
     }
     shard.queues.next_move.set(now + cluster::MOVE_EVERY);
+    settle_clients(shard);
     let unowned: Vec<(Arc<str>, NodeKey)> = shard
         .queues
         .owned
