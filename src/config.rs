@@ -120,6 +120,11 @@ pub struct Config {
     pub cluster_down_after: Duration,
     /// Longest wait for another node's answer to a routing request.
     pub cluster_request_timeout: Duration,
+    /// The links' certificate chain and key (PEM); `None`: made at start.
+    pub cluster_cert: Option<PathBuf>,
+    pub cluster_key: Option<PathBuf>,
+    /// CA certificates (PEM) every node's link certificate must chain to.
+    pub cluster_ca: Option<PathBuf>,
 }
 
 pub const DEFAULT_PORT: u16 = 4567;
@@ -305,6 +310,15 @@ pub struct Flags {
     /// Cluster: milliseconds a SEND, BROADCAST or QUERY_NODES waits for each other node's answer; a node that misses it counts as having no match (and is counted in /metrics), without holding up the others [default: 2000]
     #[arg(long, env = "CLUSTER_REQUEST_TIMEOUT")]
     cluster_request_timeout: Option<u64>,
+    /// Cluster: PEM file with this node's link certificate (and its chain), instead of one made at start; needs --cluster-key [default: none]
+    #[arg(long, env = "CLUSTER_CERT")]
+    cluster_cert: Option<PathBuf>,
+    /// Cluster: PEM file with the private key of --cluster-cert [default: none]
+    #[arg(long, env = "CLUSTER_KEY")]
+    cluster_key: Option<PathBuf>,
+    /// Cluster: PEM file of CA certificates; when set, links are mutual TLS and each node's certificate must chain to one of them and name `singyeong-node`, besides the secret's proof; needs --cluster-cert [default: none]
+    #[arg(long, env = "CLUSTER_CA")]
+    cluster_ca: Option<PathBuf>,
     /// TOML file with any of the settings above as snake_case keys
     #[arg(long, env = "CONFIG")]
     config: Option<PathBuf>,
@@ -358,6 +372,9 @@ struct FileConfig {
     peers: Option<Vec<String>>,
     cluster_down_after: Option<u64>,
     cluster_request_timeout: Option<u64>,
+    cluster_cert: Option<PathBuf>,
+    cluster_key: Option<PathBuf>,
+    cluster_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -562,6 +579,9 @@ impl Config {
                     .or(file.cluster_request_timeout)
                     .unwrap_or(DEFAULT_CLUSTER_REQUEST_TIMEOUT_MS),
             ),
+            cluster_cert: flags.cluster_cert.or(file.cluster_cert),
+            cluster_key: flags.cluster_key.or(file.cluster_key),
+            cluster_ca: flags.cluster_ca.or(file.cluster_ca),
         };
         config.validate()?;
         Ok(config)
@@ -702,6 +722,17 @@ impl Config {
                 name: "peers",
                 reason: format!("{bad:?} is not host:port"),
             });
+        }
+        match (&self.cluster_cert, &self.cluster_key) {
+            (Some(_), None) => return invalid("cluster_key", "required with --cluster-cert"),
+            (None, Some(_)) => return invalid("cluster_cert", "required with --cluster-key"),
+            _ => {}
+        }
+        if self.cluster_ca.is_some() && self.cluster_cert.is_none() {
+            return invalid(
+                "cluster_ca",
+                "needs --cluster-cert and --cluster-key: the other nodes check this node's certificate too",
+            );
         }
         Ok(())
     }

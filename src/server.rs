@@ -118,20 +118,21 @@ impl Server {
         let mut threads = Vec::new();
         let mut addr = SocketAddr::new(config.bind, config.port);
         let mut cluster_addr = None;
-        let prepared =
-            match config.cluster_addr {
-                Some(at) => Some(crate::cluster::Prepared::bind(at, config.shards).map_err(
-                    |e| StartError::Cluster {
+        let prepared = match config.cluster_addr {
+            Some(at) => Some(
+                crate::cluster::Prepared::bind(at, config.shards, &config).map_err(|e| {
+                    StartError::Cluster {
                         addr: at,
                         reason: e,
-                    },
-                )?),
-                None => None,
-            };
+                    }
+                })?,
+            ),
+            None => None,
+        };
         // Each shard takes its link socket; shard 0 the gossip socket too.
         let (node, mut link_sockets, mut gossip_socket) = match prepared {
             Some(p) => (
-                Some((p.boot, p.gossip_addr, p.ports)),
+                Some((p.boot, p.gossip_addr, p.ports, p.tls)),
                 p.sockets.into_iter().map(Some).collect(),
                 Some(p.gossip),
             ),
@@ -152,13 +153,14 @@ impl Server {
             let shard_draining = draining.clone();
             let shard_budget = queue_budget.clone();
             let shard_cluster = match (&node, link_sockets.get_mut(id)) {
-                (Some((boot, gossip, ports)), Some(socket)) => {
+                (Some((boot, gossip, ports, tls)), Some(socket)) => {
                     socket.take().map(|socket| ShardLinks {
                         socket,
                         gossip_socket: gossip_socket.take(),
                         gossip: *gossip,
                         boot: *boot,
                         ports: ports.clone(),
+                        tls: tls.clone(),
                     })
                 }
                 _ => None,
@@ -556,6 +558,7 @@ struct ShardLinks {
     gossip: SocketAddr,
     boot: u64,
     ports: Vec<u16>,
+    tls: Arc<crate::cluster::tls::LinkTls>,
 }
 
 /// How often a shard checks its links: dials what is missing, closes
@@ -581,7 +584,7 @@ fn start_links(
         .clone()
         .unwrap_or_default()
         .into_bytes();
-    crate::cluster::link::Endpoint::new(socket, secret, me)
+    crate::cluster::link::Endpoint::new(socket, secret, me, &cluster.tls)
         .map(Rc::new)
         .map_err(|e| format!("cannot start the link endpoint: {e}"))
 }

@@ -278,19 +278,23 @@ fn transport() -> Arc<TransportConfig> {
 impl Endpoint {
     /// The endpoint on `socket`, bound beforehand (see [`bind_socket`]);
     /// on the shard's own thread.
-    pub fn new(socket: std::net::UdpSocket, secret: Vec<u8>, me: Me) -> io::Result<Endpoint> {
+    pub fn new(
+        socket: std::net::UdpSocket,
+        secret: Vec<u8>,
+        me: Me,
+        tls: &tls::LinkTls,
+    ) -> io::Result<Endpoint> {
         let std_socket = socket;
         let local = std_socket.local_addr()?;
         let socket = socket2::Socket::from(std_socket);
         let sender = socket.try_clone()?;
-        let (cert, key) = tls::generate_certificate().map_err(io::Error::other)?;
-        let server_crypto = tls::server_crypto(cert, key).map_err(io::Error::other)?;
+        let server_crypto = tls.server_crypto().map_err(io::Error::other)?;
         let server_crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(server_crypto)
             .map_err(io::Error::other)?;
         let mut server = ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(transport());
         server.max_incoming(MAX_LINKS);
-        let client_crypto = tls::client_crypto().map_err(io::Error::other)?;
+        let client_crypto = tls.client_crypto().map_err(io::Error::other)?;
         let client_crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(client_crypto)
             .map_err(io::Error::other)?;
         let mut client = ClientConfig::new(Arc::new(client_crypto));
@@ -1187,6 +1191,10 @@ mod tests {
     }
 
     fn endpoint(gossip_port: u16, secret: &[u8]) -> Rc<Endpoint> {
+        endpoint_with(gossip_port, secret, &tls::LinkTls::generated().unwrap())
+    }
+
+    fn endpoint_with(gossip_port: u16, secret: &[u8], tls: &tls::LinkTls) -> Rc<Endpoint> {
         let socket = bind_socket(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let me = Me {
             name: format!("n{gossip_port}"),
@@ -1195,14 +1203,16 @@ mod tests {
             shard: 0,
             shards: 1,
         };
-        let endpoint = Rc::new(Endpoint::new(socket, secret.to_vec(), me).unwrap());
+        let endpoint = Rc::new(Endpoint::new(socket, secret.to_vec(), me, tls).unwrap());
         glommio::spawn_local(endpoint.clone().run()).detach();
         endpoint
     }
 
     fn pair(secret_a: &[u8], secret_b: &[u8]) -> Pair {
-        let a = endpoint(1, secret_a);
-        let b = endpoint(2, secret_b);
+        pair_of(endpoint(1, secret_a), endpoint(2, secret_b))
+    }
+
+    fn pair_of(a: Rc<Endpoint>, b: Rc<Endpoint>) -> Pair {
         let (ia, ib) = (
             node_id(1, a.local_addr().port()),
             node_id(2, b.local_addr().port()),
@@ -1275,6 +1285,54 @@ mod tests {
             // A second reconcile does not dial again.
             p.a.reconcile(&p.view_a);
             assert_eq!(p.a.links.borrow().len(), 1);
+        });
+    }
+
+    #[test]
+    fn with_a_cluster_ca_only_nodes_it_signed_link_up() {
+        on_executor(async || {
+            let secret = b"the same secret!";
+            let ca = tls::test_pki::ca();
+            let signed = |port| {
+                endpoint_with(
+                    port,
+                    secret,
+                    &tls::test_pki::link_tls(&ca, tls::SERVER_NAME, &ca),
+                )
+            };
+            let p = pair_of(signed(1), signed(2));
+            p.b.reconcile(&p.view_b);
+            p.a.reconcile(&p.view_a);
+            assert!(eventually(|| p.a.links().len() == 1 && p.b.links().len() == 1).await);
+
+            // Signed by another CA (the secret is right): no link, either way.
+            let stranger = tls::test_pki::ca();
+            for (a, b) in [
+                (
+                    signed(1),
+                    endpoint_with(
+                        2,
+                        secret,
+                        &tls::test_pki::link_tls(&stranger, tls::SERVER_NAME, &ca),
+                    ),
+                ),
+                (
+                    endpoint_with(
+                        1,
+                        secret,
+                        &tls::test_pki::link_tls(&stranger, tls::SERVER_NAME, &ca),
+                    ),
+                    signed(2),
+                ),
+            ] {
+                let p = pair_of(a, b);
+                p.b.reconcile(&p.view_b);
+                p.a.reconcile(&p.view_a);
+                // The handshake fails: the dialer counts its link lost.
+                let lost = LinkError::Lost as usize;
+                assert!(eventually(|| p.a.stats().errors[lost] > 0).await);
+                assert!(p.a.links().is_empty() && p.b.links().is_empty());
+            }
         });
     }
 

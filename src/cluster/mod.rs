@@ -27,6 +27,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::config::Config;
+
 pub use gossip::{Gossip, GossipStats, RejectReason, Settings};
 pub use node::{ClusterView, MemberState, NodeId};
 
@@ -60,13 +62,19 @@ pub struct Prepared {
     /// Each shard's link socket, and its port.
     pub sockets: Vec<UdpSocket>,
     pub ports: Vec<u16>,
+    /// The links' certificate, key and CA, shared by every shard.
+    pub tls: Arc<tls::LinkTls>,
 }
 
 impl Prepared {
     /// Binds the gossip socket on `addr` (without SO_REUSEPORT: a second
     /// process on the same address is refused instead of sharing it) and
     /// `shards` link sockets on its IP, on ports the kernel picks.
-    pub fn bind(addr: SocketAddr, shards: usize) -> Result<Prepared, String> {
+    pub fn bind(addr: SocketAddr, shards: usize, config: &Config) -> Result<Prepared, String> {
+        let tls = match (&config.cluster_cert, &config.cluster_key) {
+            (Some(cert), Some(key)) => tls::LinkTls::load(cert, key, config.cluster_ca.as_deref())?,
+            _ => tls::LinkTls::generated()?,
+        };
         let gossip = UdpSocket::bind(addr).map_err(|e| e.to_string())?;
         let gossip_addr = gossip.local_addr().map_err(|e| e.to_string())?;
         let sockets = (0..shards)
@@ -87,6 +95,7 @@ impl Prepared {
             gossip_addr,
             sockets,
             ports,
+            tls: Arc::new(tls),
         })
     }
 }
