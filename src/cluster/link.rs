@@ -1195,6 +1195,18 @@ mod tests {
     }
 
     fn endpoint_with(gossip_port: u16, secret: &[u8], tls: &tls::LinkTls) -> Rc<Endpoint> {
+        let (endpoint, task) = endpoint_task(gossip_port, secret, tls);
+        task.detach();
+        endpoint
+    }
+
+    /// An endpoint and the task running it (cancelling it stops the
+    /// endpoint reading, as a hung process would).
+    fn endpoint_task(
+        gossip_port: u16,
+        secret: &[u8],
+        tls: &tls::LinkTls,
+    ) -> (Rc<Endpoint>, glommio::Task<()>) {
         let socket = bind_socket(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let me = Me {
             name: format!("n{gossip_port}"),
@@ -1204,8 +1216,8 @@ mod tests {
             shards: 1,
         };
         let endpoint = Rc::new(Endpoint::new(socket, secret.to_vec(), me, tls).unwrap());
-        glommio::spawn_local(endpoint.clone().run()).detach();
-        endpoint
+        let task = glommio::spawn_local(endpoint.clone().run());
+        (endpoint, task)
     }
 
     fn pair(secret_a: &[u8], secret_b: &[u8]) -> Pair {
@@ -1333,6 +1345,53 @@ mod tests {
                 assert!(eventually(|| p.a.stats().errors[lost] > 0).await);
                 assert!(p.a.links().is_empty() && p.b.links().is_empty());
             }
+        });
+    }
+
+    #[test]
+    fn a_hung_peer_holds_a_bounded_backlog_and_requests_to_it_fail_fast() {
+        on_executor(async || {
+            let secret = b"the same secret!";
+            let generated = tls::LinkTls::generated().unwrap();
+            let a = endpoint_with(1, secret, &generated);
+            let (b, b_task) = endpoint_task(2, secret, &generated);
+            let p = pair_of(a, b);
+            p.b.reconcile(&p.view_b);
+            p.a.reconcile(&p.view_a);
+            assert!(eventually(|| p.a.links().len() == 1 && p.b.links().len() == 1).await);
+            // b stops reading: a's frames pile up past QUIC's windows until
+            // the link's backlog is full.
+            b_task.cancel().await;
+            let frame = Frame::Goodbye {
+                reason: "x".repeat(1 << 20),
+            };
+            let mut sent = 0;
+            let congested = loop {
+                match p.a.send_frame(&b_as_seen_by_a(), &frame) {
+                    Ok(()) => sent += 1,
+                    Err(e) => break e,
+                }
+                assert!(sent < 200, "no backpressure after {sent} MiB");
+            };
+            assert_eq!(congested, SendError::Congested);
+            assert!(sent >= MAX_QUEUED >> 20, "only {sent} MiB taken before congestion");
+            let backlog: usize = p.a.links.borrow().values().map(|l| l.queued.len()).sum();
+            assert!(backlog <= MAX_QUEUED + (2 << 20), "{backlog}");
+            // A request fails at once rather than waiting for its deadline.
+            let started = Instant::now();
+            let answer =
+                p.a.request(
+                    &b_as_seen_by_a(),
+                    Request::Pick {
+                        query: Vec::new(),
+                        avg: None,
+                    },
+                    Duration::from_secs(5),
+                )
+                .await;
+            assert_eq!(answer, Err(RemoteError::Congested));
+            assert!(started.elapsed() < Duration::from_secs(1));
+            assert_eq!(p.a.stats().request_failures, 1);
         });
     }
 
