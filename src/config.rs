@@ -125,6 +125,8 @@ pub struct Config {
     pub cluster_key: Option<PathBuf>,
     /// CA certificates (PEM) every node's link certificate must chain to.
     pub cluster_ca: Option<PathBuf>,
+    /// Shard i's link port is this plus i; `None`: chosen by the kernel.
+    pub cluster_link_port: Option<u16>,
 }
 
 pub const DEFAULT_PORT: u16 = 4567;
@@ -319,6 +321,9 @@ pub struct Flags {
     /// Cluster: PEM file of CA certificates; when set, links are mutual TLS and each node's certificate must chain to one of them and name `singyeong-node`, besides the secret's proof; needs --cluster-cert [default: none]
     #[arg(long, env = "CLUSTER_CA")]
     cluster_ca: Option<PathBuf>,
+    /// Cluster: the first UDP port of the links (QUIC): shard i listens on this port plus i, so a firewall can allow a fixed range; unset lets the kernel pick [default: none]
+    #[arg(long, env = "CLUSTER_LINK_PORT")]
+    cluster_link_port: Option<u16>,
     /// TOML file with any of the settings above as snake_case keys
     #[arg(long, env = "CONFIG")]
     config: Option<PathBuf>,
@@ -375,6 +380,7 @@ struct FileConfig {
     cluster_cert: Option<PathBuf>,
     cluster_key: Option<PathBuf>,
     cluster_ca: Option<PathBuf>,
+    cluster_link_port: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -582,6 +588,7 @@ impl Config {
             cluster_cert: flags.cluster_cert.or(file.cluster_cert),
             cluster_key: flags.cluster_key.or(file.cluster_key),
             cluster_ca: flags.cluster_ca.or(file.cluster_ca),
+            cluster_link_port: flags.cluster_link_port.or(file.cluster_link_port),
         };
         config.validate()?;
         Ok(config)
@@ -727,6 +734,14 @@ impl Config {
             (Some(_), None) => return invalid("cluster_key", "required with --cluster-cert"),
             (None, Some(_)) => return invalid("cluster_cert", "required with --cluster-key"),
             _ => {}
+        }
+        if let Some(port) = self.cluster_link_port
+            && (port == 0 || usize::from(port) + self.shards > usize::from(u16::MAX) + 1)
+        {
+            return invalid(
+                "cluster_link_port",
+                "must leave room for one port per shard, from 1 to 65535",
+            );
         }
         if self.cluster_ca.is_some() && self.cluster_cert.is_none() {
             return invalid(

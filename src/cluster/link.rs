@@ -1374,7 +1374,10 @@ mod tests {
                 assert!(sent < 200, "no backpressure after {sent} MiB");
             };
             assert_eq!(congested, SendError::Congested);
-            assert!(sent >= MAX_QUEUED >> 20, "only {sent} MiB taken before congestion");
+            assert!(
+                sent >= MAX_QUEUED >> 20,
+                "only {sent} MiB taken before congestion"
+            );
             let backlog: usize = p.a.links.borrow().values().map(|l| l.queued.len()).sum();
             assert!(backlog <= MAX_QUEUED + (2 << 20), "{backlog}");
             // A request fails at once rather than waiting for its deadline.

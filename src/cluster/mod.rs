@@ -78,9 +78,12 @@ impl Prepared {
         let gossip = UdpSocket::bind(addr).map_err(|e| e.to_string())?;
         let gossip_addr = gossip.local_addr().map_err(|e| e.to_string())?;
         let sockets = (0..shards)
-            .map(|_| link::bind_socket(SocketAddr::new(addr.ip(), 0)))
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| format!("cannot bind a link socket: {e}"))?;
+            .map(|i| {
+                let port = config.cluster_link_port.map_or(0, |base| base + i as u16);
+                let at = SocketAddr::new(addr.ip(), port);
+                link::bind_socket(at).map_err(|e| format!("cannot bind a link socket on {at}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let ports = sockets
             .iter()
             .map(|s| s.local_addr().map(|a| a.port()))

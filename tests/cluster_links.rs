@@ -1,8 +1,10 @@
-//! Links with a certificate pair and a cluster CA given by the user, over
-//! real processes: nodes whose certificates the CA signed link up; a node
-//! with the secret but a certificate from elsewhere gossips yet gets no
-//! link; a pair that is incomplete, unreadable or mismatched refuses the
-//! start with a message naming what is wrong.
+//! The links' settings over real processes: with a certificate pair and a
+//! cluster CA given by the user, nodes whose certificates the CA signed
+//! link up, and a node with the secret but a certificate from elsewhere
+//! gossips yet gets no link; a pair that is incomplete, unreadable or
+//! mismatched refuses the start with a message naming what is wrong; a
+//! fixed link port range is used as given, and a taken port refuses the
+//! start.
 
 mod common;
 
@@ -130,4 +132,52 @@ fn an_incomplete_or_unusable_pair_refuses_to_start() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn links_listen_on_the_fixed_ports_given() {
+    // Two free ports in a row, found by asking the kernel.
+    let base = (0..50)
+        .find_map(|_| {
+            let first = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+            let port = first.local_addr().ok()?.port().checked_add(1)?;
+            std::net::UdpSocket::bind(("127.0.0.1", port)).ok()?;
+            Some(port - 1)
+        })
+        .expect("two free ports in a row");
+    let (ga, gb) = (gossip_addr(), gossip_addr());
+    let base_arg = base.to_string();
+    let a = node(
+        "a",
+        ga,
+        &[],
+        &[
+            "--no-durable",
+            "--shards",
+            "2",
+            "--cluster-link-port",
+            &base_arg,
+        ],
+    );
+    assert_eq!(
+        cluster(&a)["node"]["link_ports"],
+        serde_json::json!([base, base + 1])
+    );
+    let b = node("b", gb, &[ga], &["--no-durable"]);
+    wait_linked(&[(&a, "a"), (&b, "b")]);
+
+    // Taken (by a's first shard): refused before anything starts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_singyeong"))
+        .env_clear()
+        .args(["--bind", "127.0.0.1", "--port", "0", "--no-durable"])
+        .args(["--cluster-addr", "127.0.0.1:0", "--cluster-secret", SECRET])
+        .args(["--cluster-link-port", &base_arg])
+        .output()
+        .expect("run singyeong");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot bind a link socket on 127.0.0.1:{base}")),
+        "{stderr}"
+    );
 }
