@@ -183,6 +183,14 @@ fn no_confirmed_message_is_lost_when_the_queue_owner_dies_and_comes_back() {
     };
     let mut producer = Client::ready(nodes[p].as_ref().expect("up"), Encoding::Json, "app", "p");
     let mut consumer = Client::ready(nodes[k].as_ref().expect("up"), Encoding::Json, "app", "k");
+    // Connected throughout, asking for nothing until the end.
+    let mut green = Client::ready_with(
+        nodes[k].as_ref().expect("up"),
+        Encoding::Json,
+        "app",
+        "green",
+        with_color("green"),
+    );
     let target = json!({"application": "app"});
     for i in 1..=5 {
         push(&mut producer, "jobs", target.clone(), json!(i));
@@ -214,6 +222,16 @@ fn no_confirmed_message_is_lost_when_the_queue_owner_dies_and_comes_back() {
         consumer.dispatch("QUEUE_REQUEST", json!({"queue": "jobs"}));
     }
     consumer.sync();
+    // Messages for green wait at the interim owner (green is connected).
+    for i in 9..=10 {
+        push(&mut producer, "jobs", colored("green"), json!(i));
+    }
+    let interim = [p, k]
+        .into_iter()
+        .find(|&i| {
+            row(nodes[i].as_ref().expect("up"), "jobs").is_some_and(|r| r["depth"] == json!(2))
+        })
+        .expect("the interim owner holds green's two messages");
 
     // The owner comes back with its log: the interim node hands over what
     // it still holds, and every message is delivered.
@@ -239,6 +257,34 @@ fn no_confirmed_message_is_lost_when_the_queue_owner_dies_and_comes_back() {
     }
     assert_eq!(got, (0..=8).collect::<BTreeSet<i64>>());
     consumer.expect_nothing(Duration::from_millis(200));
+    // Green's messages were handed over to the owner, which serves them.
+    for _ in 0..2 {
+        green.dispatch("QUEUE_REQUEST", json!({"queue": "jobs"}));
+        let (id, payload) = delivered(&mut green, "jobs");
+        ack(&mut green, "jobs", &id);
+        assert!(got.insert(payload.as_i64().expect("a number")));
+    }
+    assert!(got.contains(&9) && got.contains(&10));
+    let total = |s: &Server, name: &str| -> u64 {
+        s.http("GET", "/metrics", &[], None)
+            .text()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let handed = total(
+        nodes[interim].as_ref().expect("up"),
+        "singyeong_queue_handed_over_total",
+    );
+    let taken = total(
+        nodes[owner].as_ref().expect("up"),
+        "singyeong_queue_taken_over_total",
+    );
+    assert!(
+        handed >= 2 && taken >= 2,
+        "handed over {handed}, taken over {taken}"
+    );
     // Nothing is left anywhere.
     for s in nodes.iter().flatten() {
         wait_until("every copy gone", Duration::from_secs(10), || {

@@ -114,6 +114,8 @@ pub struct ShardMetrics {
     queue_log_encode_errors: Cell<u64>,
     queue_log_carried: Cell<u64>,
     repicks: Cell<u64>,
+    queue_handed_over: Cell<u64>,
+    queue_taken_over: Cell<u64>,
     routing_overlapped: Cell<u64>,
     /// Messages sent to other shards, by [`crate::shard::ShardMsg::kind`].
     cross_shard: [Cell<u64>; crate::shard::ShardMsg::KINDS.len()],
@@ -217,6 +219,17 @@ impl ShardMetrics {
         bump(&self.queue_log_carried, n);
     }
 
+    /// A queue message this node held for another node's queue was
+    /// taken by its owner (and dropped here).
+    pub fn queue_handed_over(&self) {
+        bump(&self.queue_handed_over, 1);
+    }
+
+    /// A queue message another node handed over was stored here.
+    pub fn queue_taken_over(&self) {
+        bump(&self.queue_taken_over, 1);
+    }
+
     /// A SEND (or proxy) choice made again because the client chosen had
     /// gone before the packet reached it.
     pub fn repick(&self) {
@@ -246,6 +259,8 @@ impl ShardMetrics {
             queue_log_encode_errors: self.queue_log_encode_errors.get(),
             queue_log_carried: self.queue_log_carried.get(),
             repicks: self.repicks.get(),
+            queue_handed_over: self.queue_handed_over.get(),
+            queue_taken_over: self.queue_taken_over.get(),
             routing_overlapped: self.routing_overlapped.get(),
             cross_shard: read(&self.cross_shard),
             queues,
@@ -300,6 +315,8 @@ pub struct Snapshot {
     pub queue_log_encode_errors: u64,
     pub queue_log_carried: u64,
     pub repicks: u64,
+    pub queue_handed_over: u64,
+    pub queue_taken_over: u64,
     pub routing_overlapped: u64,
     /// Messages sent to other shards, in [`crate::shard::ShardMsg::KINDS`]
     /// order.

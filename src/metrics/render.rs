@@ -404,6 +404,16 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
         |s| s.queue_log_carried,
     );
     counter(
+        "queue_handed_over",
+        "Queue messages this node held for a queue another node owns, taken by the owner and dropped here",
+        |s| s.queue_handed_over,
+    );
+    counter(
+        "queue_taken_over",
+        "Queue messages handed over by a node that no longer owns their queue, stored here",
+        |s| s.queue_taken_over,
+    );
+    counter(
         "send_repicks",
         "SEND or proxy choices made again because the chosen client had gone before the packet reached it",
         |s| s.repicks,

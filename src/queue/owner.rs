@@ -912,7 +912,10 @@ pub fn confirmed(shard: &Shard, confirm: Confirm) {
             ),
             Some(node) => cluster::confirm_to_node(shard, node, who.conn, &packet),
         },
-        Confirm::Moved { node, queue, id } => cluster::moved_to_node(shard, node, queue, id),
+        Confirm::Moved { node, queue, id } => {
+            shard.metrics.queue_taken_over();
+            cluster::moved_to_node(shard, node, queue, id);
+        }
     }
 }
 
@@ -944,6 +947,7 @@ fn moved(shard: &Shard, queue: Arc<str>, id: MsgId, by: NodeKey, now: Instant) {
         if let Some(o) = shard.queues.owned.borrow_mut().get_mut(&queue) {
             o.last_record = o.last_record.max(n);
         }
+        shard.metrics.queue_handed_over();
         tracing::debug!(queue = %queue, id, node = %by.0, "queue message handed over");
     }
 }
