@@ -23,7 +23,7 @@ pub const LINK_VERSION: u16 = 1;
 /// the types in it (a field, a variant, an order, a type): two layouts do
 /// not reject each other's bytes reliably, so the handshake must. The
 /// `layout_is_pinned` test fails on any change of layout, as a reminder.
-pub const SCHEMA: u32 = 0x5f1e_0007;
+pub const SCHEMA: u32 = 0x5f1e_0008;
 
 const PREFIX: usize = 4;
 
@@ -66,6 +66,15 @@ pub enum Frame {
         app: String,
         client: String,
     },
+    /// The sender's node no longer holds the name (`app`, `client`) for
+    /// its connection (`shard`, `conn`): for the name's home node, which
+    /// forgets the claim if that connection still holds it.
+    Release {
+        app: String,
+        client: String,
+        shard: u32,
+        conn: u64,
+    },
 }
 
 /// What one node asks another to do among its own clients. Queries and
@@ -103,6 +112,19 @@ pub enum Request {
     /// client of this node a SEND would go to; answered with
     /// [`Response::Nodes`] holding it (or none: its matches had gone).
     Describe { query: Vec<u8>, avg: Option<f64> },
+    /// On the name's home node: the sender's node claims (`app`,
+    /// `client`) for its connection (`shard`, `conn`); answered with
+    /// [`Response::Claimed`] (false: another node, or the home, holds it).
+    Claim {
+        app: String,
+        client: String,
+        shard: u32,
+        conn: u64,
+    },
+    /// From a name's home node, which found this node's claim of (`app`,
+    /// `client`) in the way of another: does this node still hold it?
+    /// Answered with [`Response::Claimed`].
+    Holds { app: String, client: String },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -124,6 +146,9 @@ pub enum Response {
     /// The request could not be carried out (a query that does not parse
     /// here, say); the asker counts this node as having no match.
     Refused(String),
+    /// To [`Request::Claim`]: granted or not; to [`Request::Holds`]:
+    /// held or not.
+    Claimed(bool),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -470,7 +495,7 @@ mod tests {
     /// update the bytes here.
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(SCHEMA, 0x5f1e_0007);
+        assert_eq!(SCHEMA, 0x5f1e_0008);
         assert_eq!(samples().len(), GOLDEN.len());
         for (frame, golden) in samples().iter().zip(GOLDEN) {
             assert_eq!(hex(&encoded(frame)), golden, "{frame:?}");
@@ -480,7 +505,7 @@ mod tests {
     const GOLDEN: [&str; 8] = [
         concat!(
             "6000000031302e302e302e313a37303030000000000000000000000001000000",
-            "07001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
+            "08001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
             "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "00000000",
         ),
@@ -640,6 +665,33 @@ mod tests {
             }),
             prop::collection::vec((text, any::<u64>()), 0..10)
                 .prop_map(|counts| Frame::Apps { counts }),
+            (text, text, any::<u32>(), any::<u64>()).prop_map(|(app, client, shard, conn)| {
+                Frame::Release {
+                    app,
+                    client,
+                    shard,
+                    conn,
+                }
+            }),
+            (any::<u64>(), text, text, any::<u32>(), any::<u64>()).prop_map(
+                |(id, app, client, shard, conn)| Frame::Request {
+                    id,
+                    body: Request::Claim {
+                        app,
+                        client,
+                        shard,
+                        conn,
+                    },
+                }
+            ),
+            (any::<u64>(), text, text).prop_map(|(id, app, client)| Frame::Request {
+                id,
+                body: Request::Holds { app, client },
+            }),
+            (any::<u64>(), any::<bool>()).prop_map(|(id, held)| Frame::Response {
+                id,
+                body: Response::Claimed(held),
+            }),
         ]
     }
 
