@@ -52,7 +52,12 @@ impl ClaimTable {
     /// so its newer claim is the live one), unless the claim comes from an
     /// earlier run of it. `stale`: an entry the caller found is no longer
     /// held (its node said so, or left): replaced if it is still the entry.
-    pub fn claim(&mut self, name: Name, holder: Holder, stale: Option<&Holder>) -> Result<(), Holder> {
+    pub fn claim(
+        &mut self,
+        name: Name,
+        holder: Holder,
+        stale: Option<&Holder>,
+    ) -> Result<(), Holder> {
         match self.held.get(&name) {
             Some(now) if Some(now) == stale => {}
             Some(now) if now.same_node(&holder) && holder.boot >= now.boot => {}

@@ -11,22 +11,29 @@
 //! Failures, chosen for availability:
 //! - A home that does not answer within `--cluster-request-timeout` (down,
 //!   unreachable, slow): the identify goes ahead, counted in
-//!   `singyeong_cluster_claims_unconfirmed_total`. Refusing would lock out
-//!   every client whose name is homed on a dying node, at the very moment
-//!   the clients of that node reconnect elsewhere.
+//!   `singyeong_cluster_claims_unconfirmed_total`, and the claim is made
+//!   again in the background at the name's home under the latest view
+//!   (every 0.5 s, 20 times at most, while the name is held); if that
+//!   home refuses, the client is closed with the duplicate error.
+//!   Refusing at once would lock out every client whose name is homed on
+//!   a dying node, at the very moment the clients of that node reconnect
+//!   elsewhere.
 //! - A claim of another node found in the way is checked with that node
 //!   before refusing: a node no longer live, or that says it does not hold
 //!   the name, loses the entry (a release lost with its link must not keep
 //!   a name forever). A node that does not answer keeps it.
 //! - When the members change, homes drop the claims of nodes that left and
 //!   of names no longer homed on them, and each node claims again, at the
-//!   new home, the names whose home moved. A name taken meanwhile on
-//!   another node (a duplicate that slipped through the change) makes the
-//!   new home refuse: that client is closed with the duplicate error.
+//!   new home, the names whose home moved (until the home answers, as
+//!   above: a node that just joined may not be linked yet). A name taken
+//!   meanwhile on another node (a duplicate that slipped through the
+//!   change) makes the new home refuse: that client is closed with the
+//!   duplicate error.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cluster::claims::{self, Holder};
 use crate::cluster::frame::{Frame, Request, Response};
@@ -37,6 +44,11 @@ use crate::shard::{ClaimOutcome, ConnId, Reply, Shard, ShardMsg};
 
 /// Claims made again at once after a change of members, per shard.
 const RECLAIM_BATCH: usize = 64;
+/// A claim no home answered (a link to a node that just joined is not up
+/// yet, say) is made again this often, this many times, while the name is
+/// still held here.
+const RETRY: Duration = Duration::from_millis(500);
+const RETRIES: usize = 20;
 
 /// This shard's link to `node`.
 fn peer_of(shard: &Shard, node: &NodeId) -> PeerShard {
@@ -56,8 +68,10 @@ fn home_of(view: &ClusterView, key: &[u8]) -> Option<(SocketAddr, u64)> {
 }
 
 /// At identify, after this node's own registry gave the name to `owner`:
-/// whether the cluster lets it have it (outside a cluster, always).
-pub async fn claim(shard: &Shard, app: &str, client: &str, owner: ConnId) -> bool {
+/// whether the cluster lets it have it (outside a cluster, always). A
+/// claim the home did not answer is let through and made again in the
+/// background (see [`claim_until_answered`]).
+pub async fn claim(shard: &Rc<Shard>, app: &str, client: &str, owner: ConnId) -> bool {
     let view = shard.cluster.view();
     let Some(this) = &view.this else {
         return true;
@@ -77,9 +91,72 @@ pub async fn claim(shard: &Shard, app: &str, client: &str, owner: ConnId) -> boo
         None => {
             shard.metrics.claim_unconfirmed();
             tracing::debug!(app, client, "cluster: the name's home did not answer");
+            let (shard, app, client) = (shard.clone(), app.to_string(), client.to_string());
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(RETRY).await;
+                if holds(&shard, &app, &client).await {
+                    claim_until_answered(&shard, &app, &client, holder, owner).await;
+                }
+            })
+            .detach();
             true
         }
     }
+}
+
+/// Claims the name for `holder` at its home under the latest view until a
+/// home answers ([`RETRIES`] times at most, while this node still holds
+/// the name). A refusal closes this node's client with the duplicate
+/// error: another node took the name while its home could not tell.
+async fn claim_until_answered(
+    shard: &Shard,
+    app: &str,
+    client: &str,
+    holder: Holder,
+    owner: ConnId,
+) {
+    for _ in 0..RETRIES {
+        let view = shard.cluster.view();
+        match claim_at_home(shard, &view, app, client, holder).await {
+            Some(true) => return,
+            Some(false) => {
+                tracing::info!(
+                    app,
+                    client,
+                    "cluster: another node holds this name; closing this node's client"
+                );
+                shard.metrics.duplicate_closed();
+                shard.on_shard(
+                    owner.shard,
+                    ShardMsg::CloseConn {
+                        conn: owner.conn,
+                        error: errors::already_registered(client, app),
+                    },
+                );
+                return;
+            }
+            None => {}
+        }
+        glommio::timer::sleep(RETRY).await;
+        if !holds(shard, app, client).await {
+            return;
+        }
+    }
+    tracing::warn!(app, client, "cluster: no home answered this name's claim");
+}
+
+/// Whether a connection of this node holds the name.
+async fn holds(shard: &Shard, app: &str, client: &str) -> bool {
+    let reply = shard
+        .ask(shard.name_owner(app, client), |reply_to| {
+            ShardMsg::HoldsName {
+                reply_to,
+                app: app.into(),
+                client: client.into(),
+            }
+        })
+        .await;
+    matches!(reply, Reply::Claimed(true))
 }
 
 /// `holder`'s claim at the name's home under `view`: granted or not, or
@@ -188,7 +265,14 @@ pub fn release(shard: &Shard, app: &str, client: &str, owner: ConnId) {
 }
 
 /// Another node's [`Frame::Release`], for the name's owner shard here.
-pub fn take_release(shard: &Shard, peer: &PeerShard, app: String, client: String, s: u32, conn: u64) {
+pub fn take_release(
+    shard: &Shard,
+    peer: &PeerShard,
+    app: String,
+    client: String,
+    s: u32,
+    conn: u64,
+) {
     let holder = Holder {
         addr: peer.addr,
         boot: peer.boot,
@@ -234,18 +318,7 @@ pub async fn answer(shard: &Shard, peer: &PeerShard, request: Request) -> Respon
             };
             Response::Claimed(decide(shard, &app, &client, holder).await)
         }
-        Request::Holds { app, client } => {
-            let reply = shard
-                .ask(shard.name_owner(&app, &client), |reply_to| {
-                    ShardMsg::HoldsName {
-                        reply_to,
-                        app: app.as_str().into(),
-                        client: client.as_str().into(),
-                    }
-                })
-                .await;
-            Response::Claimed(matches!(reply, Reply::Claimed(true)))
-        }
+        Request::Holds { app, client } => Response::Claimed(holds(shard, &app, &client).await),
         _ => Response::Refused("not a claim".into()),
     }
 }
@@ -260,9 +333,7 @@ pub fn view_changed(shard: &Rc<Shard>, view: Arc<ClusterView>) {
     shard.retain_cluster_claims(|(app, client), holder| {
         view.home(&claims::key(app, client)).is_none()
             && view.members.iter().any(|m| {
-                m.id.addr == holder.addr
-                    && m.id.boot == holder.boot
-                    && m.state != MemberState::Down
+                m.id.addr == holder.addr && m.id.boot == holder.boot && m.state != MemberState::Down
             })
     });
     let Some(this) = view.this.clone() else {
@@ -289,7 +360,7 @@ pub fn view_changed(shard: &Rc<Shard>, view: Arc<ClusterView>) {
                 .iter()
                 .cloned()
                 .map(|((app, client), owner)| {
-                    let (shard, view) = (shard.clone(), view.clone());
+                    let shard = shard.clone();
                     let holder = Holder {
                         addr: this.addr,
                         boot: this.boot,
@@ -297,21 +368,7 @@ pub fn view_changed(shard: &Rc<Shard>, view: Arc<ClusterView>) {
                         conn: owner.conn,
                     };
                     glommio::spawn_local(async move {
-                        let granted = claim_at_home(&shard, &view, &app, &client, holder).await;
-                        if granted == Some(false) {
-                            tracing::info!(
-                                %app, %client,
-                                "cluster: another node holds this name; closing this node's client"
-                            );
-                            shard.metrics.duplicate_closed();
-                            shard.on_shard(
-                                owner.shard,
-                                ShardMsg::CloseConn {
-                                    conn: owner.conn,
-                                    error: errors::already_registered(&client, &app),
-                                },
-                            );
-                        }
+                        claim_until_answered(&shard, &app, &client, holder, owner).await;
                     })
                 })
                 .collect();

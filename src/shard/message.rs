@@ -205,10 +205,15 @@ pub enum ShardMsg {
         client: Box<str>,
     },
     /// Close one of this shard's connections with an error (op 8).
-    CloseConn { conn: u64, error: String },
+    CloseConn {
+        conn: u64,
+        error: String,
+    },
     /// Send `count` clients of this shard away (goodbye, reason
     /// `load balancing`).
-    SendAway { count: u64 },
+    SendAway {
+        count: u64,
+    },
 }
 
 impl ShardMsg {

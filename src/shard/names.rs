@@ -129,7 +129,10 @@ impl Shard {
     /// On the name's owner shard of its home node
     /// ([`ShardMsg::ClusterRelease`]): another node's connection gave it back.
     pub fn record_cluster_release(&self, app: Box<str>, client: Box<str>, holder: Holder) {
-        self.names.remote.borrow_mut().release(&(app, client), &holder);
+        self.names
+            .remote
+            .borrow_mut()
+            .release(&(app, client), &holder);
     }
 
     /// Whether a connection of this node holds (app, client), on the name's
@@ -142,7 +145,9 @@ impl Shard {
     /// connections.
     pub fn held_names(&self) -> Vec<(ClientName, ConnId)> {
         let held = self.names.held.borrow();
-        held.iter().map(|(name, owner)| (name.clone(), *owner)).collect()
+        held.iter()
+            .map(|(name, owner)| (name.clone(), *owner))
+            .collect()
     }
 
     /// Keeps the other nodes' claims `keep` says.
