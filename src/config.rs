@@ -127,6 +127,13 @@ pub struct Config {
     pub cluster_ca: Option<PathBuf>,
     /// Shard i's link port is this plus i; `None`: chosen by the kernel.
     pub cluster_link_port: Option<u16>,
+    /// Load balancing by goodbye: a node holding more than this many times
+    /// its share of the cluster's clients sends some away; `None`: off.
+    pub balance_above: Option<f64>,
+    /// How often a node checks whether it holds too many clients.
+    pub balance_interval: Duration,
+    /// Most clients one node sends away per check.
+    pub balance_max: usize,
 }
 
 pub const DEFAULT_PORT: u16 = 4567;
@@ -165,6 +172,8 @@ pub const DEFAULT_MAX_QUERY_RESULTS: usize = 1000;
 pub const DEFAULT_MAX_QUEUE_REQUESTS: usize = 10_000;
 pub const DEFAULT_CLUSTER_DOWN_AFTER_MS: u64 = 4_000;
 pub const DEFAULT_CLUSTER_REQUEST_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_BALANCE_INTERVAL_MS: u64 = 5_000;
+pub const DEFAULT_BALANCE_MAX: usize = 100;
 /// The shortest cluster secret accepted, in bytes.
 pub const MIN_CLUSTER_SECRET: usize = 16;
 /// The longest node name in a cluster: it travels in every gossip packet.
@@ -324,6 +333,15 @@ pub struct Flags {
     /// Cluster: the first UDP port of the links (QUIC): shard i listens on this port plus i, so a firewall can allow a fixed range; unset lets the kernel pick [default: none]
     #[arg(long, env = "CLUSTER_LINK_PORT")]
     cluster_link_port: Option<u16>,
+    /// Cluster: load balancing by goodbye; a node holding more than this many times its share of the cluster's clients (all clients over the live nodes) sends clients goodbye (reason "load balancing") until it is down to its share, so that they reconnect elsewhere; e.g. 1.25 [default: off]
+    #[arg(long, env = "BALANCE_ABOVE")]
+    balance_above: Option<f64>,
+    /// Cluster: milliseconds between two load-balancing checks [default: 5000]
+    #[arg(long, env = "BALANCE_INTERVAL")]
+    balance_interval: Option<u64>,
+    /// Cluster: most clients a node sends away per load-balancing check [default: 100]
+    #[arg(long, env = "BALANCE_MAX")]
+    balance_max: Option<usize>,
     /// TOML file with any of the settings above as snake_case keys
     #[arg(long, env = "CONFIG")]
     config: Option<PathBuf>,
@@ -381,6 +399,9 @@ struct FileConfig {
     cluster_key: Option<PathBuf>,
     cluster_ca: Option<PathBuf>,
     cluster_link_port: Option<u16>,
+    balance_above: Option<f64>,
+    balance_interval: Option<u64>,
+    balance_max: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -589,6 +610,17 @@ impl Config {
             cluster_key: flags.cluster_key.or(file.cluster_key),
             cluster_ca: flags.cluster_ca.or(file.cluster_ca),
             cluster_link_port: flags.cluster_link_port.or(file.cluster_link_port),
+            balance_above: flags.balance_above.or(file.balance_above),
+            balance_interval: Duration::from_millis(
+                flags
+                    .balance_interval
+                    .or(file.balance_interval)
+                    .unwrap_or(DEFAULT_BALANCE_INTERVAL_MS),
+            ),
+            balance_max: flags
+                .balance_max
+                .or(file.balance_max)
+                .unwrap_or(DEFAULT_BALANCE_MAX),
         };
         config.validate()?;
         Ok(config)
@@ -691,7 +723,14 @@ impl Config {
         if self.cluster_request_timeout.is_zero() {
             return invalid("cluster_request_timeout", "must be at least 1 ms");
         }
+        self.validate_balance()?;
         let Some(addr) = self.cluster_addr else {
+            if self.balance_above.is_some() {
+                return invalid(
+                    "balance_above",
+                    "needs --cluster-addr: a single node has nowhere to send clients",
+                );
+            }
             if !self.peers.is_empty() {
                 return invalid(
                     "peers",
@@ -748,6 +787,34 @@ impl Config {
                 "cluster_ca",
                 "needs --cluster-cert and --cluster-key: the other nodes check this node's certificate too",
             );
+        }
+        Ok(())
+    }
+
+    fn validate_balance(&self) -> Result<(), ConfigError> {
+        let invalid = |name, reason: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                reason: reason.into(),
+            })
+        };
+        // At 1 or below a node at its share would send clients away, and
+        // they would come back: it must be more than the share.
+        if let Some(above) = self.balance_above
+            && !(above > 1.0 && above <= 100.0)
+        {
+            return invalid(
+                "balance_above",
+                "must be a number above 1 and at most 100 (a multiple of the node's share, e.g. 1.25)",
+            );
+        }
+        if self.balance_interval < Duration::from_millis(100)
+            || self.balance_interval > Duration::from_secs(3600)
+        {
+            return invalid("balance_interval", "must be between 100 and 3600000 ms");
+        }
+        if self.balance_max == 0 {
+            return invalid("balance_max", "must be at least 1");
         }
         Ok(())
     }
@@ -1023,6 +1090,55 @@ mod tests {
             let err = Config::from_flags(parse(&[flag, value])).unwrap_err();
             assert!(err.to_string().contains(name), "{flag}: {err}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn balance_settings_from_file_and_flags() {
+        let config = Config::from_flags(parse(&[])).unwrap();
+        assert_eq!(config.balance_above, None, "off by default");
+        assert_eq!(
+            config.balance_interval,
+            Duration::from_millis(DEFAULT_BALANCE_INTERVAL_MS)
+        );
+        assert_eq!(config.balance_max, DEFAULT_BALANCE_MAX);
+        let cluster = [
+            "--cluster-addr",
+            "127.0.0.1:7000",
+            "--cluster-secret",
+            "sixteen bytes at least",
+        ];
+        let dir = std::env::temp_dir().join(format!("sg-config-balance-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "balance_above = 1.5\nbalance_interval = 250\nbalance_max = 3\n",
+        )
+        .unwrap();
+        let mut args = cluster.to_vec();
+        args.extend(["--config", path.to_str().unwrap(), "--balance-max", "4"]);
+        let config = Config::from_flags(parse(&args)).unwrap();
+        assert_eq!(config.balance_above, Some(1.5));
+        assert_eq!(config.balance_interval, Duration::from_millis(250));
+        assert_eq!(config.balance_max, 4);
+        for (flag, value) in [
+            ("--balance-above", "1"),
+            ("--balance-above", "0.5"),
+            ("--balance-above", "NaN"),
+            ("--balance-above", "101"),
+            ("--balance-interval", "99"),
+            ("--balance-max", "0"),
+        ] {
+            let mut args = cluster.to_vec();
+            args.extend([flag, value]);
+            let err = Config::from_flags(parse(&args)).unwrap_err();
+            let name = flag.trim_start_matches("--").replace('-', "_");
+            assert!(err.to_string().contains(&name), "{flag} {value}: {err}");
+        }
+        // Without a cluster it has nothing to do: refused, not ignored.
+        let err = Config::from_flags(parse(&["--balance-above", "1.25"])).unwrap_err();
+        assert!(err.to_string().contains("needs --cluster-addr"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

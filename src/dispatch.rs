@@ -33,9 +33,16 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
         ShardMsg::Shutdown => shard.shutdown(),
         ShardMsg::Queue(msg) => queue::owner::handle(shard, msg),
         ShardMsg::ClusterView(view) => {
-            shard.cluster.set_view(view);
+            crate::node::claims::view_changed(shard, view);
             queue::cluster::view_changed(shard);
         }
+        ShardMsg::ClusterRelease {
+            app,
+            client,
+            holder,
+        } => shard.record_cluster_release(app, client, holder),
+        ShardMsg::CloseConn { conn, error } => shard.close_with_error(conn, &error),
+        ShardMsg::SendAway { count } => crate::node::balance::send_away(shard, count),
         ShardMsg::RemoteApps { node, apps } => shard.cluster.set_remote_apps(node, apps),
         request => {
             let reply_to = match &request {
@@ -48,7 +55,9 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
                 | ShardMsg::Locate { reply_to, .. }
                 | ShardMsg::Links { reply_to }
                 | ShardMsg::DeliverAsk { reply_to, .. }
-                | ShardMsg::AppCounts { reply_to } => *reply_to,
+                | ShardMsg::AppCounts { reply_to }
+                | ShardMsg::ClusterClaim { reply_to, .. }
+                | ShardMsg::HoldsName { reply_to, .. } => *reply_to,
                 _ => unreachable!("only requests reach here"),
             };
             shard.reply(reply_to, request);
@@ -76,6 +85,14 @@ pub fn answer(shard: &Shard, msg: ShardMsg) -> Option<Reply> {
         ShardMsg::Claim {
             app, client, owner, ..
         } => Reply::Claimed(shard.record_claim(app, client, owner)),
+        ShardMsg::ClusterClaim {
+            app,
+            client,
+            holder,
+            stale,
+            ..
+        } => Reply::ClusterClaim(shard.record_cluster_claim(app, client, holder, stale)),
+        ShardMsg::HoldsName { app, client, .. } => Reply::Claimed(shard.holds_name(app, client)),
         ShardMsg::QueueAsk { ask, .. } => Reply::Queue(queue::owner::answer(shard, ask)),
         ShardMsg::AppCounts { .. } => Reply::AppCounts(
             shard

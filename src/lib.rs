@@ -13,7 +13,9 @@
 //!   counts replicated on every shard, indexed values homed by hash.
 //! - [`cluster::node`], [`cluster::seal`], [`cluster::frame`]: who a node
 //!   is and what this node knows of the others; gossip packets signed
-//!   with the secret; the frames of links between nodes.
+//!   with the secret; the frames of links between nodes;
+//!   [`cluster::balance`], [`cluster::claims`]: how many clients a crowded
+//!   node sends away, and which node holds each name homed here.
 //!
 //! Runtime (glommio, one executor per shard):
 //! - [`server`]: starts the shards and stops them on a signal.
@@ -34,6 +36,9 @@
 //! - [`cluster`]: the cluster's membership, gossiped over UDP by shard 0
 //!   and published to every shard; [`cluster::link`]: each shard's QUIC
 //!   links to its counterparts on the other nodes.
+//! - [`node`]: a node's cluster duties beyond routing: load balancing by
+//!   goodbye, and each name claimed at its home node so that a duplicate
+//!   is refused across the cluster.
 //! - [`config`]: flags, environment, file, defaults.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 
@@ -44,6 +49,7 @@ pub mod gateway;
 pub mod http;
 pub mod metadata;
 pub mod metrics;
+pub mod node;
 pub mod protocol;
 pub mod proxy;
 pub mod query;

@@ -426,8 +426,12 @@ async fn run_shard(start: ShardStart) {
             }
         })
         .detach();
+        // And, with --balance-above, sends clients away when crowded.
+        let balance = (shard.id == 0 && shard.config.balance_above.is_some())
+            .then(|| glommio::spawn_local(crate::node::balance::run(shard.clone())).detach());
         let mut tasks = vec![glommio::spawn_local(links.run()).detach(), tick];
         tasks.extend(share);
+        tasks.extend(balance);
         tasks
     });
 

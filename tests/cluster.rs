@@ -45,6 +45,19 @@ fn start_node_with(
     secret: &str,
     down_after_ms: Option<u64>,
 ) -> Server {
+    start_node_extra(name, shards, gossip, peers, secret, down_after_ms, &[])
+}
+
+/// [`start_node_with`], with `extra` arguments.
+fn start_node_extra(
+    name: &str,
+    shards: &str,
+    gossip: SocketAddr,
+    peers: &[SocketAddr],
+    secret: &str,
+    down_after_ms: Option<u64>,
+    extra: &[&str],
+) -> Server {
     let gossip = gossip.to_string();
     let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
     let peers = peers.join(",");
@@ -66,6 +79,7 @@ fn start_node_with(
     if let Some(ms) = &down_after {
         args.extend(["--cluster-down-after", ms]);
     }
+    args.extend(extra);
     let server = Server::start(&args);
     let mut lines = Vec::new();
     wait_until(
@@ -792,4 +806,266 @@ fn client_updates_reach_subscribers_on_every_node() {
     watcher.expect_client_update("CLIENT_CONNECTED", "workers", "on-b");
     joiner.close();
     watcher.expect_client_update("CLIENT_DISCONNECTED", "workers", "on-b");
+}
+
+/// The next packet of `client` within `within`, `None` if there is none;
+/// panics if the connection ends.
+fn poll_packet(client: &mut common::Client, within: Duration) -> Option<Value> {
+    match client.next_event(within) {
+        common::Event::Packet(p) => Some(p),
+        common::Event::Timeout => None,
+        other => panic!("{}: unexpected {other:?}", client.label()),
+    }
+}
+
+#[test]
+fn a_crowded_node_sends_clients_away_by_goodbye_until_it_holds_its_share() {
+    use common::{Client, Encoding, OP_GOODBYE};
+    let (ga, gb) = (gossip_addr(), gossip_addr());
+    // A check a second, at most 3 clients each; over 1.25 × the share.
+    let balance = [
+        "--balance-above",
+        "1.25",
+        "--balance-interval",
+        "1000",
+        "--balance-max",
+        "3",
+    ];
+    // a has two shards: the goodbyes are spread over both.
+    let a = start_node_extra("a", "2", ga, &[gb], SECRET, None, &balance);
+    let b = start_node_extra("b", "1", gb, &[ga], SECRET, None, &balance);
+    for (server, other) in [(&a, "b"), (&b, "a")] {
+        wait_until(&format!("links to {other}"), JOIN, || linked(server, other));
+    }
+    // 12 on a, none on b: a's share is 6.
+    let mut on_a: Vec<Client> = (0..12)
+        .map(|i| Client::ready(&a, Encoding::Json, "lb", &format!("c{i}")))
+        .collect();
+    let mut on_b = Vec::new();
+    let mut goodbyes = Vec::new();
+    let start = Instant::now();
+    // Every client sent away reconnects, to b, as a client would through
+    // a load balancer; until a holds its share and a few checks more.
+    let mut settled: Option<Instant> = None;
+    while settled.is_none_or(|at| at.elapsed() < Duration::from_secs(3)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a never came down to its share: {} goodbyes",
+            goodbyes.len()
+        );
+        let mut i = 0;
+        while i < on_a.len() {
+            let Some(p) = poll_packet(&mut on_a[i], Duration::from_millis(10)) else {
+                i += 1;
+                continue;
+            };
+            let mut client = on_a.swap_remove(i);
+            assert_eq!(p["op"], OP_GOODBYE, "{}: {p}", client.label());
+            assert_eq!(p["d"], serde_json::json!({"reason": "load balancing"}));
+            client.expect_closed();
+            goodbyes.push(start.elapsed());
+            let id = client.id().to_string();
+            on_b.push(Client::ready(&b, Encoding::Json, "lb", &id));
+        }
+        if on_a.len() <= 6 && settled.is_none() {
+            settled = Some(Instant::now());
+        }
+    }
+    assert_eq!(on_a.len(), 6, "a holds its share, no fewer");
+    assert_eq!(on_b.len(), 6);
+    // Never more than the cap at once: a check's goodbyes go out together,
+    // and the next check is a second later.
+    let first_round = goodbyes
+        .iter()
+        .filter(|t| **t < goodbyes[0] + Duration::from_millis(400))
+        .count();
+    assert!(first_round <= 3, "{goodbyes:?}");
+    assert_eq!(
+        common::metric_sum(&a, "singyeong_balance_goodbyes_total", ""),
+        6.0
+    );
+    // b, under its share all along, sent nobody away.
+    assert_eq!(
+        common::metric_sum(&b, "singyeong_balance_goodbyes_total", ""),
+        0.0
+    );
+    for client in on_a.iter_mut().chain(on_b.iter_mut()) {
+        client.expect_nothing(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn without_balance_above_a_crowded_node_sends_nobody_away() {
+    use common::{Client, Encoding};
+    let (ga, gb) = (gossip_addr(), gossip_addr());
+    // Checks would come every 200 ms, if the threshold were set.
+    let every = ["--balance-interval", "200"];
+    let a = start_node_extra("a", "1", ga, &[gb], SECRET, None, &every);
+    let b = start_node_extra("b", "1", gb, &[ga], SECRET, None, &every);
+    wait_until("links to b", JOIN, || linked(&a, "b"));
+    let mut on_a: Vec<Client> = (0..8)
+        .map(|i| Client::ready(&a, Encoding::Json, "lb", &format!("c{i}")))
+        .collect();
+    wait_until("a's clients counted on b", JOIN, || {
+        clients_of(&b, "a") == Some(8)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for client in &mut on_a {
+        client.expect_nothing(Duration::from_millis(20));
+    }
+    assert_eq!(
+        common::metric_sum(&a, "singyeong_balance_goodbyes_total", ""),
+        0.0
+    );
+}
+
+/// Identifies (`app`, `id`) on `server`: the client on ready, `None` on
+/// the duplicate error (checked exactly, with its close).
+fn try_identify(server: &Server, app: &str, id: &str) -> Option<common::Client> {
+    use common::{Client, Encoding, OP_ERROR, OP_READY};
+    let mut client = Client::connect(server, Encoding::Json);
+    client.send_identify(app, id, serde_json::json!({}));
+    let p = client.recv();
+    if p["op"] == OP_READY {
+        return Some(client);
+    }
+    assert_eq!(p["op"], OP_ERROR, "{p}");
+    assert_eq!(
+        p["d"]["error"],
+        common::texts::duplicate(id, app),
+        "the exact error: {p}"
+    );
+    client.expect_closed();
+    None
+}
+
+#[test]
+fn a_name_held_on_one_node_is_refused_on_the_others_until_it_is_given_back() {
+    use common::{Client, Encoding};
+    let (a, b, c) = three_linked();
+    // Enough names that some are homed on each node.
+    let ids: Vec<String> = (0..9).map(|i| format!("x{i}")).collect();
+    let held: Vec<Client> = ids
+        .iter()
+        .map(|id| Client::ready(&a, Encoding::Json, "dup", id))
+        .collect();
+    for id in &ids {
+        for server in [&b, &c] {
+            assert!(try_identify(server, "dup", id).is_none(), "{id} twice");
+        }
+    }
+    assert_eq!(
+        common::metric_sum(&b, "singyeong_cluster_claims_refused_total", "")
+            + common::metric_sum(&c, "singyeong_cluster_claims_refused_total", ""),
+        18.0
+    );
+    // The same id in another application is another name.
+    let other: Vec<Client> = ids
+        .iter()
+        .map(|id| Client::ready(&b, Encoding::Json, "other", id))
+        .collect();
+    // Given back when its connection ends: free on b (the release is one
+    // way, so it may take a moment), then held by b.
+    for (id, client) in ids.iter().zip(held) {
+        client.close();
+        let mut now_on_b = None;
+        wait_until(&format!("{id} free on b"), common::STEP, || {
+            now_on_b = try_identify(&b, "dup", id);
+            now_on_b.is_some()
+        });
+        assert!(try_identify(&c, "dup", id).is_none(), "{id} held by b");
+        assert!(try_identify(&a, "dup", id).is_none(), "{id} held by b");
+    }
+    drop(other);
+    assert_eq!(
+        common::metric_sum(&b, "singyeong_cluster_claims_unconfirmed_total", ""),
+        0.0,
+        "every home answered"
+    );
+}
+
+#[test]
+fn the_same_name_identified_on_two_nodes_at_once_is_granted_once() {
+    use common::{Client, Encoding, OP_ERROR, OP_READY};
+    let (a, b, _c) = three_linked();
+    for i in 0..9 {
+        let id = format!("race{i}");
+        // Both identifies are on their way before either is answered.
+        let mut on_a = Client::connect(&a, Encoding::Json);
+        let mut on_b = Client::connect(&b, Encoding::Json);
+        on_a.send_identify("race", &id, serde_json::json!({}));
+        on_b.send_identify("race", &id, serde_json::json!({}));
+        let (pa, pb) = (on_a.recv(), on_b.recv());
+        let ready = [&pa, &pb].iter().filter(|p| p["op"] == OP_READY).count();
+        assert_eq!(ready, 1, "{id}: exactly one is ready: {pa} {pb}");
+        let refused = if pa["op"] == OP_READY { &pb } else { &pa };
+        assert_eq!(refused["op"], OP_ERROR);
+        assert_eq!(refused["d"]["error"], common::texts::duplicate(&id, "race"));
+    }
+}
+
+#[test]
+fn the_names_of_a_node_that_dies_are_free_once_it_is_down() {
+    use common::{Client, Encoding};
+    let (ga, gb, gc) = (gossip_addr(), gossip_addr(), gossip_addr());
+    let a = start_node_with("a", "2", ga, &[], SECRET, Some(1000));
+    let b = start_node_with("b", "1", gb, &[ga], SECRET, Some(1000));
+    let mut c = start_node_with("c", "1", gc, &[ga], SECRET, Some(1000));
+    for (server, others) in [(&a, ["b", "c"]), (&b, ["a", "c"]), (&c, ["a", "b"])] {
+        for other in others {
+            wait_until(&format!("links to {other}"), JOIN, || linked(server, other));
+        }
+    }
+    let ids: Vec<String> = (0..9).map(|i| format!("d{i}")).collect();
+    let _held: Vec<Client> = ids
+        .iter()
+        .map(|id| Client::ready(&c, Encoding::Json, "dup", id))
+        .collect();
+    for id in &ids {
+        assert!(try_identify(&b, "dup", id).is_none(), "{id} held by c");
+    }
+    c.kill();
+    for server in [&a, &b] {
+        wait_until("c down", JOIN, || {
+            member(server, "c").is_some_and(|(state, _)| state == "down")
+        });
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let server = if i % 2 == 0 { &a } else { &b };
+        assert!(try_identify(server, "dup", id).is_some(), "{id} free");
+    }
+}
+
+#[test]
+fn names_are_claimed_again_at_a_new_home_when_a_node_joins() {
+    use common::{Client, Encoding};
+    let (ga, gb, gc) = (gossip_addr(), gossip_addr(), gossip_addr());
+    let a = start_node_with("a", "2", ga, &[], SECRET, None);
+    let b = start_node_with("b", "1", gb, &[ga], SECRET, None);
+    wait_until("links to b", JOIN, || linked(&a, "b") && linked(&b, "a"));
+    let ids: Vec<String> = (0..12).map(|i| format!("j{i}")).collect();
+    let _held: Vec<Client> = ids
+        .iter()
+        .map(|id| Client::ready(&a, Encoding::Json, "dup", id))
+        .collect();
+    // c joins: about a third of the names are homed on it now, and it
+    // learns of them only from a claiming them again.
+    let c = start_node_with("c", "1", gc, &[ga], SECRET, None);
+    for (server, others) in [(&a, ["b", "c"]), (&b, ["a", "c"]), (&c, ["a", "b"])] {
+        for other in others {
+            wait_until(&format!("links to {other}"), JOIN, || linked(server, other));
+        }
+    }
+    // The claims made again follow the new view, and are retried every
+    // 0.5 s until the new links carry them.
+    std::thread::sleep(Duration::from_millis(1500));
+    for id in &ids {
+        for server in [&b, &c] {
+            assert!(try_identify(server, "dup", id).is_none(), "{id} held by a");
+        }
+    }
+    assert_eq!(
+        common::metric_sum(&c, "singyeong_cluster_claims_unconfirmed_total", ""),
+        0.0
+    );
 }

@@ -23,7 +23,7 @@ pub const LINK_VERSION: u16 = 1;
 /// the types in it (a field, a variant, an order, a type): two layouts do
 /// not reject each other's bytes reliably, so the handshake must. The
 /// `layout_is_pinned` test fails on any change of layout, as a reminder.
-pub const SCHEMA: u32 = 0x5f1e_0008;
+pub const SCHEMA: u32 = 0x5f1e_0009;
 
 const PREFIX: usize = 4;
 
@@ -65,6 +65,15 @@ pub enum Frame {
         event: String,
         app: String,
         client: String,
+    },
+    /// The sender's node no longer holds the name (`app`, `client`) for
+    /// its connection (`shard`, `conn`): for the name's home node, which
+    /// forgets the claim if that connection still holds it.
+    Release {
+        app: String,
+        client: String,
+        shard: u32,
+        conn: u64,
     },
     /// A queue message between a queue's owner node and the node of one
     /// of its clients (see `queue::cluster`).
@@ -220,6 +229,19 @@ pub enum Request {
     /// whether a local client matches it, strictly and without its ops;
     /// answered with [`Response::Counts`].
     QueueCounts { targets: Vec<Vec<u8>> },
+    /// On the name's home node: the sender's node claims (`app`,
+    /// `client`) for its connection (`shard`, `conn`); answered with
+    /// [`Response::Claimed`] (false: another node, or the home, holds it).
+    Claim {
+        app: String,
+        client: String,
+        shard: u32,
+        conn: u64,
+    },
+    /// From a name's home node, which found this node's claim of (`app`,
+    /// `client`) in the way of another: does this node still hold it?
+    /// Answered with [`Response::Claimed`].
+    Holds { app: String, client: String },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -243,6 +265,9 @@ pub enum Response {
     Refused(String),
     /// Per target of [`Request::QueueCounts`]: (strict, relaxed) matches.
     Counts(Vec<(u64, u64)>),
+    /// To [`Request::Claim`]: granted or not; to [`Request::Holds`]:
+    /// held or not.
+    Claimed(bool),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -622,7 +647,7 @@ mod tests {
     /// update the bytes here.
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(SCHEMA, 0x5f1e_0008);
+        assert_eq!(SCHEMA, 0x5f1e_0009);
         assert_eq!(samples().len(), GOLDEN.len());
         for (frame, golden) in samples().iter().zip(GOLDEN) {
             assert_eq!(hex(&encoded(frame)), golden, "{frame:?}");
@@ -632,7 +657,7 @@ mod tests {
     const GOLDEN: [&str; 12] = [
         concat!(
             "6000000031302e302e302e313a37303030000000000000000000000001000000",
-            "08001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
+            "09001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
             "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "00000000",
         ),
@@ -686,12 +711,12 @@ mod tests {
             "00000000",
         ),
         concat!(
-            "580000007b7d0000000000000800000000000000010000006a6f6273ffffffff",
+            "580000007b7d0000000000000900000000000000010000006a6f6273ffffffff",
             "0000000001000000070000000807060504030201617070ffffffffff01000000",
             "c4ffffff020000000000000000000000000000000000000000000000",
         ),
         concat!(
-            "580000007b7d0000000000000800000000000000080000000000000000000000",
+            "580000007b7d0000000000000900000000000000080000000000000000000000",
             "0100000002000000000000006a6f6273ffffffff010000000000ffffc8ffffff",
             "02000000000000000000000000000000000000000000000000000000",
         ),
@@ -814,6 +839,33 @@ mod tests {
             }),
             prop::collection::vec((text, any::<u64>()), 0..10)
                 .prop_map(|counts| Frame::Apps { counts }),
+            (text, text, any::<u32>(), any::<u64>()).prop_map(|(app, client, shard, conn)| {
+                Frame::Release {
+                    app,
+                    client,
+                    shard,
+                    conn,
+                }
+            }),
+            (any::<u64>(), text, text, any::<u32>(), any::<u64>()).prop_map(
+                |(id, app, client, shard, conn)| Frame::Request {
+                    id,
+                    body: Request::Claim {
+                        app,
+                        client,
+                        shard,
+                        conn,
+                    },
+                }
+            ),
+            (any::<u64>(), text, text).prop_map(|(id, app, client)| Frame::Request {
+                id,
+                body: Request::Holds { app, client },
+            }),
+            (any::<u64>(), any::<bool>()).prop_map(|(id, held)| Frame::Response {
+                id,
+                body: Response::Claimed(held),
+            }),
         ]
     }
 

@@ -8,11 +8,15 @@
 //! - [`tls`]: the links' TLS, and the proof of the secret.
 //! - [`link`]: each shard's QUIC endpoint and its links to the
 //!   counterpart shards of the other nodes.
+//! - [`balance`]: how many clients a crowded node sends away (pure).
+//! - [`claims`]: which other node holds each name homed here (pure).
 //!
 //! Every shard holds the latest [`ClusterView`], published by shard 0's
 //! gossip through the mesh whenever a member's state changes; its links
 //! follow each new view.
 
+pub mod balance;
+pub mod claims;
 pub mod frame;
 pub mod gossip;
 pub mod link;

@@ -206,9 +206,15 @@ impl Session {
         if !self.shard.claim_name(&app_id, &client_id, owner).await {
             return Err(fail(&errors::already_registered(&client_id, &app_id)));
         }
+        // Then across the cluster, at the name's home node.
+        if !crate::node::claims::claim(&self.shard, &app_id, &client_id, owner).await {
+            self.shard.release_name(&app_id, &client_id, owner);
+            return Err(fail(&errors::already_registered(&client_id, &app_id)));
+        }
         if self.conn.is_closing() {
             // Closed (shutdown, reaper) while the claim was in flight.
             self.shard.release_name(&app_id, &client_id, owner);
+            crate::node::claims::release(&self.shard, &app_id, &client_id, owner);
             return Err(fail(errors::SHUTDOWN));
         }
         let idx = self.shard.join_client(
@@ -483,12 +489,19 @@ impl Session {
     }
 
     /// Cleans up after the connection ends: the client leaves the store and
-    /// the registry, and subscribers hear of it.
+    /// the registry (this node's, and its name's home's in a cluster), and
+    /// subscribers hear of it.
     pub fn end(self) {
         self.shard.close_conn(&self.conn);
         if let Some(identity) = self.identity {
             queue::owner::client_gone(&self.shard, identity.conn_ref);
             self.shard.release_name(
+                &identity.app_id,
+                &identity.client_id,
+                identity.conn_ref.into(),
+            );
+            crate::node::claims::release(
+                &self.shard,
                 &identity.app_id,
                 &identity.client_id,
                 identity.conn_ref.into(),

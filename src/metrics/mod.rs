@@ -117,8 +117,44 @@ pub struct ShardMetrics {
     queue_handed_over: Cell<u64>,
     queue_taken_over: Cell<u64>,
     routing_overlapped: Cell<u64>,
+    /// The cluster's duties of a node (`crate::node`).
+    node: NodeCounters,
     /// Messages sent to other shards, by [`crate::shard::ShardMsg::kind`].
-    cross_shard: [Cell<u64>; crate::shard::ShardMsg::KINDS.len()],
+    cross_shard: PerKind,
+}
+
+/// One counter per [`crate::shard::ShardMsg::KINDS`]: more than the 32
+/// elements an array derives `Default` for.
+struct PerKind([Cell<u64>; crate::shard::ShardMsg::KINDS.len()]);
+
+impl Default for PerKind {
+    fn default() -> PerKind {
+        PerKind(std::array::from_fn(|_| Cell::new(0)))
+    }
+}
+
+/// What a node did for the cluster: load balancing and the names it
+/// claimed across it.
+#[derive(Default)]
+struct NodeCounters {
+    balance_goodbyes: Cell<u64>,
+    claims_unconfirmed: Cell<u64>,
+    claims_refused: Cell<u64>,
+    duplicates_closed: Cell<u64>,
+}
+
+/// [`NodeCounters`] read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Clients sent goodbye (reason `load balancing`).
+    pub balance_goodbyes: u64,
+    /// Identifies accepted without the name's home node answering.
+    pub claims_unconfirmed: u64,
+    /// Identifies refused because another node holds the name.
+    pub claims_refused: u64,
+    /// Clients closed because, once the cluster changed, another node was
+    /// found holding their name.
+    pub duplicates_closed: u64,
 }
 
 fn bump(cell: &Cell<u64>, by: u64) {
@@ -151,7 +187,7 @@ impl ShardMetrics {
 
     /// One message sent to another shard, of kind `kind`.
     pub fn cross_shard(&self, kind: usize) {
-        bump(&self.cross_shard[kind], 1);
+        bump(&self.cross_shard.0[kind], 1);
     }
 
     /// A SEND that found no client after all: its chosen client had gone,
@@ -236,6 +272,26 @@ impl ShardMetrics {
         bump(&self.repicks, 1);
     }
 
+    /// Clients sent away by load balancing.
+    pub fn balance_goodbyes(&self, n: u64) {
+        bump(&self.node.balance_goodbyes, n);
+    }
+
+    /// An identify accepted though the name's home node did not answer.
+    pub fn claim_unconfirmed(&self) {
+        bump(&self.node.claims_unconfirmed, 1);
+    }
+
+    /// An identify refused: another node holds the name.
+    pub fn claim_refused(&self) {
+        bump(&self.node.claims_refused, 1);
+    }
+
+    /// A client closed as a duplicate found once the cluster changed.
+    pub fn duplicate_closed(&self) {
+        bump(&self.node.duplicates_closed, 1);
+    }
+
     /// A copy of every counter, with the gauges the shard reads at the time.
     pub fn snapshot(&self, shard: usize, gauges: Gauges, queues: Vec<QueueRow>) -> Snapshot {
         let read = |cells: &[Cell<u64>]| cells.iter().map(Cell::get).collect();
@@ -262,7 +318,13 @@ impl ShardMetrics {
             queue_handed_over: self.queue_handed_over.get(),
             queue_taken_over: self.queue_taken_over.get(),
             routing_overlapped: self.routing_overlapped.get(),
-            cross_shard: read(&self.cross_shard),
+            node: NodeStats {
+                balance_goodbyes: self.node.balance_goodbyes.get(),
+                claims_unconfirmed: self.node.claims_unconfirmed.get(),
+                claims_refused: self.node.claims_refused.get(),
+                duplicates_closed: self.node.duplicates_closed.get(),
+            },
+            cross_shard: read(&self.cross_shard.0),
             queues,
             cluster: None,
             links: None,
@@ -318,6 +380,7 @@ pub struct Snapshot {
     pub queue_handed_over: u64,
     pub queue_taken_over: u64,
     pub routing_overlapped: u64,
+    pub node: NodeStats,
     /// Messages sent to other shards, in [`crate::shard::ShardMsg::KINDS`]
     /// order.
     pub cross_shard: Vec<u64>,

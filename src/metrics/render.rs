@@ -423,6 +423,26 @@ pub fn render(snapshots: &[Snapshot], max_queues: usize) -> String {
         "SENDs and BROADCASTs that started while another of the same connection was still being routed (pipelined instead of waiting; bounded by --max-in-flight)",
         |s| s.routing_overlapped,
     );
+    counter(
+        "balance_goodbyes",
+        "Clients sent goodbye (reason \"load balancing\") because this node held more than --balance-above times its share of the cluster's clients",
+        |s| s.node.balance_goodbyes,
+    );
+    counter(
+        "cluster_claims_refused",
+        "Identifies refused because another node of the cluster holds the (application, client id)",
+        |s| s.node.claims_refused,
+    );
+    counter(
+        "cluster_claims_unconfirmed",
+        "Identifies accepted without an answer from the name's home node (down, unreachable, or past --cluster-request-timeout): a duplicate on another node may go unnoticed",
+        |s| s.node.claims_unconfirmed,
+    );
+    counter(
+        "cluster_duplicates_closed",
+        "Clients closed with the duplicate error because, once the cluster's members changed, their name's new home found another node holding it",
+        |s| s.node.duplicates_closed,
+    );
     registry.register(
         "encode_errors",
         "Packets and HTTP bodies the server could not encode (each recipient got an error instead)",

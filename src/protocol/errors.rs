@@ -42,6 +42,9 @@ pub const SLOW_CONSUMER: &str = "slow consumer";
 pub const FRAME_TOO_LARGE: &str = "frame too large";
 /// Goodbye (op 7) reason when the server shuts down.
 pub const SHUTDOWN: &str = "shutdown";
+/// Goodbye (op 7) reason when a node of a cluster holding more than its
+/// share of clients sends some away, to reconnect elsewhere.
+pub const LOAD_BALANCING: &str = "load balancing";
 /// Invalid (op 3) sent instead of a packet the server could not encode for
 /// this connection (see `protocol::unencodable`).
 pub const ENCODE_FAILED: &str = "internal error: a packet for this connection could not be encoded";

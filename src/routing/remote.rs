@@ -422,10 +422,16 @@ pub fn announce(shard: &Shard, packet: &Dispatch) {
 }
 
 /// Another node's one-way frame: its table of clients per application,
-/// or a client event for this node's subscribers.
+/// a client event for this node's subscribers, or a name given back.
 pub fn take_notice(shard: &Shard, peer: PeerShard, notice: Frame) {
     match notice {
         Frame::Apps { counts } => take_apps(shard, peer, counts),
+        Frame::Release {
+            app,
+            client,
+            shard: s,
+            conn,
+        } => crate::node::claims::take_release(shard, &peer, app, client, s, conn),
         Frame::ClientEvent { event, app, client } => {
             let Some(t) = ["CLIENT_CONNECTED", "CLIENT_DISCONNECTED"]
                 .into_iter()
@@ -550,6 +556,9 @@ pub fn answer(
             },
             Request::QueueCounts { targets } => {
                 crate::queue::cluster::answer_counts(&shard, &targets).await
+            }
+            request @ (Request::Claim { .. } | Request::Holds { .. }) => {
+                crate::node::claims::answer(&shard, &peer, request).await
             }
             Request::Describe { query, avg } => match parse_query(&query) {
                 Ok(query) => {

@@ -182,11 +182,43 @@ pub enum ShardMsg {
         target: ConnRef,
         packet: Arc<Dispatch>,
     },
+    /// On a name's owner shard of its home node: `holder`'s claim of the
+    /// name across the cluster (`stale`: an entry in the way found no
+    /// longer held). Replies `ClusterClaim`.
+    ClusterClaim {
+        reply_to: ReplyTo,
+        app: Box<str>,
+        client: Box<str>,
+        holder: crate::cluster::claims::Holder,
+        stale: Option<crate::cluster::claims::Holder>,
+    },
+    /// Another node's connection gave a name homed here back.
+    ClusterRelease {
+        app: Box<str>,
+        client: Box<str>,
+        holder: crate::cluster::claims::Holder,
+    },
+    /// Whether a connection of this node holds the name; replies `Claimed`.
+    HoldsName {
+        reply_to: ReplyTo,
+        app: Box<str>,
+        client: Box<str>,
+    },
+    /// Close one of this shard's connections with an error (op 8).
+    CloseConn {
+        conn: u64,
+        error: String,
+    },
+    /// Send `count` clients of this shard away (goodbye, reason
+    /// `load balancing`).
+    SendAway {
+        count: u64,
+    },
 }
 
 impl ShardMsg {
     /// Every [`ShardMsg::kind`], in the order of its index.
-    pub const KINDS: [&'static str; 32] = [
+    pub const KINDS: [&'static str; 38] = [
         "pick",
         "deliver",
         "send_one",
@@ -219,6 +251,12 @@ impl ShardMsg {
         "remote_apps",
         "app_counts",
         "reply_app_counts",
+        "cluster_claim",
+        "cluster_release",
+        "holds_name",
+        "close_conn",
+        "send_away",
+        "reply_cluster_claim",
     ];
 
     /// What the message is, as an index into [`ShardMsg::KINDS`]: the
@@ -250,6 +288,7 @@ impl ShardMsg {
                 Reply::Located(_) => 21,
                 Reply::Links(_) => 27,
                 Reply::AppCounts(_) => 31,
+                Reply::ClusterClaim(_) => 37,
             },
             ShardMsg::PickSend { .. } => 19,
             ShardMsg::Locate { .. } => 20,
@@ -258,6 +297,11 @@ impl ShardMsg {
             ShardMsg::DeliverAsk { .. } => 28,
             ShardMsg::RemoteApps { .. } => 29,
             ShardMsg::AppCounts { .. } => 30,
+            ShardMsg::ClusterClaim { .. } => 32,
+            ShardMsg::ClusterRelease { .. } => 33,
+            ShardMsg::HoldsName { .. } => 34,
+            ShardMsg::CloseConn { .. } => 35,
+            ShardMsg::SendAway { .. } => 36,
         }
     }
 
@@ -325,6 +369,7 @@ pub enum Reply {
     Located(crate::routing::directory::Located),
     Links(Vec<crate::cluster::link::LinkInfo>),
     AppCounts(Vec<(Arc<str>, usize)>),
+    ClusterClaim(super::names::ClaimOutcome),
 }
 
 #[cfg(test)]
@@ -335,6 +380,12 @@ mod tests {
     fn each_kind_is_labelled_by_its_own_name() {
         let reply_to = ReplyTo { shard: 0, req: 0 };
         let owner = ConnId { shard: 0, conn: 0 };
+        let holder = crate::cluster::claims::Holder {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            boot: 1,
+            shard: 0,
+            conn: 0,
+        };
         let cases = [
             (ShardMsg::Metrics { reply_to }, "metrics"),
             (ShardMsg::Shutdown, "shutdown"),
@@ -370,6 +421,48 @@ mod tests {
                     reply: Reply::Delivered(1),
                 },
                 "reply_delivered",
+            ),
+            (ShardMsg::SendAway { count: 1 }, "send_away"),
+            (
+                ShardMsg::CloseConn {
+                    conn: 1,
+                    error: String::new(),
+                },
+                "close_conn",
+            ),
+            (
+                ShardMsg::HoldsName {
+                    reply_to,
+                    app: "a".into(),
+                    client: "c".into(),
+                },
+                "holds_name",
+            ),
+            (
+                ShardMsg::ClusterRelease {
+                    app: "a".into(),
+                    client: "c".into(),
+                    holder,
+                },
+                "cluster_release",
+            ),
+            (
+                ShardMsg::ClusterClaim {
+                    reply_to,
+                    app: "a".into(),
+                    client: "c".into(),
+                    holder,
+                    stale: None,
+                },
+                "cluster_claim",
+            ),
+            (
+                ShardMsg::Reply {
+                    req: 0,
+                    from: 1,
+                    reply: Reply::ClusterClaim(super::super::ClaimOutcome::Granted),
+                },
+                "reply_cluster_claim",
             ),
         ];
         for (msg, name) in cases {

@@ -43,6 +43,7 @@ pub use mesh::Mesh;
 pub use message::{
     ConnId, ConnRef, Dispatch, NodeList, NodesCap, Picked, Reply, ReplyTo, ShardMsg,
 };
+pub use names::ClaimOutcome;
 pub use registry::NewClient;
 
 pub struct Shard {
