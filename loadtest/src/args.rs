@@ -244,9 +244,11 @@ pub struct Args {
 
     /// Prometheus endpoint of the server (e.g. http://127.0.0.1:4567/metrics),
     /// read for process_resident_memory_bytes and process_cpu_seconds_total
-    /// when --server-pid is not given
-    #[arg(long)]
-    pub metrics_url: Option<String>,
+    /// when --server-pid is not given. More than once (or a comma list) for
+    /// the nodes of a cluster: summed
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append)]
+    #[serde(with = "one_or_many")]
+    pub metrics_url: Vec<String>,
 
     /// Capacity plan: cores of the machine to plan for (with --plan-memory-gib)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), requires = "plan_memory_gib")]
@@ -371,7 +373,7 @@ impl Args {
         if self.auth.is_some() && self.target == TargetKind::Nats {
             return Err(ArgsError::AuthForNats);
         }
-        if let Some(url) = &self.metrics_url {
+        for url in &self.metrics_url {
             crate::metrics::Endpoint::parse(url).map_err(|reason| ArgsError::MetricsUrl {
                 url: url.clone(),
                 reason,
@@ -678,12 +680,15 @@ mod tests {
             "10,11",
             "--server-pid",
             "12",
+            "--metrics-url",
+            "http://127.0.0.1:1/metrics,http://127.0.0.1:2/metrics",
         ])
         .unwrap();
         let gateways = args.validate().unwrap();
         let ports: Vec<u16> = gateways.iter().map(|g| g.port).collect();
         assert_eq!(ports, [1, 2, 3]);
         assert_eq!(args.server_pid, [10, 11, 12]);
+        assert_eq!(args.metrics_url.len(), 2);
         // Several: arrays in the JSON, and read back.
         let json = serde_json::to_value(&args).unwrap();
         assert_eq!(json["url"].as_array().unwrap().len(), 3);
@@ -703,6 +708,7 @@ mod tests {
         let json = serde_json::to_value(&args).unwrap();
         assert_eq!(json["url"], "ws://127.0.0.1:4567/gateway/websocket");
         assert!(json["server_pid"].is_null());
+        assert!(json["metrics_url"].is_null());
         assert!(json.get("placement").is_none());
         let back: Args = serde_json::from_value(json).unwrap();
         assert!(back.server_pid.is_empty());
@@ -712,6 +718,10 @@ mod tests {
         assert_eq!(json["server_pid"], 7);
         let back: Args = serde_json::from_value(json).unwrap();
         assert_eq!(back.server_pid, [7]);
+        let url = "http://127.0.0.1:1/metrics";
+        let args =
+            Args::try_parse_from(["x", "--scenario", "targeted", "--metrics-url", url]).unwrap();
+        assert_eq!(serde_json::to_value(&args).unwrap()["metrics_url"], url);
     }
 
     #[test]

@@ -126,7 +126,8 @@ pub(crate) enum Probe {
     None,
     /// One PID, or the nodes of a cluster (summed).
     Proc(Vec<u32>),
-    Metrics(Endpoint),
+    /// One endpoint, or one per node (summed).
+    Metrics(Vec<Endpoint>),
 }
 
 impl Probe {
@@ -135,13 +136,18 @@ impl Probe {
         if args.worker.is_some() {
             return Probe::None;
         }
-        match (&args.server_pid[..], &args.metrics_url) {
+        match (&args.server_pid[..], &args.metrics_url[..]) {
             ([_, ..], _) => Probe::Proc(args.server_pid.clone()),
-            ([], Some(url)) => Probe::Metrics(Endpoint {
-                auth: args.auth.clone(),
-                ..Endpoint::parse(url).expect("validated")
-            }),
-            ([], None) => Probe::None,
+            ([], [_, ..]) => Probe::Metrics(
+                args.metrics_url
+                    .iter()
+                    .map(|url| Endpoint {
+                        auth: args.auth.clone(),
+                        ..Endpoint::parse(url).expect("validated")
+                    })
+                    .collect(),
+            ),
+            ([], []) => Probe::None,
         }
     }
 
@@ -157,7 +163,18 @@ impl Probe {
         Ok(match self {
             Probe::None => None,
             Probe::Proc(pids) => Some(procstat::sample_sum(pids)?),
-            Probe::Metrics(endpoint) => Some(endpoint.sample().await?),
+            Probe::Metrics(endpoints) => {
+                let mut sum = Sample {
+                    rss_bytes: 0,
+                    cpu: Duration::ZERO,
+                };
+                for endpoint in endpoints {
+                    let s = endpoint.sample().await?;
+                    sum.rss_bytes += s.rss_bytes;
+                    sum.cpu += s.cpu;
+                }
+                Some(sum)
+            }
         })
     }
 }
