@@ -45,7 +45,8 @@
 #             (receiver id -> node id % 3, sender i -> node i % 3; CPU per
 #             delivery is the three servers' CPU summed)
 #
-# Scenarios (64-byte payloads, 1,000 receivers spread over the 3 nodes):
+# Scenarios (64-byte payloads, 1,000 receivers spread over the 3 nodes,
+# --drain 5):
 #   remote     targeted SEND, closed loop: --senders 6 --window 64, each
 #              sender's receivers all on the two other nodes (--placement remote)
 #   local      the same with each sender's receivers on its own node
@@ -94,7 +95,10 @@ for f in "$bin/singyeong" "$tool"; do
     [ -x "$f" ] || { echo "$f: not found or not executable (cargo build --release -p singyeong -p singyeong-loadtest)" >&2; exit 1; }
 done
 scenario_flags() {
-    local common=(-n 1000 --payload-bytes 64 --duration "$duration")
+    # --drain 5: a server behind its schedule gets time to deliver what is
+    # in flight before the rest counts as lost (the drain ends as soon as
+    # everything arrived, so it costs nothing otherwise).
+    local common=(-n 1000 --payload-bytes 64 --duration "$duration" --drain 5)
     case $1 in
         remote) echo "${common[*]} --scenario targeted --senders 6 --window 64 --placement remote" ;;
         local) echo "${common[*]} --scenario targeted --senders 6 --window 64 --placement local" ;;
