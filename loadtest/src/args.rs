@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::spread::Placement;
+
 /// The most payload bytes one sender may have outstanding (window × payload).
 pub const MAX_OUTSTANDING_BYTES: u64 = 256 << 20;
 
@@ -102,9 +104,25 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "singyeong")]
     pub target: TargetKind,
 
-    /// Gateway URL of the server under test (ws:// only)
-    #[arg(long, default_value = "ws://127.0.0.1:4567/gateway/websocket")]
-    pub url: String,
+    /// Gateway URL of the server under test (ws:// only). Give it more
+    /// than once (or a comma list) to connect to several nodes of a
+    /// cluster: receiver `id` goes to URL `id % nodes`, sender `i` to URL
+    /// `i % nodes` (see --placement)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        action = clap::ArgAction::Append,
+        default_value = "ws://127.0.0.1:4567/gateway/websocket"
+    )]
+    #[serde(with = "one_or_many")]
+    pub url: Vec<String>,
+
+    /// targeted, churn with several --url: which receivers a sender may
+    /// choose: any (every receiver), remote (only those on another node
+    /// than the sender's), local (only those on the sender's node)
+    #[arg(long, value_enum, default_value = "any")]
+    #[serde(default, skip_serializing_if = "Placement::is_any")]
+    pub placement: Placement,
 
     /// Receiver connections to open (the population that is measured or targeted)
     #[arg(short = 'n', long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -217,15 +235,20 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
 
-    /// PID of the server, to read its RSS and CPU time from /proc
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// PID of the server, to read its RSS and CPU time from /proc. Give it
+    /// more than once (or a comma list) for the nodes of a cluster: their
+    /// RSS and CPU time are summed
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append)]
+    #[serde(with = "one_or_many")]
+    pub server_pid: Vec<u32>,
 
     /// Prometheus endpoint of the server (e.g. http://127.0.0.1:4567/metrics),
     /// read for process_resident_memory_bytes and process_cpu_seconds_total
-    /// when --server-pid is not given
-    #[arg(long)]
-    pub metrics_url: Option<String>,
+    /// when --server-pid is not given. More than once (or a comma list) for
+    /// the nodes of a cluster: summed
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Append)]
+    #[serde(with = "one_or_many")]
+    pub metrics_url: Vec<String>,
 
     /// Capacity plan: cores of the machine to plan for (with --plan-memory-gib)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), requires = "plan_memory_gib")]
@@ -306,11 +329,18 @@ pub enum ArgsError {
     MetricsUrl { url: String, reason: String },
     #[error("--source-base {base} + {count} addresses (x --processes) leaves the IPv4 range")]
     SourceRange { base: Ipv4Addr, count: u32 },
+    #[error("--scenario {0} talks to one server; give --url once")]
+    OneUrl(&'static str),
+    #[error("--placement {0} is for --scenario targeted and churn (not {1})")]
+    PlacementScenario(&'static str, &'static str),
+    #[error("--placement remote needs at least two --url (nodes of a cluster)")]
+    RemoteNeedsNodes,
 }
 
 impl Args {
-    /// Checks the combinations of flags; returns the parsed gateway address.
-    pub fn validate(&self) -> Result<Gateway, ArgsError> {
+    /// Checks the combinations of flags; returns the parsed gateway
+    /// addresses, one per `--url` in the order given (at least one).
+    pub fn validate(&self) -> Result<Vec<Gateway>, ArgsError> {
         if self.scenario.has_senders() && self.senders == 0 {
             return Err(ArgsError::NoSenders(self.scenario.name()));
         }
@@ -343,7 +373,7 @@ impl Args {
         if self.auth.is_some() && self.target == TargetKind::Nats {
             return Err(ArgsError::AuthForNats);
         }
-        if let Some(url) = &self.metrics_url {
+        for url in &self.metrics_url {
             crate::metrics::Endpoint::parse(url).map_err(|reason| ArgsError::MetricsUrl {
                 url: url.clone(),
                 reason,
@@ -378,7 +408,21 @@ impl Args {
                 count: self.source_addrs,
             });
         }
-        Gateway::parse(&self.url)
+        if self.url.len() > 1 && self.scenario.runs_on_its_own() {
+            return Err(ArgsError::OneUrl(self.scenario.name()));
+        }
+        if !self.placement.is_any()
+            && !matches!(self.scenario, Scenario::Targeted | Scenario::Churn)
+        {
+            return Err(ArgsError::PlacementScenario(
+                self.placement.name(),
+                self.scenario.name(),
+            ));
+        }
+        if self.placement == Placement::Remote && self.url.len() < 2 {
+            return Err(ArgsError::RemoteNeedsNodes);
+        }
+        self.url.iter().map(|u| Gateway::parse(u)).collect()
     }
 
     pub fn idle(&self) -> Duration {
@@ -540,6 +584,39 @@ fn parse_app_prefix(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A list flag written into the JSON result as it was before it became a
+/// list, so one-server results keep their shape: none is `null`, one is
+/// the value itself, several are an array. Reads any of the three.
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            [] => s.serialize_none(),
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form<T> {
+        Many(Vec<T>),
+        One(T),
+        None(()),
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<T>, D::Error> {
+        Ok(match Form::deserialize(d)? {
+            Form::Many(v) => v,
+            Form::One(one) => vec![one],
+            Form::None(()) => Vec::new(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,5 +664,106 @@ mod tests {
             Args::try_parse_from(["x", "--scenario", "connect", "--source-addrs", "3"]).unwrap();
         let s: Vec<String> = args.sources().iter().map(|a| a.to_string()).collect();
         assert_eq!(s, ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    }
+
+    #[test]
+    fn urls_and_pids_repeat_or_list() {
+        let args = Args::try_parse_from([
+            "x",
+            "--scenario",
+            "targeted",
+            "--url",
+            "ws://127.0.0.1:1/g,ws://127.0.0.1:2/g",
+            "--url",
+            "ws://127.0.0.1:3/g",
+            "--server-pid",
+            "10,11",
+            "--server-pid",
+            "12",
+            "--metrics-url",
+            "http://127.0.0.1:1/metrics,http://127.0.0.1:2/metrics",
+        ])
+        .unwrap();
+        let gateways = args.validate().unwrap();
+        let ports: Vec<u16> = gateways.iter().map(|g| g.port).collect();
+        assert_eq!(ports, [1, 2, 3]);
+        assert_eq!(args.server_pid, [10, 11, 12]);
+        assert_eq!(args.metrics_url.len(), 2);
+        // Several: arrays in the JSON, and read back.
+        let json = serde_json::to_value(&args).unwrap();
+        assert_eq!(json["url"].as_array().unwrap().len(), 3);
+        assert_eq!(json["server_pid"], serde_json::json!([10, 11, 12]));
+        let back: Args = serde_json::from_value(json).unwrap();
+        assert_eq!(back.url, args.url);
+        assert_eq!(back.server_pid, args.server_pid);
+    }
+
+    /// One server: the JSON keeps the shape it had before --url and
+    /// --server-pid took lists (a string, a number or null), and no
+    /// `placement` key.
+    #[test]
+    fn one_server_keeps_its_json_shape() {
+        let args = Args::try_parse_from(["x", "--scenario", "targeted"]).unwrap();
+        assert_eq!(args.validate().unwrap().len(), 1);
+        let json = serde_json::to_value(&args).unwrap();
+        assert_eq!(json["url"], "ws://127.0.0.1:4567/gateway/websocket");
+        assert!(json["server_pid"].is_null());
+        assert!(json["metrics_url"].is_null());
+        assert!(json.get("placement").is_none());
+        let back: Args = serde_json::from_value(json).unwrap();
+        assert!(back.server_pid.is_empty());
+        let args =
+            Args::try_parse_from(["x", "--scenario", "targeted", "--server-pid", "7"]).unwrap();
+        let json = serde_json::to_value(&args).unwrap();
+        assert_eq!(json["server_pid"], 7);
+        let back: Args = serde_json::from_value(json).unwrap();
+        assert_eq!(back.server_pid, [7]);
+        let url = "http://127.0.0.1:1/metrics";
+        let args =
+            Args::try_parse_from(["x", "--scenario", "targeted", "--metrics-url", url]).unwrap();
+        assert_eq!(serde_json::to_value(&args).unwrap()["metrics_url"], url);
+    }
+
+    #[test]
+    fn placement_needs_targeted_and_remote_needs_nodes() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["x"];
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v).unwrap().validate()
+        };
+        let two = "ws://127.0.0.1:1/g,ws://127.0.0.1:2/g";
+        assert!(
+            parse(&[
+                "--scenario",
+                "targeted",
+                "--url",
+                two,
+                "--placement",
+                "remote"
+            ])
+            .is_ok()
+        );
+        assert!(parse(&["--scenario", "churn", "--url", two, "--placement", "local"]).is_ok());
+        assert!(parse(&["--scenario", "targeted", "--placement", "local"]).is_ok());
+        assert!(matches!(
+            parse(&["--scenario", "targeted", "--placement", "remote"]),
+            Err(ArgsError::RemoteNeedsNodes)
+        ));
+        assert!(matches!(
+            parse(&[
+                "--scenario",
+                "broadcast",
+                "--url",
+                two,
+                "--placement",
+                "remote"
+            ]),
+            Err(ArgsError::PlacementScenario("remote", "broadcast"))
+        ));
+        assert!(matches!(
+            parse(&["--scenario", "queue", "--url", two]),
+            Err(ArgsError::OneUrl("queue"))
+        ));
+        assert!(parse(&["--scenario", "broadcast", "--url", two]).is_ok());
     }
 }

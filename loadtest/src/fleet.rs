@@ -1,5 +1,6 @@
 //! Opening the population: every receiver and sender connection, spread over
-//! the source addresses, at most `connect_concurrency` in the middle of
+//! the source addresses and over the servers (one, or the nodes of a
+//! cluster, by the rule in [`crate::spread`]), at most `connect_concurrency` in the middle of
 //! connecting at once. Each connection task reports how its connect went and
 //! then stays alive in [`traffic::drive`] until the run stops it.
 
@@ -17,15 +18,23 @@ use crate::args::TargetKind;
 use crate::identity::{Names, Shape};
 use crate::nats::Subjects;
 use crate::session::{self, Handshake, OpenError};
+use crate::spread;
 use crate::stop::StopSwitch;
 use crate::tally;
 use crate::traffic::{self, Exit, Role, Shared};
 use crate::wire;
 
-/// How to reach the server and how fast to connect.
-pub struct Dialer {
-    pub server: SocketAddr,
+/// One server to connect to: a single server, or one node of a cluster.
+pub struct Node {
+    pub addr: SocketAddr,
+    /// The URL handed to the websocket handshake.
     pub url: String,
+}
+
+/// How to reach the servers and how fast to connect.
+pub struct Dialer {
+    /// At least one; connections are spread over them by [`crate::spread`].
+    pub nodes: Vec<Node>,
     /// Source addresses to bind, round robin (`None`: let the kernel choose).
     pub sources: Vec<Option<IpAddr>>,
     pub concurrency: usize,
@@ -246,6 +255,10 @@ impl Dialer {
                 Handshake::Nats { hello }
             }
         };
-        session::open(self.server, &self.url, source, handshake).await
+        let node = &self.nodes[match role {
+            Role::Receiver { id, .. } => spread::receiver_node(id, self.nodes.len()),
+            Role::Sender { index } => spread::sender_node(index, self.nodes.len()),
+        }];
+        session::open(node.addr, &node.url, source, handshake).await
     }
 }

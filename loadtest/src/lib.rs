@@ -14,6 +14,9 @@
 //!   server sampled around them as for the others (`scenario::observe`).
 //! - [`fleet`]: opening the population with bounded concurrency over several
 //!   source addresses, and the connect-phase statistics.
+//! - [`spread`]: several servers (`--url` more than once, the nodes of a
+//!   cluster): which node each connection goes to, and which receivers a
+//!   targeted sender may choose (`--placement`).
 //! - [`session`]: one connection from TCP connect to ready.
 //! - [`traffic`]: an identified connection's life: heartbeats, reading
 //!   deliveries, and a sender's window of outstanding messages.
@@ -49,6 +52,7 @@ pub mod procstat;
 pub mod report;
 pub mod scenario;
 pub mod session;
+pub mod spread;
 pub mod stop;
 pub mod tally;
 pub mod timeline;

@@ -24,7 +24,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 fn main() -> ExitCode {
     clock::init();
     let args = Args::parse();
-    let gateway = match args.validate() {
+    let gateways = match args.validate() {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         let mut switch = StopSwitch::new();
         let outcome = tokio::select! {
-            result = run(&args, &gateway, workers, &switch) => Outcome::Done(result),
+            result = run(&args, &gateways, workers, &switch) => Outcome::Done(result),
             _ = tokio::time::sleep(args.timeout()) => Outcome::TimedOut,
             _ = tokio::signal::ctrl_c() => Outcome::Interrupted,
         };
@@ -93,10 +93,12 @@ fn main() -> ExitCode {
 
 async fn run(
     args: &Args,
-    gateway: &singyeong_loadtest::args::Gateway,
+    gateways: &[singyeong_loadtest::args::Gateway],
     workers: usize,
     switch: &StopSwitch,
 ) -> Result<Output, scenario::RunError> {
+    // Queue, proxy and update talk to one server (validate() refuses more).
+    let gateway = &gateways[0];
     let coordinating = args.processes > 1 && args.worker.is_none();
     Ok(match (args.scenario, coordinating) {
         (Scenario::Queue, true) => {
@@ -117,7 +119,7 @@ async fn run(
         )),
         (_, true) => Output::Full(Box::new(processes::coordinate(args).await?)),
         (_, false) => Output::Full(Box::new(
-            scenario::run(args, gateway, workers, switch).await?,
+            scenario::run(args, gateways, workers, switch).await?,
         )),
     })
 }

@@ -155,6 +155,7 @@ mod tests {
         ServerReport {
             source: "proc".into(),
             pid: Some(1),
+            pids: Vec::new(),
             rss_before_bytes: base,
             rss_connected_bytes: 0,
             rss_end_bytes: 0,

@@ -466,7 +466,7 @@ fn merge(args: &Args, gathered: Gathered<Report>) -> Report {
     );
     let server = scenario::server_report(
         probe,
-        args.server_pid,
+        &args.server_pid,
         samples,
         identified,
         traffic.as_ref().map(|t| t.delivered),

@@ -40,6 +40,21 @@ pub fn sample(pid: &str) -> Result<Sample, ProcError> {
     })
 }
 
+/// Samples every process of `pids` and adds them up: the nodes of a
+/// cluster on this machine, counted as one server.
+pub fn sample_sum(pids: &[u32]) -> Result<Sample, ProcError> {
+    let mut sum = Sample {
+        rss_bytes: 0,
+        cpu: Duration::ZERO,
+    };
+    for pid in pids {
+        let s = sample(&pid.to_string())?;
+        sum.rss_bytes += s.rss_bytes;
+        sum.cpu += s.cpu;
+    }
+    Ok(sum)
+}
+
 /// `VmRSS:  1234 kB` from /proc/PID/status.
 fn vm_rss_kib(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -83,5 +98,18 @@ mod tests {
     fn samples_itself() {
         let s = sample("self").unwrap();
         assert!(s.rss_bytes > 0);
+    }
+
+    #[test]
+    fn sums_several_processes() {
+        let me = std::process::id();
+        let one = sample_sum(&[me]).unwrap();
+        let two = sample_sum(&[me, me]).unwrap();
+        // The same process twice: about twice its RSS (it may move a
+        // little between the reads), and at least its CPU time twice.
+        assert!(two.rss_bytes > one.rss_bytes * 3 / 2, "{two:?} vs {one:?}");
+        assert!(two.rss_bytes < one.rss_bytes * 5 / 2, "{two:?} vs {one:?}");
+        assert!(two.cpu >= one.cpu * 2);
+        assert!(sample_sum(&[u32::MAX]).is_err());
     }
 }

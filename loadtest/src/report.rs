@@ -107,7 +107,12 @@ pub struct ConnectReport {
 pub struct ServerReport {
     /// "proc" (`--server-pid`) or "metrics" (`--metrics-url`).
     pub source: String,
+    /// The server's PID (one `--server-pid`).
     pub pid: Option<u32>,
+    /// Several `--server-pid` (the nodes of a cluster): every figure below
+    /// is their sum (RSS, CPU), and `pid` is null.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
     pub rss_before_bytes: u64,
     /// With every connection identified and idle.
     pub rss_connected_bytes: u64,
@@ -124,9 +129,14 @@ impl ServerReport {
     /// The server's lines of a human summary; `per` names what the CPU per
     /// message is counted per ("delivery", "request").
     pub fn write_summary(&self, s: &mut String, per: &str) {
-        let who = self
-            .pid
-            .map_or_else(|| "(metrics)".to_string(), |p| format!("pid {p}"));
+        let who = match (self.pid, &self.pids[..]) {
+            (Some(p), _) => format!("pid {p}"),
+            (None, []) => "(metrics)".to_string(),
+            (None, pids) => {
+                let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!("pids {} (summed)", list.join("+"))
+            }
+        };
         let _ = writeln!(
             s,
             "server {}: RSS {:.1} MiB before, {:.1} MiB connected, {:.1} MiB at end; {:.0} bytes per connection",
@@ -391,6 +401,14 @@ impl Report {
             self.processes,
             if self.processes == 1 { "" } else { "es" }
         );
+        let nodes = self.params.url.len();
+        if nodes > 1 {
+            let _ = writeln!(
+                s,
+                "nodes: {nodes} (receiver id % {nodes}, sender index % {nodes}), placement {}",
+                self.params.placement.name()
+            );
+        }
         let _ = writeln!(
             s,
             "connect: {}/{} identified, {} failed in {:.2} s ({:.0}/s); {}",

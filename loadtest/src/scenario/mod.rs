@@ -39,7 +39,7 @@ use crate::args::{Args, Gateway, Scenario, TargetKind};
 use crate::clock;
 use crate::dialect::Encoder;
 use crate::fdlimit::{self, FdLimitError};
-use crate::fleet::{self, Connected, Dialer};
+use crate::fleet::{self, Connected, Dialer, Node};
 use crate::identity::{Names, Shape};
 use crate::metrics::{Endpoint, MetricsError};
 use crate::procstat::{self, ProcError, Sample};
@@ -47,6 +47,7 @@ use crate::report::{
     ChurnReport, ConnectReport, ErrorsReport, Percentiles, Raw, Report, ServerReport,
     SpectrumPoint, TrafficReport,
 };
+use crate::spread::Candidates;
 use crate::stop::StopSwitch;
 use crate::timeline::Timeline;
 use crate::traffic::{Churn, Plan, Shared, Workload};
@@ -123,8 +124,10 @@ async fn resolve(gateway: &Gateway) -> Result<SocketAddr, RunError> {
 /// Where the server's RSS and CPU time come from.
 pub(crate) enum Probe {
     None,
-    Proc(u32),
-    Metrics(Endpoint),
+    /// One PID, or the nodes of a cluster (summed).
+    Proc(Vec<u32>),
+    /// One endpoint, or one per node (summed).
+    Metrics(Vec<Endpoint>),
 }
 
 impl Probe {
@@ -133,13 +136,18 @@ impl Probe {
         if args.worker.is_some() {
             return Probe::None;
         }
-        match (args.server_pid, &args.metrics_url) {
-            (Some(pid), _) => Probe::Proc(pid),
-            (None, Some(url)) => Probe::Metrics(Endpoint {
-                auth: args.auth.clone(),
-                ..Endpoint::parse(url).expect("validated")
-            }),
-            (None, None) => Probe::None,
+        match (&args.server_pid[..], &args.metrics_url[..]) {
+            ([_, ..], _) => Probe::Proc(args.server_pid.clone()),
+            ([], [_, ..]) => Probe::Metrics(
+                args.metrics_url
+                    .iter()
+                    .map(|url| Endpoint {
+                        auth: args.auth.clone(),
+                        ..Endpoint::parse(url).expect("validated")
+                    })
+                    .collect(),
+            ),
+            ([], []) => Probe::None,
         }
     }
 
@@ -154,8 +162,19 @@ impl Probe {
     pub(crate) async fn sample(&self) -> Result<Option<Sample>, RunError> {
         Ok(match self {
             Probe::None => None,
-            Probe::Proc(pid) => Some(procstat::sample(&pid.to_string())?),
-            Probe::Metrics(endpoint) => Some(endpoint.sample().await?),
+            Probe::Proc(pids) => Some(procstat::sample_sum(pids)?),
+            Probe::Metrics(endpoints) => {
+                let mut sum = Sample {
+                    rss_bytes: 0,
+                    cpu: Duration::ZERO,
+                };
+                for endpoint in endpoints {
+                    let s = endpoint.sample().await?;
+                    sum.rss_bytes += s.rss_bytes;
+                    sum.cpu += s.cpu;
+                }
+                Some(sum)
+            }
         })
     }
 }
@@ -181,15 +200,22 @@ pub(crate) fn loop_mode(rate: Option<f64>) -> String {
     if rate.is_some() { "open" } else { "closed" }.into()
 }
 
-/// Runs the scenario `args` names; the caller owns `switch` and closes the
-/// connections afterwards.
+/// Runs the scenario `args` names against `gateways` (one server, or the
+/// nodes of a cluster: [`crate::spread`]); the caller owns `switch` and
+/// closes the connections afterwards.
 pub async fn run(
     args: &Args,
-    gateway: &Gateway,
+    gateways: &[Gateway],
     workers: usize,
     switch: &StopSwitch,
 ) -> Result<Report, RunError> {
-    let server = resolve(gateway).await?;
+    let mut nodes = Vec::with_capacity(gateways.len());
+    for gateway in gateways {
+        nodes.push(Node {
+            addr: resolve(gateway).await?,
+            url: gateway.url.clone(),
+        });
+    }
     fdlimit::ensure(args.total_connections() + SPARE_FDS)?;
     let progress = !args.quiet;
     let senders = if args.scenario.has_traffic() {
@@ -203,11 +229,11 @@ pub async fn run(
         run: args.run_id.clone().unwrap_or_else(run_id),
         apps: args.apps,
     };
+    // Source addresses are IPv4; an IPv6 server is reached from any address.
+    let ipv4 = nodes.iter().all(|n| n.addr.is_ipv4());
     let dialer = Arc::new(Dialer {
-        server,
-        url: gateway.url.clone(),
-        // Source addresses are IPv4; an IPv6 server is reached from any address.
-        sources: if server.is_ipv4() {
+        nodes,
+        sources: if ipv4 {
             args.sources().into_iter().map(Some).collect()
         } else {
             vec![None]
@@ -241,10 +267,14 @@ pub async fn run(
     let mut group_members = None;
     let workload: Option<Box<dyn Workload>> = match args.scenario {
         Scenario::Connect => connect::workload(),
-        Scenario::Targeted => Some(Box::new(targeted::workload(&names, &connected, None))),
+        Scenario::Targeted => Some(Box::new(targeted::workload(
+            &names,
+            candidates(args, &connected),
+            None,
+        ))),
         Scenario::Churn => Some(Box::new(targeted::workload(
             &names,
-            &connected,
+            candidates(args, &connected),
             shared.churn.as_ref().map(|c| c.up.clone()),
         ))),
         Scenario::Group => {
@@ -341,11 +371,17 @@ pub async fn run(
     })
 }
 
+/// The receivers each targeted sender may choose: by node, as
+/// `--placement` says.
+fn candidates(args: &Args, connected: &Connected) -> Candidates {
+    Candidates::new(&connected.receivers, args.url.len(), args.placement)
+}
+
 /// The server's section from its samples before connecting, idle with every
 /// connection, and at the end; `delivered` when the scenario sent.
 pub(crate) fn server_report(
     probe: &Probe,
-    pid: Option<u32>,
+    pids: &[u32],
     [before, idle, end]: [Option<Sample>; 3],
     identified: u64,
     delivered: Option<u64>,
@@ -354,7 +390,15 @@ pub(crate) fn server_report(
     let cpu_traffic = delivered.map(|_| secs(end.cpu.saturating_sub(idle.cpu)));
     Some(ServerReport {
         source: probe.source().into(),
-        pid,
+        pid: match pids {
+            [one] => Some(*one),
+            _ => None,
+        },
+        pids: if pids.len() > 1 {
+            pids.to_vec()
+        } else {
+            Vec::new()
+        },
         rss_before_bytes: before.rss_bytes,
         rss_connected_bytes: idle.rss_bytes,
         rss_end_bytes: end.rss_bytes,

@@ -22,7 +22,7 @@ const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 pub(crate) struct Observer {
     pub probe: Probe,
     worker: bool,
-    pid: Option<u32>,
+    pids: Vec<u32>,
     before: Option<Sample>,
     idle: Option<Sample>,
     client_idle: Option<Sample>,
@@ -51,7 +51,7 @@ impl Observer {
                 .collect(),
             probe,
             worker: args.worker.is_some(),
-            pid: args.server_pid,
+            pids: args.server_pid.clone(),
             before,
             idle: None,
             client_idle: None,
@@ -121,7 +121,7 @@ impl Observer {
         let client_end = procstat::sample("self").ok();
         let server = super::server_report(
             &self.probe,
-            self.pid,
+            &self.pids,
             [self.before, self.idle, end],
             identified,
             delivered,

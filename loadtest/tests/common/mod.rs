@@ -139,13 +139,7 @@ fn free_port() -> u16 {
 
 impl Nats {
     pub fn start() -> Option<Nats> {
-        let found = Command::new("nats-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
+        if !nats_installed() {
             return None;
         }
         let dir = std::env::temp_dir().join(format!(
@@ -203,6 +197,215 @@ impl Drop for Nats {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `GET path` from `addr` (host:port), HTTP/1.1 with `Connection: close`;
+/// the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+/// Polls `done` every 100 ms until it holds; panics after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A free UDP port on loopback, for a node's gossip address.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `nodes` singyeong servers clustered on loopback (`--no-durable`, one
+/// shard each), returned once every node sees every other alive with all
+/// its links up (`GET /api/v1/cluster`).
+pub fn start_cluster(nodes: usize) -> Vec<Server> {
+    let gossip: Vec<String> = (0..nodes)
+        .map(|_| format!("127.0.0.1:{}", free_udp_port()))
+        .collect();
+    let servers: Vec<Server> = (0..nodes)
+        .map(|i| {
+            let peers: Vec<&str> = gossip
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, g)| g.as_str())
+                .collect();
+            let (name, peers) = (format!("n{i}"), peers.join(","));
+            Server::start(&[
+                "--shards",
+                "1",
+                "--no-durable",
+                "--node-name",
+                &name,
+                "--cluster-addr",
+                &gossip[i],
+                "--cluster-secret",
+                "a cluster secret for the loadtest tests",
+                "--peers",
+                &peers,
+            ])
+        })
+        .collect();
+    wait_until("the cluster formed", Duration::from_secs(30), || {
+        servers.iter().all(|s| cluster_formed(&s.addr, nodes - 1))
+    });
+    servers
+}
+
+/// Whether the node at `addr` sees `others` members alive, each with
+/// every link it should have.
+pub fn cluster_formed(addr: &str, others: usize) -> bool {
+    let Ok((200, body)) = http_get(addr, "/api/v1/cluster") else {
+        return false;
+    };
+    let Ok(view) = serde_json::from_str::<Value>(&body) else {
+        return false;
+    };
+    let Some(members) = view["members"].as_array() else {
+        return false;
+    };
+    let linked = members
+        .iter()
+        .filter(|m| {
+            let expected = m["links_expected"].as_u64().unwrap_or(0);
+            m["state"] == "alive"
+                && expected > 0
+                && m["links"].as_array().map(Vec::len) == Some(expected as usize)
+        })
+        .count();
+    linked == others
+}
+
+/// `nodes` nats-servers with websocket listeners, routed to each other as
+/// one cluster, returned once each has a route to every other (its
+/// monitoring page `/routez`); `None` when nats-server is not installed.
+pub struct NatsCluster {
+    children: Vec<Child>,
+    ws_ports: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl NatsCluster {
+    pub fn start(nodes: usize) -> Option<NatsCluster> {
+        if !nats_installed() {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "singyeong-loadtest-nats-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let route_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let ws_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let http_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let mut cluster = NatsCluster {
+            children: Vec::new(),
+            ws_ports: ws_ports.clone(),
+            dir,
+        };
+        for i in 0..nodes {
+            let routes: Vec<String> = (0..nodes)
+                .filter(|&j| j != i)
+                .map(|j| format!("\"nats-route://127.0.0.1:{}\"", route_ports[j]))
+                .collect();
+            let conf = cluster.dir.join(format!("n{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                     websocket {{ listen: \"127.0.0.1:{}\", no_tls: true }}\n\
+                     cluster {{ name: loadtest, listen: \"127.0.0.1:{}\", routes: [{}] }}\n",
+                    free_port(),
+                    http_ports[i],
+                    ws_ports[i],
+                    route_ports[i],
+                    routes.join(", ")
+                ),
+            )
+            .unwrap();
+            cluster.children.push(
+                Command::new("nats-server")
+                    .arg("-c")
+                    .arg(&conf)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start nats-server"),
+            );
+        }
+        wait_until("the NATS routes", START_TIMEOUT, || {
+            http_ports.iter().all(|p| {
+                http_get(&format!("127.0.0.1:{p}"), "/routez")
+                    .ok()
+                    .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+                    .and_then(|v| v["num_routes"].as_u64())
+                    .is_some_and(|n| n as usize >= nodes - 1)
+            })
+        });
+        Some(cluster)
+    }
+
+    /// The websocket URLs, one per node.
+    pub fn urls(&self) -> Vec<String> {
+        self.ws_ports
+            .iter()
+            .map(|p| format!("ws://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nats_installed() -> bool {
+    Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// What a loadtest run produced.
@@ -290,7 +493,13 @@ pub fn assert_shape(v: &Value) {
     assert!(v["errors"]["texts"].is_array());
     if !v["server"].is_null() {
         assert!(v["server"]["source"] == "proc" || v["server"]["source"] == "metrics");
-        assert!(v["server"]["pid"].is_number() || v["server"]["source"] == "metrics");
+        // One PID, several summed (`pids`, the nodes of a cluster), or none
+        // when read from /metrics.
+        assert!(
+            v["server"]["pid"].is_number()
+                || v["server"]["pids"].is_array()
+                || v["server"]["source"] == "metrics"
+        );
         for p in [
             "/server/rss_before_bytes",
             "/server/rss_connected_bytes",

@@ -161,7 +161,7 @@ impl ProxyRunReport {
             connect: QueueConnect::merged(parts.iter().map(|p| &p.connect), identified),
             server: crate::scenario::server_report(
                 &probe,
-                args.server_pid,
+                &args.server_pid,
                 samples,
                 identified,
                 Some(completed),

@@ -246,7 +246,7 @@ impl QueueRunReport {
             connect: QueueConnect::merged(parts.iter().map(|p| &p.connect), identified),
             server: crate::scenario::server_report(
                 &probe,
-                args.server_pid,
+                &args.server_pid,
                 samples,
                 identified,
                 Some(delivered),
