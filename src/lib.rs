@@ -30,7 +30,8 @@
 //!   (the asking half); [`routing::answer`]: what each shard answers;
 //!   [`routing::locate`]: asking and keeping current the directory.
 //! - [`queue`]: work queues: a pure state machine per queue, owner shards,
-//!   timers, and the write-ahead log with recovery.
+//!   timers, and the write-ahead log with recovery; in a cluster, one
+//!   owner node per queue ([`queue::cluster`]).
 //! - [`proxy`]: `POST /api/v1/proxy`: a request routed like SEND, sent to
 //!   the chosen client's address with hyper, the answer relayed back.
 //! - [`cluster`]: the cluster's membership, gossiped over UDP by shard 0
