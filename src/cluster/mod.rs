@@ -8,6 +8,8 @@
 //! - [`tls`]: the links' TLS, and the proof of the secret.
 //! - [`link`]: each shard's QUIC endpoint and its links to the
 //!   counterpart shards of the other nodes.
+//! - [`values`]: indexed values homed over the nodes, and which nodes
+//!   hold them (pure).
 //!
 //! Every shard holds the latest [`ClusterView`], published by shard 0's
 //! gossip through the mesh whenever a member's state changes; its links
@@ -19,6 +21,7 @@ pub mod link;
 pub mod node;
 pub mod seal;
 pub mod tls;
+pub mod values;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
