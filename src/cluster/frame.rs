@@ -23,7 +23,7 @@ pub const LINK_VERSION: u16 = 1;
 /// the types in it (a field, a variant, an order, a type): two layouts do
 /// not reject each other's bytes reliably, so the handshake must. The
 /// `layout_is_pinned` test fails on any change of layout, as a reminder.
-pub const SCHEMA: u32 = 0x5f1e_0007;
+pub const SCHEMA: u32 = 0x5f1e_0008;
 
 const PREFIX: usize = 4;
 
@@ -66,6 +66,13 @@ pub enum Frame {
         app: String,
         client: String,
     },
+    /// The sender's node's count of clients (open, restricted) in each of
+    /// these indexed value buckets (keys as `cluster::values::encode_key`
+    /// writes them), all homed on the receiver: absolute counts, a zero
+    /// meaning none left.
+    Values {
+        counts: Vec<(Vec<u8>, u32, u32)>,
+    },
 }
 
 /// What one node asks another to do among its own clients. Queries and
@@ -103,6 +110,13 @@ pub enum Request {
     /// client of this node a SEND would go to; answered with
     /// [`Response::Nodes`] holding it (or none: its matches had gone).
     Describe { query: Vec<u8>, avg: Option<f64> },
+    /// On the home of these value keys: which nodes hold clients in their
+    /// buckets that a query with this `restricted` flag reaches; answered
+    /// with [`Response::Holders`].
+    Holders {
+        keys: Vec<Vec<u8>>,
+        restricted: bool,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -124,6 +138,14 @@ pub enum Response {
     /// The request could not be carried out (a query that does not parse
     /// here, say); the asker counts this node as having no match.
     Refused(String),
+    /// The nodes holding clients in the buckets asked about: each node's
+    /// gossip address, run and count. `settled`: the answering node is the
+    /// home of every key asked about, and has been for long enough that
+    /// every holder has told it (otherwise the list may miss some).
+    Holders {
+        nodes: Vec<(String, u64, u64)>,
+        settled: bool,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -343,6 +365,16 @@ mod tests {
                     matched: 3,
                 },
             },
+            Frame::Values {
+                counts: vec![(b"key".to_vec(), 2, 1)],
+            },
+            Frame::Response {
+                id: 11,
+                body: Response::Holders {
+                    nodes: vec![("10.0.0.2:7000".into(), 5, 3)],
+                    settled: true,
+                },
+            },
         ]
     }
 
@@ -470,17 +502,17 @@ mod tests {
     /// update the bytes here.
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(SCHEMA, 0x5f1e_0007);
+        assert_eq!(SCHEMA, 0x5f1e_0008);
         assert_eq!(samples().len(), GOLDEN.len());
         for (frame, golden) in samples().iter().zip(GOLDEN) {
             assert_eq!(hex(&encoded(frame)), golden, "{frame:?}");
         }
     }
 
-    const GOLDEN: [&str; 8] = [
+    const GOLDEN: [&str; 10] = [
         concat!(
             "6000000031302e302e302e313a37303030000000000000000000000001000000",
-            "07001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
+            "08001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
             "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "00000000",
         ),
@@ -519,6 +551,18 @@ mod tests {
         concat!(
             "580000005b5d0000000000000500000000000000090000000000000001000000",
             "e4ffffff02000000000000000300000000000000000000000000000000000000",
+            "00000000000000000000000000000000000000000000000000000000",
+        ),
+        concat!(
+            "680000006b657900fcffffff0300000002000000010000000000000008000000",
+            "e8ffffff01000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "000000000000000000000000",
+        ),
+        concat!(
+            "7800000031302e302e302e323a373030300000008d000000f0ffffff05000000",
+            "00000000030000000000000005000000000000000b0000000000000004000000",
+            "d4ffffff01000000010000000000000000000000000000000000000000000000",
             "00000000000000000000000000000000000000000000000000000000",
         ),
     ];
@@ -640,6 +684,33 @@ mod tests {
             }),
             prop::collection::vec((text, any::<u64>()), 0..10)
                 .prop_map(|counts| Frame::Apps { counts }),
+            prop::collection::vec(
+                (
+                    prop::collection::vec(any::<u8>(), 0..40),
+                    any::<u32>(),
+                    any::<u32>()
+                ),
+                0..10
+            )
+            .prop_map(|counts| Frame::Values { counts }),
+            (
+                any::<u64>(),
+                prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..10),
+                any::<bool>()
+            )
+                .prop_map(|(id, keys, restricted)| Frame::Request {
+                    id,
+                    body: Request::Holders { keys, restricted },
+                }),
+            (
+                any::<u64>(),
+                prop::collection::vec((text, any::<u64>(), any::<u64>()), 0..10),
+                any::<bool>()
+            )
+                .prop_map(|(id, nodes, settled)| Frame::Response {
+                    id,
+                    body: Response::Holders { nodes, settled },
+                }),
         ]
     }
 

@@ -173,7 +173,7 @@ struct Waiting {
 pub type OnRequest = Rc<dyn Fn(PeerShard, u64, Request)>;
 
 /// What the layer above does with the one-way frames of another node
-/// ([`Frame::Apps`], [`Frame::ClientEvent`]).
+/// ([`Frame::Apps`], [`Frame::ClientEvent`], [`Frame::Values`]).
 pub type OnNotice = Rc<dyn Fn(PeerShard, Frame)>;
 
 /// One verified link, as `/api/v1/cluster` shows it.
@@ -826,7 +826,10 @@ impl Endpoint {
                 }
             }
             (Some(peer), Frame::Response { id, body }) => self.answered(&peer, id, Ok(body)),
-            (Some(peer), notice @ (Frame::Apps { .. } | Frame::ClientEvent { .. })) => {
+            (
+                Some(peer),
+                notice @ (Frame::Apps { .. } | Frame::ClientEvent { .. } | Frame::Values { .. }),
+            ) => {
                 let handler = self.on_notice.borrow().clone();
                 if let Some(handler) = handler {
                     handler(peer, notice);

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use gossip::{Gossip, GossipStats, RejectReason, Settings};
 pub use node::{ClusterView, MemberState, NodeId};
@@ -104,6 +104,50 @@ pub struct ShardCluster {
     /// Each other node's clients per application, as it last sent them,
     /// by (gossip address, run).
     remote_apps: RefCell<HashMap<(SocketAddr, u64), Arc<NodeApps>>>,
+    /// This shard's part of the indexed values homed over the nodes.
+    pub values: RefCell<ValueState>,
+}
+
+/// A shard's part of the indexed values homed over the nodes (see
+/// [`values`] and `routing::homes`).
+#[derive(Debug, Default)]
+pub struct ValueState {
+    /// The keys whose home is this node and whose table is on this shard.
+    pub table: values::HomeTable,
+    /// This node's counts of the keys this shard is the local home of.
+    pub outbox: values::Outbox,
+    /// With one shard (no routing directory): the value keys the store
+    /// touched since the outbox last took them.
+    pub touched: Vec<crate::metadata::ValueKey>,
+    /// The nodes keys were homed over when they last moved (this node and
+    /// the live members with links), and since when.
+    homes: Vec<values::NodeRef>,
+    pub homes_since: Option<Instant>,
+}
+
+impl ValueState {
+    /// A new view: when the nodes that keys are homed over changed, the
+    /// table keeps what is still this node's of live runs, and the outbox
+    /// sends each key whose home moved to its new home.
+    fn set_view(&mut self, view: &ClusterView) {
+        let Some(this) = &view.this else { return };
+        let mut homes: Vec<values::NodeRef> = view
+            .members
+            .iter()
+            .filter(|m| m.state != MemberState::Down && !m.id.links.is_empty())
+            .map(|m| (m.id.addr, m.id.boot))
+            .chain([(this.addr, this.boot)])
+            .collect();
+        homes.sort_unstable();
+        if homes == self.homes {
+            return;
+        }
+        self.homes = homes;
+        self.homes_since = Some(Instant::now());
+        self.table.retain(view);
+        self.outbox.set_boot(this.boot);
+        self.outbox.rehome(|key| values::home(view, key));
+    }
 }
 
 /// One node's clients per application.
@@ -129,6 +173,7 @@ impl ShardCluster {
                 .iter()
                 .any(|m| m.id.addr == *addr && m.id.boot == *boot && m.state != MemberState::Down)
         });
+        self.values.borrow_mut().set_view(&view);
         *self.view.borrow_mut() = view;
     }
 

@@ -114,9 +114,7 @@ pub fn gone(view: &ClusterView, node: NodeRef) -> bool {
 
 /// Whether `node` is this node or a live member of `view`, this very run.
 pub fn live(view: &ClusterView, node: NodeRef) -> bool {
-    view.this
-        .as_ref()
-        .is_some_and(|t| (t.addr, t.boot) == node)
+    view.this.as_ref().is_some_and(|t| (t.addr, t.boot) == node)
         || view
             .members
             .iter()
@@ -126,6 +124,31 @@ pub fn live(view: &ClusterView, node: NodeRef) -> bool {
 /// The home of `key` in `view` as a [`Dest`].
 pub fn home(view: &ClusterView, key: &[u8]) -> Dest {
     view.home(key).map(|n| (n.addr, n.boot))
+}
+
+/// Who holds clients in some value buckets, as their homes answered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Holders {
+    /// Each holding node's count, by node.
+    pub nodes: Vec<(NodeRef, u64)>,
+    /// Every home asked answered, as the home of the keys it was asked
+    /// about, and had been home long enough to have heard from every
+    /// holder: a node left out holds none (but for changes in flight).
+    pub settled: bool,
+}
+
+impl Holders {
+    /// Both answers together.
+    pub fn merge(&mut self, other: Holders) {
+        for (node, n) in other.nodes {
+            match self.nodes.iter_mut().find(|(held, _)| *held == node) {
+                Some(entry) => entry.1 += n,
+                None => self.nodes.push((node, n)),
+            }
+        }
+        self.nodes.sort_unstable();
+        self.settled &= other.settled;
+    }
 }
 
 /// On a home node (one shard's part): each key's holding nodes and their
@@ -383,7 +406,9 @@ mod tests {
         // Fixed bytes: every node, whatever its build, homes it alike.
         assert_eq!(
             &*k("a", "b", Kind::Eq, ScalarKey::Int(1)),
-            &[1, 0, 0, 0, b'a', 1, 0, 0, 0, b'b', 0, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+            &[
+                1, 0, 0, 0, b'a', 1, 0, 0, 0, b'b', 0, 1, 1, 0, 0, 0, 0, 0, 0, 0
+            ]
         );
     }
 
@@ -461,10 +486,13 @@ mod tests {
         assert_eq!(sent, vec![(h, vec![(key(1), open(2)), (key(2), open(1))])]);
         assert!(o.is_due(), "a failed batch stays due");
         sent.clear();
-        o.flush(|_| h, |d, b| {
+        o.flush(
+            |_| h,
+            |d, b| {
                 sent.push((d, b));
                 true
-            });
+            },
+        );
         assert_eq!(sent.len(), 1);
         assert!(!o.is_due());
         // Nothing changed: nothing goes.
@@ -473,30 +501,39 @@ mod tests {
         // Zero goes once, then the key is forgotten.
         o.set(key(2), Count::default());
         sent.clear();
-        o.flush(|_| h, |d, b| {
+        o.flush(
+            |_| h,
+            |d, b| {
                 sent.push((d, b));
                 true
-            });
+            },
+        );
         assert_eq!(sent, vec![(h, vec![(key(2), Count::default())])]);
         assert_eq!(o.len(), 1);
         // A key that comes and goes before it is sent costs nothing.
         o.set(key(3), open(1));
         o.set(key(3), Count::default());
         sent.clear();
-        o.flush(|_| h, |d, b| {
+        o.flush(
+            |_| h,
+            |d, b| {
                 sent.push((d, b));
                 true
-            });
+            },
+        );
         assert!(sent.is_empty());
         assert_eq!(o.len(), 1);
         // A new home, a link up again, a new run: the keys go again.
         let h2: Dest = Some((id(3, 1).addr, 1));
         o.rehome(|_| h2);
         sent.clear();
-        o.flush(|_| h2, |d, b| {
+        o.flush(
+            |_| h2,
+            |d, b| {
                 sent.push((d, b));
                 true
-            });
+            },
+        );
         assert_eq!(sent, vec![(h2, vec![(key(1), open(2))])]);
         o.relinked(h.unwrap());
         assert!(!o.is_due(), "nothing was told over that link");
@@ -522,15 +559,28 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Step {
-        Set { node: usize, user: i64, n: u32 },
-        Flush { node: usize, fail: bool },
+        Set {
+            node: usize,
+            user: i64,
+            n: u32,
+        },
+        Flush {
+            node: usize,
+            fail: bool,
+        },
         Down(usize),
         Up(usize),
         Restart(usize),
-        Relink { node: usize, to: usize },
+        Relink {
+            node: usize,
+            to: usize,
+        },
         /// A flush whose frames to `to` are lost on a link that then
         /// comes up again.
-        Lossy { node: usize, to: usize },
+        Lossy {
+            node: usize,
+            to: usize,
+        },
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -700,11 +750,20 @@ mod tests {
                     Some(node) => (0..self.ids.len()).find(|&j| self.node(j) == node).unwrap(),
                 };
                 prop_assert!(self.up[at]);
-                prop_assert_eq!(self.tables[at].holders(&[k], false), expected, "user {}", user);
+                prop_assert_eq!(
+                    self.tables[at].holders(&[k], false),
+                    expected,
+                    "user {}",
+                    user
+                );
             }
             // Bounded: nothing held for keys nobody holds or homed elsewhere.
             for i in (0..self.ids.len()).filter(|&i| self.up[i]) {
-                let total: usize = self.clients.iter().map(|c| c.values().filter(|n| **n > 0).count()).sum();
+                let total: usize = self
+                    .clients
+                    .iter()
+                    .map(|c| c.values().filter(|n| **n > 0).count())
+                    .sum();
                 prop_assert!(self.tables[i].len() <= total);
                 prop_assert!(self.outboxes[i].len() <= self.clients[i].len());
             }

@@ -94,6 +94,36 @@ impl Limit {
     }
 }
 
+/// How a SEND's lookup of its indexed values' home nodes came out (see
+/// `routing::homes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueLookup {
+    /// The homes named the nodes holding the values.
+    Holders,
+    /// Settled homes said no node holds them.
+    Nobody,
+    /// A home was not settled (it became one a moment ago, or another
+    /// node thinks it is the home) or did not answer in time.
+    Unsettled,
+}
+
+impl ValueLookup {
+    pub const ALL: [ValueLookup; 3] = [
+        ValueLookup::Holders,
+        ValueLookup::Nobody,
+        ValueLookup::Unsettled,
+    ];
+
+    /// The `answer` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ValueLookup::Holders => "holders",
+            ValueLookup::Nobody => "nobody",
+            ValueLookup::Unsettled => "unsettled",
+        }
+    }
+}
+
 /// One shard's counters.
 #[derive(Default)]
 pub struct ShardMetrics {
@@ -115,8 +145,19 @@ pub struct ShardMetrics {
     queue_log_carried: Cell<u64>,
     repicks: Cell<u64>,
     routing_overlapped: Cell<u64>,
+    value_lookups: [Cell<u64>; ValueLookup::ALL.len()],
     /// Messages sent to other shards, by [`crate::shard::ShardMsg::kind`].
-    cross_shard: [Cell<u64>; crate::shard::ShardMsg::KINDS.len()],
+    cross_shard: Cells<{ crate::shard::ShardMsg::KINDS.len() }>,
+}
+
+/// Counters by index: `Default` for any length (the standard library's
+/// stops at 32).
+struct Cells<const N: usize>([Cell<u64>; N]);
+
+impl<const N: usize> Default for Cells<N> {
+    fn default() -> Self {
+        Cells(std::array::from_fn(|_| Cell::new(0)))
+    }
 }
 
 fn bump(cell: &Cell<u64>, by: u64) {
@@ -149,7 +190,7 @@ impl ShardMetrics {
 
     /// One message sent to another shard, of kind `kind`.
     pub fn cross_shard(&self, kind: usize) {
-        bump(&self.cross_shard[kind], 1);
+        bump(&self.cross_shard.0[kind], 1);
     }
 
     /// A SEND that found no client after all: its chosen client had gone,
@@ -223,6 +264,11 @@ impl ShardMetrics {
         bump(&self.repicks, 1);
     }
 
+    /// A SEND asked its values' home nodes who holds them.
+    pub fn value_lookup(&self, answer: ValueLookup) {
+        bump(&self.value_lookups[answer as usize], 1);
+    }
+
     /// A copy of every counter, with the gauges the shard reads at the time.
     pub fn snapshot(&self, shard: usize, gauges: Gauges, queues: Vec<QueueRow>) -> Snapshot {
         let read = |cells: &[Cell<u64>]| cells.iter().map(Cell::get).collect();
@@ -247,7 +293,8 @@ impl ShardMetrics {
             queue_log_carried: self.queue_log_carried.get(),
             repicks: self.repicks.get(),
             routing_overlapped: self.routing_overlapped.get(),
-            cross_shard: read(&self.cross_shard),
+            value_lookups: read(&self.value_lookups),
+            cross_shard: read(&self.cross_shard.0),
             queues,
             cluster: None,
             links: None,
@@ -274,6 +321,9 @@ pub struct Gauges {
     pub directory_values: u64,
     /// Other homes' answers about value buckets this shard remembers.
     pub directory_remembered: u64,
+    /// In a cluster: value keys homed on this node whose holders this
+    /// shard keeps.
+    pub homed_values: u64,
 }
 
 /// One shard's metrics at one moment; sent across the mesh on a scrape.
@@ -300,6 +350,8 @@ pub struct Snapshot {
     pub queue_log_carried: u64,
     pub repicks: u64,
     pub routing_overlapped: u64,
+    /// Lookups of values' home nodes, in [`ValueLookup::ALL`] order.
+    pub value_lookups: Vec<u64>,
     /// Messages sent to other shards, in [`crate::shard::ShardMsg::KINDS`]
     /// order.
     pub cross_shard: Vec<u64>,

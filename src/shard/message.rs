@@ -182,11 +182,24 @@ pub enum ShardMsg {
         target: ConnRef,
         packet: Arc<Dispatch>,
     },
+    /// A node's counts of indexed values homed on this node, whose table
+    /// is on this shard (see `crate::routing::homes`).
+    NodeValues {
+        from: crate::cluster::values::NodeRef,
+        counts: Vec<(crate::cluster::values::Key, crate::metadata::Count)>,
+    },
+    /// On the shard keeping these value keys' table: which nodes hold
+    /// them. Replies `Holders`.
+    NodeHolders {
+        reply_to: ReplyTo,
+        keys: Vec<crate::cluster::values::Key>,
+        restricted: bool,
+    },
 }
 
 impl ShardMsg {
     /// Every [`ShardMsg::kind`], in the order of its index.
-    pub const KINDS: [&'static str; 32] = [
+    pub const KINDS: [&'static str; 35] = [
         "pick",
         "deliver",
         "send_one",
@@ -219,6 +232,9 @@ impl ShardMsg {
         "remote_apps",
         "app_counts",
         "reply_app_counts",
+        "node_values",
+        "node_holders",
+        "reply_node_holders",
     ];
 
     /// What the message is, as an index into [`ShardMsg::KINDS`]: the
@@ -250,6 +266,7 @@ impl ShardMsg {
                 Reply::Located(_) => 21,
                 Reply::Links(_) => 27,
                 Reply::AppCounts(_) => 31,
+                Reply::Holders(_) => 34,
             },
             ShardMsg::PickSend { .. } => 19,
             ShardMsg::Locate { .. } => 20,
@@ -258,6 +275,8 @@ impl ShardMsg {
             ShardMsg::DeliverAsk { .. } => 28,
             ShardMsg::RemoteApps { .. } => 29,
             ShardMsg::AppCounts { .. } => 30,
+            ShardMsg::NodeValues { .. } => 32,
+            ShardMsg::NodeHolders { .. } => 33,
         }
     }
 
@@ -325,6 +344,8 @@ pub enum Reply {
     Located(crate::routing::directory::Located),
     Links(Vec<crate::cluster::link::LinkInfo>),
     AppCounts(Vec<(Arc<str>, usize)>),
+    /// The nodes holding clients in the value buckets asked about.
+    Holders(crate::cluster::values::Holders),
 }
 
 #[cfg(test)]
@@ -381,6 +402,23 @@ mod tests {
             reply: Reply::Located(Default::default()),
         };
         assert_eq!(ShardMsg::KINDS[located.kind()], "reply_located");
+        let holders = ShardMsg::NodeHolders {
+            reply_to,
+            keys: Vec::new(),
+            restricted: false,
+        };
+        assert_eq!(ShardMsg::KINDS[holders.kind()], "node_holders");
+        let values = ShardMsg::NodeValues {
+            from: ("127.0.0.1:1".parse().unwrap(), 1),
+            counts: Vec::new(),
+        };
+        assert_eq!(ShardMsg::KINDS[values.kind()], "node_values");
+        let reply = ShardMsg::Reply {
+            req: 0,
+            from: 1,
+            reply: Reply::Holders(Default::default()),
+        };
+        assert_eq!(ShardMsg::KINDS[reply.kind()], "reply_node_holders");
         use crate::routing::directory::DirMsg;
         for msg in [
             DirMsg::Apps {
