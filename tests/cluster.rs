@@ -783,3 +783,179 @@ fn client_updates_reach_subscribers_on_every_node() {
     joiner.close();
     watcher.expect_client_update("CLIENT_DISCONNECTED", "workers", "on-b");
 }
+
+/// Which of `nodes` (gossip addresses) is the home of user `id` of
+/// application `app`, as every node computes it.
+fn home_of_user(nodes: &[SocketAddr], app: &str, id: i64) -> usize {
+    use singyeong::cluster::node::{Member, NodeId};
+    use singyeong::cluster::{ClusterView, MemberState, values};
+    use singyeong::metadata::{Kind, ScalarKey, ValueKey};
+    let node = |addr: SocketAddr| NodeId {
+        addr,
+        boot: 1,
+        name: String::new(),
+        shards: 1,
+        links: vec![1],
+    };
+    let view = ClusterView {
+        this: Some(node(nodes[0])),
+        members: nodes[1..]
+            .iter()
+            .map(|&addr| Member {
+                id: node(addr),
+                state: MemberState::Alive,
+                since_ms: 0,
+            })
+            .collect(),
+    };
+    let key = values::encode_key(&ValueKey {
+        app: app.into(),
+        key: "user_id".into(),
+        kind: Kind::Eq,
+        scalar: ScalarKey::Int(id),
+    });
+    view.home(&key).map_or(0, |home| {
+        nodes.iter().position(|&a| a == home.addr).unwrap()
+    })
+}
+
+#[test]
+fn a_send_to_a_unique_id_touches_only_the_values_home_and_the_owner() {
+    use common::{Client, Encoding, meta, metric_sum};
+    use serde_json::json;
+    let (a, b, c) = three_linked();
+    let servers = [&a, &b, &c];
+    let addrs: Vec<SocketAddr> = servers
+        .iter()
+        .map(|s| {
+            cluster(s)["node"]["addr"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    // Users 1000.. on a, 2000.. on b, 3000.. on c: on each node, two
+    // whose value is homed on each node (chosen knowing the addresses).
+    let mut users: Vec<(usize, i64, Client)> = Vec::new();
+    for (n, server) in servers.iter().enumerate() {
+        let mut per_home = [0; 3];
+        for id in (1000 * (n as i64 + 1))..(1000 * (n as i64 + 2)) {
+            let home = home_of_user(&addrs, "users", id);
+            if per_home[home] == 2 {
+                continue;
+            }
+            per_home[home] += 1;
+            let mut client = Client::ready(server, Encoding::Json, "users", &format!("u{id}"));
+            client.set_metadata(json!({"user_id": meta("integer", json!(id))}));
+            users.push((n, id, client));
+            if per_home == [2; 3] {
+                break;
+            }
+        }
+        assert_eq!(per_home, [2; 3]);
+    }
+    let mut sender = Client::ready(&a, Encoding::Json, "senders", "from-a");
+    let to = |id: i64| json!({"application": "users", "ops": [{"path": "/user_id", "op": "$eq", "to": {"value": id}}]});
+    let received = |s: &Server| {
+        metric_sum(
+            s,
+            "singyeong_cluster_requests_total",
+            "direction=\"received\"",
+        ) as u64
+    };
+    let lookups = |answer: &str| {
+        metric_sum(
+            &a,
+            "singyeong_cluster_value_lookups_total",
+            &format!("answer=\"{answer}\""),
+        ) as u64
+    };
+
+    // A home calls itself settled a few seconds after it last saw the
+    // members change (each node on its own clock); until then a SEND asks
+    // as if there were no homes. Settled once every user on c is looked up
+    // with holders named.
+    let mut nonce = 0;
+    wait_until("settled homes", JOIN, || {
+        let before = lookups("holders");
+        let mut sent = 0;
+        for (_, id, client) in users.iter_mut().filter(|(n, _, _)| *n == 2) {
+            nonce += 1;
+            sender.send_to(to(*id), json!(nonce), json!("settling"));
+            client.expect_message("SEND", &json!(nonce), &json!("settling"));
+            sent += 1;
+        }
+        lookups("holders") == before + sent
+    });
+
+    // Every user on c, from a: the home of the value (asked unless it is
+    // a) and c (which delivers) receive requests, and no other node.
+    for (n, id, client) in users.iter_mut().filter(|(n, _, _)| *n == 2) {
+        let home = home_of_user(&addrs, "users", *id);
+        let before: Vec<u64> = servers.iter().map(|s| received(s)).collect();
+        sender.send_to(to(*id), json!(id), json!("hop"));
+        client.expect_message("SEND", &json!(id), &json!("hop"));
+        sender.sync();
+        let after: Vec<u64> = servers.iter().map(|s| received(s)).collect();
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(x, y)| x - y).collect();
+        let mut want = [0; 3];
+        want[*n] += 1; // the owner: the SEND itself, no pick round
+        if home != 0 {
+            want[home] += 1; // the lookup
+        }
+        assert_eq!(delta, want, "user {id} homed on node {home}");
+    }
+
+    // Users on a and b: the same bound.
+    for (n, id, client) in users.iter_mut().filter(|(n, _, _)| *n != 2) {
+        let home = home_of_user(&addrs, "users", *id);
+        let before: Vec<u64> = servers.iter().map(|s| received(s)).collect();
+        sender.send_to(to(*id), json!(id), json!("hop"));
+        client.expect_message("SEND", &json!(id), &json!("hop"));
+        sender.sync();
+        let touched: Vec<usize> = (0..3)
+            .filter(|&i| received(servers[i]) > before[i])
+            .collect();
+        let allowed: Vec<usize> = (1..3).filter(|&i| i == *n || i == home).collect();
+        assert_eq!(touched, allowed, "user {id} on node {n}, homed on {home}");
+    }
+
+    // Nobody holds the id: the homes say so, the SEND still asks the
+    // nodes holding the application before answering no_route.
+    let nobody = lookups("nobody");
+    sender.send_to(to(999), json!("none"), json!(1));
+    sender.expect_invalid(common::texts::NO_ROUTE);
+    assert_eq!(lookups("nobody"), nobody + 1);
+
+    // A client that connected a moment ago, whose home may not know it
+    // yet, still gets its message.
+    for (n, server) in servers.iter().enumerate() {
+        let id = 9000 + n as i64;
+        let mut fresh = Client::ready(server, Encoding::Json, "users", &format!("fresh{id}"));
+        fresh.set_metadata(json!({"user_id": meta("integer", json!(id))}));
+        sender.send_to(to(id), json!(id), json!("fresh"));
+        fresh.expect_message("SEND", &json!(id), &json!("fresh"));
+    }
+    sender.expect_nothing(Duration::from_millis(100));
+
+    // A value two nodes hold: either may get it, never both.
+    let mut twin_b = Client::ready(&b, Encoding::Json, "users", "twin-b");
+    let mut twin_c = Client::ready(&c, Encoding::Json, "users", "twin-c");
+    for twin in [&mut twin_b, &mut twin_c] {
+        twin.set_metadata(json!({"user_id": meta("integer", json!(5000))}));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..30 {
+        sender.send_to(to(5000), json!(i), json!("twin"));
+    }
+    sender.sync();
+    let mut got = [0; 2];
+    for (k, twin) in [&mut twin_b, &mut twin_c].into_iter().enumerate() {
+        while let common::Event::Packet(_) = twin.next_event(Duration::from_millis(200)) {
+            got[k] += 1;
+        }
+    }
+    assert_eq!(got[0] + got[1], 30, "{got:?}");
+    assert!(got[0] > 0 && got[1] > 0, "both holders chosen: {got:?}");
+}

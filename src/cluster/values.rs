@@ -468,7 +468,8 @@ mod tests {
 
     #[test]
     fn an_outbox_sends_changes_once_and_a_failed_send_again() {
-        let h: Dest = Some((id(2, 1).addr, 1));
+        let n1: NodeRef = (id(2, 1).addr, 1);
+        let h: Dest = Some(n1);
         let mut o = Outbox::default();
         o.set_boot(1);
         o.set(key(1), open(1));
@@ -524,7 +525,8 @@ mod tests {
         assert!(sent.is_empty());
         assert_eq!(o.len(), 1);
         // A new home, a link up again, a new run: the keys go again.
-        let h2: Dest = Some((id(3, 1).addr, 1));
+        let n2: NodeRef = (id(3, 1).addr, 1);
+        let h2: Dest = Some(n2);
         o.rehome(|_| h2);
         sent.clear();
         o.flush(
@@ -535,9 +537,9 @@ mod tests {
             },
         );
         assert_eq!(sent, vec![(h2, vec![(key(1), open(2))])]);
-        o.relinked(h.unwrap());
+        o.relinked(n1);
         assert!(!o.is_due(), "nothing was told over that link");
-        o.relinked(h2.unwrap());
+        o.relinked(n2);
         assert!(o.is_due());
         o.flush(|_| h2, |_, _| true);
         o.set_boot(1);
