@@ -14,6 +14,8 @@
 //! - [`cluster::node`], [`cluster::seal`], [`cluster::frame`]: who a node
 //!   is and what this node knows of the others; gossip packets signed
 //!   with the secret; the frames of links between nodes.
+//! - [`cluster::values`]: indexed values homed over the nodes, and which
+//!   nodes hold each.
 //!
 //! Runtime (glommio, one executor per shard):
 //! - [`server`]: starts the shards and stops them on a signal.
@@ -33,7 +35,9 @@
 //!   the chosen client's address with hyper, the answer relayed back.
 //! - [`cluster`]: the cluster's membership, gossiped over UDP by shard 0
 //!   and published to every shard; [`cluster::link`]: each shard's QUIC
-//!   links to its counterparts on the other nodes.
+//!   links to its counterparts on the other nodes; [`routing::remote`]:
+//!   routing across nodes, narrowed by [`routing::homes`] (asking and
+//!   keeping current the values' home nodes).
 //! - [`config`]: flags, environment, file, defaults.
 //! - [`metrics`]: per-shard counters and their Prometheus rendering.
 

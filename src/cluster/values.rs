@@ -15,7 +15,8 @@
 //!   to each key's home; a send that fails stays due; when the live members
 //!   change, the keys whose home moved go to their new home, and when a link
 //!   comes up again, the keys told over it go again (what was in flight on
-//!   a lost link may be lost).
+//!   a lost link may be lost), zeros included: a key whose count fell to
+//!   zero is kept for a while after its zero went, for that.
 //! - **Keeping** ([`HomeTable`]): a node's entries go when it goes down or
 //!   runs again as a new run; entries of keys no longer homed here go when
 //!   the members change (the new home hears them from the holders).
@@ -226,6 +227,10 @@ struct Held {
     /// The home last sent this key's count; `None`: none yet (or not
     /// since this node's run changed).
     told: Option<Dest>,
+    /// When zero was last sent ([`Outbox::advance`]'s tick): the key is
+    /// kept, so that a link that comes up again sends the zero again, until
+    /// a lost link would have been noticed.
+    zeroed: Option<u64>,
 }
 
 /// On a node (one shard's part: the keys whose local home it is): its
@@ -237,6 +242,10 @@ pub struct Outbox {
     due: Set<Key>,
     /// The run of this node the homes were told about.
     boot: Option<u64>,
+    /// Calls of [`Outbox::advance`] so far.
+    tick: u64,
+    /// Keys sent as zero, oldest first, with the tick they were sent at.
+    zeroes: std::collections::VecDeque<(u64, Key)>,
 }
 
 impl Outbox {
@@ -244,10 +253,22 @@ impl Outbox {
     pub fn set(&mut self, key: Key, count: Count) {
         match self.held.get_mut(&key) {
             Some(held) if held.count == count => return,
-            Some(held) => held.count = count,
+            Some(held) => {
+                held.count = count;
+                held.zeroed = None;
+            }
             None if count.is_zero() => return,
             None => {
-                self.held.insert(key.clone(), Held { count, told: None });
+                let told = None;
+                let zeroed = None;
+                self.held.insert(
+                    key.clone(),
+                    Held {
+                        count,
+                        told,
+                        zeroed,
+                    },
+                );
             }
         }
         self.due.insert(key);
@@ -275,7 +296,8 @@ impl Outbox {
     }
 
     /// A link to `node` came up (again): what went over the last one may
-    /// not have arrived, so the keys told there go again.
+    /// not have arrived, so the keys told there go again (zeros too, for
+    /// as long as they are kept, see [`Outbox::advance`]).
     pub fn relinked(&mut self, node: NodeRef) {
         for (key, held) in &self.held {
             if held.told == Some(Some(node)) {
@@ -291,8 +313,8 @@ impl Outbox {
 
     /// Sends what is due, one batch per home: `send` says whether the batch
     /// went out; one that did not stays due. A key whose count fell to zero
-    /// is forgotten once its home has been told (a home that never heard of
-    /// it needs no word).
+    /// is sent as zero and kept a while ([`Outbox::advance`]); one whose
+    /// home never heard of it is forgotten at once.
     pub fn flush(
         &mut self,
         home: impl Fn(&[u8]) -> Dest,
@@ -322,17 +344,40 @@ impl Outbox {
             }
             for key in keys {
                 if let Some(held) = self.held.get_mut(&key) {
+                    held.told = Some(dest);
                     if held.count.is_zero() {
-                        self.held.remove(&key);
-                    } else {
-                        held.told = Some(dest);
+                        held.zeroed = Some(self.tick);
+                        self.zeroes.push_back((self.tick, key));
                     }
                 }
             }
         }
     }
 
-    /// Keys held (counted here, non-zero or not yet told zero).
+    /// One more tick (the caller's clock, e.g. one per flush period):
+    /// keys sent as zero more than `linger` ticks ago, and zero since, are
+    /// forgotten. `linger` must cover the time a lost link takes to be
+    /// noticed (a zero sent just before is sent again when it comes up
+    /// again, [`Outbox::relinked`]); churn of that long is what is kept.
+    pub fn advance(&mut self, linger: u64) {
+        self.tick += 1;
+        while let Some((at, _)) = self.zeroes.front()
+            && at + linger < self.tick
+        {
+            let Some((at, key)) = self.zeroes.pop_front() else {
+                break;
+            };
+            if self
+                .held
+                .get(&key)
+                .is_some_and(|h| h.count.is_zero() && h.zeroed == Some(at))
+            {
+                self.held.remove(&key);
+            }
+        }
+    }
+
+    /// Keys held (counted here: non-zero, or zero and kept a while).
     pub fn len(&self) -> usize {
         self.held.len()
     }
@@ -499,7 +544,8 @@ mod tests {
         // Nothing changed: nothing goes.
         o.set(key(1), open(2));
         assert!(!o.is_due());
-        // Zero goes once, then the key is forgotten.
+        // Zero goes once; the key is kept, so that a link that comes up
+        // again sends the zero again, then forgotten.
         o.set(key(2), Count::default());
         sent.clear();
         o.flush(
@@ -510,6 +556,23 @@ mod tests {
             },
         );
         assert_eq!(sent, vec![(h, vec![(key(2), Count::default())])]);
+        assert_eq!(o.len(), 2);
+        o.advance(1);
+        o.relinked(n1);
+        sent.clear();
+        o.flush(
+            |_| h,
+            |d, b| {
+                sent.push((d, b));
+                true
+            },
+        );
+        let mut resent = sent[0].1.clone();
+        resent.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(resent, vec![(key(1), open(2)), (key(2), Count::default())]);
+        o.advance(1);
+        assert_eq!(o.len(), 2, "kept for `linger` ticks after the last zero");
+        o.advance(1);
         assert_eq!(o.len(), 1);
         // A key that comes and goes before it is sent costs nothing.
         o.set(key(3), open(1));
@@ -583,6 +646,8 @@ mod tests {
             node: usize,
             to: usize,
         },
+        /// Time passes: zeros kept long enough are forgotten.
+        Tick,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -594,6 +659,7 @@ mod tests {
             1 => (0..4usize).prop_map(Step::Restart),
             1 => (0..4usize, 0..4usize).prop_map(|(node, to)| Step::Relink { node, to }),
             1 => (0..4usize, 0..4usize).prop_map(|(node, to)| Step::Lossy { node, to }),
+            1 => Just(Step::Tick),
         ]
     }
 
@@ -714,6 +780,11 @@ mod tests {
                     self.flush_losing(node, false, Some(to));
                     let to = self.node(to);
                     self.outboxes[node].relinked(to);
+                }
+                Step::Tick => {
+                    for outbox in &mut self.outboxes {
+                        outbox.advance(2);
+                    }
                 }
                 Step::Relink { node, to } if self.up[node] && self.up[to] => {
                     let to = self.node(to);

@@ -36,6 +36,12 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 /// treats the answer as a hint and asks as if there were no homes.
 const SETTLE: Duration = Duration::from_secs(3);
 
+/// How long a count sent as zero is kept to be sent again over a link
+/// that comes up again: past the links' idle timeout (10 s), by which a
+/// lost link, and whatever it lost, has been noticed. In publish periods
+/// (a slow shard's periods are longer, which only keeps them longer).
+const ZERO_LINGER: u64 = 15_000 / PUBLISH_EVERY.as_millis() as u64;
+
 /// About how many bytes of keys one frame of counts carries.
 const FRAME_BYTES: usize = 256 << 10;
 
@@ -76,6 +82,7 @@ pub async fn publish_loop(shard: Rc<Shard>) {
         let mut local: Vec<(Key, Count)> = Vec::new();
         {
             let mut state = shard.cluster.values.borrow_mut();
+            state.outbox.advance(ZERO_LINGER);
             for (key, count) in totals {
                 state.outbox.set(key, count);
             }
@@ -291,16 +298,24 @@ pub async fn lookup(shard: &Shard, query: &Query) -> Option<Holders> {
             None => by_home.push((home, vec![key])),
         }
     }
-    let mut found = Holders {
-        nodes: Vec::new(),
-        settled: true,
-    };
+    // Other homes are asked all at once, while this node looks at its own.
+    let mut asks = Vec::new();
+    let mut here = Vec::new();
     for (home, keys) in by_home {
-        let part = match home {
-            None => node_holders(shard, keys, query.restricted).await,
-            Some(node) => ask_home(shard, &view, node, keys, query.restricted).await,
-        };
-        found.merge(part);
+        match home {
+            None => here = keys,
+            Some(node) => asks.push(ask_home(shard, &view, node, keys, query.restricted)),
+        }
+    }
+    let mut found = match here.is_empty() {
+        true => Holders {
+            nodes: Vec::new(),
+            settled: true,
+        },
+        false => node_holders(shard, here, query.restricted).await,
+    };
+    for ask in asks {
+        found.merge(ask.await.unwrap_or_default());
     }
     shard
         .metrics
@@ -312,31 +327,37 @@ pub async fn lookup(shard: &Shard, query: &Query) -> Option<Holders> {
     Some(found)
 }
 
-/// Asks home `node` who holds `keys`.
-async fn ask_home(
+/// Asks home `node` who holds `keys`: sent at once, answered when
+/// awaited (a home that is not linked, or does not answer in time, leaves
+/// the answer unsettled).
+fn ask_home(
     shard: &Shard,
     view: &ClusterView,
     node: NodeRef,
     keys: Vec<Key>,
     restricted: bool,
-) -> Holders {
-    let (Some(endpoint), Some(peer)) = (shard.cluster.links(), peer_shard(shard, view, node))
-    else {
-        return Holders::default();
-    };
+) -> glommio::task::JoinHandle<Holders> {
+    let endpoint = shard.cluster.links();
+    let peer = peer_shard(shard, view, node);
+    let deadline = shard.config.cluster_request_timeout;
     let request = Request::Holders {
         keys: keys.into_iter().map(Vec::from).collect(),
         restricted,
     };
-    let deadline = shard.config.cluster_request_timeout;
-    match endpoint.request(&peer, request, deadline).await {
-        Ok(Response::Holders { nodes, settled }) => Holders {
-            nodes: nodes
-                .into_iter()
-                .filter_map(|(addr, boot, n)| Some(((addr.parse().ok()?, boot), n)))
-                .collect(),
-            settled,
-        },
-        _ => Holders::default(),
-    }
+    glommio::spawn_local(async move {
+        let (Some(endpoint), Some(peer)) = (endpoint, peer) else {
+            return Holders::default();
+        };
+        match endpoint.request(&peer, request, deadline).await {
+            Ok(Response::Holders { nodes, settled }) => Holders {
+                nodes: nodes
+                    .into_iter()
+                    .filter_map(|(addr, boot, n)| Some(((addr.parse().ok()?, boot), n)))
+                    .collect(),
+                settled,
+            },
+            _ => Holders::default(),
+        }
+    })
+    .detach()
 }
