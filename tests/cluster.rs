@@ -857,13 +857,6 @@ fn a_send_to_a_unique_id_touches_only_the_values_home_and_the_owner() {
     }
     let mut sender = Client::ready(&a, Encoding::Json, "senders", "from-a");
     let to = |id: i64| json!({"application": "users", "ops": [{"path": "/user_id", "op": "$eq", "to": {"value": id}}]});
-    let received = |s: &Server| {
-        metric_sum(
-            s,
-            "singyeong_cluster_requests_total",
-            "direction=\"received\"",
-        ) as u64
-    };
     let lookups = |answer: &str| {
         metric_sum(
             &a,
@@ -893,12 +886,7 @@ fn a_send_to_a_unique_id_touches_only_the_values_home_and_the_owner() {
     // a) and c (which delivers) receive requests, and no other node.
     for (n, id, client) in users.iter_mut().filter(|(n, _, _)| *n == 2) {
         let home = home_of_user(&addrs, "users", *id);
-        let before: Vec<u64> = servers.iter().map(|s| received(s)).collect();
-        sender.send_to(to(*id), json!(id), json!("hop"));
-        client.expect_message("SEND", &json!(id), &json!("hop"));
-        sender.sync();
-        let after: Vec<u64> = servers.iter().map(|s| received(s)).collect();
-        let delta: Vec<u64> = after.iter().zip(&before).map(|(x, y)| x - y).collect();
+        let delta = requests_for_send(&servers, &mut sender, client, *id, *id as u64);
         let mut want = [0; 3];
         want[*n] += 1; // the owner: the SEND itself, no pick round
         if home != 0 {
@@ -910,13 +898,8 @@ fn a_send_to_a_unique_id_touches_only_the_values_home_and_the_owner() {
     // Users on a and b: the same bound.
     for (n, id, client) in users.iter_mut().filter(|(n, _, _)| *n != 2) {
         let home = home_of_user(&addrs, "users", *id);
-        let before: Vec<u64> = servers.iter().map(|s| received(s)).collect();
-        sender.send_to(to(*id), json!(id), json!("hop"));
-        client.expect_message("SEND", &json!(id), &json!("hop"));
-        sender.sync();
-        let touched: Vec<usize> = (0..3)
-            .filter(|&i| received(servers[i]) > before[i])
-            .collect();
+        let delta = requests_for_send(&servers, &mut sender, client, *id, *id as u64);
+        let touched: Vec<usize> = (0..3).filter(|&i| delta[i] > 0).collect();
         let allowed: Vec<usize> = (1..3).filter(|&i| i == *n || i == home).collect();
         assert_eq!(touched, allowed, "user {id} on node {n}, homed on {home}");
     }
@@ -958,4 +941,131 @@ fn a_send_to_a_unique_id_touches_only_the_values_home_and_the_owner() {
     }
     assert_eq!(got[0] + got[1], 30, "{got:?}");
     assert!(got[0] > 0 && got[1] > 0, "both holders chosen: {got:?}");
+}
+
+/// Sends from `sender` to the user `id` of application "users" (held by
+/// `client`) and returns how many requests each of `servers` received
+/// meanwhile.
+fn requests_for_send(
+    servers: &[&Server],
+    sender: &mut common::Client,
+    client: &mut common::Client,
+    id: i64,
+    nonce: u64,
+) -> Vec<u64> {
+    use serde_json::json;
+    let received = |s: &Server| {
+        common::metric_sum(
+            s,
+            "singyeong_cluster_requests_total",
+            "direction=\"received\"",
+        ) as u64
+    };
+    let before: Vec<u64> = servers.iter().map(|s| received(s)).collect();
+    let to = json!({"application": "users", "ops": [{"path": "/user_id", "op": "$eq", "to": {"value": id}}]});
+    sender.send_to(to, json!(nonce), json!(id));
+    client.expect_message("SEND", &json!(nonce), &json!(id));
+    sender.sync();
+    servers
+        .iter()
+        .zip(before)
+        .map(|(s, b)| received(s) - b)
+        .collect()
+}
+
+/// Waits until every SEND to `users` from `sender` (on `origin`) was
+/// narrowed by settled homes.
+fn wait_for_settled_homes(
+    origin: &Server,
+    sender: &mut common::Client,
+    users: &mut [(i64, common::Client)],
+    nonce: &mut u64,
+) {
+    let holders = || {
+        common::metric_sum(
+            origin,
+            "singyeong_cluster_value_lookups_total",
+            "answer=\"holders\"",
+        ) as u64
+    };
+    wait_until("settled homes", JOIN, || {
+        let before = holders();
+        for (id, client) in users.iter_mut() {
+            *nonce += 1;
+            requests_for_send(&[origin], sender, client, *id, *nonce);
+        }
+        holders() == before + users.len() as u64
+    });
+}
+
+#[test]
+fn values_move_to_a_new_home_when_their_home_leaves_and_back_when_it_runs_again() {
+    use common::{Client, Encoding, meta};
+    use serde_json::json;
+    let (ga, gb, gc) = (gossip_addr(), gossip_addr(), gossip_addr());
+    let down_after = Some(1500);
+    let a = start_node_with("a", "2", ga, &[], SECRET, down_after);
+    let mut b = start_node("b", gb, &[ga], SECRET, down_after);
+    let c = start_node_with("c", "2", gc, &[ga], SECRET, down_after);
+    for (server, others) in [(&a, ["b", "c"]), (&b, ["a", "c"]), (&c, ["a", "b"])] {
+        for other in others {
+            wait_until(&format!("links to {other}"), JOIN, || linked(server, other));
+        }
+    }
+    // Users on c whose values are homed on b.
+    let all = [ga, gb, gc];
+    let mut users: Vec<(i64, Client)> = (1..)
+        .filter(|&id| home_of_user(&all, "users", id) == 1)
+        .take(4)
+        .map(|id| {
+            let mut client = Client::ready(&c, Encoding::Json, "users", &format!("u{id}"));
+            client.set_metadata(json!({"user_id": meta("integer", json!(id))}));
+            (id, client)
+        })
+        .collect();
+    let mut sender = Client::ready(&a, Encoding::Json, "senders", "from-a");
+    let mut nonce = 0;
+    wait_for_settled_homes(&a, &mut sender, &mut users, &mut nonce);
+    for (id, client) in users.iter_mut() {
+        nonce += 1;
+        let hops = requests_for_send(&[&a, &b, &c], &mut sender, client, *id, nonce);
+        assert_eq!(hops, [0, 1, 1], "user {id}: the lookup on b, the SEND on c");
+    }
+
+    // b dies: SENDs keep arriving at once (its values' new homes may not
+    // be settled yet), and once they are, b's values are narrowed by their
+    // new homes (a or c), which heard of them from c.
+    b.kill();
+    for server in [&a, &c] {
+        wait_until("b down", Duration::from_secs(10), || {
+            member(server, "b").is_some_and(|(s, _)| s == "down")
+        });
+    }
+    for (id, client) in users.iter_mut() {
+        nonce += 1;
+        requests_for_send(&[&a], &mut sender, client, *id, nonce);
+    }
+    wait_for_settled_homes(&a, &mut sender, &mut users, &mut nonce);
+    for (id, client) in users.iter_mut() {
+        nonce += 1;
+        let hops = requests_for_send(&[&a, &c], &mut sender, client, *id, nonce);
+        let home_on_c = home_of_user(&[ga, gc], "users", *id) == 1;
+        assert_eq!(hops, [0, 1 + u64::from(home_on_c)], "user {id} without b");
+    }
+
+    // b runs again on its address: it is these values' home again, and c
+    // tells it of them.
+    let b = start_node("b", gb, &[ga], SECRET, down_after);
+    for (server, other) in [(&a, "b"), (&c, "b"), (&b, "a"), (&b, "c")] {
+        wait_until(&format!("links to {other} again"), JOIN, || {
+            alive(server, other) && linked(server, other)
+        });
+    }
+    wait_for_settled_homes(&a, &mut sender, &mut users, &mut nonce);
+    for (id, client) in users.iter_mut() {
+        nonce += 1;
+        let hops = requests_for_send(&[&a, &b, &c], &mut sender, client, *id, nonce);
+        assert_eq!(hops, [0, 1, 1], "user {id}: homed on the new b");
+    }
+    sender.expect_nothing(Duration::from_millis(100));
 }
