@@ -573,7 +573,7 @@ fn link_families(registry: &mut Registry, snapshots: &[Snapshot]) {
     );
     registry.register(
         "cluster_requests",
-        "Routing requests (BROADCAST, QUERY_NODES) sent to other nodes and received from them",
+        "Routing requests (SEND picks and deliveries, BROADCAST, QUERY_NODES, lookups of values' home nodes) sent to other nodes and received from them",
         by_direction(|s| (s.requests_in, s.requests_out)),
     );
     registry.register(
