@@ -44,6 +44,9 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
         ShardMsg::CloseConn { conn, error } => shard.close_with_error(conn, &error),
         ShardMsg::SendAway { count } => crate::node::balance::send_away(shard, count),
         ShardMsg::RemoteApps { node, apps } => shard.cluster.set_remote_apps(node, apps),
+        ShardMsg::NodeValues { from, counts } => {
+            routing::homes::take_node_values(shard, from, counts)
+        }
         request => {
             let reply_to = match &request {
                 ShardMsg::Pick { reply_to, .. }
@@ -57,7 +60,8 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
                 | ShardMsg::DeliverAsk { reply_to, .. }
                 | ShardMsg::AppCounts { reply_to }
                 | ShardMsg::ClusterClaim { reply_to, .. }
-                | ShardMsg::HoldsName { reply_to, .. } => *reply_to,
+                | ShardMsg::HoldsName { reply_to, .. }
+                | ShardMsg::NodeHolders { reply_to, .. } => *reply_to,
                 _ => unreachable!("only requests reach here"),
             };
             shard.reply(reply_to, request);
@@ -111,6 +115,9 @@ pub fn answer(shard: &Shard, msg: ShardMsg) -> Option<Reply> {
                 .links()
                 .map_or_else(Vec::new, |links| links.links()),
         ),
+        ShardMsg::NodeHolders {
+            keys, restricted, ..
+        } => Reply::Holders(routing::homes::table_holders(shard, &keys, restricted)),
         ShardMsg::Locate { keys, reply_to } => {
             Reply::Located(routing::locate::answer_locate(shard, &keys, reply_to.shard))
         }
@@ -134,6 +141,7 @@ fn metrics(shard: &Shard) -> Snapshot {
             directory_apps: directory.0 as u64,
             directory_values: directory.1 as u64,
             directory_remembered: directory.2 as u64,
+            homed_values: shard.cluster.values.borrow().table.len() as u64,
         },
         shard.queues.rows(),
     );

@@ -16,6 +16,8 @@
 //!   with the secret; the frames of links between nodes;
 //!   [`cluster::balance`], [`cluster::claims`]: how many clients a crowded
 //!   node sends away, and which node holds each name homed here.
+//! - [`cluster::values`]: indexed values homed over the nodes, and which
+//!   nodes hold each.
 //!
 //! Runtime (glommio, one executor per shard):
 //! - [`server`]: starts the shards and stops them on a signal.
@@ -36,7 +38,9 @@
 //!   the chosen client's address with hyper, the answer relayed back.
 //! - [`cluster`]: the cluster's membership, gossiped over UDP by shard 0
 //!   and published to every shard; [`cluster::link`]: each shard's QUIC
-//!   links to its counterparts on the other nodes.
+//!   links to its counterparts on the other nodes; [`routing::remote`]:
+//!   routing across nodes, narrowed by [`routing::homes`] (asking and
+//!   keeping current the values' home nodes).
 //! - [`node`]: a node's cluster duties beyond routing: load balancing by
 //!   goodbye, and each name claimed at its home node so that a duplicate
 //!   is refused across the cluster.

@@ -363,6 +363,15 @@ async fn run_shard(start: ShardStart) {
             client_event: crate::routing::remote::announce,
         },
     ));
+    // In a cluster, each value's home node hears this node's count of it
+    // (routing::homes): from the routing directory's home shard of the
+    // value, or with one shard from the store itself.
+    if cluster.is_some() {
+        match &shard.directory {
+            Some(directory) => directory.track_node_totals(),
+            None => shard.store.borrow_mut().note_changes(),
+        }
+    }
     // Every shard of a cluster node has a link endpoint; shard 0 also runs
     // the membership.
     let links = match cluster.as_ref().map(|c| start_links(&shard, c)) {
@@ -429,7 +438,9 @@ async fn run_shard(start: ShardStart) {
         // And, with --balance-above, sends clients away when crowded.
         let balance = (shard.id == 0 && shard.config.balance_above.is_some())
             .then(|| glommio::spawn_local(crate::node::balance::run(shard.clone())).detach());
-        let mut tasks = vec![glommio::spawn_local(links.run()).detach(), tick];
+        let publish =
+            glommio::spawn_local(crate::routing::homes::publish_loop(shard.clone())).detach();
+        let mut tasks = vec![glommio::spawn_local(links.run()).detach(), tick, publish];
         tasks.extend(share);
         tasks.extend(balance);
         tasks

@@ -1069,3 +1069,289 @@ fn names_are_claimed_again_at_a_new_home_when_a_node_joins() {
         0.0
     );
 }
+
+/// Which of `nodes` (gossip addresses) is the home of user `id` of
+/// application `app`, as every node computes it.
+fn home_of_user(nodes: &[SocketAddr], app: &str, id: i64) -> usize {
+    use singyeong::cluster::node::{Member, NodeId};
+    use singyeong::cluster::{ClusterView, MemberState, values};
+    use singyeong::metadata::{Kind, ScalarKey, ValueKey};
+    let node = |addr: SocketAddr| NodeId {
+        addr,
+        boot: 1,
+        name: String::new(),
+        shards: 1,
+        links: vec![1],
+    };
+    let view = ClusterView {
+        this: Some(node(nodes[0])),
+        members: nodes[1..]
+            .iter()
+            .map(|&addr| Member {
+                id: node(addr),
+                state: MemberState::Alive,
+                since_ms: 0,
+            })
+            .collect(),
+    };
+    let key = values::encode_key(&ValueKey {
+        app: app.into(),
+        key: "user_id".into(),
+        kind: Kind::Eq,
+        scalar: ScalarKey::Int(id),
+    });
+    view.home(&key).map_or(0, |home| {
+        nodes.iter().position(|&a| a == home.addr).unwrap()
+    })
+}
+
+#[test]
+fn a_send_to_a_unique_id_touches_only_the_values_home_and_the_owner() {
+    use common::{Client, Encoding, meta, metric_sum};
+    use serde_json::json;
+    let (a, b, c) = three_linked();
+    let servers = [&a, &b, &c];
+    let addrs: Vec<SocketAddr> = servers
+        .iter()
+        .map(|s| {
+            cluster(s)["node"]["addr"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    // Users 1000.. on a, 2000.. on b, 3000.. on c: on each node, two
+    // whose value is homed on each node (chosen knowing the addresses).
+    let mut users: Vec<(usize, i64, Client)> = Vec::new();
+    for (n, server) in servers.iter().enumerate() {
+        let mut per_home = [0; 3];
+        for id in (1000 * (n as i64 + 1))..(1000 * (n as i64 + 2)) {
+            let home = home_of_user(&addrs, "users", id);
+            if per_home[home] == 2 {
+                continue;
+            }
+            per_home[home] += 1;
+            let mut client = Client::ready(server, Encoding::Json, "users", &format!("u{id}"));
+            client.set_metadata(json!({"user_id": meta("integer", json!(id))}));
+            users.push((n, id, client));
+            if per_home == [2; 3] {
+                break;
+            }
+        }
+        assert_eq!(per_home, [2; 3]);
+    }
+    let mut sender = Client::ready(&a, Encoding::Json, "senders", "from-a");
+    let to = |id: i64| json!({"application": "users", "ops": [{"path": "/user_id", "op": "$eq", "to": {"value": id}}]});
+    let lookups = |answer: &str| {
+        metric_sum(
+            &a,
+            "singyeong_cluster_value_lookups_total",
+            &format!("answer=\"{answer}\""),
+        ) as u64
+    };
+
+    // A home calls itself settled a few seconds after it last saw the
+    // members change (each node on its own clock); until then a SEND asks
+    // as if there were no homes. Settled once every user on c is looked up
+    // with holders named.
+    let mut nonce = 0;
+    wait_until("settled homes", JOIN, || {
+        let before = lookups("holders");
+        let mut sent = 0;
+        for (_, id, client) in users.iter_mut().filter(|(n, _, _)| *n == 2) {
+            nonce += 1;
+            sender.send_to(to(*id), json!(nonce), json!("settling"));
+            client.expect_message("SEND", &json!(nonce), &json!("settling"));
+            sent += 1;
+        }
+        lookups("holders") == before + sent
+    });
+
+    // Every user on c, from a: the home of the value (asked unless it is
+    // a) and c (which delivers) receive requests, and no other node.
+    for (n, id, client) in users.iter_mut().filter(|(n, _, _)| *n == 2) {
+        let home = home_of_user(&addrs, "users", *id);
+        let delta = requests_for_send(&servers, &mut sender, client, *id, *id as u64);
+        let mut want = [0; 3];
+        want[*n] += 1; // the owner: the SEND itself, no pick round
+        if home != 0 {
+            want[home] += 1; // the lookup
+        }
+        assert_eq!(delta, want, "user {id} homed on node {home}");
+    }
+
+    // Users on a and b: the same bound.
+    for (n, id, client) in users.iter_mut().filter(|(n, _, _)| *n != 2) {
+        let home = home_of_user(&addrs, "users", *id);
+        let delta = requests_for_send(&servers, &mut sender, client, *id, *id as u64);
+        let touched: Vec<usize> = (0..3).filter(|&i| delta[i] > 0).collect();
+        let allowed: Vec<usize> = (1..3).filter(|&i| i == *n || i == home).collect();
+        assert_eq!(touched, allowed, "user {id} on node {n}, homed on {home}");
+    }
+
+    // Nobody holds the id: the homes say so, the SEND still asks the
+    // nodes holding the application before answering no_route.
+    let nobody = lookups("nobody");
+    sender.send_to(to(999), json!("none"), json!(1));
+    sender.expect_invalid(common::texts::NO_ROUTE);
+    assert_eq!(lookups("nobody"), nobody + 1);
+
+    // A client that connected a moment ago, whose home may not know it
+    // yet, still gets its message.
+    for (n, server) in servers.iter().enumerate() {
+        let id = 9000 + n as i64;
+        let mut fresh = Client::ready(server, Encoding::Json, "users", &format!("fresh{id}"));
+        fresh.set_metadata(json!({"user_id": meta("integer", json!(id))}));
+        sender.send_to(to(id), json!(id), json!("fresh"));
+        fresh.expect_message("SEND", &json!(id), &json!("fresh"));
+    }
+    sender.expect_nothing(Duration::from_millis(100));
+
+    // A value two nodes hold: either may get it, never both.
+    let mut twin_b = Client::ready(&b, Encoding::Json, "users", "twin-b");
+    let mut twin_c = Client::ready(&c, Encoding::Json, "users", "twin-c");
+    for twin in [&mut twin_b, &mut twin_c] {
+        twin.set_metadata(json!({"user_id": meta("integer", json!(5000))}));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..30 {
+        sender.send_to(to(5000), json!(i), json!("twin"));
+    }
+    sender.sync();
+    let mut got = [0; 2];
+    for (k, twin) in [&mut twin_b, &mut twin_c].into_iter().enumerate() {
+        while let common::Event::Packet(_) = twin.next_event(Duration::from_millis(200)) {
+            got[k] += 1;
+        }
+    }
+    assert_eq!(got[0] + got[1], 30, "{got:?}");
+    assert!(got[0] > 0 && got[1] > 0, "both holders chosen: {got:?}");
+}
+
+/// Sends from `sender` to the user `id` of application "users" (held by
+/// `client`) and returns how many requests each of `servers` received
+/// meanwhile.
+fn requests_for_send(
+    servers: &[&Server],
+    sender: &mut common::Client,
+    client: &mut common::Client,
+    id: i64,
+    nonce: u64,
+) -> Vec<u64> {
+    use serde_json::json;
+    let received = |s: &Server| {
+        common::metric_sum(
+            s,
+            "singyeong_cluster_requests_total",
+            "direction=\"received\"",
+        ) as u64
+    };
+    let before: Vec<u64> = servers.iter().map(|s| received(s)).collect();
+    let to = json!({"application": "users", "ops": [{"path": "/user_id", "op": "$eq", "to": {"value": id}}]});
+    sender.send_to(to, json!(nonce), json!(id));
+    client.expect_message("SEND", &json!(nonce), &json!(id));
+    sender.sync();
+    servers
+        .iter()
+        .zip(before)
+        .map(|(s, b)| received(s) - b)
+        .collect()
+}
+
+/// Waits until every SEND to `users` from `sender` (on `origin`) was
+/// narrowed by settled homes.
+fn wait_for_settled_homes(
+    origin: &Server,
+    sender: &mut common::Client,
+    users: &mut [(i64, common::Client)],
+    nonce: &mut u64,
+) {
+    let holders = || {
+        common::metric_sum(
+            origin,
+            "singyeong_cluster_value_lookups_total",
+            "answer=\"holders\"",
+        ) as u64
+    };
+    wait_until("settled homes", JOIN, || {
+        let before = holders();
+        for (id, client) in users.iter_mut() {
+            *nonce += 1;
+            requests_for_send(&[origin], sender, client, *id, *nonce);
+        }
+        holders() == before + users.len() as u64
+    });
+}
+
+#[test]
+fn values_move_to_a_new_home_when_their_home_leaves_and_back_when_it_runs_again() {
+    use common::{Client, Encoding, meta};
+    use serde_json::json;
+    let (ga, gb, gc) = (gossip_addr(), gossip_addr(), gossip_addr());
+    let down_after = Some(1500);
+    let a = start_node_with("a", "2", ga, &[], SECRET, down_after);
+    let mut b = start_node("b", gb, &[ga], SECRET, down_after);
+    let c = start_node_with("c", "2", gc, &[ga], SECRET, down_after);
+    for (server, others) in [(&a, ["b", "c"]), (&b, ["a", "c"]), (&c, ["a", "b"])] {
+        for other in others {
+            wait_until(&format!("links to {other}"), JOIN, || linked(server, other));
+        }
+    }
+    // Users on c whose values are homed on b.
+    let all = [ga, gb, gc];
+    let mut users: Vec<(i64, Client)> = (1..)
+        .filter(|&id| home_of_user(&all, "users", id) == 1)
+        .take(4)
+        .map(|id| {
+            let mut client = Client::ready(&c, Encoding::Json, "users", &format!("u{id}"));
+            client.set_metadata(json!({"user_id": meta("integer", json!(id))}));
+            (id, client)
+        })
+        .collect();
+    let mut sender = Client::ready(&a, Encoding::Json, "senders", "from-a");
+    let mut nonce = 0;
+    wait_for_settled_homes(&a, &mut sender, &mut users, &mut nonce);
+    for (id, client) in users.iter_mut() {
+        nonce += 1;
+        let hops = requests_for_send(&[&a, &b, &c], &mut sender, client, *id, nonce);
+        assert_eq!(hops, [0, 1, 1], "user {id}: the lookup on b, the SEND on c");
+    }
+
+    // b dies: SENDs keep arriving at once (its values' new homes may not
+    // be settled yet), and once they are, b's values are narrowed by their
+    // new homes (a or c), which heard of them from c.
+    b.kill();
+    for server in [&a, &c] {
+        wait_until("b down", Duration::from_secs(10), || {
+            member(server, "b").is_some_and(|(s, _)| s == "down")
+        });
+    }
+    for (id, client) in users.iter_mut() {
+        nonce += 1;
+        requests_for_send(&[&a], &mut sender, client, *id, nonce);
+    }
+    wait_for_settled_homes(&a, &mut sender, &mut users, &mut nonce);
+    for (id, client) in users.iter_mut() {
+        nonce += 1;
+        let hops = requests_for_send(&[&a, &c], &mut sender, client, *id, nonce);
+        let home_on_c = home_of_user(&[ga, gc], "users", *id) == 1;
+        assert_eq!(hops, [0, 1 + u64::from(home_on_c)], "user {id} without b");
+    }
+
+    // b runs again on its address: it is these values' home again, and c
+    // tells it of them.
+    let b = start_node("b", gb, &[ga], SECRET, down_after);
+    for (server, other) in [(&a, "b"), (&c, "b"), (&b, "a"), (&b, "c")] {
+        wait_until(&format!("links to {other} again"), JOIN, || {
+            alive(server, other) && linked(server, other)
+        });
+    }
+    wait_for_settled_homes(&a, &mut sender, &mut users, &mut nonce);
+    for (id, client) in users.iter_mut() {
+        nonce += 1;
+        let hops = requests_for_send(&[&a, &b, &c], &mut sender, client, *id, nonce);
+        assert_eq!(hops, [0, 1, 1], "user {id}: homed on the new b");
+    }
+    sender.expect_nothing(Duration::from_millis(100));
+}

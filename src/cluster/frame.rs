@@ -23,7 +23,7 @@ pub const LINK_VERSION: u16 = 1;
 /// the types in it (a field, a variant, an order, a type): two layouts do
 /// not reject each other's bytes reliably, so the handshake must. The
 /// `layout_is_pinned` test fails on any change of layout, as a reminder.
-pub const SCHEMA: u32 = 0x5f1e_0009;
+pub const SCHEMA: u32 = 0x5f1e_000a;
 
 const PREFIX: usize = 4;
 
@@ -74,6 +74,13 @@ pub enum Frame {
         client: String,
         shard: u32,
         conn: u64,
+    },
+    /// The sender's node's count of clients (open, restricted) in each of
+    /// these indexed value buckets (keys as `cluster::values::encode_key`
+    /// writes them), all homed on the receiver: absolute counts, a zero
+    /// meaning none left.
+    Values {
+        counts: Vec<(Vec<u8>, u32, u32)>,
     },
     /// A queue message between a queue's owner node and the node of one
     /// of its clients (see `queue::cluster`).
@@ -242,6 +249,13 @@ pub enum Request {
     /// `client`) in the way of another: does this node still hold it?
     /// Answered with [`Response::Claimed`].
     Holds { app: String, client: String },
+    /// On the home of these value keys: which nodes hold clients in their
+    /// buckets that a query with this `restricted` flag reaches; answered
+    /// with [`Response::Holders`].
+    Holders {
+        keys: Vec<Vec<u8>>,
+        restricted: bool,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -268,6 +282,14 @@ pub enum Response {
     /// To [`Request::Claim`]: granted or not; to [`Request::Holds`]:
     /// held or not.
     Claimed(bool),
+    /// The nodes holding clients in the buckets asked about: each node's
+    /// gossip address, run and count. `settled`: the answering node is the
+    /// home of every key asked about, and has been for long enough that
+    /// every holder has told it (otherwise the list may miss some).
+    Holders {
+        nodes: Vec<(String, u64, u64)>,
+        settled: bool,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -520,6 +542,16 @@ mod tests {
                 id: 0xffff_0000_0000_0001,
                 d: b"{}".to_vec(),
             }),
+            Frame::Values {
+                counts: vec![(b"key".to_vec(), 2, 1)],
+            },
+            Frame::Response {
+                id: 11,
+                body: Response::Holders {
+                    nodes: vec![("10.0.0.2:7000".into(), 5, 3)],
+                    settled: true,
+                },
+            },
         ]
     }
 
@@ -647,17 +679,17 @@ mod tests {
     /// update the bytes here.
     #[test]
     fn layout_is_pinned() {
-        assert_eq!(SCHEMA, 0x5f1e_0009);
+        assert_eq!(SCHEMA, 0x5f1e_000a);
         assert_eq!(samples().len(), GOLDEN.len());
         for (frame, golden) in samples().iter().zip(GOLDEN) {
             assert_eq!(hex(&encoded(frame)), golden, "{frame:?}");
         }
     }
 
-    const GOLDEN: [&str; 12] = [
+    const GOLDEN: [&str; 14] = [
         concat!(
             "6000000031302e302e302e313a37303030000000000000000000000001000000",
-            "09001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
+            "0a001e5f6e6f64652d61ffff8d000000d8ffffffefcdab896745230103000800",
             "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
             "00000000",
         ),
@@ -711,14 +743,26 @@ mod tests {
             "00000000",
         ),
         concat!(
-            "580000007b7d0000000000000900000000000000010000006a6f6273ffffffff",
+            "580000007b7d0000000000000a00000000000000010000006a6f6273ffffffff",
             "0000000001000000070000000807060504030201617070ffffffffff01000000",
             "c4ffffff020000000000000000000000000000000000000000000000",
         ),
         concat!(
-            "580000007b7d0000000000000900000000000000080000000000000000000000",
+            "580000007b7d0000000000000a00000000000000080000000000000000000000",
             "0100000002000000000000006a6f6273ffffffff010000000000ffffc8ffffff",
             "02000000000000000000000000000000000000000000000000000000",
+        ),
+        concat!(
+            "680000006b657900fcffffff0300000002000000010000000000000009000000",
+            "e8ffffff01000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "000000000000000000000000",
+        ),
+        concat!(
+            "7800000031302e302e302e323a373030300000008d000000f0ffffff05000000",
+            "00000000030000000000000005000000000000000b0000000000000006000000",
+            "d4ffffff01000000010000000000000000000000000000000000000000000000",
+            "00000000000000000000000000000000000000000000000000000000",
         ),
     ];
 
@@ -866,6 +910,33 @@ mod tests {
                 id,
                 body: Response::Claimed(held),
             }),
+            prop::collection::vec(
+                (
+                    prop::collection::vec(any::<u8>(), 0..40),
+                    any::<u32>(),
+                    any::<u32>()
+                ),
+                0..10
+            )
+            .prop_map(|counts| Frame::Values { counts }),
+            (
+                any::<u64>(),
+                prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..10),
+                any::<bool>()
+            )
+                .prop_map(|(id, keys, restricted)| Frame::Request {
+                    id,
+                    body: Request::Holders { keys, restricted },
+                }),
+            (
+                any::<u64>(),
+                prop::collection::vec((text, any::<u64>(), any::<u64>()), 0..10),
+                any::<bool>()
+            )
+                .prop_map(|(id, nodes, settled)| Frame::Response {
+                    id,
+                    body: Response::Holders { nodes, settled },
+                }),
         ]
     }
 

@@ -182,7 +182,8 @@ struct Waiting {
 pub type OnRequest = Rc<dyn Fn(PeerShard, u64, Request)>;
 
 /// What the layer above does with the one-way frames of another node
-/// ([`Frame::Apps`], [`Frame::ClientEvent`], [`Frame::Release`]).
+/// ([`Frame::Apps`], [`Frame::ClientEvent`], [`Frame::Release`],
+/// [`Frame::Values`], [`Frame::Queue`]).
 pub type OnNotice = Rc<dyn Fn(PeerShard, Frame)>;
 
 /// One verified link, as `/api/v1/cluster` shows it.
@@ -879,7 +880,8 @@ impl Endpoint {
                 notice @ (Frame::Apps { .. }
                 | Frame::ClientEvent { .. }
                 | Frame::Queue(_)
-                | Frame::Release { .. }),
+                | Frame::Release { .. }
+                | Frame::Values { .. }),
             ) => {
                 let handler = self.on_notice.borrow().clone();
                 if let Some(handler) = handler {

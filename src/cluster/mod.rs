@@ -10,6 +10,8 @@
 //!   counterpart shards of the other nodes.
 //! - [`balance`]: how many clients a crowded node sends away (pure).
 //! - [`claims`]: which other node holds each name homed here (pure).
+//! - [`values`]: indexed values homed over the nodes, and which nodes
+//!   hold them (pure).
 //!
 //! Every shard holds the latest [`ClusterView`], published by shard 0's
 //! gossip through the mesh whenever a member's state changes; its links
@@ -23,13 +25,14 @@ pub mod link;
 pub mod node;
 pub mod seal;
 pub mod tls;
+pub mod values;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 
@@ -117,6 +120,50 @@ pub struct ShardCluster {
     /// Each other node's clients per application, as it last sent them,
     /// by (gossip address, run).
     remote_apps: RefCell<HashMap<(SocketAddr, u64), Arc<NodeApps>>>,
+    /// This shard's part of the indexed values homed over the nodes.
+    pub values: RefCell<ValueState>,
+}
+
+/// A shard's part of the indexed values homed over the nodes (see
+/// [`values`] and `routing::homes`).
+#[derive(Debug, Default)]
+pub struct ValueState {
+    /// The keys whose home is this node and whose table is on this shard.
+    pub table: values::HomeTable,
+    /// This node's counts of the keys this shard is the local home of.
+    pub outbox: values::Outbox,
+    /// With one shard (no routing directory): the value keys the store
+    /// touched since the outbox last took them.
+    pub touched: Vec<crate::metadata::ValueKey>,
+    /// The nodes keys were homed over when they last moved (this node and
+    /// the live members with links), and since when.
+    homes: Vec<values::NodeRef>,
+    pub homes_since: Option<Instant>,
+}
+
+impl ValueState {
+    /// A new view: when the nodes that keys are homed over changed, the
+    /// table keeps what is still this node's of live runs, and the outbox
+    /// sends each key whose home moved to its new home.
+    fn set_view(&mut self, view: &ClusterView) {
+        let Some(this) = &view.this else { return };
+        let mut homes: Vec<values::NodeRef> = view
+            .members
+            .iter()
+            .filter(|m| m.state != MemberState::Down && !m.id.links.is_empty())
+            .map(|m| (m.id.addr, m.id.boot))
+            .chain([(this.addr, this.boot)])
+            .collect();
+        homes.sort_unstable();
+        if homes == self.homes {
+            return;
+        }
+        self.homes = homes;
+        self.homes_since = Some(Instant::now());
+        self.table.retain(view);
+        self.outbox.set_boot(this.boot);
+        self.outbox.rehome(|key| values::home(view, key));
+    }
 }
 
 /// A node of the cluster as the links name it: its gossip address and run.
@@ -145,6 +192,7 @@ impl ShardCluster {
                 .iter()
                 .any(|m| m.id.addr == *addr && m.id.boot == *boot && m.state != MemberState::Down)
         });
+        self.values.borrow_mut().set_view(&view);
         *self.view.borrow_mut() = view;
     }
 

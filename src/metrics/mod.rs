@@ -94,6 +94,36 @@ impl Limit {
     }
 }
 
+/// How a SEND's lookup of its indexed values' home nodes came out (see
+/// `routing::homes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueLookup {
+    /// The homes named the nodes holding the values.
+    Holders,
+    /// Settled homes said no node holds them.
+    Nobody,
+    /// A home was not settled (it became one a moment ago, or another
+    /// node thinks it is the home) or did not answer in time.
+    Unsettled,
+}
+
+impl ValueLookup {
+    pub const ALL: [ValueLookup; 3] = [
+        ValueLookup::Holders,
+        ValueLookup::Nobody,
+        ValueLookup::Unsettled,
+    ];
+
+    /// The `answer` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ValueLookup::Holders => "holders",
+            ValueLookup::Nobody => "nobody",
+            ValueLookup::Unsettled => "unsettled",
+        }
+    }
+}
+
 /// One shard's counters.
 #[derive(Default)]
 pub struct ShardMetrics {
@@ -119,17 +149,18 @@ pub struct ShardMetrics {
     routing_overlapped: Cell<u64>,
     /// The cluster's duties of a node (`crate::node`).
     node: NodeCounters,
+    value_lookups: [Cell<u64>; ValueLookup::ALL.len()],
     /// Messages sent to other shards, by [`crate::shard::ShardMsg::kind`].
-    cross_shard: PerKind,
+    cross_shard: Cells<{ crate::shard::ShardMsg::KINDS.len() }>,
 }
 
-/// One counter per [`crate::shard::ShardMsg::KINDS`]: more than the 32
-/// elements an array derives `Default` for.
-struct PerKind([Cell<u64>; crate::shard::ShardMsg::KINDS.len()]);
+/// Counters by index: `Default` for any length (the standard library's
+/// stops at 32).
+struct Cells<const N: usize>([Cell<u64>; N]);
 
-impl Default for PerKind {
-    fn default() -> PerKind {
-        PerKind(std::array::from_fn(|_| Cell::new(0)))
+impl<const N: usize> Default for Cells<N> {
+    fn default() -> Self {
+        Cells(std::array::from_fn(|_| Cell::new(0)))
     }
 }
 
@@ -292,6 +323,11 @@ impl ShardMetrics {
         bump(&self.node.duplicates_closed, 1);
     }
 
+    /// A SEND asked its values' home nodes who holds them.
+    pub fn value_lookup(&self, answer: ValueLookup) {
+        bump(&self.value_lookups[answer as usize], 1);
+    }
+
     /// A copy of every counter, with the gauges the shard reads at the time.
     pub fn snapshot(&self, shard: usize, gauges: Gauges, queues: Vec<QueueRow>) -> Snapshot {
         let read = |cells: &[Cell<u64>]| cells.iter().map(Cell::get).collect();
@@ -324,6 +360,7 @@ impl ShardMetrics {
                 claims_refused: self.node.claims_refused.get(),
                 duplicates_closed: self.node.duplicates_closed.get(),
             },
+            value_lookups: read(&self.value_lookups),
             cross_shard: read(&self.cross_shard.0),
             queues,
             cluster: None,
@@ -352,6 +389,9 @@ pub struct Gauges {
     pub directory_values: u64,
     /// Other homes' answers about value buckets this shard remembers.
     pub directory_remembered: u64,
+    /// In a cluster: value keys homed on this node whose holders this
+    /// shard keeps.
+    pub homed_values: u64,
 }
 
 /// One shard's metrics at one moment; sent across the mesh on a scrape.
@@ -381,6 +421,8 @@ pub struct Snapshot {
     pub queue_taken_over: u64,
     pub routing_overlapped: u64,
     pub node: NodeStats,
+    /// Lookups of values' home nodes, in [`ValueLookup::ALL`] order.
+    pub value_lookups: Vec<u64>,
     /// Messages sent to other shards, in [`crate::shard::ShardMsg::KINDS`]
     /// order.
     pub cross_shard: Vec<u64>,

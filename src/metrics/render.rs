@@ -551,6 +551,24 @@ fn cluster_families(registry: &mut Registry, stats: &crate::cluster::ClusterStat
 
 /// Each shard's links to other nodes.
 fn link_families(registry: &mut Registry, snapshots: &[Snapshot]) {
+    registry.register(
+        "cluster_homed_values",
+        "Indexed values (application, key, value) homed on this node whose holding nodes this shard keeps",
+        per_shard(snapshots, |s| {
+            ConstGauge::new(s.gauges.homed_values as i64)
+        }),
+    );
+    by_label(
+        registry,
+        snapshots,
+        (
+            "cluster_value_lookups",
+            "SENDs on indexed values that asked the values' home nodes which nodes hold them, by answer: holders named, nobody (the SEND still asks the other nodes before no_route), unsettled (a new home, or no answer in time: the SEND asks as if there were no homes)",
+        ),
+        "answer",
+        |i| super::ValueLookup::ALL[i].label().to_string(),
+        |s| &s.value_lookups,
+    );
     use crate::cluster::link::{LinkError, LinkStats};
     let stats = |s: &Snapshot| s.links.map(|(stats, _)| stats).unwrap_or_default();
     registry.register(
@@ -621,7 +639,7 @@ fn link_families(registry: &mut Registry, snapshots: &[Snapshot]) {
     );
     registry.register(
         "cluster_requests",
-        "Routing requests (BROADCAST, QUERY_NODES) sent to other nodes and received from them",
+        "Routing requests (SEND picks and deliveries, BROADCAST, QUERY_NODES, lookups of values' home nodes) sent to other nodes and received from them",
         by_direction(|s| (s.requests_in, s.requests_out)),
     );
     registry.register(

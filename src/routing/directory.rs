@@ -243,6 +243,10 @@ pub struct Directory {
     remembered: Map<ValueKey, Vec<(usize, Count)>>,
     /// By home: the highest `seq` of its forgets taken in.
     forgotten: Vec<u64>,
+    /// In a cluster: the buckets homed here whose count for the whole node
+    /// may have changed since [`Directory::take_node_totals`] (the node's
+    /// count goes to the value's home node, see `routing::homes`).
+    node_totals: Option<Set<ValueKey>>,
 }
 
 impl Directory {
@@ -259,7 +263,35 @@ impl Directory {
             forgets: Vec::new(),
             remembered: Map::default(),
             forgotten: vec![0; shards],
+            node_totals: None,
         }
+    }
+
+    /// From now on, note the buckets homed here whose node-wide count may
+    /// change, for [`Directory::take_node_totals`].
+    pub fn track_node_totals(&mut self) {
+        self.node_totals.get_or_insert_default();
+    }
+
+    /// The node-wide count now of each bucket homed here that changed
+    /// since the last call (every shard's clients in it).
+    pub fn take_node_totals(&mut self) -> Vec<(ValueKey, Count)> {
+        let Some(changed) = self.node_totals.as_mut() else {
+            return Vec::new();
+        };
+        let changed = std::mem::take(changed);
+        changed
+            .into_iter()
+            .map(|key| {
+                let total = self.values.get(&key).map_or(Count::default(), |holders| {
+                    holders.iter().fold(Count::default(), |sum, (_, c)| Count {
+                        open: sum.open + c.open,
+                        restricted: sum.restricted + c.restricted,
+                    })
+                });
+                (key, total)
+            })
+            .collect()
     }
 
     /// Takes in what this shard's store says was touched; returns the
@@ -413,6 +445,9 @@ impl Directory {
     }
 
     fn set_value(&mut self, key: ValueKey, from: usize, count: Count) {
+        if let Some(changed) = &mut self.node_totals {
+            changed.insert(key.clone());
+        }
         if let Some(watchers) = self.watchers.remove(&key) {
             self.seq += 1;
             self.forgets

@@ -70,6 +70,18 @@ impl DirectoryLink {
         }
     }
 
+    /// In a cluster: note the node-wide counts of the buckets homed here,
+    /// for [`DirectoryLink::take_node_totals`].
+    pub fn track_node_totals(&self) {
+        self.table.borrow_mut().track_node_totals();
+    }
+
+    /// The node-wide count of each bucket homed here that changed since
+    /// the last call (see `routing::homes`).
+    pub fn take_node_totals(&self) -> Vec<(ValueKey, crate::metadata::Count)> {
+        self.table.borrow_mut().take_node_totals()
+    }
+
     /// Entries held: applications replicated, value buckets homed here,
     /// other homes' answers remembered.
     pub fn sizes(&self) -> (usize, usize, usize) {
@@ -94,7 +106,12 @@ pub fn catch_up(shard: &Shard) {
 /// Publishes what the last store mutations changed. Called after every
 /// mutation of the store, before anything about it is sent to a client.
 pub fn publish(shard: &Shard) {
-    let Some(link) = &shard.directory else { return };
+    let Some(link) = &shard.directory else {
+        // One shard: it is the node, and in a cluster the value homes
+        // hear of its changes.
+        super::homes::note_store(shard);
+        return;
+    };
     let touched = shard.store.borrow_mut().take_touched();
     if touched.is_empty() {
         return;

@@ -125,6 +125,10 @@ struct Choosing {
     relaxed: bool,
     /// Every live node is asked, trusting no node's table of applications.
     everywhere: bool,
+    /// The homes of the query's indexed values may narrow the nodes asked
+    /// (see [`by_values`]): until a choice they narrowed finds no match or
+    /// misses, then the tables of applications do.
+    by_values: bool,
 }
 
 impl Choosing {
@@ -133,17 +137,66 @@ impl Choosing {
             query,
             relaxed: false,
             everywhere,
+            by_values: !everywhere,
         }
+    }
+}
+
+/// What the homes of a query's indexed values say of where its matches
+/// are.
+enum Narrowed {
+    /// One node holds every match: it can choose alone, whatever the rule
+    /// (`None`: this node).
+    Lone(Option<PeerShard>),
+    /// These other nodes, and maybe this one, hold the matches.
+    Peers(Vec<PeerShard>),
+    /// Nothing to narrow by: no indexed value in the query, a home not
+    /// settled or not answering, or no holder at all (which a home that is
+    /// behind may say of a client that connected a moment ago, so the
+    /// choice asks by the tables of applications before `no_route`).
+    Unknown,
+}
+
+/// Asks the homes of `query`'s indexed values which nodes hold them.
+async fn by_values(shard: &Shard, query: &Query) -> Narrowed {
+    let Some(found) = super::homes::lookup(shard, query).await else {
+        return Narrowed::Unknown;
+    };
+    let view = shard.cluster.view();
+    let Some(this) = view.this.as_ref() else {
+        return Narrowed::Unknown;
+    };
+    if !found.settled || found.nodes.is_empty() {
+        return Narrowed::Unknown;
+    }
+    let holds = |addr, boot| found.nodes.iter().any(|(node, _)| *node == (addr, boot));
+    let here = holds(this.addr, this.boot);
+    let peers: Vec<PeerShard> = targets(shard, None)
+        .into_iter()
+        .filter(|p| holds(p.addr, p.boot))
+        .collect();
+    // `$avg` needs every node's average first, even from a lone holder.
+    let alone = query
+        .selector
+        .as_ref()
+        .is_none_or(|s| s.kind != SelectorKind::Avg);
+    match (here, peers.as_slice()) {
+        (false, []) => Narrowed::Unknown,
+        (true, []) if alone => Narrowed::Lone(None),
+        (false, [only]) if alone => Narrowed::Lone(Some(only.clone())),
+        _ => Narrowed::Peers(peers),
     }
 }
 
 /// One choice of a node: every node sums its matches up as one pick (this
 /// node's first), and one node is drawn among them exactly as a shard is
 /// among shards (so the choice is uniform over clients, not nodes; `key`
-/// and selectors take the best of the nodes' best). Nodes whose table says
-/// they hold no client of the application are skipped until nothing is
-/// found, then asked too, in case their table was behind; `optional`
-/// relaxes only once no node has a match. `None`: no node has one. The
+/// and selectors take the best of the nodes' best). A query on indexed
+/// values asks only the nodes their homes name, or, when one node holds
+/// them all, sends it straight there ([`by_values`]). Otherwise, nodes
+/// whose table says they hold no client of the application are skipped
+/// until nothing is found, then asked too, in case their table was behind;
+/// `optional` relaxes only once no node has a match. `None`: no node has one. The
 /// node is `None` for this one; with the cluster's average for `$avg`.
 async fn choose_node(shard: &Shard, c: &mut Choosing) -> Option<(Option<PeerShard>, Option<f64>)> {
     loop {
@@ -151,9 +204,23 @@ async fn choose_node(shard: &Shard, c: &mut Choosing) -> Option<(Option<PeerShar
             true => None,
             false => c.query.application.as_deref(),
         };
-        let peers = targets(shard, app);
+        let peers = match c.by_values {
+            true => match by_values(shard, &c.query).await {
+                Narrowed::Lone(node) => return Some((node, None)),
+                Narrowed::Peers(peers) => peers,
+                Narrowed::Unknown => {
+                    c.by_values = false;
+                    continue;
+                }
+            },
+            false => targets(shard, app),
+        };
         let mut picks = summaries(shard, &peers, &c.query, None).await;
         if picks.iter().all(|p| p.count == 0) {
+            if c.by_values {
+                c.by_values = false;
+                continue;
+            }
             if !c.everywhere && targets(shard, None).len() > peers.len() {
                 c.everywhere = true;
                 continue;
@@ -216,6 +283,9 @@ pub async fn send(shard: &Shard, job: Box<OneSend>, slot: Option<&Slot>) -> bool
         if delivered {
             return true;
         }
+        // The homes may have been behind: the next choice trusts them no
+        // more.
+        c.by_values = false;
         shard.metrics.repick();
     }
     router::answer_no_route(shard, job.no_route, &job.packet);
@@ -248,6 +318,7 @@ pub async fn describe(shard: &Shard, query: Arc<Query>) -> Option<Value> {
         if found.is_some() {
             return found;
         }
+        c.by_values = false;
         shard.metrics.repick();
     }
     None
@@ -422,7 +493,8 @@ pub fn announce(shard: &Shard, packet: &Dispatch) {
 }
 
 /// Another node's one-way frame: its table of clients per application,
-/// a client event for this node's subscribers, or a name given back.
+/// a client event for this node's subscribers, a name given back, or its
+/// counts of values homed here.
 pub fn take_notice(shard: &Shard, peer: PeerShard, notice: Frame) {
     match notice {
         Frame::Apps { counts } => take_apps(shard, peer, counts),
@@ -432,6 +504,7 @@ pub fn take_notice(shard: &Shard, peer: PeerShard, notice: Frame) {
             shard: s,
             conn,
         } => crate::node::claims::take_release(shard, &peer, app, client, s, conn),
+        Frame::Values { counts } => super::homes::take_frame(shard, &peer, counts),
         Frame::ClientEvent { event, app, client } => {
             let Some(t) = ["CLIENT_CONNECTED", "CLIENT_DISCONNECTED"]
                 .into_iter()
@@ -589,6 +662,9 @@ pub fn answer(
                 }
                 Err(e) => Response::Refused(e),
             },
+            Request::Holders { keys, restricted } => {
+                super::homes::answer(&shard, keys, restricted).await
+            }
         };
         endpoint.respond(&peer, id, response);
     })

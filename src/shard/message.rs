@@ -214,11 +214,24 @@ pub enum ShardMsg {
     SendAway {
         count: u64,
     },
+    /// A node's counts of indexed values homed on this node, whose table
+    /// is on this shard (see `crate::routing::homes`).
+    NodeValues {
+        from: crate::cluster::values::NodeRef,
+        counts: Vec<(crate::cluster::values::Key, crate::metadata::Count)>,
+    },
+    /// On the shard keeping these value keys' table: which nodes hold
+    /// them. Replies `Holders`.
+    NodeHolders {
+        reply_to: ReplyTo,
+        keys: Vec<crate::cluster::values::Key>,
+        restricted: bool,
+    },
 }
 
 impl ShardMsg {
     /// Every [`ShardMsg::kind`], in the order of its index.
-    pub const KINDS: [&'static str; 38] = [
+    pub const KINDS: [&'static str; 41] = [
         "pick",
         "deliver",
         "send_one",
@@ -257,6 +270,9 @@ impl ShardMsg {
         "close_conn",
         "send_away",
         "reply_cluster_claim",
+        "node_values",
+        "node_holders",
+        "reply_node_holders",
     ];
 
     /// What the message is, as an index into [`ShardMsg::KINDS`]: the
@@ -289,6 +305,7 @@ impl ShardMsg {
                 Reply::Links(_) => 27,
                 Reply::AppCounts(_) => 31,
                 Reply::ClusterClaim(_) => 37,
+                Reply::Holders(_) => 40,
             },
             ShardMsg::PickSend { .. } => 19,
             ShardMsg::Locate { .. } => 20,
@@ -302,6 +319,8 @@ impl ShardMsg {
             ShardMsg::HoldsName { .. } => 34,
             ShardMsg::CloseConn { .. } => 35,
             ShardMsg::SendAway { .. } => 36,
+            ShardMsg::NodeValues { .. } => 38,
+            ShardMsg::NodeHolders { .. } => 39,
         }
     }
 
@@ -370,6 +389,8 @@ pub enum Reply {
     Links(Vec<crate::cluster::link::LinkInfo>),
     AppCounts(Vec<(Arc<str>, usize)>),
     ClusterClaim(super::names::ClaimOutcome),
+    /// The nodes holding clients in the value buckets asked about.
+    Holders(crate::cluster::values::Holders),
 }
 
 #[cfg(test)]
@@ -474,6 +495,23 @@ mod tests {
             reply: Reply::Located(Default::default()),
         };
         assert_eq!(ShardMsg::KINDS[located.kind()], "reply_located");
+        let holders = ShardMsg::NodeHolders {
+            reply_to,
+            keys: Vec::new(),
+            restricted: false,
+        };
+        assert_eq!(ShardMsg::KINDS[holders.kind()], "node_holders");
+        let values = ShardMsg::NodeValues {
+            from: ("127.0.0.1:1".parse().unwrap(), 1),
+            counts: Vec::new(),
+        };
+        assert_eq!(ShardMsg::KINDS[values.kind()], "node_values");
+        let reply = ShardMsg::Reply {
+            req: 0,
+            from: 1,
+            reply: Reply::Holders(Default::default()),
+        };
+        assert_eq!(ShardMsg::KINDS[reply.kind()], "reply_node_holders");
         use crate::routing::directory::DirMsg;
         for msg in [
             DirMsg::Apps {
