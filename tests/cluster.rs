@@ -15,17 +15,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::Server;
+use common::cluster::gossip_addr;
 use serde_json::Value;
 
 const SECRET: &str = "a cluster secret for the tests";
-
-/// A free UDP port on loopback, chosen ahead so that a node can be
-/// restarted on the same gossip address.
-fn gossip_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-}
 
 fn start_node(
     name: &str,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::cluster::{
-    DataDir, SECRET, cluster, gossip_addr, linked, node, wait_linked, wait_until,
+    ANY, DataDir, SECRET, cluster, gossip_of, linked, node, wait_linked, wait_until,
 };
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
@@ -58,7 +58,6 @@ fn nodes_the_cluster_ca_signed_link_up_and_a_stranger_does_not() {
     let (b_cert, b_key) = node_pair(dir, "b", &ours);
     let (c_cert, c_key) = node_pair(dir, "c", &ca());
 
-    let (ga, gb, gc) = (gossip_addr(), gossip_addr(), gossip_addr());
     let with = |cert: &Path, key: &Path| {
         vec![
             "--no-durable".to_string(),
@@ -78,13 +77,14 @@ fn nodes_the_cluster_ca_signed_link_up_and_a_stranger_does_not() {
         with(&b_cert, &b_key),
         with(&c_cert, &c_key),
     );
-    let a = node("a", ga, &[], &args(&a_args));
-    let b = node("b", gb, &[ga], &args(&b_args));
+    let a = node("a", ANY, &[], &args(&a_args));
+    let ga = gossip_of(&a);
+    let b = node("b", ANY, &[ga], &args(&b_args));
     wait_linked(&[(&a, "a"), (&b, "b")]);
 
     // The stranger knows the secret, so it gossips; its links never come
     // up, and the failed handshakes are counted.
-    let c = node("c", gc, &[ga], &args(&c_args));
+    let c = node("c", ANY, &[ga], &args(&c_args));
     wait_until("c gossips with a", Duration::from_secs(10), || {
         cluster(&a)["members"]
             .as_array()
@@ -145,11 +145,10 @@ fn links_listen_on_the_fixed_ports_given() {
             Some(port - 1)
         })
         .expect("two free ports in a row");
-    let (ga, gb) = (gossip_addr(), gossip_addr());
     let base_arg = base.to_string();
     let a = node(
         "a",
-        ga,
+        ANY,
         &[],
         &[
             "--no-durable",
@@ -163,7 +162,7 @@ fn links_listen_on_the_fixed_ports_given() {
         cluster(&a)["node"]["link_ports"],
         serde_json::json!([base, base + 1])
     );
-    let b = node("b", gb, &[ga], &["--no-durable"]);
+    let b = node("b", ANY, &[gossip_of(&a)], &["--no-durable"]);
     wait_linked(&[(&a, "a"), (&b, "b")]);
 
     // Taken (by a's first shard): refused before anything starts.

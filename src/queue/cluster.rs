@@ -24,8 +24,10 @@
 //!   anew (a new id) and answers [`QueueFrame::Moved`] once it is durable;
 //!   only then is the copy here dropped (and its ack logged). Messages in
 //!   flight stay until acked or taken back, then go the same way. A
-//!   message is therefore always in some node's log: none is lost, and one
-//!   whose `Moved` was lost may be delivered twice (at least once, as the
+//!   message is therefore always in some node's log: none is lost. An
+//!   offer not answered is made again; the owner remembers the messages it
+//!   took lately, so a repeated offer is stored once (only an owner that
+//!   restarted in between could store one twice: at least once, as the
 //!   contract says).
 //! - A request that reaches a node that does not own the queue (views
 //!   differ for a moment) is served there as if it did; the next round of
@@ -52,8 +54,10 @@ use crate::shard::{ConnRef, Dispatch, Shard, ShardMsg};
 pub const MOVE_EVERY: Duration = Duration::from_secs(1);
 /// Messages of one queue offered to its owner per round.
 pub const HANDOFF_BATCH: usize = 256;
-/// An offered message the owner has not taken by then is offered again.
-pub const HANDOFF_RETRY: Duration = Duration::from_secs(5);
+/// An offered message the owner has not taken by then is offered again
+/// (the owner remembers what it took, so an offer made twice is stored
+/// once).
+pub const HANDOFF_RETRY: Duration = Duration::from_secs(2);
 /// Frames kept per node while this shard's link to it is not up.
 const OUTBOX_MAX: usize = 4096;
 /// How often kept frames are tried again.

@@ -123,7 +123,18 @@ pub struct ShardQueues {
     /// Frames for other nodes kept until this shard's link to them is up
     /// (see `cluster`).
     pub(super) outbox: RefCell<HashMap<NodeKey, VecDeque<QueueFrame>>>,
+    /// Messages taken over from other nodes lately, by (node, queue, their
+    /// id there): the number of the log record that stores each here, so
+    /// that a message offered again (its `Moved` lost or late) is not
+    /// queued twice. Bounded to [`TAKEN_KEPT`], oldest out first.
+    taken: RefCell<(HashMap<Taken, u64>, VecDeque<Taken>)>,
 }
+
+/// A message taken over: the node it came from, its queue, its id there.
+type Taken = (NodeKey, Arc<str>, MsgId);
+
+/// Messages taken over that are remembered (see `ShardQueues::taken`).
+const TAKEN_KEPT: usize = 1 << 16;
 
 impl ShardQueues {
     pub fn new(shard: usize, config: &Config, budget: Arc<Budget>) -> ShardQueues {
@@ -151,6 +162,7 @@ impl ShardQueues {
             handing: RefCell::default(),
             next_move: Cell::new(Instant::now()),
             outbox: RefCell::default(),
+            taken: RefCell::default(),
         }
     }
 
@@ -746,6 +758,28 @@ fn push(
     now: Instant,
 ) {
     let queues = &shard.queues;
+    if let Origin::Handoff { node, id } = from {
+        let seen = queues
+            .taken
+            .borrow()
+            .0
+            .get(&(node, queue.clone(), id))
+            .copied();
+        if let Some(record) = seen {
+            // Offered again: held here already. Once it is durable the
+            // node may drop its copy (until then the pending confirm will
+            // say so).
+            let durable = queues
+                .wal
+                .borrow()
+                .as_ref()
+                .is_none_or(|w| w.durable_through() >= record);
+            if durable {
+                cluster::moved_to_node(shard, node, queue, id);
+            }
+            return;
+        }
+    }
     let refuse = |limit: Limit, error: &'static str, extra: Value| {
         shard.metrics.limit_refused(limit);
         from.refused(shard, error, extra);
@@ -858,6 +892,17 @@ fn push(
     with_existing(shard, &queue, now, |q, out| q.push(msg, now, out));
     if let Some(o) = queues.owned.borrow_mut().get_mut(&queue) {
         o.last_record = o.last_record.max(record_no);
+    }
+    if let Origin::Handoff { node, id } = from {
+        let mut taken = queues.taken.borrow_mut();
+        let key = (node, queue, id);
+        taken.0.insert(key.clone(), record_no);
+        taken.1.push_back(key);
+        if taken.1.len() > TAKEN_KEPT
+            && let Some(old) = taken.1.pop_front()
+        {
+            taken.0.remove(&old);
+        }
     }
 }
 

@@ -16,12 +16,43 @@ pub const SECRET: &str = "a cluster secret for the tests";
 /// How long a cluster of fresh nodes may take to link up.
 pub const JOIN: Duration = Duration::from_secs(10);
 
-/// A free UDP port on loopback, chosen ahead so that a node can be
-/// restarted on the same gossip address.
+/// A free UDP port on loopback, chosen ahead (for tests that restart a
+/// node on its address before it has one: prefer [`ANY`] and
+/// [`gossip_of`]). Taken below the kernel's ephemeral range, so that no
+/// socket bound to port 0 meanwhile can be handed it before its node
+/// starts.
 pub fn gossip_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut x = (u64::from(std::process::id()) << 32)
+        ^ SEQ
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ super::now_ms() as u64;
+    for _ in 0..1000 {
+        // xorshift: spread over the range whatever the seed.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        if let Ok(socket) = UdpSocket::bind(("127.0.0.1", port)) {
+            return socket.local_addr().expect("a bound socket's address");
+        }
+    }
+    panic!("no free UDP port in 20000..32000");
+}
+
+/// A gossip address on loopback whose port the node picks itself (read
+/// it back with [`gossip_of`]): nothing can take it between choosing and
+/// binding.
+pub const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// The gossip address a node bound.
+pub fn gossip_of(server: &Server) -> SocketAddr {
+    cluster(server)["node"]["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("the node's gossip address")
 }
 
 /// Starts node `name` gossiping on `gossip` with seeds `peers`, plus
@@ -52,7 +83,14 @@ pub fn node(name: &str, gossip: SocketAddr, peers: &[SocketAddr], extra: &[&str]
             !lines.is_empty()
         },
     );
-    assert_eq!(lines, [format!("cluster on {gossip}")]);
+    let bound: Vec<SocketAddr> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("cluster on ")?.parse().ok())
+        .collect();
+    assert_eq!(bound.len(), 1, "{lines:?}");
+    if !gossip.ends_with(":0") {
+        assert_eq!(bound[0].to_string(), gossip);
+    }
     server
 }
 
