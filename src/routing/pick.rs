@@ -312,6 +312,56 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Without `key` or a selector, a node is drawn in proportion to
+        /// its matches, whatever their spread over its shards: so every
+        /// client of the cluster is equally likely, not every node. (Many
+        /// draws per case from a fixed seed; the bound is 5 standard
+        /// deviations.)
+        #[test]
+        fn the_uniform_choice_over_nodes_is_uniform_over_clients(
+            nodes in prop::collection::vec(prop::collection::vec(0u64..6, 1..4), 1..5),
+            seed in any::<u64>(),
+        ) {
+            let q = query(json!({}));
+            let mut n = 0;
+            let summaries: Vec<Pick> = nodes
+                .iter()
+                .map(|shards| {
+                    let picks: Vec<Pick> = shards
+                        .iter()
+                        .map(|&count| {
+                            n += 1;
+                            shard_pick(n, count, 0, 0.0)
+                        })
+                        .collect();
+                    summarize(&q, &picks)
+                })
+                .collect();
+            let total: u64 = nodes.iter().flatten().sum();
+            let mut rng = fastrand::Rng::with_seed(seed);
+            const DRAWS: usize = 20_000;
+            let mut drawn = vec![0usize; nodes.len()];
+            for _ in 0..DRAWS {
+                match choose(&q, &summaries, &mut rng) {
+                    Some((node, _)) => drawn[node] += 1,
+                    None => prop_assert_eq!(total, 0),
+                }
+            }
+            for (node, shards) in nodes.iter().enumerate() {
+                let p = shards.iter().sum::<u64>() as f64 / total.max(1) as f64;
+                let expected = p * DRAWS as f64;
+                let sd = (DRAWS as f64 * p * (1.0 - p)).sqrt();
+                prop_assert!(
+                    (drawn[node] as f64 - expected).abs() <= 5.0 * sd + 1.0,
+                    "node {node}: {} drawn, {expected} expected", drawn[node]
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_summary_draws_nodes_in_proportion_to_their_matches() {
         // A node with three matches against one with one: over many draws,
