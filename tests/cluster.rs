@@ -15,10 +15,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::Server;
-use common::cluster::gossip_addr;
+use common::cluster::{JOIN, SECRET, cluster, gossip_addr, linked, wait_until};
 use serde_json::Value;
-
-const SECRET: &str = "a cluster secret for the tests";
 
 fn start_node(
     name: &str,
@@ -87,13 +85,6 @@ fn start_node_extra(
     server
 }
 
-/// `GET /api/v1/cluster`.
-fn cluster(server: &Server) -> Value {
-    let response = server.http("GET", "/api/v1/cluster", &[], None);
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.json()
-}
-
 /// The state of the member named `name` as `server` sees it, and its boot.
 fn member(server: &Server, name: &str) -> Option<(String, u64)> {
     cluster(server)["members"]
@@ -107,21 +98,6 @@ fn member(server: &Server, name: &str) -> Option<(String, u64)> {
                 m["boot"].as_u64().expect("boot"),
             )
         })
-}
-
-/// Whether `server`'s shards have every link they should with `name`.
-fn linked(server: &Server, name: &str) -> bool {
-    let view = cluster(server);
-    let Some(member) = view["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .find(|m| m["name"] == name)
-    else {
-        return false;
-    };
-    let expected = member["links_expected"].as_u64().expect("links_expected");
-    expected > 0 && member["links"].as_array().map(Vec::len) == Some(expected as usize)
 }
 
 /// Whether every thread of process `pid` is stopped (a SIGSTOP takes
@@ -153,25 +129,12 @@ fn alive(server: &Server, name: &str) -> bool {
     member(server, name).is_some_and(|(state, _)| state == "alive")
 }
 
-/// Polls `done` until it holds; panics after `timeout`. Returns how long
-/// it took.
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "not within {timeout:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
-}
-
 fn metric(server: &Server, series: &str) -> u64 {
     let body = server.http("GET", "/metrics", &[], None).text();
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no series {series} in /metrics"))
 }
-
-const JOIN: Duration = Duration::from_secs(10);
 
 #[test]
 fn three_nodes_join_a_killed_one_is_dropped_within_the_default_timeout_and_rejoins() {
