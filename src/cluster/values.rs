@@ -511,6 +511,20 @@ mod tests {
         assert!(!gone(&view, at(9, 1)) && !live(&view, at(9, 1)));
     }
 
+    /// Flushes `o` with every send taken, `home` the home of every key:
+    /// what went, batch by batch.
+    fn flushed(o: &mut Outbox, home: Dest) -> Vec<(Dest, Vec<(Key, Count)>)> {
+        let mut sent = Vec::new();
+        o.flush(
+            |_| home,
+            |d, b| {
+                sent.push((d, b));
+                true
+            },
+        );
+        sent
+    }
+
     #[test]
     fn an_outbox_sends_changes_once_and_a_failed_send_again() {
         let n1: NodeRef = (id(2, 1).addr, 1);
@@ -531,14 +545,7 @@ mod tests {
         );
         assert_eq!(sent, vec![(h, vec![(key(1), open(2)), (key(2), open(1))])]);
         assert!(o.is_due(), "a failed batch stays due");
-        sent.clear();
-        o.flush(
-            |_| h,
-            |d, b| {
-                sent.push((d, b));
-                true
-            },
-        );
+        sent = flushed(&mut o, h);
         assert_eq!(sent.len(), 1);
         assert!(!o.is_due());
         // Nothing changed: nothing goes.
@@ -547,26 +554,12 @@ mod tests {
         // Zero goes once; the key is kept, so that a link that comes up
         // again sends the zero again, then forgotten.
         o.set(key(2), Count::default());
-        sent.clear();
-        o.flush(
-            |_| h,
-            |d, b| {
-                sent.push((d, b));
-                true
-            },
-        );
+        sent = flushed(&mut o, h);
         assert_eq!(sent, vec![(h, vec![(key(2), Count::default())])]);
         assert_eq!(o.len(), 2);
         o.advance(1);
         o.relinked(n1);
-        sent.clear();
-        o.flush(
-            |_| h,
-            |d, b| {
-                sent.push((d, b));
-                true
-            },
-        );
+        sent = flushed(&mut o, h);
         let mut resent = sent[0].1.clone();
         resent.sort_by(|x, y| x.0.cmp(&y.0));
         assert_eq!(resent, vec![(key(1), open(2)), (key(2), Count::default())]);
@@ -577,28 +570,14 @@ mod tests {
         // A key that comes and goes before it is sent costs nothing.
         o.set(key(3), open(1));
         o.set(key(3), Count::default());
-        sent.clear();
-        o.flush(
-            |_| h,
-            |d, b| {
-                sent.push((d, b));
-                true
-            },
-        );
+        sent = flushed(&mut o, h);
         assert!(sent.is_empty());
         assert_eq!(o.len(), 1);
         // A new home, a link up again, a new run: the keys go again.
         let n2: NodeRef = (id(3, 1).addr, 1);
         let h2: Dest = Some(n2);
         o.rehome(|_| h2);
-        sent.clear();
-        o.flush(
-            |_| h2,
-            |d, b| {
-                sent.push((d, b));
-                true
-            },
-        );
+        sent = flushed(&mut o, h2);
         assert_eq!(sent, vec![(h2, vec![(key(1), open(2))])]);
         o.relinked(n1);
         assert!(!o.is_due(), "nothing was told over that link");
