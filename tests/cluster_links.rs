@@ -164,6 +164,15 @@ fn links_listen_on_the_fixed_ports_given() {
     );
     let b = node("b", ANY, &[gossip_of(&a)], &["--no-durable"]);
     wait_linked(&[(&a, "a"), (&b, "b")]);
+    // Each link shows its round trip, backlog, window and losses.
+    let view = cluster(&b);
+    let link = &view["members"][0]["links"][0];
+    assert!(
+        link["rtt_us"].is_u64() && link["lost_packets"].is_u64(),
+        "{link}"
+    );
+    assert_eq!(link["queued_bytes"], serde_json::json!(0), "{link}");
+    assert!(link["cwnd"].as_u64().is_some_and(|w| w > 0), "{link}");
 
     // Taken (by a's first shard): refused before anything starts.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_singyeong"))

@@ -192,6 +192,11 @@ pub struct LinkInfo {
     pub peer: PeerShard,
     /// The last Ping's round trip (QUIC's estimate until one is answered).
     pub rtt: Duration,
+    /// Bytes of frames QUIC has not taken yet (bounded by [`MAX_QUEUED`]).
+    pub queued: usize,
+    /// QUIC's congestion window, and the packets it has counted lost.
+    pub cwnd: u64,
+    pub lost_packets: u64,
 }
 
 fn now_us() -> u64 {
@@ -202,9 +207,26 @@ fn now_us() -> u64 {
 
 /// Binds a link socket: before the shards start, so that gossip can
 /// advertise every shard's port.
+///
+/// Its buffers are asked to be [`SOCKET_BUFFER`] (the kernel caps them at
+/// `net.core.rmem_max` / `wmem_max`): at the default ~200 KiB a busy link's
+/// bursts overflowed the receive buffer on loopback, and every datagram
+/// lost costs QUIC a retransmission and a smaller congestion window.
 pub fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    std::net::UdpSocket::bind(addr)
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer still works, only with more losses.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
+
+/// The buffer size each link socket asks for, each way.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Who this shard is, for its Hellos.
 #[derive(Debug, Clone)]
@@ -478,9 +500,13 @@ impl Endpoint {
             .values()
             .filter(|l| !l.closing)
             .filter_map(|l| {
+                let stats = l.conn.stats();
                 Some(LinkInfo {
                     peer: l.peer.clone()?,
                     rtt: l.rtt.unwrap_or_else(|| l.conn.rtt()),
+                    queued: l.queued.len(),
+                    cwnd: stats.path.cwnd,
+                    lost_packets: stats.path.lost_packets,
                 })
             })
             .collect()

@@ -267,6 +267,9 @@ pub fn describe(
                     "shard": shard,
                     "peer_shard": l.peer.shard,
                     "rtt_us": l.rtt.as_micros() as u64,
+                    "queued_bytes": l.queued,
+                    "cwnd": l.cwnd,
+                    "lost_packets": l.lost_packets,
                 })
             })
             .collect();
