@@ -44,6 +44,16 @@ fn ack(c: &mut Client, queue: &str, id: &str) {
     c.dispatch("QUEUE_ACK", json!({"queue": queue, "id": id}));
 }
 
+/// Waits until every pair of `nodes` (all up, named `names`) is linked.
+fn wait_all_linked(nodes: &[Option<Server>], names: &[&str]) {
+    let all: Vec<(&Server, &str)> = nodes
+        .iter()
+        .zip(names)
+        .map(|(s, n)| (s.as_ref().expect("up"), *n))
+        .collect();
+    wait_linked(&all);
+}
+
 /// The queue's row on `server` (`None`: that node holds nothing of it).
 fn row(server: &Server, queue: &str) -> Option<Value> {
     let r = server.http("GET", "/api/v1/queues", &[], None);
@@ -165,14 +175,7 @@ fn no_confirmed_message_is_lost_when_the_queue_owner_dies_and_comes_back() {
         server
     };
     let mut nodes: Vec<Option<Server>> = (0..3).map(|i| Some(start(i))).collect();
-    {
-        let all: Vec<(&Server, &str)> = nodes
-            .iter()
-            .zip(names)
-            .map(|(s, n)| (s.as_ref().expect("up"), n))
-            .collect();
-        wait_linked(&all);
-    }
+    wait_all_linked(&nodes, &names);
     // Which node owns the queue: the one that shows it after a message.
     let mut probe = Client::ready(
         nodes[0].as_ref().expect("up"),
@@ -245,14 +248,7 @@ fn no_confirmed_message_is_lost_when_the_queue_owner_dies_and_comes_back() {
     // The owner comes back with its log: the interim node hands over what
     // it still holds, and every message is delivered.
     nodes[owner] = Some(start(owner));
-    {
-        let all: Vec<(&Server, &str)> = nodes
-            .iter()
-            .zip(names)
-            .map(|(s, n)| (s.as_ref().expect("up"), n))
-            .collect();
-        wait_linked(&all);
-    }
+    wait_all_linked(&nodes, &names);
     for _ in 0..4 {
         consumer.dispatch("QUEUE_REQUEST", json!({"queue": "jobs"}));
     }
