@@ -324,6 +324,19 @@ pub enum FrameError {
     Invalid(String),
 }
 
+/// A JSON value as the bytes a frame carries (queries, payloads).
+pub fn json_bytes(value: &serde_json::Value) -> Vec<u8> {
+    // Serializing a Value cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// JSON bytes from a frame, parsed with sonic-rs, as clients' JSON is: it
+/// reads back every float exactly as serde_json wrote it (serde_json's own
+/// parser does not, without its `float_roundtrip` feature).
+pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    sonic_rs::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))
+}
+
 /// Appends `frame`, length prefix included, to `out`.
 ///
 /// # Panics

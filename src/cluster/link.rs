@@ -82,6 +82,17 @@ pub struct PeerShard {
     pub shard: u16,
 }
 
+impl PeerShard {
+    /// The shard of `node` that shard `shard` of this node links to.
+    pub fn of(node: &NodeId, shard: usize) -> PeerShard {
+        PeerShard {
+            addr: node.addr,
+            boot: node.boot,
+            shard: (shard % node.links.len().max(1)) as u16,
+        }
+    }
+}
+
 /// Why a link was closed by this side; the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkError {
@@ -643,11 +654,7 @@ impl Endpoint {
         }
         // Close links whose peer is no longer a live member (in any state
         // but down; a suspect may still answer).
-        let live = |p: &PeerShard| {
-            view.members
-                .iter()
-                .any(|m| m.id.addr == p.addr && m.id.boot == p.boot && m.state != MemberState::Down)
-        };
+        let live = |p: &PeerShard| view.live_member((p.addr, p.boot)).is_some();
         let stale: Vec<ConnectionHandle> = self
             .links
             .borrow()

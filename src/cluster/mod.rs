@@ -187,11 +187,9 @@ impl ShardCluster {
             links.reconcile(&view);
         }
         // Tables of nodes that left (or ran again as a new run) go.
-        self.remote_apps.borrow_mut().retain(|(addr, boot), _| {
-            view.members
-                .iter()
-                .any(|m| m.id.addr == *addr && m.id.boot == *boot && m.state != MemberState::Down)
-        });
+        self.remote_apps
+            .borrow_mut()
+            .retain(|node, _| view.live_member(*node).is_some());
         self.values.borrow_mut().set_view(&view);
         *self.view.borrow_mut() = view;
     }

@@ -153,6 +153,14 @@ impl ClusterView {
         json!({"enabled": true, "node": node(this), "members": members})
     }
 
+    /// The member that is run `node` (gossip address, boot) of another
+    /// node, unless it is down.
+    pub fn live_member(&self, node: (SocketAddr, u64)) -> Option<&Member> {
+        self.members
+            .iter()
+            .find(|m| (m.id.addr, m.id.boot) == node && m.state != MemberState::Down)
+    }
+
     /// The home of `key` among this node and the live (not down) members
     /// with links, by rendezvous hashing over their gossip addresses: every
     /// node that sees the same members computes the same home, and when a
@@ -328,6 +336,28 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_live_member_is_that_run_of_the_node_and_not_down() {
+        let view = view_of(
+            node(7000, 1),
+            &[
+                (node(7010, 2), MemberState::Suspect),
+                (node(7020, 1), MemberState::Down),
+            ],
+        );
+        let at = |port, boot| (SocketAddr::from(([127, 0, 0, 1], port)), boot);
+        assert_eq!(
+            view.live_member(at(7010, 2)).map(|m| m.state),
+            Some(MemberState::Suspect)
+        );
+        assert!(view.live_member(at(7010, 1)).is_none(), "an earlier run");
+        assert!(view.live_member(at(7020, 1)).is_none(), "down");
+        assert!(
+            view.live_member(at(7000, 1)).is_none(),
+            "this node is no member"
+        );
     }
 
     #[test]

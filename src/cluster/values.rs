@@ -115,11 +115,7 @@ pub fn gone(view: &ClusterView, node: NodeRef) -> bool {
 
 /// Whether `node` is this node or a live member of `view`, this very run.
 pub fn live(view: &ClusterView, node: NodeRef) -> bool {
-    view.this.as_ref().is_some_and(|t| (t.addr, t.boot) == node)
-        || view
-            .members
-            .iter()
-            .any(|m| (m.id.addr, m.id.boot) == node && m.state != MemberState::Down)
+    view.this.as_ref().is_some_and(|t| (t.addr, t.boot) == node) || view.live_member(node).is_some()
 }
 
 /// The home of `key` in `view` as a [`Dest`].

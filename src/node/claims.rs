@@ -35,10 +35,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::ClusterView;
 use crate::cluster::claims::{self, Holder};
 use crate::cluster::frame::{Frame, Request, Response};
 use crate::cluster::link::PeerShard;
-use crate::cluster::{ClusterView, MemberState, NodeId};
 use crate::protocol::errors;
 use crate::shard::{ClaimOutcome, ConnId, Reply, Shard, ShardMsg};
 
@@ -49,15 +49,6 @@ const RECLAIM_BATCH: usize = 64;
 /// still held here.
 const RETRY: Duration = Duration::from_millis(500);
 const RETRIES: usize = 20;
-
-/// This shard's link to `node`.
-fn peer_of(shard: &Shard, node: &NodeId) -> PeerShard {
-    PeerShard {
-        addr: node.addr,
-        boot: node.boot,
-        shard: (shard.id % node.links.len().max(1)) as u16,
-    }
-}
 
 /// Where `key` is homed under `view`: its node's address and run (this
 /// node's for itself; `None` outside a cluster).
@@ -180,7 +171,7 @@ async fn claim_at_home(
     };
     let deadline = shard.config.cluster_request_timeout;
     match endpoint
-        .request(&peer_of(shard, home), request, deadline)
+        .request(&PeerShard::of(home, shard.id), request, deadline)
         .await
     {
         Ok(Response::Claimed(granted)) => Some(granted),
@@ -222,9 +213,7 @@ async fn decide(shard: &Shard, app: &str, client: &str, holder: Holder) -> bool 
 /// taken to hold it.
 async fn still_held(shard: &Shard, app: &str, client: &str, other: &Holder) -> bool {
     let view = shard.cluster.view();
-    let Some(node) = view.members.iter().find(|m| {
-        m.id.addr == other.addr && m.id.boot == other.boot && m.state != MemberState::Down
-    }) else {
+    let Some(node) = view.live_member((other.addr, other.boot)) else {
         return false;
     };
     let Some(endpoint) = shard.cluster.links() else {
@@ -237,7 +226,7 @@ async fn still_held(shard: &Shard, app: &str, client: &str, other: &Holder) -> b
     let deadline = shard.config.cluster_request_timeout;
     !matches!(
         endpoint
-            .request(&peer_of(shard, &node.id), request, deadline)
+            .request(&PeerShard::of(&node.id, shard.id), request, deadline)
             .await,
         Ok(Response::Claimed(false))
     )
@@ -261,7 +250,7 @@ pub fn release(shard: &Shard, app: &str, client: &str, owner: ConnId) {
         shard: owner.shard as u32,
         conn: owner.conn,
     };
-    let _ = endpoint.send_frame(&peer_of(shard, home), &frame);
+    let _ = endpoint.send_frame(&PeerShard::of(home, shard.id), &frame);
 }
 
 /// Another node's [`Frame::Release`], for the name's owner shard here.
@@ -332,9 +321,7 @@ pub fn view_changed(shard: &Rc<Shard>, view: Arc<ClusterView>) {
     shard.cluster.set_view(view.clone());
     shard.retain_cluster_claims(|(app, client), holder| {
         view.home(&claims::key(app, client)).is_none()
-            && view.members.iter().any(|m| {
-                m.id.addr == holder.addr && m.id.boot == holder.boot && m.state != MemberState::Down
-            })
+            && view.live_member((holder.addr, holder.boot)).is_some()
     });
     let Some(this) = view.this.clone() else {
         return;

@@ -43,10 +43,13 @@ use super::msg::{Origin, QueueMsg, Who};
 use super::owner::owner;
 use super::state::{Consumer, Message, MsgId};
 use crate::cluster::NodeKey;
-use crate::cluster::frame::{Frame, QueueFrame, Request, Response, WireConn, WireConsumer};
+use crate::cluster::frame::{
+    Frame, QueueFrame, Request, Response, WireConn, WireConsumer, json_bytes, parse_json,
+};
 use crate::cluster::link::PeerShard;
 use crate::metadata::Metadata;
 use crate::query::Query;
+use crate::routing::remote::parse_query;
 use crate::shard::{ConnRef, Dispatch, Shard, ShardMsg};
 
 /// How often a node looks for queues it holds but no longer owns (and at
@@ -115,10 +118,7 @@ pub fn flush_kept(shard: &Shard) {
     }
     let view = shard.cluster.view();
     outbox.retain(|node, kept| {
-        let alive = view.members.iter().any(|m| {
-            (m.id.addr, m.id.boot) == *node && m.state != crate::cluster::MemberState::Down
-        });
-        if !alive {
+        if view.live_member(*node).is_none() {
             return false;
         }
         while let Some(frame) = kept.front() {
@@ -138,18 +138,10 @@ fn send(shard: &Shard, node: NodeKey, frame: QueueFrame) -> bool {
         return false;
     };
     let view = shard.cluster.view();
-    let Some(member) = view
-        .members
-        .iter()
-        .find(|m| (m.id.addr, m.id.boot) == node && !m.id.links.is_empty())
-    else {
+    let Some(member) = view.live_member(node).filter(|m| !m.id.links.is_empty()) else {
         return false;
     };
-    let peer = PeerShard {
-        addr: node.0,
-        boot: node.1,
-        shard: (shard.id % member.id.links.len()) as u16,
-    };
+    let peer = PeerShard::of(&member.id, shard.id);
     match endpoint.send_frame(&peer, &Frame::Queue(frame)) {
         Ok(()) => true,
         Err(e) => {
@@ -174,11 +166,6 @@ fn wire_consumer(c: &Consumer) -> WireConsumer {
         restricted: c.restricted,
         metadata: json_bytes(&c.metadata.to_typed_json()),
     }
-}
-
-fn json_bytes(value: &Value) -> Vec<u8> {
-    // Serializing a Value cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
 }
 
 /// An owner-bound message to the owner on `node`. False when it cannot be
@@ -556,13 +543,4 @@ fn by_owner_shard(queues: Vec<String>, shards: usize) -> Vec<(usize, Vec<Arc<str
         }
     }
     out
-}
-
-/// sonic-rs, as for the other frames' JSON (it reads floats back exactly).
-fn parse_json(bytes: &[u8]) -> Result<Value, String> {
-    sonic_rs::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))
-}
-
-fn parse_query(bytes: &[u8]) -> Result<Query, String> {
-    Query::parse(&parse_json(bytes)?).map_err(|e| format!("bad query: {e}"))
 }

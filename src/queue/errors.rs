@@ -57,3 +57,31 @@ pub fn known(text: &str) -> Option<&'static str> {
     .into_iter()
     .find(|e| *e == text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_a_node_may_send_is_known_by_its_text_and_nothing_else() {
+        for e in [
+            QUEUE_FULL,
+            SERVER_QUEUES_FULL,
+            TOO_MANY_QUEUES,
+            QUEUE_NAME_TOO_LONG,
+            MESSAGE_TOO_LARGE,
+            TOO_MANY_CREDITS,
+            UNKNOWN_MESSAGE,
+            NOT_YOUR_MESSAGE,
+            STORAGE_FAILED,
+            NOT_STORABLE,
+            OWNER_UNREACHABLE,
+        ] {
+            // A copy of the text, as a frame brings it.
+            let text: String = e.chars().collect();
+            assert_eq!(known(&text), Some(e));
+        }
+        assert_eq!(known("queue ful"), None);
+        assert_eq!(known(""), None);
+    }
+}

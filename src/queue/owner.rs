@@ -431,11 +431,7 @@ fn ask_again(shard: &Shard, me: ConnRef, queue: &Arc<str>, at: Option<NodeKey>, 
 /// now.
 pub fn settle_clients(shard: &Shard) {
     let view = shard.cluster.view();
-    let alive = |node: NodeKey| {
-        view.members
-            .iter()
-            .any(|m| (m.id.addr, m.id.boot) == node && m.state != crate::cluster::MemberState::Down)
-    };
+    let alive = |node: NodeKey| view.live_member(node).is_some();
     let owner_of = |queue: &str| cluster::owner_node(shard, queue);
     let again: Vec<(ConnRef, Vec<AskAgain>)> = {
         let mut clients = shard.queues.clients.borrow_mut();

@@ -16,10 +16,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::ClusterView;
 use crate::cluster::frame::{Frame, Request, Response};
 use crate::cluster::link::PeerShard;
 use crate::cluster::values::{self, Dest, Holders, Key, NodeRef, encode_key, table_shard};
-use crate::cluster::{ClusterView, MemberState};
 use crate::metadata::{Count, Touched, probe_value_keys};
 use crate::query::Query;
 use crate::shard::{Reply, Shard, ShardMsg};
@@ -165,14 +165,8 @@ fn send_counts(
 
 /// The shard of live node `node` this shard links to.
 fn peer_shard(shard: &Shard, view: &ClusterView, node: NodeRef) -> Option<PeerShard> {
-    let member = view.members.iter().find(|m| {
-        (m.id.addr, m.id.boot) == node && m.state != MemberState::Down && !m.id.links.is_empty()
-    })?;
-    Some(PeerShard {
-        addr: node.0,
-        boot: node.1,
-        shard: (shard.id % member.id.links.len()) as u16,
-    })
+    let member = view.live_member(node).filter(|m| !m.id.links.is_empty())?;
+    Some(PeerShard::of(&member.id, shard.id))
 }
 
 /// Node `from`'s counts of keys homed on this node, to the shards that

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cluster::MemberState;
-use crate::cluster::frame::{Frame, Request, Response};
+use crate::cluster::frame::{Frame, Request, Response, json_bytes, parse_json};
 use crate::cluster::link::{Endpoint, PeerShard, RemoteError};
 use crate::query::Query;
 use crate::query::SelectorKind;
@@ -42,11 +42,7 @@ fn targets(shard: &Shard, app: Option<&str>) -> Vec<PeerShard> {
         .iter()
         .filter(|m| m.state != MemberState::Down && !m.id.links.is_empty())
         .filter(|m| shard.cluster.may_hold(m.id.addr, m.id.boot, app))
-        .map(|m| PeerShard {
-            addr: m.id.addr,
-            boot: m.id.boot,
-            shard: (shard.id % m.id.links.len()) as u16,
-        })
+        .map(|m| PeerShard::of(&m.id, shard.id))
         .collect()
 }
 
@@ -548,11 +544,6 @@ fn take_apps(shard: &Shard, peer: PeerShard, counts: Vec<(String, u64)>) {
     }
 }
 
-fn json_bytes(value: &Value) -> Vec<u8> {
-    // Serializing a Value cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
 /// The SENDs each link brings, in the order they arrived: a pipeline per
 /// link, so that this node hands them over in that order (see
 /// `routing::pipeline`) while it chooses their clients concurrently.
@@ -671,13 +662,6 @@ pub fn answer(
     .detach();
 }
 
-/// sonic-rs, as for clients' JSON: it reads back every float exactly as
-/// serde_json wrote it (serde_json's own parser does not, without its
-/// `float_roundtrip` feature).
-fn parse_json(bytes: &[u8]) -> Result<Value, String> {
-    sonic_rs::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))
-}
-
 /// The query and dispatch of a SEND or BROADCAST another node asks for.
 fn parse_dispatch(
     query: &[u8],
@@ -690,7 +674,7 @@ fn parse_dispatch(
     Ok((Arc::new(query), Arc::new(Dispatch { t, d })))
 }
 
-fn parse_query(bytes: &[u8]) -> Result<Query, String> {
+pub(crate) fn parse_query(bytes: &[u8]) -> Result<Query, String> {
     Query::parse(&parse_json(bytes)?).map_err(|e| format!("bad query: {e}"))
 }
 
