@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use foldhash::fast::{FixedState, RandomState};
 
 use crate::cluster::{ClusterView, MemberState};
-use crate::metadata::{Count, Kind, ScalarKey, ValueKey};
+use crate::metadata::{Count, Kind, ScalarKey, ValueKey, set_holder};
 
 /// One run of a node: its gossip address and boot.
 pub type NodeRef = (SocketAddr, u64);
@@ -159,20 +159,7 @@ impl HomeTable {
     /// Node `from`'s counts now.
     pub fn apply(&mut self, from: NodeRef, counts: impl IntoIterator<Item = (Key, Count)>) {
         for (key, count) in counts {
-            if count.is_zero() {
-                if let Some(holders) = self.entries.get_mut(&key) {
-                    holders.retain(|(node, _)| *node != from);
-                    if holders.is_empty() {
-                        self.entries.remove(&key);
-                    }
-                }
-                continue;
-            }
-            let holders = self.entries.entry(key).or_default();
-            match holders.iter_mut().find(|(node, _)| *node == from) {
-                Some(entry) => entry.1 = count,
-                None => holders.push((from, count)),
-            }
+            set_holder(&mut self.entries, key, from, count);
         }
     }
 

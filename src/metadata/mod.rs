@@ -27,7 +27,7 @@ pub use candidates::Candidates;
 pub use probe::{IndexPlan, Probe};
 pub use scalar::ScalarKey;
 pub use store::{ClientEntry, ClientIdx, ClientStore, probe_value_keys};
-pub use touched::{Count, Kind, Touched, ValueKey};
+pub use touched::{Count, Kind, Touched, ValueKey, set_holder};
 pub use validate::{
     ENTRY_OVERHEAD, RESERVED_KEYS, UpdateError, estimated_entry_size, estimated_size, json_len,
     parse_update,

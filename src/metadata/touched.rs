@@ -46,6 +46,35 @@ pub struct Count {
     pub restricted: u32,
 }
 
+/// Sets holder `from`'s count of `key` in a table of holders per key (the
+/// routing directory's shards, the value homes' nodes): a zero count
+/// removes `from`, and the key once nobody holds it.
+pub fn set_holder<K, H, S>(
+    table: &mut std::collections::HashMap<K, Vec<(H, Count)>, S>,
+    key: K,
+    from: H,
+    count: Count,
+) where
+    K: std::hash::Hash + Eq,
+    H: PartialEq,
+    S: std::hash::BuildHasher,
+{
+    if count.is_zero() {
+        if let Some(holders) = table.get_mut(&key) {
+            holders.retain(|(h, _)| *h != from);
+            if holders.is_empty() {
+                table.remove(&key);
+            }
+        }
+        return;
+    }
+    let holders = table.entry(key).or_default();
+    match holders.iter_mut().find(|(h, _)| *h == from) {
+        Some(entry) => entry.1 = count,
+        None => holders.push((from, count)),
+    }
+}
+
 impl Count {
     /// The clients a query with this `restricted` flag can reach.
     pub fn reachable(self, include_restricted: bool) -> u64 {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use foldhash::fast::{FixedState, RandomState};
 
-use crate::metadata::{Count, Touched, ValueKey};
+use crate::metadata::{Count, Touched, ValueKey, set_holder};
 
 /// What one shard tells another about its own clients.
 #[derive(Debug)]
@@ -453,20 +453,7 @@ impl Directory {
             self.forgets
                 .extend(watchers.into_iter().map(|w| (w, key.clone())));
         }
-        if count.is_zero() {
-            if let Some(holders) = self.values.get_mut(&key) {
-                holders.retain(|&(shard, _)| shard != from);
-                if holders.is_empty() {
-                    self.values.remove(&key);
-                }
-            }
-            return;
-        }
-        let holders = self.values.entry(key).or_default();
-        match holders.iter_mut().find(|(shard, _)| *shard == from) {
-            Some(entry) => entry.1 = count,
-            None => holders.push((from, count)),
-        }
+        set_holder(&mut self.values, key, from, count);
     }
 
     /// The shards holding clients of `app` a query can reach, with their
